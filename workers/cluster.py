@@ -1,0 +1,48 @@
+"""Connecting to Ray: a local cluster by default, or an existing one by address."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from orchestrator.config import ClusterConfig
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()
+
+
+def ensure_ray(cluster: ClusterConfig) -> None:
+    """Connect this process to Ray once: `cluster.address`, else RAY_ADDRESS, else local.
+
+    A local Ray binds its dashboard to `cluster.dashboard_host` (127.0.0.1 by default).
+    """
+    import ray
+
+    with _lock:
+        if ray.is_initialized():
+            return
+        address = cluster.address or os.environ.get("RAY_ADDRESS") or None
+        kwargs: dict[str, object] = {
+            "namespace": cluster.namespace,
+            "ignore_reinit_error": True,
+            "log_to_driver": False,
+        }
+        if address is None:
+            kwargs.update(
+                num_cpus=cluster.num_cpus,
+                include_dashboard=cluster.dashboard,
+                dashboard_host=cluster.dashboard_host,
+                dashboard_port=cluster.dashboard_port,
+            )
+        else:
+            kwargs["address"] = address
+        log.info("connecting to Ray at %s", address or "a new local cluster")
+        ray.init(**kwargs)
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

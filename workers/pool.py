@@ -1,0 +1,288 @@
+"""The expert pool: batched, load-once scheduling with a memory budget (Symbolic-MoE §3.4).
+
+Given a batch of requests, the pool groups them by expert, loads each expert at most once
+for the batch, runs each group as one engine batch and returns the results in input
+order. Experts already resident go first (they cost no load). While the sum of resident
+experts' `memory_gb` fits `pool.memory_budget_gb`, models stay loaded across batches, so a
+second batch over the same experts loads nothing; when a new model does not fit, the pool
+evicts the resident model needed least in the rest of the batch (then the least recently
+used). Groups on different actors generate concurrently, up to `max_parallel_groups`.
+
+Failures are data: a model that fails to load yields error results naming the expert and
+the cause for its items; an engine that dies mid-batch is restarted and its items retried
+once; a request for an unknown expert gets an `UnknownExpertError` result. Every request
+gets exactly one result.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from orchestrator.config import ConclaveConfig
+from orchestrator.errors import (
+    ConclaveError,
+    EngineDeadError,
+    GenerationError,
+    ModelLoadError,
+    UnknownExpertError,
+)
+from workers.backend import ExpertBackend, make_backend
+from workers.batch import GenerationRequest, GenerationResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PoolStats:
+    """Counters over the pool's lifetime."""
+
+    loads: int = 0
+    load_failures: int = 0
+    evictions: int = 0
+    restarts: int = 0
+    load_seconds: float = 0.0
+    loads_by_expert: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "loads": self.loads,
+            "load_failures": self.load_failures,
+            "evictions": self.evictions,
+            "restarts": self.restarts,
+            "load_seconds": round(self.load_seconds, 3),
+            "loads_by_expert": dict(self.loads_by_expert),
+        }
+
+
+class ExpertPool:
+    """Runs batches of generation requests over the configured experts."""
+
+    def __init__(
+        self, config: ConclaveConfig, backends: dict[str, ExpertBackend] | None = None
+    ) -> None:
+        self.config = config
+        self.backends: dict[str, ExpertBackend] = backends or {
+            e.name: make_backend(e, config.cluster) for e in config.pool.experts
+        }
+        self.stats = PoolStats()
+        self._lock = threading.Lock()
+        self._last_used: dict[str, float] = {}
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.pool.max_parallel_groups, thread_name_prefix="pool-group"
+        )
+
+    # ---- public API -------------------------------------------------------------------
+
+    @property
+    def resident(self) -> list[str]:
+        """Experts whose model is loaded now."""
+        return [n for n, b in self.backends.items() if b.loaded and b.resident]
+
+    def run(
+        self, requests: list[GenerationRequest], progress: bool = False
+    ) -> list[GenerationResult]:
+        """Answer every request; results come back in input order, one per request."""
+        results: list[GenerationResult | None] = [None] * len(requests)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, req in enumerate(requests):
+            if req.expert in self.backends:
+                groups[req.expert].append(i)
+            else:
+                known = ", ".join(sorted(self.backends))
+                exc = UnknownExpertError(f"no expert named {req.expert!r} in the pool; known: {known}")
+                results[i] = GenerationResult.failed(req, exc)
+
+        # Resident experts first: they cost no load and become evictable once submitted.
+        order = sorted(groups, key=lambda n: (not self.backends[n].loaded, groups[n][0]))
+        pending = {n: len(groups[n]) for n in order}
+        next_use = {n: pos for pos, n in enumerate(order)}
+        in_flight: dict[str, Future[list[GenerationResult]]] = {}
+
+        bar = _Progress(len(requests), enabled=progress)
+        with bar:
+            bar.advance(sum(r is not None for r in results))
+            for name in order:
+                backend = self.backends[name]
+                group = [requests[i] for i in groups[name]]
+                if not backend.loaded:
+                    try:
+                        bar.describe(f"loading {name}")
+                        self._make_room(backend, pending, next_use, in_flight)
+                        self._load(backend)
+                    except ConclaveError as exc:
+                        for i, req in zip(groups[name], group, strict=True):
+                            results[i] = GenerationResult.failed(req, exc)
+                        bar.advance(len(group))
+                        pending[name] = 0
+                        continue
+                bar.describe(f"generating ({name})")
+                fut = self._executor.submit(self._run_group, backend, group)
+                fut.add_done_callback(lambda f, n=len(group): bar.advance(n))
+                in_flight[name] = fut
+                pending[name] = 0
+                next_use.pop(name)
+            for name, fut in in_flight.items():
+                for i, res in zip(groups[name], fut.result(), strict=True):
+                    results[i] = res
+        assert all(r is not None for r in results), "a request got no result"
+        return results  # type: ignore[return-value]
+
+    def unload(self, name: str) -> None:
+        backend = self.backends[name]
+        if backend.loaded:
+            backend.unload()
+
+    def unload_all(self) -> None:
+        for name in list(self.backends):
+            self.unload(name)
+
+    def close(self) -> None:
+        self.unload_all()
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> ExpertPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- scheduling -------------------------------------------------------------------
+
+    def _resident_gb(self) -> float:
+        return sum(b.memory_gb for b in self.backends.values() if b.loaded)
+
+    def _make_room(
+        self,
+        backend: ExpertBackend,
+        pending: dict[str, int],
+        next_use: dict[str, int],
+        in_flight: dict[str, Future[list[GenerationResult]]],
+    ) -> None:
+        budget = self.config.pool.memory_budget_gb
+        need = backend.memory_gb
+        if budget is None or need == 0:
+            return
+        if need > budget:
+            raise ModelLoadError(
+                f"needs {need} GB (resources.memory_gb) but pool.memory_budget_gb is {budget}; "
+                "raise the budget or lower the estimate",
+                expert=backend.name,
+            )
+        while self._resident_gb() + need > budget:
+            victims = [
+                b for b in self.backends.values() if b.loaded and b.memory_gb > 0 and b is not backend
+            ]
+            # Needed least in the rest of the batch; then used furthest ahead; then LRU.
+            victim = min(
+                victims,
+                key=lambda b: (
+                    pending.get(b.name, 0),
+                    -next_use.get(b.name, 1 << 30),
+                    self._last_used.get(b.name, 0.0),
+                ),
+            )
+            if (fut := in_flight.get(victim.name)) is not None:
+                fut.result()  # let its group finish before freeing its memory
+            log.info("evicting %s to make room for %s", victim.name, backend.name)
+            victim.unload()
+            with self._lock:
+                self.stats.evictions += 1
+
+    def _load(self, backend: ExpertBackend) -> None:
+        t0 = time.perf_counter()
+        try:
+            backend.load()
+        except ConclaveError:
+            with self._lock:
+                self.stats.load_failures += 1
+            raise
+        except Exception as exc:  # a backend bug or library error: still data, not a crash
+            with self._lock:
+                self.stats.load_failures += 1
+            raise ModelLoadError(f"{type(exc).__name__}: {exc}", expert=backend.name) from exc
+        with self._lock:
+            self.stats.loads += 1
+            self.stats.loads_by_expert[backend.name] += 1
+            self.stats.load_seconds += time.perf_counter() - t0
+
+    def _run_group(
+        self, backend: ExpertBackend, group: list[GenerationRequest]
+    ) -> list[GenerationResult]:
+        self._last_used[backend.name] = time.monotonic()
+        try:
+            return self._checked(backend, group, backend.generate(group))
+        except EngineDeadError as exc:
+            log.warning("%s died mid-batch (%s); restarting and retrying once", backend.name, exc)
+            with self._lock:
+                self.stats.restarts += 1
+            try:
+                backend.unload()
+                self._load(backend)
+                out = self._checked(backend, group, backend.generate(group))
+            except Exception as exc2:
+                err = exc2 if isinstance(exc2, ConclaveError) else GenerationError(
+                    f"{type(exc2).__name__}: {exc2}", expert=backend.name
+                )
+                return [GenerationResult.failed(r, err, attempts=2) for r in group]
+            for r in out:
+                r.attempts += 1
+            return out
+        except ConclaveError as exc:
+            return [GenerationResult.failed(r, exc) for r in group]
+        except Exception as exc:
+            err = GenerationError(f"{type(exc).__name__}: {exc}", expert=backend.name)
+            return [GenerationResult.failed(r, err) for r in group]
+
+    @staticmethod
+    def _checked(
+        backend: ExpertBackend, group: list[GenerationRequest], out: list[GenerationResult]
+    ) -> list[GenerationResult]:
+        if len(out) != len(group) or any(o.item_id != r.item_id for o, r in zip(out, group)):
+            raise GenerationError(
+                f"backend returned {len(out)} results for {len(group)} requests, or out of order",
+                expert=backend.name,
+            )
+        return out
+
+
+class _Progress:
+    """A rich progress bar over items, or nothing."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self._bar = None
+        self._lock = threading.Lock()
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+            from rich.progress import TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description:<32}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                transient=True,
+            )
+            self._task = self._bar.add_task("scheduling", total=total)
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def describe(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, description=text)
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None and n:
+            with self._lock:
+                self._bar.advance(self._task, n)

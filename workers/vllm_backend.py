@@ -1,0 +1,237 @@
+"""A vLLM engine in a Ray actor of its own: one actor per resident model.
+
+Loading an expert creates its actor (named `expert:<name>` so the Ray dashboard shows it),
+placed by the expert's resources; unloading kills the actor, which frees the model's
+memory with its process. One engine per process is also what vLLM's in-process mode
+requires (a second engine in the same process fails for MoE models).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import time
+from typing import Any
+
+from orchestrator.config import VLLMBackendConfig
+from orchestrator.errors import EngineDeadError, GenerationError, ModelLoadError
+from workers.backend import ExpertBackend
+from workers.batch import GenerationRequest, GenerationResult
+from workers.cluster import ensure_ray
+
+log = logging.getLogger(__name__)
+
+
+class EngineHost:
+    """The actor's body (wrapped with `ray.remote` at load time, so importing is cheap)."""
+
+    def __init__(self, model: str, tokenizer: str | None, engine_args: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        import dataclasses
+
+        from vllm import LLM, EngineArgs
+
+        allowed = {f.name for f in dataclasses.fields(EngineArgs)}
+        for key in engine_args:
+            if key not in allowed:
+                near = difflib.get_close_matches(key, allowed, n=3)
+                hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
+                raise ValueError(f"engine_args has unknown vLLM engine argument {key!r}{hint}")
+        if not os.path.exists(model) and (model.startswith(("/", ".", "~")) or os.sep * 2 in model):
+            raise FileNotFoundError(f"model path {model!r} does not exist")
+        self.llm = LLM(model=model, tokenizer=tokenizer, **engine_args)
+        self.load_s = time.perf_counter() - t0
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "load_s": self.load_s}
+
+    def generate(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from vllm import SamplingParams
+
+        out: list[dict[str, Any] | None] = [None] * len(items)
+        chats = [i for i, it in enumerate(items) if it["messages"] is not None]
+        raws = [i for i, it in enumerate(items) if it["messages"] is None]
+
+        def params(i: int) -> SamplingParams:
+            s = items[i]["sampling"]
+            return SamplingParams(
+                temperature=s["temperature"],
+                top_p=s["top_p"],
+                max_tokens=s["max_tokens"],
+                seed=s["seed"],
+                stop=s["stop"] or None,
+            )
+
+        batches = []
+        if chats:
+            batches.append(
+                (
+                    chats,
+                    self.llm.chat(
+                        [items[i]["messages"] for i in chats],
+                        sampling_params=[params(i) for i in chats],
+                        use_tqdm=False,
+                    ),
+                )
+            )
+        if raws:
+            batches.append(
+                (
+                    raws,
+                    self.llm.generate(
+                        [items[i]["prompt"] for i in raws],
+                        sampling_params=[params(i) for i in raws],
+                        use_tqdm=False,
+                    ),
+                )
+            )
+        for idx, outputs in batches:
+            for i, ro in zip(idx, outputs, strict=True):
+                c = ro.outputs[0]
+                out[i] = {
+                    "text": c.text,
+                    "finish_reason": c.finish_reason,
+                    "prompt_tokens": len(ro.prompt_token_ids or []),
+                    "completion_tokens": len(c.token_ids),
+                }
+        return out  # type: ignore[return-value]
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost error line of a Ray exception (its message holds a whole traceback)."""
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip().splitlines()
+    lines = [ln for ln in text if ln.strip() and not ln.startswith((" ", "Traceback"))]
+    return lines[-1] if lines else type(exc).__name__
+
+
+class VLLMBackend(ExpertBackend):
+    """Hosts the expert's model in a vLLM engine inside a Ray actor."""
+
+    #: How long to wait for the actor to be placed and the engine to start.
+    load_timeout_s: float = 1800.0
+
+    def __init__(self, config, cluster) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(config, cluster)
+        assert isinstance(config.backend, VLLMBackendConfig)
+        self.spec: VLLMBackendConfig = config.backend
+        self._actor: Any = None
+        self.load_info: dict[str, Any] = {}
+
+    @property
+    def actor_name(self) -> str:
+        return f"expert:{self.name}"
+
+    @property
+    def loaded(self) -> bool:
+        return self._actor is not None
+
+    def engine_args(self) -> dict[str, Any]:
+        args = dict(self.spec.engine_args)
+        parallel = args.get("tensor_parallel_size", 1) * args.get("pipeline_parallel_size", 1)
+        if self.spec.in_process and parallel == 1:
+            args.setdefault("distributed_executor_backend", "uni")
+        return args
+
+    def runtime_env(self) -> dict[str, Any]:
+        env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+        if self.engine_args().get("distributed_executor_backend") == "uni":
+            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if cache := os.environ.get("VLLM_CACHE_ROOT"):
+            env["VLLM_CACHE_ROOT"] = cache
+        env.update(self.spec.env)
+        return {"env_vars": env}
+
+    def _check_placeable(self) -> None:
+        import ray
+
+        res = self.config.resources
+        total = ray.cluster_resources()
+        for key, need in (("CPU", res.num_cpus), ("GPU", res.num_gpus)):
+            if need > total.get(key, 0.0):
+                raise ModelLoadError(
+                    f"needs {need} {key} but the Ray cluster has {total.get(key, 0.0):g}; lower "
+                    f"resources.num_{key.lower()}s or join a cluster that has them",
+                    expert=self.name,
+                )
+
+    def load(self) -> None:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+        ensure_ray(self.cluster)
+        self._check_placeable()
+        self._wait_name_free()
+        res = self.config.resources
+        host = ray.remote(EngineHost).options(
+            name=self.actor_name,
+            num_cpus=res.num_cpus,
+            num_gpus=res.num_gpus,
+            runtime_env=self.runtime_env(),
+            max_restarts=0,
+            max_concurrency=1,
+        )
+        actor = host.remote(self.spec.model, self.spec.tokenizer, self.engine_args())
+        try:
+            self.load_info = ray.get(actor.info.remote(), timeout=self.load_timeout_s)
+        except GetTimeoutError:
+            ray.kill(actor)
+            raise ModelLoadError(
+                f"engine not ready after {self.load_timeout_s:.0f} s (not placed, or too slow)",
+                expert=self.name,
+            ) from None
+        except (RayActorError, RayTaskError) as exc:
+            ray.kill(actor)
+            raise ModelLoadError(
+                f"could not load {self.spec.model!r}: {_cause(exc)}", expert=self.name
+            ) from None
+        self._actor = actor
+        log.info("%s ready in %.1f s", self.name, self.load_info.get("load_s", 0.0))
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        if self._actor is None:
+            raise EngineDeadError("generate called on an unloaded expert", expert=self.name)
+        payload = [
+            {
+                "messages": [m.model_dump() for m in r.messages] if r.messages else None,
+                "prompt": r.prompt,
+                "sampling": self.config.sampling.merged(r.sampling).model_dump(),
+            }
+            for r in requests
+        ]
+        try:
+            outs = ray.get(self._actor.generate.remote(payload))
+        except RayActorError as exc:  # the actor's process is gone
+            self._actor = None
+            raise EngineDeadError(f"engine died: {_cause(exc)}", expert=self.name) from None
+        except RayTaskError as exc:
+            raise GenerationError(_cause(exc), expert=self.name) from None
+        return [
+            GenerationResult(item_id=r.item_id, expert=self.name, **o)
+            for r, o in zip(requests, outs, strict=True)
+        ]
+
+    def unload(self) -> None:
+        import ray
+
+        if self._actor is not None:
+            ray.kill(self._actor)
+            self._actor = None
+            self._wait_name_free()
+
+    def _wait_name_free(self, timeout_s: float = 30.0) -> None:
+        """Ray frees an actor's name only once it is dead; a new load reuses the name."""
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                stale = ray.get_actor(self.actor_name, namespace=self.cluster.namespace)
+            except ValueError:
+                return
+            ray.kill(stale)
+            time.sleep(0.1)
