@@ -75,7 +75,9 @@ def config_schema() -> None:
 @pool_app.command("run")
 def pool_run(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
-    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A user message; repeatable.")],
+    prompt: Annotated[
+        list[str], typer.Option("--prompt", "-p", help="A user message; repeatable.")
+    ],
     expert: Annotated[
         list[str] | None, typer.Option("--expert", "-e", help="Expert to ask (default: all).")
     ] = None,
@@ -124,7 +126,9 @@ def bench_pool(
         int, typer.Option(min=1, help="Requests timed for the load-per-request baseline.")
     ] = 20,
     seed: Annotated[int, typer.Option(help="Seed for the questions and the sample.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON only.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the figures as JSON only.")
+    ] = False,
     output: Annotated[Path | None, typer.Option("--out", help="Also write the JSON here.")] = None,
 ) -> None:
     """Grouped load-once scheduling vs loading the model per request, on tiny models."""
@@ -132,7 +136,9 @@ def bench_pool(
     from workers.bench import run_pool_bench
 
     try:
-        res = run_pool_bench(questions, per_question, models, naive_sample, seed, progress=not as_json)
+        res = run_pool_bench(
+            questions, per_question, models, naive_sample, seed, progress=not as_json
+        )
     except (ConclaveError, ValueError) as e:
         raise _fail(e) from None
     if output:
@@ -145,7 +151,9 @@ def bench_pool(
         table.add_column(col)
     g, n = res["grouped"], res["naive"]
     table.add_row("grouped, load once", str(g["model_loads"]), str(g["wall_s"]))
-    table.add_row("grouped, 2nd batch", str(g["second_batch_model_loads"]), str(g["second_batch_wall_s"]))
+    table.add_row(
+        "grouped, 2nd batch", str(g["second_batch_model_loads"]), str(g["second_batch_wall_s"])
+    )
     table.add_row(
         f"naive ({n['note']})", f"{res['requests']} (est.)", str(n["extrapolated_wall_s"])
     )

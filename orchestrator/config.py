@@ -145,8 +145,9 @@ class FakeBackendConfig(_Strict):
     )
     load_s: float = Field(0.0, ge=0.0, description="Simulated load time in seconds.")
     fail_load: bool = Field(False, description="Loading always fails (a bad path).")
-    die_after: int | None = Field(
-        None, ge=0, description="The engine dies on its Nth generate call (0 = first)."
+    generate_s: float = Field(0.0, ge=0.0, description="Simulated time per generate call.")
+    die_on_calls: list[int] = Field(
+        default_factory=list, description="Generate calls (0 = first) on which the engine dies."
     )
 
 
@@ -207,7 +208,9 @@ class PoolConfig(_Strict):
         seen: set[str] = set()
         for i, e in enumerate(self.experts):
             if e.name in seen:
-                raise ValueError(f"experts[{i}].name {e.name!r} is used twice; names must be unique")
+                raise ValueError(
+                    f"experts[{i}].name {e.name!r} is used twice; names must be unique"
+                )
             seen.add(e.name)
         return self
 
@@ -246,7 +249,9 @@ def _describe(err: ValidationError) -> str:
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown field (got {e['input']!r}); remove it or fix its spelling")
+            lines.append(
+                f"{loc}: unknown field (got {e['input']!r}); remove it or fix its spelling"
+            )
         elif e["type"] == "missing":
             lines.append(f"{loc}: required field is missing")
         else:
@@ -257,7 +262,9 @@ def _describe(err: ValidationError) -> str:
 def parse_config(data: Any) -> ConclaveConfig:
     """Validate a mapping (from YAML or JSON) into a config, or raise a ConfigError."""
     if not isinstance(data, dict):
-        raise ConfigError(f"a config must be a mapping with a 'pool' key, got {type(data).__name__}")
+        raise ConfigError(
+            f"a config must be a mapping with a 'pool' key, got {type(data).__name__}"
+        )
     try:
         return ConclaveConfig.model_validate(data)
     except ValidationError as e:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from orchestrator.errors import ConfigError
 
 if TYPE_CHECKING:
-    from orchestrator.config import ClusterConfig, ExpertConfig
+    from orchestrator.config import ClusterConfig, ConclaveConfig, ExpertConfig
     from workers.batch import GenerationRequest, GenerationResult
 
 
@@ -31,9 +31,13 @@ class ExpertBackend(ABC):
     #: Whether the model occupies memory while loaded (remote endpoints do not).
     resident: bool = True
 
-    def __init__(self, config: ExpertConfig, cluster: ClusterConfig) -> None:
+    def __init__(self, config: ExpertConfig, service: ConclaveConfig) -> None:
         self.config = config
-        self.cluster = cluster
+        self.service = service
+
+    @property
+    def cluster(self) -> ClusterConfig:
+        return self.service.cluster
 
     @property
     def name(self) -> str:
@@ -67,7 +71,9 @@ BACKENDS: dict[str, str] = {
 def register_backend(type_name: str, target: str) -> None:
     """Register a backend class as 'module:attr' under a new type name."""
     if type_name in BACKENDS:
-        raise ConfigError(f"backend type {type_name!r} is already registered ({BACKENDS[type_name]})")
+        raise ConfigError(
+            f"backend type {type_name!r} is already registered ({BACKENDS[type_name]})"
+        )
     BACKENDS[type_name] = target
 
 
@@ -82,5 +88,5 @@ def backend_class(type_name: str) -> type[ExpertBackend]:
     return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
 
 
-def make_backend(config: ExpertConfig, cluster: ClusterConfig) -> ExpertBackend:
-    return backend_class(config.backend.type)(config, cluster)
+def make_backend(config: ExpertConfig, service: ConclaveConfig) -> ExpertBackend:
+    return backend_class(config.backend.type)(config, service)

@@ -79,5 +79,9 @@ class GenerationResult(BaseModel):
         return self.error is None
 
     @classmethod
-    def failed(cls, req: GenerationRequest, exc: BaseException, attempts: int = 1) -> GenerationResult:
-        return cls(item_id=req.item_id, expert=req.expert, error=ErrorInfo.of(exc), attempts=attempts)
+    def failed(
+        cls, req: GenerationRequest, exc: BaseException, attempts: int = 1
+    ) -> GenerationResult:
+        return cls(
+            item_id=req.item_id, expert=req.expert, error=ErrorInfo.of(exc), attempts=attempts
+        )

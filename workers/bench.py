@@ -31,7 +31,11 @@ def tiny_pool_config(model_dirs: list[Path], num_cpus: int | None = None) -> Con
                 "experts": [
                     {
                         "name": f"tiny-{i}",
-                        "backend": {"type": "vllm", "model": str(d), "engine_args": TINY_ENGINE_ARGS},
+                        "backend": {
+                            "type": "vllm",
+                            "model": str(d),
+                            "engine_args": TINY_ENGINE_ARGS,
+                        },
                         "sampling": {"max_tokens": 16, "temperature": 0.0},
                         "resources": {"num_cpus": 0.25, "memory_gb": 1.0},
                     }
@@ -56,7 +60,9 @@ def build_tiny_zoo(n_models: int, cache_dir: Path | None = None) -> list[Path]:
     ]
 
 
-def make_requests(questions: int, per_question: int, experts: list[str], seed: int) -> list[GenerationRequest]:
+def make_requests(
+    questions: int, per_question: int, experts: list[str], seed: int
+) -> list[GenerationRequest]:
     rng = random.Random(seed)
     reqs = []
     for q in range(questions):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from orchestrator.config import FakeBackendConfig
@@ -9,20 +10,32 @@ from orchestrator.errors import EngineDeadError, ModelLoadError
 from workers.backend import ExpertBackend
 from workers.batch import GenerationRequest, GenerationResult
 
+_ACTIVE = [0]
+_ACTIVE_LOCK = threading.Lock()
+
 
 class FakeBackend(ExpertBackend):
     """Answers `answer.format(expert=..., prompt=...)`; can fail to load or die on cue.
 
+    `generate_s` makes each call take that long; `max_active` records how many of this
+    backend's calls overlapped (its engine is single-batch, as a real one).
+
     Counts its loads and generate calls so tests can check the pool's scheduling.
     """
 
-    def __init__(self, config, cluster) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(config, cluster)
+    def __init__(self, config, service) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(config, service)
         assert isinstance(config.backend, FakeBackendConfig)
         self.spec: FakeBackendConfig = config.backend
         self._loaded = False
         self.loads = 0
         self.calls: list[list[str]] = []  # item ids per generate call
+
+    #: Most generate calls that overlapped across all fake backends (tests reset it).
+    max_active = 0
+    #: Fake models loaded now, and the most ever loaded at once.
+    loaded_now: set[str] = set()
+    max_loaded = 0
 
     @property
     def loaded(self) -> bool:
@@ -34,13 +47,24 @@ class FakeBackend(ExpertBackend):
         time.sleep(self.spec.load_s)
         self.loads += 1
         self._loaded = True
+        with _ACTIVE_LOCK:
+            FakeBackend.loaded_now.add(self.name)
+            FakeBackend.max_loaded = max(FakeBackend.max_loaded, len(FakeBackend.loaded_now))
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         assert self._loaded, "generate before load"
+        with _ACTIVE_LOCK:
+            _ACTIVE[0] += 1
+            FakeBackend.max_active = max(FakeBackend.max_active, _ACTIVE[0])
+        try:
+            time.sleep(self.spec.generate_s)
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE[0] -= 1
         call = len(self.calls)
         self.calls.append([r.item_id for r in requests])
-        if self.spec.die_after is not None and call == self.spec.die_after:
-            self._loaded = False
+        if call in self.spec.die_on_calls:
+            self._unloaded()
             raise EngineDeadError("engine process exited (fake)", expert=self.name)
         return [
             GenerationResult(
@@ -53,4 +77,9 @@ class FakeBackend(ExpertBackend):
         ]
 
     def unload(self) -> None:
+        self._unloaded()
+
+    def _unloaded(self) -> None:
         self._loaded = False
+        with _ACTIVE_LOCK:
+            FakeBackend.loaded_now.discard(self.name)

@@ -6,7 +6,8 @@ order. Experts already resident go first (they cost no load). While the sum of r
 experts' `memory_gb` fits `pool.memory_budget_gb`, models stay loaded across batches, so a
 second batch over the same experts loads nothing; when a new model does not fit, the pool
 evicts the resident model needed least in the rest of the batch (then the least recently
-used). Groups on different actors generate concurrently, up to `max_parallel_groups`.
+used). Groups on different actors load and generate concurrently, up to
+`max_parallel_groups`; memory is granted to them in order, before they start.
 
 Failures are data: a model that fails to load yields error results naming the expert and
 the cause for its items; an engine that dies mid-batch is restarted and its items retried
@@ -22,6 +23,7 @@ import time
 from collections import Counter, defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 from orchestrator.config import ConclaveConfig
 from orchestrator.errors import (
@@ -67,11 +69,14 @@ class ExpertPool:
     ) -> None:
         self.config = config
         self.backends: dict[str, ExpertBackend] = backends or {
-            e.name: make_backend(e, config.cluster) for e in config.pool.experts
+            e.name: make_backend(e, config) for e in config.pool.experts
         }
         self.stats = PoolStats()
         self._lock = threading.Lock()
         self._last_used: dict[str, float] = {}
+        # Memory the pool has granted, by expert. Kept apart from `backend.loaded` so that
+        # an engine restarting after a crash keeps its share while it is briefly unloaded.
+        self._held: dict[str, float] = {}
         self._executor = ThreadPoolExecutor(
             max_workers=config.pool.max_parallel_groups, thread_name_prefix="pool-group"
         )
@@ -94,7 +99,9 @@ class ExpertPool:
                 groups[req.expert].append(i)
             else:
                 known = ", ".join(sorted(self.backends))
-                exc = UnknownExpertError(f"no expert named {req.expert!r} in the pool; known: {known}")
+                exc = UnknownExpertError(
+                    f"no expert named {req.expert!r} in the pool; known: {known}"
+                )
                 results[i] = GenerationResult.failed(req, exc)
 
         # Resident experts first: they cost no load and become evictable once submitted.
@@ -109,20 +116,24 @@ class ExpertPool:
             for name in order:
                 backend = self.backends[name]
                 group = [requests[i] for i in groups[name]]
-                if not backend.loaded:
+                needs_load = not backend.loaded
+                if needs_load:
                     try:
-                        bar.describe(f"loading {name}")
                         self._make_room(backend, pending, next_use, in_flight)
-                        self._load(backend)
                     except ConclaveError as exc:
                         for i, req in zip(groups[name], group, strict=True):
                             results[i] = GenerationResult.failed(req, exc)
                         bar.advance(len(group))
                         pending[name] = 0
                         continue
-                bar.describe(f"generating ({name})")
-                fut = self._executor.submit(self._run_group, backend, group)
-                fut.add_done_callback(lambda f, n=len(group): bar.advance(n))
+                    with self._lock:
+                        self._held[name] = backend.memory_gb
+                bar.describe(f"{'loading' if needs_load else 'generating'} {name}")
+                self._last_used[name] = time.monotonic()
+                # Loads run in the group's thread too, so models load side by side (on a
+                # GPU cluster, each on its own GPUs) while memory is granted in order here.
+                fut = self._executor.submit(self._load_and_run, backend, group, needs_load)
+                fut.add_done_callback(partial(_advance, bar, len(group)))
                 in_flight[name] = fut
                 pending[name] = 0
                 next_use.pop(name)
@@ -136,6 +147,8 @@ class ExpertPool:
         backend = self.backends[name]
         if backend.loaded:
             backend.unload()
+        with self._lock:
+            self._held.pop(name, None)
 
     def unload_all(self) -> None:
         for name in list(self.backends):
@@ -153,8 +166,9 @@ class ExpertPool:
 
     # ---- scheduling -------------------------------------------------------------------
 
-    def _resident_gb(self) -> float:
-        return sum(b.memory_gb for b in self.backends.values() if b.loaded)
+    def _held_gb(self, excluding: str) -> float:
+        with self._lock:
+            return sum(gb for n, gb in self._held.items() if n != excluding)
 
     def _make_room(
         self,
@@ -173,24 +187,28 @@ class ExpertPool:
                 "raise the budget or lower the estimate",
                 expert=backend.name,
             )
-        while self._resident_gb() + need > budget:
-            victims = [
-                b for b in self.backends.values() if b.loaded and b.memory_gb > 0 and b is not backend
-            ]
-            # Needed least in the rest of the batch; then used furthest ahead; then LRU.
-            victim = min(
-                victims,
-                key=lambda b: (
+        while self._held_gb(excluding=backend.name) + need > budget:
+            with self._lock:
+                victims = [self.backends[n] for n in self._held if n != backend.name]
+
+            # Needed least in the rest of the batch, then used furthest ahead, then idle
+            # before still generating (no wait), then least recently used.
+            def cost(b: ExpertBackend) -> tuple[int, int, bool, float]:
+                fut = in_flight.get(b.name)
+                return (
                     pending.get(b.name, 0),
                     -next_use.get(b.name, 1 << 30),
+                    fut is not None and not fut.done(),
                     self._last_used.get(b.name, 0.0),
-                ),
-            )
+                )
+
+            victim = min(victims, key=cost)
             if (fut := in_flight.get(victim.name)) is not None:
                 fut.result()  # let its group finish before freeing its memory
             log.info("evicting %s to make room for %s", victim.name, backend.name)
             victim.unload()
             with self._lock:
+                self._held.pop(victim.name, None)
                 self.stats.evictions += 1
 
     def _load(self, backend: ExpertBackend) -> None:
@@ -210,10 +228,21 @@ class ExpertPool:
             self.stats.loads_by_expert[backend.name] += 1
             self.stats.load_seconds += time.perf_counter() - t0
 
+    def _load_and_run(
+        self, backend: ExpertBackend, group: list[GenerationRequest], needs_load: bool
+    ) -> list[GenerationResult]:
+        if needs_load:
+            try:
+                self._load(backend)
+            except ConclaveError as exc:
+                with self._lock:
+                    self._held.pop(backend.name, None)
+                return [GenerationResult.failed(r, exc) for r in group]
+        return self._run_group(backend, group)
+
     def _run_group(
         self, backend: ExpertBackend, group: list[GenerationRequest]
     ) -> list[GenerationResult]:
-        self._last_used[backend.name] = time.monotonic()
         try:
             return self._checked(backend, group, backend.generate(group))
         except EngineDeadError as exc:
@@ -225,8 +254,10 @@ class ExpertPool:
                 self._load(backend)
                 out = self._checked(backend, group, backend.generate(group))
             except Exception as exc2:
-                err = exc2 if isinstance(exc2, ConclaveError) else GenerationError(
-                    f"{type(exc2).__name__}: {exc2}", expert=backend.name
+                err = (
+                    exc2
+                    if isinstance(exc2, ConclaveError)
+                    else GenerationError(f"{type(exc2).__name__}: {exc2}", expert=backend.name)
                 )
                 return [GenerationResult.failed(r, err, attempts=2) for r in group]
             for r in out:
@@ -242,12 +273,18 @@ class ExpertPool:
     def _checked(
         backend: ExpertBackend, group: list[GenerationRequest], out: list[GenerationResult]
     ) -> list[GenerationResult]:
-        if len(out) != len(group) or any(o.item_id != r.item_id for o, r in zip(out, group)):
+        if len(out) != len(group) or any(
+            o.item_id != r.item_id for o, r in zip(out, group, strict=True)
+        ):
             raise GenerationError(
                 f"backend returned {len(out)} results for {len(group)} requests, or out of order",
                 expert=backend.name,
             )
         return out
+
+
+def _advance(bar: _Progress, n: int, _fut: Future[list[GenerationResult]]) -> None:
+    bar.advance(n)
 
 
 class _Progress:
@@ -257,8 +294,13 @@ class _Progress:
         self._bar = None
         self._lock = threading.Lock()
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-            from rich.progress import TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._bar = Progress(
                 TextColumn("{task.description:<32}"),

@@ -45,7 +45,12 @@ def classify(exc: BaseException, expert: str) -> RemoteError:
         return RateLimitedError(msg, expert=expert)
     if isinstance(
         exc,
-        (lm.APIConnectionError, lm.InternalServerError, lm.ServiceUnavailableError, lm.BadGatewayError),
+        (
+            lm.APIConnectionError,
+            lm.InternalServerError,
+            lm.ServiceUnavailableError,
+            lm.BadGatewayError,
+        ),
     ):
         return RemoteUnavailableError(msg, expert=expert)
     return RemoteRequestError(msg, expert=expert)
@@ -56,8 +61,8 @@ class RemoteBackend(ExpertBackend):
 
     resident = False
 
-    def __init__(self, config, cluster) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(config, cluster)
+    def __init__(self, config, service) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(config, service)
         assert isinstance(config.backend, RemoteBackendConfig)
         self.spec: RemoteBackendConfig = config.backend
         self._ready = False

@@ -55,8 +55,13 @@ def build_tiny_model(
 ) -> Path:
     """Write a random-weight model folder (config, safetensors, tokenizer) atomically."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, MixtralConfig
-    from transformers import MixtralForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MixtralConfig,
+        MixtralForCausalLM,
+    )
 
     path = Path(path)
     if (path / "config.json").exists():

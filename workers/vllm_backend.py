@@ -30,6 +30,12 @@ class EngineHost:
         t0 = time.perf_counter()
         import dataclasses
 
+        import torch
+
+        if not torch.cuda.is_available() and hasattr(torch.cpu, "_init_amx"):
+            # vLLM's CPU kernels use AMX tiles; without asking the kernel for AMX state
+            # first, some prompt shapes (a 1-token prompt, for one) die with SIGILL.
+            torch.cpu._init_amx()
         from vllm import LLM, EngineArgs
 
         allowed = {f.name for f in dataclasses.fields(EngineArgs)}
@@ -112,8 +118,8 @@ class VLLMBackend(ExpertBackend):
     #: How long to wait for the actor to be placed and the engine to start.
     load_timeout_s: float = 1800.0
 
-    def __init__(self, config, cluster) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(config, cluster)
+    def __init__(self, config, service) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(config, service)
         assert isinstance(config.backend, VLLMBackendConfig)
         self.spec: VLLMBackendConfig = config.backend
         self._actor: Any = None
@@ -138,8 +144,9 @@ class VLLMBackend(ExpertBackend):
         env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
         if self.engine_args().get("distributed_executor_backend") == "uni":
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        if cache := os.environ.get("VLLM_CACHE_ROOT"):
-            env["VLLM_CACHE_ROOT"] = cache
+        env["VLLM_CACHE_ROOT"] = os.environ.get("VLLM_CACHE_ROOT") or str(
+            self.service.resolved_cache_dir() / "vllm"
+        )
         env.update(self.spec.env)
         return {"env_vars": env}
 

@@ -1,0 +1,1 @@
+"""Experts, aggregators and the free-agent monitor."""

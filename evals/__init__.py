@@ -1,0 +1,1 @@
+"""Datasets, grading, strategies and reports."""

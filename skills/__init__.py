@@ -1,0 +1,1 @@
+"""Keyword extraction, the skill inventory and model profiles (Symbolic-MoE)."""

@@ -1,0 +1,100 @@
+"""The pool on the real path: vLLM CPU engines in actors of a local Ray cluster.
+
+One pool for the module; each test continues from the state the previous one left, so
+every engine start (~10-15 s each) is shared.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.config import parse_config
+from workers.batch import GenerationRequest
+from workers.pool import ExpertPool
+from workers.tiny import TINY_ENGINE_ARGS
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def pool(tiny_models, ray_cluster):
+    def vllm(name, path, gb=1.0):
+        return {
+            "name": name,
+            "backend": {"type": "vllm", "model": str(path), "engine_args": TINY_ENGINE_ARGS},
+            "sampling": {"max_tokens": 8},
+            "resources": {"num_cpus": 0.25, "memory_gb": gb},
+        }
+
+    cfg = parse_config(
+        {
+            "pool": {
+                "memory_budget_gb": 2.5,
+                "experts": [
+                    vllm("a", tiny_models["llama-a"]),
+                    vllm("b", tiny_models["llama-b"]),
+                    vllm("moe", tiny_models["moe"]),
+                    vllm("missing", tiny_models["llama-a"].parent / "no-such-model", gb=0.5),
+                ],
+            }
+        }
+    )
+    p = ExpertPool(cfg)
+    yield p
+    p.close()
+
+
+def chat(i, expert, **kw):
+    return GenerationRequest(
+        item_id=str(i), expert=expert, messages=[{"role": "user", "content": f"question {i}"}], **kw
+    )
+
+
+def test_batch_loads_each_expert_once_and_reports_bad_models(pool, ray_cluster):
+    from ray.util.state import list_actors
+
+    experts = ["a", "b", "missing", "a", "b", "a"]
+    results = pool.run([chat(i, e) for i, e in enumerate(experts)])
+    assert [r.item_id for r in results] == [str(i) for i in range(6)]
+    for r in results:
+        if r.expert == "missing":
+            assert r.error.type == "ModelLoadError"
+            assert "[missing]" in r.error.message and "no-such-model" in r.error.message
+        else:
+            assert r.ok and r.completion_tokens > 0 and r.prompt_tokens > 0
+            assert r.finish_reason in {"stop", "length"}
+    assert pool.stats.loads_by_expert == {"a": 1, "b": 1}
+    assert pool.stats.evictions == 0 and pool.stats.load_failures == 1
+    for name in ("a", "b"):  # named actors, alive, and listed by the dashboard's state API
+        ray_cluster.get_actor(f"expert:{name}", namespace="conclave")
+    listed = {(a.name, a.state) for a in list_actors(limit=1000)}
+    assert {("expert:a", "ALIVE"), ("expert:b", "ALIVE")} <= listed, listed
+
+
+def test_second_batch_loads_nothing_and_honours_sampling(pool):
+    loads = pool.stats.loads
+    results = pool.run(
+        [chat(0, "b", sampling={"max_tokens": 3}), chat(1, "a", sampling={"max_tokens": 5})]
+    )
+    assert [r.completion_tokens for r in results] == [3, 5]
+    assert pool.stats.loads == loads
+
+
+def test_raw_prompt_and_greedy_determinism(pool):
+    reqs = [GenerationRequest(item_id=str(i), expert="a", prompt="The answer is") for i in range(2)]
+    first, second = pool.run(reqs)
+    assert first.ok and first.text == second.text
+
+
+def test_dead_engine_is_restarted_and_moe_expert_evicts_the_idle_one(pool, ray_cluster):
+    import ray
+
+    ray.kill(ray.get_actor("expert:a", namespace="conclave"))  # the engine dies under us
+    restarts, evictions = pool.stats.restarts, pool.stats.evictions
+    results = pool.run([chat(0, "a"), chat(1, "moe"), chat(2, "a")])
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert [r.attempts for r in results] == [2, 1, 2]
+    assert pool.stats.restarts == restarts + 1
+    # budget 2.5 GB: loading the MoE expert evicted b, which this batch did not need
+    assert pool.stats.evictions == evictions + 1
+    assert sorted(pool.resident) == ["a", "moe"]

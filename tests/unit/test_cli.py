@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+
+runner = CliRunner()
+
+FAKE = textwrap.dedent(
+    """
+    pool:
+      experts:
+        - name: alpha
+          backend: {type: fake, answer: "alpha says {prompt}"}
+        - name: broken
+          backend: {type: fake, fail_load: true}
+    """
+)
+
+
+def test_validate_lists_experts(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(FAKE)
+    res = runner.invoke(app, ["config", "validate", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "alpha" in res.output and "broken" in res.output and "valid" in res.output
+
+
+def test_validate_names_the_bad_field(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(FAKE.replace("type: fake, answer", "type: fake, anser"))
+    res = runner.invoke(app, ["config", "validate", str(path)])
+    assert res.exit_code == 2
+    assert "pool.experts.0.backend.fake.anser" in res.output and "unknown field" in res.output
+
+
+def test_pool_run_json_reports_each_answer_and_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(FAKE)
+    res = runner.invoke(app, ["pool", "run", str(path), "-p", "hi", "-p", "yo", "--json"])
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [(r["expert"], r["text"]) for r in rows if r["text"]] == [
+        ("alpha", "alpha says hi"),
+        ("alpha", "alpha says yo"),
+    ]
+    assert [r["error"]["type"] for r in rows if r["error"]] == ["ModelLoadError"] * 2
+
+
+def test_pool_run_exit_code_reflects_failures(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(FAKE)
+    ok = runner.invoke(app, ["pool", "run", str(path), "-p", "hi", "-e", "alpha"])
+    assert ok.exit_code == 0 and "alpha says hi" in ok.output
+    bad = runner.invoke(app, ["pool", "run", str(path), "-p", "hi"])
+    assert bad.exit_code == 1
+
+
+def test_schema_is_json_with_descriptions():
+    res = runner.invoke(app, ["config", "schema"])
+    schema = json.loads(res.stdout)
+    assert "pool" in schema["properties"]
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = (
+        "import sys; from typer.testing import CliRunner; from orchestrator.cli import app;"
+        "r = CliRunner().invoke(app, ['bench', 'pool', '--help']); assert r.exit_code == 0;"
+        "heavy = ('torch', 'vllm', 'ray', 'litellm', 'transformers');"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

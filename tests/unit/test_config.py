@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from orchestrator.config import ConclaveConfig, ExpertConfig, Role, load_config, parse_config
+from orchestrator.errors import ConfigError
+
+GOOD = textwrap.dedent(
+    """
+    cluster:
+      num_cpus: 2
+    pool:
+      memory_budget_gb: 6
+      experts:
+        - name: smol
+          backend:
+            type: vllm
+            model: /models/smollm2
+            engine_args: {dtype: bfloat16, max_model_len: 2048, kv_cache_memory_bytes: 67108864}
+          sampling: {temperature: 0.7, max_tokens: 128}
+          resources: {num_cpus: 0.5, memory_gb: 1.5}
+          roles: [expert, aggregator, keywords]
+        - name: gpt
+          backend:
+            type: remote
+            model: openai/gpt-4o-mini
+            api_base: http://127.0.0.1:8000/v1
+            api_key_env: OPENAI_API_KEY
+    """
+)
+
+
+def test_yaml_and_python_build_the_same_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(GOOD)
+    cfg = load_config(path)
+    assert [e.name for e in cfg.pool.experts] == ["smol", "gpt"]
+    smol = cfg.pool.expert("smol")
+    assert smol.backend.engine_args["max_model_len"] == 2048
+    assert smol.roles == [Role.EXPERT, Role.AGGREGATOR, Role.KEYWORDS]
+    assert cfg.pool.expert("gpt").roles == [Role.EXPERT]
+    rebuilt = ConclaveConfig(
+        cluster={"num_cpus": 2},
+        pool={"memory_budget_gb": 6, "experts": [e.model_dump() for e in cfg.pool.experts]},
+    )
+    assert rebuilt == cfg
+
+
+def _error(data) -> str:
+    with pytest.raises(ConfigError) as ei:
+        parse_config(data)
+    return str(ei.value)
+
+
+def _pool(**expert):
+    base = {"name": "a", "backend": {"type": "fake"}}
+    base.update(expert)
+    return {"pool": {"experts": [base]}}
+
+
+def test_bad_backend_type_names_field_value_and_allowed():
+    msg = _error(_pool(backend={"type": "tgi", "model": "x"}))
+    assert "pool.experts.0.backend" in msg
+    assert "'tgi'" in msg
+    assert "'vllm'" in msg and "'remote'" in msg
+
+
+def test_unknown_field_is_named():
+    msg = _error(_pool(temprature=0.3))
+    assert "pool.experts.0.temprature" in msg and "unknown field" in msg
+
+
+def test_out_of_range_value_names_field_and_bound():
+    msg = _error(_pool(sampling={"temperature": -1}))
+    assert "pool.experts.0.sampling.temperature" in msg
+    assert "greater than or equal to 0" in msg and "-1" in msg
+
+
+def test_duplicate_expert_names_rejected():
+    data = {"pool": {"experts": [{"name": "a", "backend": {"type": "fake"}}] * 2}}
+    assert "used twice" in _error(data)
+
+
+def test_model_inside_engine_args_rejected():
+    msg = _error(_pool(backend={"type": "vllm", "model": "m", "engine_args": {"model": "n"}}))
+    assert "engine_args" in msg and "'model'" in msg
+
+
+def test_bad_name_and_url_and_empty_pool():
+    assert "pool.experts.0.name" in _error(_pool(name="has space"))
+    msg = _error(_pool(backend={"type": "remote", "model": "openai/x", "api_base": "localhost:1"}))
+    assert "api_base" in msg and "http://" in msg
+    assert "pool.experts" in _error({"pool": {"experts": []}})
+    assert "mapping" in _error(["not", "a", "mapping"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pool: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_every_field_has_a_description():
+    schema = ConclaveConfig.model_json_schema()
+    missing = []
+    for name, definition in schema.get("$defs", {}).items():
+        for field, spec in definition.get("properties", {}).items():
+            if "description" not in spec:
+                missing.append(f"{name}.{field}")
+    for field, spec in schema["properties"].items():
+        if "description" not in spec:
+            missing.append(field)
+    assert not missing, missing
+
+
+def test_sampling_override_merges_only_set_fields():
+    from orchestrator.config import SamplingOverride
+
+    e = ExpertConfig(
+        name="a", backend={"type": "fake"}, sampling={"temperature": 0.7, "max_tokens": 9}
+    )
+    merged = e.sampling.merged(SamplingOverride(max_tokens=3))
+    assert (merged.temperature, merged.max_tokens) == (0.7, 3)

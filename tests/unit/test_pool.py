@@ -1,0 +1,178 @@
+"""The pool's scheduling against fake backends: grouping, order, eviction, failures."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.config import parse_config
+from workers.batch import GenerationRequest
+from workers.pool import ExpertPool
+
+
+def make_pool(experts, budget=None, parallel=4) -> ExpertPool:
+    cfg = parse_config(
+        {
+            "pool": {
+                "memory_budget_gb": budget,
+                "max_parallel_groups": parallel,
+                "experts": [
+                    {
+                        "name": name,
+                        "backend": {"type": "fake", **spec},
+                    }
+                    for name, spec in experts.items()
+                ],
+            }
+        }
+    )
+    return ExpertPool(cfg)
+
+
+def req(i, expert, text=None):
+    return GenerationRequest(
+        item_id=str(i), expert=expert, messages=[{"role": "user", "content": text or f"q{i}"}]
+    )
+
+
+def test_groups_by_expert_loads_once_and_keeps_input_order():
+    pool = make_pool({"a": {}, "b": {}, "c": {}})
+    experts = ["a", "b", "c", "b", "a", "a", "c", "b", "a"]
+    reqs = [req(i, e) for i, e in enumerate(experts)]
+    results = pool.run(reqs)
+    assert [r.item_id for r in results] == [str(i) for i in range(len(experts))]
+    assert [r.expert for r in results] == experts
+    assert all(r.ok and r.text == f"{r.expert}: q{r.item_id}" for r in results)
+    # one load and one generate call (one engine batch) per expert
+    for name, ids in {"a": ["0", "4", "5", "8"], "b": ["1", "3", "7"], "c": ["2", "6"]}.items():
+        backend = pool.backends[name]
+        assert backend.loads == 1
+        assert backend.calls == [ids]
+    assert pool.stats.loads == 3
+
+
+def test_second_batch_on_resident_models_loads_nothing():
+    pool = make_pool({"a": {}, "b": {}})
+    pool.run([req(0, "a"), req(1, "b")])
+    assert pool.stats.loads == 2
+    results = pool.run([req(2, "b"), req(3, "a"), req(4, "a")])
+    assert all(r.ok for r in results)
+    assert pool.stats.loads == 2
+    assert sorted(pool.resident) == ["a", "b"]
+
+
+def test_budget_evicts_the_model_the_batch_does_not_need():
+    pool = make_pool({"a": {}, "b": {}, "c": {}}, budget=2.0)
+    pool.run([req(0, "b"), req(1, "a")])  # b used before a
+    assert sorted(pool.resident) == ["a", "b"]
+    # b is needed again, a is not: a goes although b was used longer ago (not plain LRU)
+    results = pool.run([req(2, "c"), req(3, "b")])
+    assert all(r.ok for r in results)
+    assert sorted(pool.resident) == ["b", "c"]
+    assert pool.stats.evictions == 1
+    assert pool.backends["b"].loads == 1
+    assert pool.stats.loads == 3
+
+
+def test_budget_smaller_than_every_model_loads_one_at_a_time():
+    pool = make_pool({"a": {}, "b": {}, "c": {}}, budget=1.0)
+    results = pool.run([req(i, e) for i, e in enumerate("abcabc")])
+    assert all(r.ok for r in results)
+    assert pool.stats.loads == 3 and pool.stats.evictions == 2
+    assert len(pool.resident) == 1
+
+
+def test_model_larger_than_budget_is_an_error_result_not_a_crash():
+    cfg = parse_config(
+        {
+            "pool": {
+                "memory_budget_gb": 2,
+                "experts": [
+                    {"name": "big", "backend": {"type": "fake"}, "resources": {"memory_gb": 3}},
+                    {"name": "ok", "backend": {"type": "fake"}},
+                ],
+            }
+        }
+    )
+    results = ExpertPool(cfg).run([req(0, "big"), req(1, "ok")])
+    assert results[0].error.type == "ModelLoadError"
+    assert "big" in results[0].error.message and "memory_budget_gb" in results[0].error.message
+    assert results[1].ok
+
+
+def test_failed_load_yields_error_results_and_others_complete():
+    pool = make_pool({"bad": {"fail_load": True}, "good": {}})
+    results = pool.run([req(i, e) for i, e in enumerate(["bad", "good", "bad", "good"])])
+    assert [r.ok for r in results] == [False, True, False, True]
+    for r in (results[0], results[2]):
+        assert r.error.type == "ModelLoadError" and not r.error.retryable
+        assert "[bad]" in r.error.message and "does not exist" in r.error.message
+    assert pool.stats.load_failures == 1
+
+
+def test_engine_death_restarts_and_retries_once():
+    pool = make_pool({"flaky": {"die_on_calls": [0]}, "steady": {}})
+    results = pool.run([req(0, "flaky"), req(1, "steady"), req(2, "flaky")])
+    assert all(r.ok for r in results)
+    assert [r.attempts for r in results] == [2, 1, 2]
+    assert pool.stats.restarts == 1
+    assert pool.backends["flaky"].loads == 2
+
+
+def test_restarting_engine_keeps_its_memory_share():
+    from workers.fake import FakeBackend
+
+    # a dies on its 2nd call and restarts slowly while c is being placed: the budget (2)
+    # must hold throughout, so c evicts b rather than slipping into a's freed slot.
+    pool = make_pool(
+        {"a": {"die_on_calls": [1], "load_s": 0.2, "generate_s": 0.05}, "b": {}, "c": {}},
+        budget=2.0,
+    )
+    pool.run([req(0, "a"), req(1, "b")])
+    results = pool.run([req(2, "a"), req(3, "c")])
+    assert all(r.ok for r in results) and results[0].attempts == 2
+    assert FakeBackend.max_loaded <= 2
+    assert sorted(pool.resident) == ["a", "c"]
+
+
+def test_engine_that_dies_twice_reports_every_item():
+    pool = make_pool({"doomed": {"die_on_calls": [0, 1]}})
+    results = pool.run([req(0, "doomed"), req(1, "doomed")])
+    assert [r.error.type for r in results] == ["EngineDeadError", "EngineDeadError"]
+    assert all(r.attempts == 2 and r.error.retryable for r in results)
+
+
+def test_unknown_expert_gets_an_error_naming_known_ones():
+    pool = make_pool({"a": {}})
+    results = pool.run([req(0, "zzz"), req(1, "a")])
+    assert results[0].error.type == "UnknownExpertError"
+    assert "'zzz'" in results[0].error.message and "a" in results[0].error.message
+    assert results[1].ok
+    assert pool.run([]) == []
+
+
+def test_groups_on_different_experts_generate_concurrently():
+    from workers.fake import FakeBackend
+
+    pool = make_pool({n: {"generate_s": 0.2} for n in "abc"}, parallel=3)
+    pool.run([req(i, e) for i, e in enumerate("abc")])
+    assert FakeBackend.max_active >= 2
+    FakeBackend.max_active = 0
+    serial = make_pool({n: {"generate_s": 0.05} for n in "abc"}, parallel=1)
+    serial.run([req(i, e) for i, e in enumerate("abc")])
+    assert FakeBackend.max_active == 1
+
+
+def test_progress_bar_runs_and_close_unloads():
+    pool = make_pool({"a": {}, "b": {}})
+    assert all(r.ok for r in pool.run([req(0, "a"), req(1, "b")], progress=True))
+    pool.close()
+    assert pool.resident == []
+
+
+def test_request_needs_exactly_one_input():
+    with pytest.raises(ValueError, match="exactly one"):
+        GenerationRequest(item_id="x", expert="a")
+    with pytest.raises(ValueError, match="exactly one"):
+        GenerationRequest(
+            item_id="x", expert="a", prompt="p", messages=[{"role": "user", "content": "c"}]
+        )

@@ -1,0 +1,1 @@
+"""The only package that talks to Ray and vLLM: expert backends and the batched pool."""
