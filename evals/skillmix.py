@@ -1,0 +1,296 @@
+"""skillmix: a seeded multiple-choice benchmark whose questions need different skills.
+
+Questions follow the MMLU-Pro format of `../shared/data/symbolic-moe/` (`question` with
+the options inlined after "The options are:", `gold_answer` a letter, `category`), with
+four options. Each category is one kind of skill, worded so the skill is recognisable
+from the text: arithmetic, string reversal, letter counting, capitals and chemical
+symbols (looked up in `evals/data/tables.json`), month arithmetic, unit conversion,
+alphabet positions and number comparison.
+
+Three disjoint splits: `train` (the experts' training data), `validation` (model
+profiles are built from it) and `test` (reported). A question's split is a hash of its
+problem: for computed skills the problem is the underlying instance (the numbers, the
+word), so a test problem is never trained on in any wording; for looked-up facts it is
+the full question text, since the fact itself must be learnt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Split = Literal["train", "validation", "test"]
+SPLITS: tuple[Split, ...] = ("train", "validation", "test")
+LETTERS = "ABCD"
+MONTHS = [
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+]  # fmt: skip
+
+
+class Question(BaseModel):
+    """One benchmark row, in the MMLU-Pro format plus an id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(..., description="Stable id: category, split and index.")
+    question: str = Field(..., description="Question text with the options inlined.")
+    gold_answer: str = Field(..., pattern="^[A-D]$", description="Letter of the right option.")
+    category: str = Field(..., description="The skill the question needs.")
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str | None  # the problem's identity for splitting; None: use the question text
+    stem: str
+    answer: str
+    distractors: tuple[str, ...]
+
+
+@cache
+def tables() -> dict[str, dict[str, str]]:
+    text = resources.files("evals").joinpath("data/tables.json").read_text()
+    data = json.loads(text)
+    return {"capitals": data["capitals"], "elements": data["elements"]}
+
+
+def _word(rng: random.Random) -> str:
+    consonants, vowels = "bcdfghklmnprstvz", "aeiou"
+    return "".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(rng.randint(2, 3)))
+
+
+def _near_numbers(rng: random.Random, answer: int, spread: list[int]) -> tuple[str, ...]:
+    picks: list[int] = []
+    for d in rng.sample(spread, len(spread)):
+        if answer + d > 0 and answer + d not in picks:
+            picks.append(answer + d)
+        if len(picks) == 3:
+            break
+    return tuple(map(str, picks))
+
+
+def arithmetic(rng: random.Random) -> Problem:
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    stem = rng.choice(
+        [
+            "What is {a} + {b}?",
+            "Add {a} and {b}. What is the sum?",
+            "Compute the sum of {a} and {b}.",
+        ]
+    ).format(a=a, b=b)
+    return Problem(
+        f"{min(a, b)}+{max(a, b)}",
+        stem,
+        str(a + b),
+        _near_numbers(rng, a + b, [-11, -10, -1, 1, 10, 11, 2, -2]),
+    )
+
+
+def strings(rng: random.Random) -> Problem:
+    w = _word(rng)
+    stem = rng.choice(
+        [
+            "Reverse the letters of the word '{w}'.",
+            "Spell the string '{w}' backwards.",
+            "What is the string '{w}' written in reverse order?",
+        ]
+    ).format(w=w)
+    rev = w[::-1]
+    wrong = {w, rev[1:] + rev[0], rev[-1] + rev[:-1], rev[:2][::-1] + rev[2:]} - {rev}
+    while len(wrong) < 3:
+        s = list(rev)
+        rng.shuffle(s)
+        if "".join(s) != rev:
+            wrong.add("".join(s))
+    return Problem(w, stem, rev, tuple(sorted(wrong))[:3])
+
+
+def counting(rng: random.Random) -> Problem:
+    w = _word(rng) + _word(rng)[:2]
+    c = rng.choice(sorted(set(w)))
+    stem = rng.choice(
+        [
+            "How many times does the letter '{c}' appear in the word '{w}'?",
+            "Count the occurrences of the letter '{c}' in '{w}'.",
+        ]
+    ).format(c=c, w=w)
+    n = w.count(c)
+    return Problem(
+        f"{c}:{w}",
+        stem,
+        str(n),
+        tuple(str(x) for x in rng.sample([m for m in range(0, 7) if m != n], 3)),
+    )
+
+
+def _lookup(rng: random.Random, table: dict[str, str], templates: list[str]) -> Problem:
+    name = rng.choice(sorted(table))
+    answer = table[name]
+    others = rng.sample(sorted(set(table.values()) - {answer}), 3)
+    return Problem(None, rng.choice(templates).format(x=name), answer, tuple(others))
+
+
+def geography(rng: random.Random) -> Problem:
+    return _lookup(
+        rng,
+        tables()["capitals"],
+        [
+            "What is the capital city of {x}?",
+            "Which city is the capital of {x}?",
+            "Name the capital of the country {x}.",
+        ],
+    )
+
+
+def chemistry(rng: random.Random) -> Problem:
+    return _lookup(
+        rng,
+        tables()["elements"],
+        [
+            "What is the chemical symbol for the element {x}?",
+            "Which symbol denotes {x} on the periodic table?",
+            "The chemical element {x} has which symbol?",
+        ],
+    )
+
+
+def dates(rng: random.Random) -> Problem:
+    m, k = rng.randrange(12), rng.randint(1, 11)
+    stem = rng.choice(
+        [
+            "Which month comes {k} months after {m}?",
+            "If it is {m} now, what month will it be in {k} months?",
+        ]
+    ).format(k=k, m=MONTHS[m])
+    answer = MONTHS[(m + k) % 12]
+    wrong = [MONTHS[(m + k + d) % 12] for d in rng.sample([-2, -1, 1, 2, 3], 3)]
+    return Problem(f"{m}+{k}", stem, answer, tuple(wrong))
+
+
+UNITS = [("centimeters", "meters", 100), ("grams", "kilograms", 1000), ("minutes", "hours", 60),
+         ("seconds", "minutes", 60), ("hours", "days", 24), ("millimeters", "centimeters", 10)]  # fmt: skip
+
+
+def units(rng: random.Random) -> Problem:
+    small, big, factor = rng.choice(UNITS)
+    n = rng.randint(2, 40)
+    stem = rng.choice(
+        ["How many {s} are in {n} {b}?", "Convert {n} {b} to {s}.", "{n} {b} equals how many {s}?"]
+    ).format(s=small, b=big, n=n)
+    wrong = sorted({n * f for f in (10, 24, 60, 100, 1000) if f != factor} - {n * factor})
+    return Problem(f"{big}:{n}", stem, str(n * factor), tuple(str(x) for x in rng.sample(wrong, 3)))
+
+
+def alphabet(rng: random.Random) -> Problem:
+    i, k = rng.randrange(20), rng.randint(1, 5)
+    letters = string.ascii_lowercase
+    stem = rng.choice(
+        [
+            "Which letter comes {k} places after '{l}' in the alphabet?",
+            "Counting forward {k} letters from '{l}' in the alphabet, which letter do you reach?",
+        ]
+    ).format(k=k, l=letters[i])
+    answer = letters[i + k]
+    wrong = [
+        letters[j]
+        for j in rng.sample([j for j in range(max(0, i - 2), min(26, i + 8)) if j != i + k], 3)
+    ]
+    return Problem(f"{i}+{k}", stem, answer, tuple(wrong))
+
+
+def comparison(rng: random.Random) -> Problem:
+    nums = rng.sample(range(10, 1000), 4)
+    largest = rng.random() < 0.5
+    stem = (
+        rng.choice(["Which of the following numbers is the largest?", "Pick the greatest number."])
+        if largest
+        else rng.choice(
+            ["Which of the following numbers is the smallest?", "Pick the least number."]
+        )
+    )
+    answer = max(nums) if largest else min(nums)
+    return Problem(
+        f"{'max' if largest else 'min'}:{sorted(nums)}",
+        stem,
+        str(answer),
+        tuple(str(x) for x in nums if x != answer),
+    )
+
+
+GENERATORS: dict[str, Callable[[random.Random], Problem]] = {
+    "arithmetic": arithmetic,
+    "strings": strings,
+    "counting": counting,
+    "geography": geography,
+    "chemistry": chemistry,
+    "dates": dates,
+    "units": units,
+    "alphabet": alphabet,
+    "comparison": comparison,
+}
+CATEGORIES: tuple[str, ...] = tuple(GENERATORS)
+
+#: Share of problems in each split, by hash bucket out of 100.
+SPLIT_BUCKETS = {"train": range(0, 70), "validation": range(70, 85), "test": range(85, 100)}
+
+
+def split_of(category: str, key: str) -> Split:
+    bucket = int.from_bytes(hashlib.sha256(f"{category}|{key}".encode()).digest()[:4], "big") % 100
+    for split, rng_ in SPLIT_BUCKETS.items():
+        if bucket in rng_:
+            return split  # type: ignore[return-value]
+    raise AssertionError(bucket)
+
+
+def render(problem: Problem, rng: random.Random) -> tuple[str, str]:
+    options = [problem.answer, *problem.distractors[:3]]
+    rng.shuffle(options)
+    inline = " ".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
+    return f"{problem.stem} The options are: {inline}", LETTERS[options.index(problem.answer)]
+
+
+def generate(
+    split: Split, per_category: int, seed: int = 0, categories: tuple[str, ...] = CATEGORIES
+) -> list[Question]:
+    """`per_category` distinct questions of each category in `split`, deterministic in `seed`."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    unknown = sorted(set(categories) - set(GENERATORS))
+    if unknown:
+        raise ValueError(f"unknown categories {unknown}; known: {', '.join(CATEGORIES)}")
+    rows: list[Question] = []
+    for category in categories:
+        rng = random.Random(f"skillmix:{seed}:{split}:{category}")
+        seen: set[str] = set()
+        misses = 0
+        while len(seen) < per_category:
+            misses += 1
+            if misses > 20_000:  # nothing new in a long while: the split is exhausted
+                raise ValueError(
+                    f"category {category!r} has too few distinct {split} questions for "
+                    f"{per_category}; ask for fewer"
+                )
+            problem = GENERATORS[category](rng)
+            text, gold = render(problem, rng)
+            if split_of(category, problem.key or text) != split or text in seen:
+                continue
+            seen.add(text)
+            misses = 0
+            rows.append(
+                Question(
+                    id=f"{category}-{split}-{len(seen) - 1}",
+                    question=text,
+                    gold_answer=gold,
+                    category=category,
+                )
+            )
+    return rows
