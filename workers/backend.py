@@ -51,6 +51,9 @@ class ExpertBackend(ABC):
     @abstractmethod
     def loaded(self) -> bool: ...
 
+    def prepare(self) -> None:
+        """Called on the pool's own thread before `load` (which may run on another)."""
+
     @abstractmethod
     def load(self) -> None: ...
 

@@ -119,6 +119,7 @@ class ExpertPool:
                 needs_load = not backend.loaded
                 if needs_load:
                     try:
+                        backend.prepare()
                         self._make_room(backend, pending, next_use, in_flight)
                     except ConclaveError as exc:
                         for i, req in zip(groups[name], group, strict=True):

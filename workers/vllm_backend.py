@@ -163,6 +163,16 @@ class VLLMBackend(ExpertBackend):
                     expert=self.name,
                 )
 
+    def prepare(self) -> None:
+        # ray.init belongs on the main thread (it installs signal handlers); loads may not be.
+        try:
+            ensure_ray(self.cluster)
+        except Exception as exc:
+            where = self.cluster.address or os.environ.get("RAY_ADDRESS") or "a local cluster"
+            raise ModelLoadError(
+                f"cannot start or reach Ray ({where}): {exc}", expert=self.name
+            ) from exc
+
     def load(self) -> None:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
