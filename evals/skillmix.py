@@ -176,8 +176,14 @@ def dates(rng: random.Random) -> Problem:
     return Problem(f"{m}+{k}", stem, answer, tuple(wrong))
 
 
-UNITS = [("centimeters", "meters", 100), ("grams", "kilograms", 1000), ("minutes", "hours", 60),
-         ("seconds", "minutes", 60), ("hours", "days", 24), ("millimeters", "centimeters", 10)]  # fmt: skip
+UNITS = [
+    ("centimeters", "meters", 100),
+    ("grams", "kilograms", 1000),
+    ("minutes", "hours", 60),
+    ("seconds", "minutes", 60),
+    ("hours", "days", 24),
+    ("millimeters", "centimeters", 10),
+]
 
 
 def units(rng: random.Random) -> Problem:

@@ -51,7 +51,7 @@ class ExpertBackend(ABC):
     @abstractmethod
     def loaded(self) -> bool: ...
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
         """Called on the pool's own thread before `load` (which may run on another)."""
 
     @abstractmethod
