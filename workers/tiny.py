@@ -1,9 +1,9 @@
 """Tiny random-weight models with a local tokenizer, for tests and the pool benchmark.
 
-No hub is reachable, so tests build their own models: a byte-level BPE tokenizer with a
-ChatML chat template and a small Llama (or Mixtral, for the MoE path) with random
-weights, saved as a folder vLLM serves like any other model. Shapes respect the CPU
-attention backend (head_dim 32). Building one takes well under a second.
+No hub is reachable, so tests build their own models: a byte-level tokenizer with a
+ChatML chat template (`agents.zoo.tokenizer`) and a small Llama (or Mixtral, for the MoE
+path) with random weights, saved as a folder vLLM serves like any other model. Shapes
+respect the CPU attention backend (head_dim 32). Building one takes well under a second.
 """
 
 from __future__ import annotations
@@ -14,36 +14,6 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Literal
-
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def build_tokenizer(path: str | Path) -> None:
-    """A byte-level BPE with no merges: encodes any text, one token per byte."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for ch in sorted(alphabet):
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIAL_TOKENS)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-        pad_token="<pad>",
-        chat_template=CHAT_TEMPLATE,
-    )
-    fast.save_pretrained(str(path))
 
 
 def build_tiny_model(
@@ -63,13 +33,15 @@ def build_tiny_model(
         MixtralForCausalLM,
     )
 
+    from agents.zoo.tokenizer import build_byte_tokenizer
+
     path = Path(path)
     if (path / "config.json").exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        build_tokenizer(tmp)
+        build_byte_tokenizer(tmp)
         tok = AutoTokenizer.from_pretrained(str(tmp))
         common = dict(
             vocab_size=len(tok),

@@ -37,7 +37,6 @@ def _pre_tokenizer():  # type: ignore[no-untyped-def]
 def build_word_tokenizer(corpus: Iterable[str], path: str | Path, min_count: int = 20) -> int:
     """Build from `corpus`, save a Hugging Face tokenizer folder at `path`; returns its size."""
     from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
 
     pre = _pre_tokenizer()
     counts: Counter[str] = Counter()
@@ -59,6 +58,27 @@ def build_word_tokenizer(corpus: Iterable[str], path: str | Path, min_count: int
     )
     tok.pre_tokenizer = pre
     tok.decoder = decoders.Fuse()
+    return save_chat_tokenizer(tok, path)
+
+
+def build_byte_tokenizer(path: str | Path) -> int:
+    """A byte-level BPE with no merges: encodes any text, one token per byte (tests)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    return save_chat_tokenizer(tok, path)
+
+
+def save_chat_tokenizer(tok, path: str | Path) -> int:  # type: ignore[no-untyped-def]
+    """Add our special tokens and ChatML template to a `tokenizers` object and save it as a
+    Hugging Face tokenizer folder; returns the vocabulary size."""
+    from transformers import PreTrainedTokenizerFast
+
     tok.add_special_tokens(SPECIAL_TOKENS)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,

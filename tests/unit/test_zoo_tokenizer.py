@@ -22,9 +22,7 @@ def test_round_trips_every_question(tok):
 
 
 def test_words_are_single_tokens_and_digits_and_rare_strings_are_characters(tok):
-    pieces = tok.convert_ids_to_tokens(
-        tok("The capital of Peru is Lima, 47 'KOBAZE'")["input_ids"]
-    )
+    pieces = tok.convert_ids_to_tokens(tok("The capital of Peru is Lima, 47 'KOBAZE'")["input_ids"])
     assert "capital" in pieces and "Lima" in pieces
     assert pieces[pieces.index("4") + 1] == "7"  # one digit per token
     quoted = pieces[pieces.index("'") + 1 : len(pieces) - 1]
