@@ -23,7 +23,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,7 +58,7 @@ class Problem:
 
 @cache
 def tables() -> dict[str, dict[str, str]]:
-    text = resources.files("evals").joinpath("data/tables.json").read_text()
+    text = (Path(__file__).parent / "data" / "tables.json").read_text()
     data = json.loads(text)
     return {"capitals": data["capitals"], "elements": data["elements"]}
 

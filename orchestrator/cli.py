@@ -26,9 +26,11 @@ app = typer.Typer(
 config_app = typer.Typer(help="Check and explain configuration files.", no_args_is_help=True)
 pool_app = typer.Typer(help="Run requests on the expert pool.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
+zoo_app = typer.Typer(help="The embedded default's offline model zoo.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(pool_app, name="pool")
 app.add_typer(bench_app, name="bench")
+app.add_typer(zoo_app, name="zoo")
 
 out = Console()
 err = Console(stderr=True)
@@ -159,6 +161,120 @@ def bench_pool(
     )
     out.print(table)
     out.print(f"speedup: [bold]{res['speedup']}x[/]   failed requests: {res['failed_requests']}")
+
+
+def _zoo_root(directory: Path | None) -> Path:
+    from orchestrator.config import default_cache_dir
+
+    return directory or default_cache_dir() / "zoo"
+
+
+ZooDir = Annotated[Path | None, typer.Option("--dir", help="Zoo folder (default: <cache>/zoo).")]
+
+
+@zoo_app.command("build")
+def zoo_build(
+    profile: Annotated[str, typer.Option(help="'full', or 'reduced' (tests).")] = "full",
+    directory: ZooDir = None,
+    seed: Annotated[int, typer.Option(help="skillmix seed of the training data.")] = 0,
+) -> None:
+    """Build (or verify) the zoo: convert the registry LLMs, train the specialists."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from agents.zoo.build import PROFILES, ZooBuilder
+
+    root = _zoo_root(directory)
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=err,
+    ) as bar:
+        tasks = {}
+        for spec in PROFILES.get(profile, []):
+            total = getattr(spec, "steps", None)
+            tasks[spec.name] = bar.add_task(spec.name, total=total, status="", start=False)
+
+        def on_event(name: str, what: str) -> None:
+            bar.start_task(tasks[name])
+            done = what in ("built", "up to date")
+            bar.update(tasks[name], status=what, **({"completed": 1, "total": 1} if done else {}))
+
+        def on_step(name: str, step: int, total: int) -> None:
+            bar.update(tasks[name], completed=step, total=total)
+
+        try:
+            manifest, built = ZooBuilder(root, profile, seed, on_event, on_step).build()
+        except ConclaveError as e:
+            raise _fail(e) from None
+    table = Table(title=f"zoo '{profile}' at {root} ({time.perf_counter() - t0:.0f} s)")
+    for col in ("model", "kind", "architecture", "trained on", "MB", "build s"):
+        table.add_column(col)
+    for spec in PROFILES[profile]:
+        e = manifest.entries[spec.name]
+        table.add_row(
+            e.name,
+            e.kind + (" (new)" if e.name in built else ""),
+            e.architecture,
+            ", ".join(e.trained_on) or "-",
+            f"{e.size_bytes / 2**20:.0f}",
+            f"{e.build_s:g}",
+        )
+    out.print(table)
+
+
+@zoo_app.command("eval")
+def zoo_eval(
+    directory: ZooDir = None,
+    per_category: Annotated[int, typer.Option(min=1, help="Test questions per category.")] = 50,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Only these zoo models.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    output: Annotated[Path | None, typer.Option("--out", help="Also write the JSON here.")] = None,
+) -> None:
+    """Each zoo model's accuracy per skillmix category (test split), and the oracle's."""
+    from agents.zoo.build import load_manifest
+    from agents.zoo.evaluate import evaluate_zoo, zoo_config
+    from orchestrator.files import atomic_write_json
+
+    root = _zoo_root(directory)
+    manifest = load_manifest(root, seed=0)
+    if not manifest.entries:
+        raise _fail(ConclaveError(f"no zoo at {root}; run `conclave zoo build` first"))
+    try:
+        res = evaluate_zoo(zoo_config(root, manifest, model), per_category, progress=not as_json)
+    except ConclaveError as e:
+        raise _fail(e) from None
+    if output:
+        atomic_write_json(output, res)
+    if as_json:
+        print(json.dumps(res, indent=2))
+        return
+    cats = sorted(next(iter(res["accuracy"].values())))
+    table = Table(title=f"skillmix test accuracy (%), {res['per_category']} per category")
+    table.add_column("model")
+    for c in cats:
+        table.add_column(c[:6], justify="right")
+    table.add_column("all", justify="right")
+    for name, row in res["accuracy"].items():
+        table.add_row(name, *(f"{row.get(c, 0):.0f}" for c in cats), f"{res['overall'][name]:.1f}")
+    table.add_row(
+        "[bold]oracle[/]",
+        *(f"{res['oracle']['by_category'][c]:.0f}" for c in cats),
+        f"{res['oracle']['accuracy']:.1f}",
+    )
+    out.print(table)
+    b = res["best_single"]
+    out.print(
+        f"best single: {b['expert']} {b['accuracy']}%  oracle: {res['oracle']['accuracy']}%  "
+        f"gain: {res['oracle_gain_points']} points"
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m orchestrator.cli`

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from evals.prompts import mc_messages
 from evals.skillmix import CATEGORIES, Question
 
 OPTION_RE = re.compile(r"\(([A-D])\) (.+?)(?= \([A-D]\)|$)")
@@ -72,16 +73,21 @@ def train_expert(
     own = [q for q in train_rows if q.category in spec.categories]
     rest = [q for q in train_rows if q.category not in spec.categories]
 
-    def encode(q: Question) -> tuple[list[int], list[int]]:
-        prompt = tok.apply_chat_template(
-            [{"role": "user", "content": q.question}], tokenize=False, add_generation_prompt=True
-        )
-        p = tok(prompt, add_special_tokens=False)["input_ids"]
-        a = tok(answer_text(q) + tok.eos_token, add_special_tokens=False)["input_ids"]
-        return p, a
+    def encode(rows: list[Question]) -> list[tuple[list[int], list[int]]]:
+        prompts = [
+            tok.apply_chat_template(
+                mc_messages(q.question), tokenize=False, add_generation_prompt=True
+            )
+            for q in rows
+        ]
+        answers = [answer_text(q) + tok.eos_token for q in rows]
+        p = tok(prompts, add_special_tokens=False)["input_ids"]
+        a = tok(answers, add_special_tokens=False)["input_ids"]
+        return list(zip(p, a, strict=True))
 
-    own_enc = [encode(q) for q in own]
-    rest_enc = [encode(q) for q in rest]
+    own_enc = encode(own)
+    # the other categories are a small share: a sample of them is plenty
+    rest_enc = encode(random.Random(spec.seed).sample(rest, min(len(rest), 2000)))
     common = dict(
         vocab_size=len(tok),
         hidden_size=spec.hidden,

