@@ -57,6 +57,9 @@ def convert_gguf(gguf: Path, out_dir: Path, fix: Callable[[Path], None] | None =
     """Dequantize `gguf` into a bf16 Hugging Face folder at `out_dir`, atomically."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars report this work
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

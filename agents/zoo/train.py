@@ -63,6 +63,9 @@ def train_expert(
         MixtralConfig,
         MixtralForCausalLM,
     )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars report this work
 
     unknown = set(spec.categories) - set(CATEGORIES)
     if unknown:
