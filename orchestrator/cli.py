@@ -258,7 +258,7 @@ def zoo_eval(
         return
     cats = sorted(next(iter(res["accuracy"].values())))
     table = Table(title=f"skillmix test accuracy (%), {res['per_category']} per category")
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     for c in cats:
         table.add_column(c[:6], justify="right")
     table.add_column("all", justify="right")

@@ -11,6 +11,7 @@ atomically after each model, so an interrupted build keeps what it finished.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import shutil
@@ -166,6 +167,16 @@ class ZooBuilder:
     def build(self) -> tuple[ZooManifest, list[str]]:
         """Build what is missing or stale; returns the manifest and the names built."""
         self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(
+                    f"another zoo build is running in {self.root}; wait for it to finish"
+                ) from None
+            return self._build_locked()
+
+    def _build_locked(self) -> tuple[ZooManifest, list[str]]:
         for stale in self.root.glob(".*.*"):  # half-built folders of an interrupted run
             shutil.rmtree(stale, ignore_errors=True)
         manifest = load_manifest(self.root, self.seed)

@@ -77,6 +77,8 @@ def train_expert(
     rest = [q for q in train_rows if q.category not in spec.categories]
 
     def encode(rows: list[Question]) -> list[tuple[list[int], list[int]]]:
+        if not rows:
+            return []
         prompts = [
             tok.apply_chat_template(
                 mc_messages(q.question), tokenize=False, add_generation_prompt=True

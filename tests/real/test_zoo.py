@@ -50,6 +50,17 @@ def test_corrupt_or_partial_models_are_rebuilt(zoo):
     (zoo / "manifest.json").write_text(good)
 
 
+def test_a_concurrent_build_is_refused(zoo):
+    import fcntl
+
+    from orchestrator.errors import ConfigError
+
+    with open(zoo / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ConfigError, match="another zoo build is running"):
+            ZooBuilder(zoo, "reduced").build()
+
+
 def test_every_model_loads_in_vllm_and_answers_in_format(zoo, ray_cluster):
     from workers.batch import GenerationRequest
     from workers.pool import ExpertPool
