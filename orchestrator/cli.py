@@ -36,6 +36,17 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _emit_json(res: dict[str, object], output: Path | None, as_json: bool) -> bool:
+    """Write the figures to `output` (atomically) if asked; print them if `as_json`."""
+    from orchestrator.files import atomic_write_json
+
+    if output:
+        atomic_write_json(output, res)
+    if as_json:
+        print(json.dumps(res, indent=2))
+    return as_json
+
+
 def _fail(exc: Exception) -> typer.Exit:
     err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
     return typer.Exit(code=2)
@@ -134,7 +145,6 @@ def bench_pool(
     output: Annotated[Path | None, typer.Option("--out", help="Also write the JSON here.")] = None,
 ) -> None:
     """Grouped load-once scheduling vs loading the model per request, on tiny models."""
-    from orchestrator.files import atomic_write_json
     from workers.bench import run_pool_bench
 
     try:
@@ -143,10 +153,7 @@ def bench_pool(
         )
     except (ConclaveError, ValueError) as e:
         raise _fail(e) from None
-    if output:
-        atomic_write_json(output, res)
-    if as_json:
-        print(json.dumps(res, indent=2))
+    if _emit_json(res, output, as_json):
         return
     table = Table(title=f"pool benchmark: {res['requests']} requests over {res['models']} models")
     for col in ("scheduling", "model loads", "wall s"):
@@ -241,7 +248,6 @@ def zoo_eval(
     """Each zoo model's accuracy per skillmix category (test split), and the oracle's."""
     from agents.zoo.build import load_manifest
     from agents.zoo.evaluate import evaluate_zoo, zoo_config
-    from orchestrator.files import atomic_write_json
 
     root = _zoo_root(directory)
     manifest = load_manifest(root, seed=0)
@@ -251,10 +257,7 @@ def zoo_eval(
         res = evaluate_zoo(zoo_config(root, manifest, model), per_category, progress=not as_json)
     except ConclaveError as e:
         raise _fail(e) from None
-    if output:
-        atomic_write_json(output, res)
-    if as_json:
-        print(json.dumps(res, indent=2))
+    if _emit_json(res, output, as_json):
         return
     cats = sorted(next(iter(res["accuracy"].values())))
     table = Table(title=f"skillmix test accuracy (%), {res['per_category']} per category")
