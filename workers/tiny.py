@@ -32,8 +32,11 @@ def build_tiny_model(
         MixtralConfig,
         MixtralForCausalLM,
     )
+    from transformers.utils import logging as hf_logging
 
     from agents.zoo.tokenizer import build_byte_tokenizer
+
+    hf_logging.disable_progress_bar()
 
     path = Path(path)
     if (path / "config.json").exists():
