@@ -26,7 +26,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.zoo.train import TrainSpec
-from evals.skillmix import CATEGORIES
+from evals.skillmix import CATEGORIES, Question
 from orchestrator.errors import ConfigError
 from orchestrator.files import atomic_write_text
 
@@ -161,6 +161,7 @@ class ZooBuilder:
         self.root = root
         self.profile = profile
         self.seed = seed
+        self._train_rows: list[Question] | None = None
         self.on_event = on_event or (lambda name, what: None)
         self.on_step = on_step or (lambda name, step, total: None)
 
@@ -284,10 +285,11 @@ class ZooBuilder:
         from agents.zoo.train import train_expert
         from evals.skillmix import generate
 
-        rows = generate("train", 2000, seed=self.seed)
+        if self._train_rows is None:  # one split for every specialist of this build
+            self._train_rows = generate("train", 2000, seed=self.seed)
         return train_expert(
             spec,
-            rows,
+            self._train_rows,
             self.root / "tokenizer",
             out,
             on_step=lambda step, loss: self.on_step(spec.name, step + 1, spec.steps),
