@@ -1,23 +1,50 @@
-"""Answer extraction and grading, as in Symbolic-MoE: the last "(X)" letter wins."""
+"""Answer extraction and grading, as in Symbolic-MoE: the last "(X)" letter wins.
+
+An answer that names no letter but states an option's text ("The answer is Paris.") is
+matched against the question's inlined options, as harnesses do for free-form answers:
+the zoo's tiny specialists answer that way, and so do real models now and then.
+"""
 
 from __future__ import annotations
 
 import re
 
-_ANSWER_IS = re.compile(r"answer is \(?([A-J])\)?", re.IGNORECASE)
+# the letter is case-sensitive and stands alone: "answer is Bucharest" names no letter B
+_ANSWER_IS = re.compile(r"(?i:answer is) \(?([A-J])\)?(?![\w])")
 _PAREN = re.compile(r"\(([A-J])\)")
+_ANSWER_TEXT = re.compile(r"(?i:answer is):?[ \t]*([^\n]*)")
+_OPTION = re.compile(r"\(([A-J])\) (.*?)(?= \([A-J]\) |\s*$)", re.DOTALL)
 
 
-def extract_choice(text: str | None) -> str | None:
-    """The chosen letter: the last "The answer is (X)", else the last "(X)", else None."""
+def options_of(question: str) -> dict[str, str]:
+    """The options inlined in an MMLU-Pro style question: letter -> text."""
+    _, sep, tail = question.rpartition("The options are:")
+    return {k: v.strip() for k, v in _OPTION.findall(tail if sep else question)}
+
+
+def _clean(text: str) -> str:
+    return text.strip().strip("*\"'`").rstrip(".").strip().casefold()
+
+
+def extract_choice(text: str | None, question: str | None = None) -> str | None:
+    """The chosen letter: the last "The answer is (X)", else the last "(X)", else (given
+    the question) the option whose text the last "The answer is ..." states, else None."""
     if not text:
         return None
     found = _ANSWER_IS.findall(text)
     if found:
-        return found[-1].upper()
+        return found[-1]
     found = _PAREN.findall(text)
-    return found[-1] if found else None
+    if found:
+        return found[-1]
+    stated = _ANSWER_TEXT.findall(text)
+    if question and stated:
+        said = _clean(stated[-1])
+        matches = [k for k, v in options_of(question).items() if _clean(v) == said]
+        if len(matches) == 1:
+            return matches[0]
+    return None
 
 
-def is_correct(text: str | None, gold: str) -> bool:
-    return extract_choice(text) == gold
+def is_correct(text: str | None, gold: str, question: str | None = None) -> bool:
+    return extract_choice(text, question) == gold

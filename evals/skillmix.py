@@ -5,7 +5,7 @@ the options inlined after "The options are:", `gold_answer` a letter, `category`
 four options. Each category is one kind of skill, worded so the skill is recognisable
 from the text: arithmetic, string reversal, letter counting, capitals and chemical
 symbols (looked up in `evals/data/tables.json`), month arithmetic, unit conversion,
-alphabet positions and number comparison.
+and alphabet positions.
 
 Three disjoint splits: `train` (the experts' training data), `validation` (model
 profiles are built from it) and `test` (reported). A question's split is a hash of its
@@ -79,7 +79,10 @@ def _near_numbers(rng: random.Random, answer: int, spread: list[int]) -> tuple[s
 
 
 def arithmetic(rng: random.Random) -> Problem:
-    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    # one carry-free column: a skill a million-parameter model learns from a few thousand
+    # examples (with carries it memorises the training pairs instead, 45% on test)
+    a = rng.randint(10, 99) * 10 + rng.randint(0, 8)
+    b = rng.randint(1, 9 - a % 10)
     stem = rng.choice(
         [
             "What is {a} + {b}?",
@@ -88,7 +91,7 @@ def arithmetic(rng: random.Random) -> Problem:
         ]
     ).format(a=a, b=b)
     return Problem(
-        f"{min(a, b)}+{max(a, b)}",
+        f"{a}+{b}",
         stem,
         str(a + b),
         _near_numbers(rng, a + b, [-3, -2, -1, 1, 2, 3]),
@@ -213,25 +216,6 @@ def alphabet(rng: random.Random) -> Problem:
     return Problem(None, stem, answer, tuple(wrong))  # 100 facts: split by text
 
 
-def comparison(rng: random.Random) -> Problem:
-    nums = rng.sample(range(10, 1000), 4)
-    largest = rng.random() < 0.5
-    stem = (
-        rng.choice(["Which of the following numbers is the largest?", "Pick the greatest number."])
-        if largest
-        else rng.choice(
-            ["Which of the following numbers is the smallest?", "Pick the least number."]
-        )
-    )
-    answer = max(nums) if largest else min(nums)
-    return Problem(
-        f"{'max' if largest else 'min'}:{sorted(nums)}",
-        stem,
-        str(answer),
-        tuple(str(x) for x in nums if x != answer),
-    )
-
-
 GENERATORS: dict[str, Callable[[random.Random], Problem]] = {
     "arithmetic": arithmetic,
     "strings": strings,
@@ -241,7 +225,6 @@ GENERATORS: dict[str, Callable[[random.Random], Problem]] = {
     "dates": dates,
     "units": units,
     "alphabet": alphabet,
-    "comparison": comparison,
 }
 CATEGORIES: tuple[str, ...] = tuple(GENERATORS)
 

@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.zoo.train import TrainSpec
+from agents.zoo.train import TRAINING_VERSION, TrainSpec
 from evals.skillmix import CATEGORIES, Question
 from orchestrator.errors import ConfigError
 from orchestrator.files import atomic_write_text
@@ -48,12 +48,10 @@ PROFILES: dict[str, list[Spec]] = {
     "full": [
         ConvertSpec("smollm2", "smollm2", roles=("expert", "aggregator", "keywords")),
         ConvertSpec("gemma3", "gemma3"),
-        TrainSpec("facts", ("geography", "chemistry"), steps=600, layers=2),
-        TrainSpec("calendar", ("dates", "alphabet"), steps=600, layers=2),
-        TrainSpec(
-            "numbers", ("arithmetic", "units", "comparison"), arch="mixtral", steps=600, layers=2
-        ),
-        TrainSpec("strings", ("strings", "counting"), steps=600, layers=2),
+        TrainSpec("facts", ("geography", "chemistry"), steps=300),
+        TrainSpec("calendar", ("dates", "alphabet"), steps=300),
+        TrainSpec("numbers", ("arithmetic", "units"), arch="mixtral", steps=1000),
+        TrainSpec("strings", ("strings", "counting"), steps=700),
         TrainSpec("generalist", CATEGORIES, other_share=0.0, steps=300, layers=2),
     ],
     "reduced": [
@@ -187,7 +185,8 @@ class ZooBuilder:
             tok_hash = self._tokenizer()
         built = []
         for spec in specs:
-            fp = fingerprint(spec, self.seed, tok_hash if isinstance(spec, TrainSpec) else "")
+            trained = isinstance(spec, TrainSpec)
+            fp = fingerprint(spec, self.seed, f"{tok_hash}:v{TRAINING_VERSION}" if trained else "")
             entry = manifest.entries.get(spec.name)
             if entry is not None and entry.fingerprint == fp and verify(self.root, entry):
                 self.on_event(spec.name, "up to date")
@@ -217,7 +216,7 @@ class ZooBuilder:
             rows = generate("train", 1000, seed=self.seed)
             corpus = (
                 f"<|im_start|>user\n{mc_messages(r.question)[0]['content']}<|im_end|>\n"
-                f"<|im_start|>assistant\n{r.question} The answer is (A).<|im_end|>"
+                f"<|im_start|>assistant\nThe answer is (A).<|im_end|>"
                 for r in rows
             )
             build_word_tokenizer(corpus, tmp)

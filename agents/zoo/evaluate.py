@@ -72,7 +72,9 @@ def evaluate_zoo(
     errors: dict[str, str] = {}
     for q, chunk in zip(rows, _chunks(results, len(names)), strict=True):
         for r in chunk:
-            hits[r.expert][q.category].append(r.ok and is_correct(r.text, q.gold_answer))
+            hits[r.expert][q.category].append(
+                r.ok and is_correct(r.text, q.gold_answer, q.question)
+            )
             if not r.ok and r.error is not None:
                 errors.setdefault(r.expert, r.error.message)
     acc = {

@@ -20,6 +20,16 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+#: The zoo specialists' template keeps only the last paragraph of a user message: the
+#: question with its options. A model of a million parameters cannot use the generic
+#: instruction in front of it ("Think step by step ..."), and dropping it makes training
+#: sequences 2.3x shorter, which is what fits the zoo's build in minutes on two cores.
+ZOO_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'user' %}{{ m['content'].split('\\n\\n')[-1] }}"
+    "{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def _pre_tokenizer():  # type: ignore[no-untyped-def]
@@ -58,7 +68,7 @@ def build_word_tokenizer(corpus: Iterable[str], path: str | Path, min_count: int
     )
     tok.pre_tokenizer = pre
     tok.decoder = decoders.Fuse()
-    return save_chat_tokenizer(tok, path)
+    return save_chat_tokenizer(tok, path, chat_template=ZOO_CHAT_TEMPLATE)
 
 
 def build_byte_tokenizer(path: str | Path) -> int:
@@ -74,9 +84,9 @@ def build_byte_tokenizer(path: str | Path) -> int:
     return save_chat_tokenizer(tok, path)
 
 
-def save_chat_tokenizer(tok, path: str | Path) -> int:  # type: ignore[no-untyped-def]
-    """Add our special tokens and ChatML template to a `tokenizers` object and save it as a
-    Hugging Face tokenizer folder; returns the vocabulary size."""
+def save_chat_tokenizer(tok, path: str | Path, chat_template: str = CHAT_TEMPLATE) -> int:  # type: ignore[no-untyped-def]
+    """Add our special tokens and a ChatML template to a `tokenizers` object and save it as
+    a Hugging Face tokenizer folder; returns the vocabulary size."""
     from transformers import PreTrainedTokenizerFast
 
     tok.add_special_tokens(SPECIAL_TOKENS)
@@ -86,7 +96,7 @@ def save_chat_tokenizer(tok, path: str | Path) -> int:  # type: ignore[no-untype
         eos_token="<|im_end|>",
         unk_token="<|endoftext|>",
         pad_token="<pad>",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
     fast.save_pretrained(str(path))
     return len(fast)

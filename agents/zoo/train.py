@@ -1,25 +1,30 @@
 """Deterministic training of the zoo's specialist experts.
 
 A specialist is a small Llama- or Mixtral-style causal LM trained from scratch on the
-skillmix train split of its own categories (plus a small share of the others), answering
-in the format the evaluation expects: the option's text, then "The answer is (X).". It
-is saved with the zoo tokenizer as a plain Hugging Face folder that vLLM serves.
+skillmix train split of its own categories (plus a small share of the others). It answers
+"The answer is <option text>." and grading maps the text to its option's letter
+(`evals.grading`): pointing from a value to the letter in front of it in the options is an
+induction skill that a model this small does not learn in a few minutes on two cores (we
+measured letter accuracy at chance after 3,000 steps), while the skills themselves are
+learnt in a few hundred. It is saved with the zoo tokenizer as a plain Hugging Face folder
+that vLLM serves.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from evals.grading import options_of
 from evals.prompts import mc_messages
 from evals.skillmix import CATEGORIES, Question
 
-OPTION_RE = re.compile(r"\(([A-D])\) (.+?)(?= \([A-D]\)|$)")
+#: Bump when a change here makes the same spec train a different model: the zoo rebuilds.
+TRAINING_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -33,17 +38,16 @@ class TrainSpec:
     hidden: int = 128
     layers: int = 4
     experts: int = 4  # mixtral only
-    steps: int = 2000
+    steps: int = 600
     batch: int = 32
-    lr: float = 2e-3
+    lr: float = 3e-3
     seed: int = 0
     roles: tuple[str, ...] = field(default=("expert",))
 
 
 def answer_text(q: Question) -> str:
-    """The target completion: the right option's text, then the letter."""
-    options = dict(OPTION_RE.findall(q.question))
-    return f"{options[q.gold_answer]}. The answer is ({q.gold_answer})."
+    """The target completion: the right option's text."""
+    return f"The answer is {options_of(q.question)[q.gold_answer]}."
 
 
 def train_expert(
@@ -140,8 +144,8 @@ def train_expert(
             ids[i, : len(seq)] = torch.tensor(seq)
             mask[i, : len(seq)] = 1
             labels[i, len(p) : len(seq)] = torch.tensor(a)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        # float32: on CPU, bfloat16 autocast is slower for matrices this small
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
