@@ -221,11 +221,66 @@ class PoolConfig(_Strict):
         raise KeyError(name)
 
 
+KEYWORD_PROMPT = (
+    "Question: {question}\n\n"
+    "What are the core knowledge, subjects or skills needed to solve this problem? "
+    "List 2-5 keywords separated by commas. Example keywords: psychology, virology, "
+    "behavioral theory, microbiology, diplomacy, political science, property law, finance, "
+    "business. Give only the keywords, no other words or explanation.\n\n"
+    "Follow this format:\nKeywords: <keyword1>, <keyword2>, ..."
+)
+
+
+class KeywordSettings(_Strict):
+    """How keywords are drawn and filtered (the paper's values are the defaults)."""
+
+    prompt: str = Field(KEYWORD_PROMPT, description="Prompt; {question} is replaced.")
+    samples: int = Field(5, ge=1, le=64, description="Samples drawn per question.")
+    temperature: float = Field(0.7, ge=0.0, le=5.0, description="Sampling temperature.")
+    max_tokens: int = Field(64, ge=1, description="Most tokens per sample.")
+    max_chars: int = Field(20, ge=1, description="Longer keywords are dropped.")
+    min_samples: int = Field(
+        2, ge=1, description="Keep a keyword found in at least this many samples (paper: 2)."
+    )
+    seed: int = Field(0, description="Base seed; sample i of a question uses seed + i.")
+
+
+class RouterSettings(_Strict):
+    """Recruitment parameters (the paper's values are the defaults)."""
+
+    k: int = Field(3, ge=1, le=64, description="Experts recruited per question.")
+    temperature: float = Field(0.5, gt=0.0, description="T in g(m)^(1/T); lower is sharper.")
+    replacement: bool = Field(
+        True, description="Draw with replacement (the paper) or k distinct experts."
+    )
+    seed: int = Field(0, description="Seed of the draws.")
+
+
+class RoutingConfig(_Strict):
+    """How questions reach experts: keywords, recruitment and aggregation."""
+
+    keywords: KeywordSettings = Field(
+        default_factory=KeywordSettings, description="Keyword sampling and filtering."
+    )
+    keyword_expert: str | None = Field(
+        None, description="Expert that extracts keywords; unset: the one with role 'keywords'."
+    )
+    router: RouterSettings = Field(default_factory=RouterSettings, description="Recruitment.")
+    aggregator: str = Field(
+        "auto",
+        description="'auto': the best candidate on the aggregation benchmark; 'vote': the "
+        "weighted vote; or the name of an expert with role 'aggregator'.",
+    )
+
+
 class ConclaveConfig(_Strict):
     """Everything Conclave needs to run."""
 
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray placement.")
     pool: PoolConfig = Field(..., description="The expert pool.")
+    routing: RoutingConfig = Field(
+        default_factory=RoutingConfig, description="Keywords, recruitment, aggregation."
+    )
     cache_dir: Path | None = Field(
         None,
         description="Where built models and vLLM's caches go; default $CONCLAVE_CACHE, "

@@ -21,20 +21,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.config import RouterSettings
 from orchestrator.errors import ConfigError
-
-
-class RouterSettings(BaseModel):
-    """Recruitment parameters (the paper's values are the defaults)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    k: int = Field(3, ge=1, le=64, description="Experts recruited per question.")
-    temperature: float = Field(0.5, gt=0.0, description="T in g(m)^(1/T); lower is sharper.")
-    replacement: bool = Field(
-        True, description="Draw with replacement (the paper) or k distinct experts."
-    )
-    seed: int = Field(0, description="Seed of the draws.")
 
 
 class ExpertScore(BaseModel):

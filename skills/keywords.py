@@ -12,35 +12,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from orchestrator.config import KeywordSettings
 from workers.batch import GenerationRequest, GenerationResult, Message
-
-KEYWORD_PROMPT = (
-    "Question: {question}\n\n"
-    "What are the core knowledge, subjects or skills needed to solve this problem? "
-    "List 2-5 keywords separated by commas. Example keywords: psychology, virology, "
-    "behavioral theory, microbiology, diplomacy, political science, property law, finance, "
-    "business. Give only the keywords, no other words or explanation.\n\n"
-    "Follow this format:\nKeywords: <keyword1>, <keyword2>, ..."
-)
-
-
-class KeywordSettings(BaseModel):
-    """How keywords are drawn and filtered (the paper's values are the defaults)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field(KEYWORD_PROMPT, description="Prompt; {question} is replaced.")
-    samples: int = Field(5, ge=1, le=64, description="Samples drawn per question.")
-    temperature: float = Field(0.7, ge=0.0, le=5.0, description="Sampling temperature.")
-    max_tokens: int = Field(64, ge=1, description="Most tokens per sample.")
-    max_chars: int = Field(20, ge=1, description="Longer keywords are dropped.")
-    min_samples: int = Field(
-        2, ge=1, description="Keep a keyword found in at least this many samples (paper: 2)."
-    )
-    seed: int = Field(0, description="Base seed; sample i of a question uses seed + i.")
-
 
 _AFTER_LABEL = re.compile(r"keywords?\s*:\s*(.*)", re.IGNORECASE | re.DOTALL)
 

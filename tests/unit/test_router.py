@@ -6,8 +6,9 @@ from collections import Counter
 
 import pytest
 
+from orchestrator.config import RouterSettings
 from orchestrator.errors import ConfigError
-from orchestrator.router import RouterSettings, SkillRouter, global_competence
+from orchestrator.router import SkillRouter, global_competence
 
 PROFILES = {"a": {"x": 2, "y": -1}, "b": {"x": -1, "y": 3}, "c": {"x": 0}}
 

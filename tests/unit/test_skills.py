@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from orchestrator.config import KeywordSettings
 from orchestrator.errors import ConfigError
 from skills.inventory import NgramEmbedder, SkillInventory
 from skills.keywords import (
-    KeywordSettings,
     collect_keywords,
     combine_samples,
     keyword_requests,

@@ -1,0 +1,64 @@
+"""Combining experts' answers: the Mixture-of-Agents synthesis prompt, and a weighted vote.
+
+An aggregator LLM gets the question and the experts' answers (reasoning inside `<think>`
+blocks stripped) in the Mixture-of-Agents synthesis prompt and answers once. When its
+answer names no option, the weighted vote over the experts' choices decides instead.
+The vote is also an aggregator of its own, with no LLM call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from evals.grading import extract_choice
+from evals.prompts import MC_INSTRUCTION
+from workers.batch import Message
+
+MOA_SYSTEM = (
+    "You have been provided with a set of responses from various open-source models to the "
+    "latest user query. Your task is to synthesize these responses into a single, "
+    "high-quality response. It is crucial to critically evaluate the information provided "
+    "in these responses, recognizing that some of it may be biased or incorrect. Your "
+    "response should not simply replicate the given answers but should offer a refined, "
+    "accurate, and comprehensive reply to the instruction. Ensure your response is "
+    "well-structured, coherent, and adheres to the highest standards of accuracy and "
+    "reliability.\n\nResponses from models:"
+)
+
+_THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
+
+
+def strip_think(text: str) -> str:
+    """The answer without its `<think>...</think>` reasoning (an unclosed block runs to the
+    end)."""
+    return _THINK.sub("", text).strip()
+
+
+def synthesis_messages(question: str, answers: Sequence[str]) -> list[Message]:
+    """The aggregator's prompt: the MoA system message listing the answers, then the
+    question with the usual multiple-choice instruction."""
+    listed = "\n".join(f"{i + 1}. {strip_think(a)}" for i, a in enumerate(answers))
+    return [
+        Message(role="system", content=f"{MOA_SYSTEM}\n{listed}"),
+        Message(role="user", content=f"{MC_INSTRUCTION}\n\n{question}"),
+    ]
+
+
+def weighted_vote(
+    question: str, answers: Sequence[str | None], weights: Sequence[float] | None = None
+) -> str | None:
+    """The letter with the most weight among the answers' choices (ties: the earliest
+    answer's choice); None when no answer names an option."""
+    weights = list(weights) if weights is not None else [1.0] * len(answers)
+    totals: dict[str, float] = {}
+    first: dict[str, int] = {}
+    for i, (text, w) in enumerate(zip(answers, weights, strict=True)):
+        choice = extract_choice(text, question)
+        if choice is None:
+            continue
+        totals[choice] = totals.get(choice, 0.0) + w
+        first.setdefault(choice, i)
+    if not totals:
+        return None
+    return max(totals, key=lambda c: (totals[c], -first[c]))

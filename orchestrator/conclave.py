@@ -1,0 +1,415 @@
+"""The facade every front end uses (CLI, SDK, gateway): profile a pool, answer questions.
+
+    with Conclave(config) as c:
+        state = c.profile(validation_rows, dataset="skillmix")   # keywords, profiles, aggregator
+        traces = c.answer(test_rows, strategy="symbolic-moe")
+
+Every strategy runs as batched stages through the pool, so a model is loaded once per
+stage: keywords (Symbolic-MoE only), experts, aggregator (when the strategy has one).
+Each answer comes back as a `Trace`: keywords, mapped skills, the routing decision, every
+expert's answer, the aggregator's, the final choice, calls and tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.config import ConclaveConfig, Role
+from orchestrator.errors import ConfigError
+from orchestrator.router import RoutingDecision, SkillRouter
+
+STRATEGIES = ("single", "best-single", "random-k", "majority", "moa", "symbolic-moe")
+
+
+class Item(BaseModel):
+    """A question to answer; `gold_answer` and `category` only for grading and reports."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(..., min_length=1, description="Stable id.")
+    question: str = Field(..., min_length=1, description="Question with inlined options.")
+    gold_answer: str | None = Field(None, description="Right letter, when known.")
+    category: str | None = Field(None, description="Category, when known.")
+
+
+class ExpertAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expert: str
+    text: str | None = None
+    choice: str | None = None
+    weight: float = Field(1.0, description="Times the router drew this expert.")
+    error: str | None = None
+    tokens: int = 0
+
+
+class Trace(BaseModel):
+    """Everything that happened to one question."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    strategy: str
+    keywords: list[str] = Field(default_factory=list)
+    routing: RoutingDecision | None = None
+    answers: list[ExpertAnswer] = Field(default_factory=list)
+    aggregator: str | None = Field(None, description="Aggregator used, or 'vote'.")
+    aggregator_text: str | None = None
+    fell_back_to_vote: bool = False
+    choice: str | None = Field(None, description="Final letter, None when nothing parsed.")
+    gold: str | None = None
+    correct: bool | None = None
+    calls: int = Field(0, description="LLM calls for this question, keywords included.")
+    tokens: int = Field(0, description="Prompt + completion tokens over those calls.")
+
+
+class RoutingState(BaseModel):
+    """What profiling produced; saved next to the profiles so answering can reuse it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    experts: list[str]
+    best_single: str = Field(..., description="Expert with the best validation accuracy.")
+    accuracy: dict[str, float] = Field(..., description="Validation accuracy per expert.")
+    aggregator: str = Field(..., description="Chosen aggregator: an expert name or 'vote'.")
+    aggregator_scores: dict[str, float] = Field(
+        default_factory=dict, description="Aggregation-benchmark accuracy per candidate."
+    )
+
+
+class Conclave:
+    """A pool of experts plus the routing state learnt by `profile`."""
+
+    def __init__(self, config: ConclaveConfig, pool=None, embedder=None) -> None:  # type: ignore[no-untyped-def]
+        self.config = config
+        self._pool = pool
+        self._embedder = embedder
+        self.profiles = None
+        self.inventory = None
+        self.state: RoutingState | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def pool(self):  # type: ignore[no-untyped-def]
+        if self._pool is None:
+            from workers.pool import ExpertPool
+
+            self._pool = ExpertPool(self.config)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    def __enter__(self) -> Conclave:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def experts(self) -> list[str]:
+        return [e.name for e in self.config.pool.experts if Role.EXPERT in e.roles]
+
+    def _with_role(self, role: Role) -> list[str]:
+        return [e.name for e in self.config.pool.experts if role in e.roles]
+
+    def _embedder_or_default(self):  # type: ignore[no-untyped-def]
+        if self._embedder is None:
+            from skills.inventory import MiniLMEmbedder
+
+            self._embedder = MiniLMEmbedder()
+        return self._embedder
+
+    # ---- stages -------------------------------------------------------------------------
+
+    def keywords(
+        self, items: Sequence[Item], progress: bool = False
+    ) -> dict[str, tuple[list[str], int, int]]:
+        """item id -> (keywords, calls, tokens), from the keyword expert in one batch."""
+        from skills.keywords import collect_keywords, keyword_requests
+
+        name = self.config.routing.keyword_expert or next(
+            iter(self._with_role(Role.KEYWORDS)), None
+        )
+        if name is None:
+            raise ConfigError(
+                "no keyword model: give one expert the role 'keywords' or set "
+                "routing.keyword_expert"
+            )
+        settings = self.config.routing.keywords
+        reqs = keyword_requests([(i.id, i.question) for i in items], name, settings)
+        results = self.pool.run(reqs, progress=progress)
+        kws = collect_keywords(results, settings)
+        usage: dict[str, list[int]] = {}
+        for r in results:
+            u = usage.setdefault(r.item_id.rsplit("#kw", 1)[0], [0, 0])
+            u[0] += 1
+            u[1] += r.prompt_tokens + r.completion_tokens
+        return {i.id: (kws.get(i.id, []), *usage.get(i.id, [0, 0])) for i in items}  # type: ignore[misc]
+
+    def ask(self, pairs: Sequence[tuple[Item, str]], progress: bool = False) -> list[ExpertAnswer]:
+        """Each (item, expert) answered once, all in one pool batch."""
+        from evals.grading import extract_choice
+        from evals.prompts import mc_messages
+        from workers.batch import GenerationRequest
+
+        reqs = [
+            GenerationRequest(item_id=f"{it.id}|{ex}", expert=ex, messages=mc_messages(it.question))
+            for it, ex in pairs
+        ]
+        out = []
+        for (it, ex), r in zip(pairs, self.pool.run(reqs, progress=progress), strict=True):
+            out.append(
+                ExpertAnswer(
+                    expert=ex,
+                    text=r.text,
+                    choice=extract_choice(r.text, it.question) if r.ok else None,
+                    error=None if r.ok else r.error.message if r.error else "failed",
+                    tokens=r.prompt_tokens + r.completion_tokens,
+                )
+            )
+        return out
+
+    def aggregate(
+        self,
+        items: Sequence[Item],
+        answers: Sequence[list[ExpertAnswer]],
+        aggregator: str,
+        progress: bool = False,
+    ) -> list[tuple[str | None, str | None, bool, int]]:
+        """(choice, aggregator text, fell back to vote, tokens) per item."""
+        from agents.aggregate import synthesis_messages, weighted_vote
+        from evals.grading import extract_choice
+        from workers.batch import GenerationRequest
+
+        votes = [
+            weighted_vote(it.question, [a.text for a in ans], [a.weight for a in ans])
+            for it, ans in zip(items, answers, strict=True)
+        ]
+        if aggregator == "vote":
+            return [(v, None, False, 0) for v in votes]
+        reqs = [
+            GenerationRequest(
+                item_id=it.id,
+                expert=aggregator,
+                messages=synthesis_messages(it.question, [a.text or "" for a in ans]),
+            )
+            for it, ans in zip(items, answers, strict=True)
+        ]
+        out = []
+        for it, v, r in zip(items, votes, self.pool.run(reqs, progress=progress), strict=True):
+            choice = extract_choice(r.text, it.question) if r.ok else None
+            out.append((choice or v, r.text, choice is None, r.prompt_tokens + r.completion_tokens))
+        return out
+
+    # ---- profiling ----------------------------------------------------------------------
+
+    def profile(
+        self,
+        items: Sequence[Item],
+        dataset: str,
+        split: str = "validation",
+        progress: bool = False,
+    ) -> RoutingState:
+        """Keywords for every item, every expert on every item, profiles (+1/-1 per keyword),
+        the skill inventory, and the aggregator chosen on the aggregation benchmark."""
+        from skills.inventory import SkillInventory
+        from skills.profiles import ProfileSet
+
+        if any(i.gold_answer is None for i in items):
+            raise ConfigError("profiling needs graded items: every item must have gold_answer")
+        kws = self.keywords(items, progress)
+        experts = self.experts
+        answers = self.ask([(it, ex) for it in items for ex in experts], progress)
+        per_item = [answers[i * len(experts) : (i + 1) * len(experts)] for i in range(len(items))]
+        graded = [
+            (a.expert, kws[it.id][0], a.choice == it.gold_answer)
+            for it, ans in zip(items, per_item, strict=True)
+            for a in ans
+        ]
+        self.profiles = ProfileSet().update(graded, dataset=dataset, split=split)
+        self.inventory = SkillInventory.build(
+            (k for it in items for k in kws[it.id][0]), self._embedder_or_default()
+        )
+        acc = {
+            ex: round(
+                100
+                * sum(
+                    a.choice == it.gold_answer
+                    for it, a in ((it, ans[j]) for it, ans in zip(items, per_item, strict=True))
+                )
+                / len(items),
+                2,
+            )
+            for j, ex in enumerate(experts)
+        }
+        best = max(experts, key=lambda e: acc[e])
+        scores = self._aggregation_benchmark(items, per_item, progress)
+        choice = self.config.routing.aggregator
+        if choice == "auto":
+            choice = max(scores, key=lambda c: (scores[c], c == "vote"))
+        elif choice != "vote" and choice not in self._with_role(Role.AGGREGATOR):
+            raise ConfigError(
+                f"routing.aggregator {choice!r} is not an expert with role 'aggregator'; "
+                f"choose 'auto', 'vote' or one of {self._with_role(Role.AGGREGATOR)}"
+            )
+        self.state = RoutingState(
+            dataset=dataset,
+            experts=experts,
+            best_single=best,
+            accuracy=acc,
+            aggregator=choice,
+            aggregator_scores=scores,
+        )
+        return self.state
+
+    def _aggregation_benchmark(
+        self, items: Sequence[Item], per_item: Sequence[list[ExpertAnswer]], progress: bool
+    ) -> dict[str, float]:
+        """Per question with at least one right and two wrong answers: one right and two
+        wrong, shuffled; every aggregator candidate (and the vote) answers; accuracy."""
+        rng = random.Random(0)
+        bench_items, bench_answers = [], []
+        for it, ans in zip(items, per_item, strict=True):
+            right = [a for a in ans if a.choice == it.gold_answer]
+            wrong = [a for a in ans if a.choice is not None and a.choice != it.gold_answer]
+            if right and len(wrong) >= 2:
+                picked = [rng.choice(right), *rng.sample(wrong, 2)]
+                rng.shuffle(picked)
+                bench_items.append(it)
+                bench_answers.append(picked)
+        if not bench_items:
+            return {"vote": 0.0}
+        scores = {}
+        for cand in ["vote", *self._with_role(Role.AGGREGATOR)]:
+            outs = self.aggregate(bench_items, bench_answers, cand, progress)
+            scores[cand] = round(
+                100
+                * sum(o[0] == it.gold_answer for o, it in zip(outs, bench_items, strict=True))
+                / len(bench_items),
+                2,
+            )
+        return scores
+
+    # ---- answering ----------------------------------------------------------------------
+
+    def router(self) -> SkillRouter:
+        if self.profiles is None:
+            raise ConfigError("no profiles yet: run `profile` (or load saved ones) first")
+        return SkillRouter(
+            {
+                e: self.profiles.profiles[e].skills
+                for e in self.experts
+                if e in self.profiles.profiles
+            }
+            or {e: {} for e in self.experts},
+            self.config.routing.router,
+        )
+
+    def answer(
+        self,
+        items: Sequence[Item],
+        strategy: str = "symbolic-moe",
+        expert: str | None = None,
+        progress: bool = False,
+    ) -> list[Trace]:
+        """Answer `items` with one strategy; see STRATEGIES. `expert` names the model for
+        'single'."""
+        if strategy not in STRATEGIES:
+            raise ConfigError(
+                f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
+            )
+        experts = self.experts
+        k = self.config.routing.router.k
+        traces = [Trace(id=it.id, strategy=strategy, gold=it.gold_answer) for it in items]
+        plans: list[list[str]] = []
+        if strategy == "single":
+            if expert not in experts:
+                raise ConfigError(f"strategy 'single' needs an expert: one of {experts}")
+            plans = [[expert] for _ in items]
+        elif strategy == "best-single":
+            if self.state is None:
+                raise ConfigError("'best-single' is chosen on validation: run `profile` first")
+            plans = [[self.state.best_single] for _ in items]
+        elif strategy == "random-k":
+            rng = random.Random(self.config.routing.router.seed)
+            plans = [rng.choices(experts, k=k) for _ in items]
+        elif strategy in ("majority", "moa"):
+            plans = [list(experts) for _ in items]
+        else:  # symbolic-moe
+            assert self.inventory is not None or self.profiles is None
+            router = self.router()
+            kws = self.keywords(items, progress)
+            for it, tr in zip(items, traces, strict=True):
+                words, calls, tokens = kws[it.id]
+                skills = self.inventory.map(words) if self.inventory is not None else []
+                tr.keywords, tr.calls, tr.tokens = words, calls, tokens
+                tr.routing = router.select(it.id, skills, keywords=words)
+                plans.append(tr.routing.chosen)
+        pairs = [
+            (it, ex) for it, plan in zip(items, plans, strict=True) for ex in dict.fromkeys(plan)
+        ]
+        got = iter(self.ask(pairs, progress))
+        per_item = []
+        for tr, plan in zip(traces, plans, strict=True):
+            counts = {ex: plan.count(ex) for ex in dict.fromkeys(plan)}
+            ans = []
+            for n in counts.values():
+                a = next(got)
+                a.weight = float(n)
+                ans.append(a)
+            tr.answers = ans
+            tr.calls += len(ans)
+            tr.tokens += sum(a.tokens for a in ans)
+            per_item.append(ans)
+        aggregator = None
+        if strategy in ("majority",) or (strategy == "random-k"):
+            aggregator = "vote"
+        elif strategy in ("moa", "symbolic-moe"):
+            aggregator = self.state.aggregator if self.state else "vote"
+        if aggregator is None:
+            for tr in traces:
+                tr.choice = tr.answers[0].choice
+        else:
+            outs = self.aggregate(items, per_item, aggregator, progress)
+            for tr, (choice, text, fell, tokens) in zip(traces, outs, strict=True):
+                tr.aggregator, tr.aggregator_text, tr.fell_back_to_vote = aggregator, text, fell
+                tr.choice = choice
+                if aggregator != "vote":
+                    tr.calls += 1
+                    tr.tokens += tokens
+        for tr in traces:
+            if tr.gold is not None:
+                tr.correct = tr.choice == tr.gold
+        return traces
+
+    # ---- persistence --------------------------------------------------------------------
+
+    def save_state(self, folder: Path) -> None:
+        from orchestrator.files import atomic_write_text
+
+        if self.profiles is None or self.inventory is None or self.state is None:
+            raise ConfigError("nothing to save: run `profile` first")
+        self.profiles.save(folder / "profiles.json")
+        self.inventory.save(folder / "inventory")
+        atomic_write_text(folder / "routing.json", self.state.model_dump_json(indent=1))
+
+    def load_state(self, folder: Path) -> None:
+        from skills.inventory import SkillInventory
+        from skills.profiles import ProfileSet
+
+        self.profiles = ProfileSet.load(folder / "profiles.json")
+        self.inventory = SkillInventory.load(folder / "inventory", self._embedder_or_default())
+        try:
+            self.state = RoutingState.model_validate_json((folder / "routing.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"routing state in {folder} is unreadable ({exc}); profile again"
+            ) from exc
