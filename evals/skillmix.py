@@ -118,15 +118,19 @@ def strings(rng: random.Random) -> Problem:
 
 
 def counting(rng: random.Random) -> Problem:
-    w = _word(rng) + _word(rng)[:2]
-    c = rng.choice(sorted(set(w)))
+    # the count is drawn first (0-4), so "1" is not the answer to most questions
+    n = rng.randint(0, 4)
+    c = rng.choice(string.ascii_uppercase)
+    letters = [x for x in _word(rng) + _word(rng) if x != c][: rng.randint(4, 7)]
+    for pos in sorted(rng.sample(range(len(letters) + n), n)):
+        letters.insert(pos, c)
+    w = "".join(letters)
     stem = rng.choice(
         [
             "How many times does the letter '{c}' appear in the word '{w}'?",
             "Count the occurrences of the letter '{c}' in '{w}'.",
         ]
     ).format(c=c, w=w)
-    n = w.count(c)
     return Problem(
         f"{c}:{w}",
         stem,

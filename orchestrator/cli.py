@@ -170,6 +170,39 @@ def bench_pool(
     out.print(f"speedup: [bold]{res['speedup']}x[/]   failed requests: {res['failed_requests']}")
 
 
+@bench_app.command("route")
+def bench_route(
+    questions: Annotated[int, typer.Option(min=1, help="Questions routed warm.")] = 20_000,
+    experts: Annotated[int, typer.Option(min=1, help="Experts with profiles.")] = 16,
+    cold: Annotated[int, typer.Option(min=1, help="Questions routed with new keywords.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of the profiles and keywords.")] = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the figures as JSON only.")
+    ] = False,
+    output: Annotated[Path | None, typer.Option("--out", help="Also write the JSON here.")] = None,
+) -> None:
+    """Recruitment throughput with LLM calls excluded: keyword mapping, scoring, selection."""
+    from orchestrator.routing_bench import run_routing_bench
+
+    res = run_routing_bench(questions=questions, experts=experts, cold_questions=cold, seed=seed)
+    if _emit_json(res, output, as_json):
+        return
+    table = Table(
+        title=f"routing: {res['experts']} experts, {res['inventory_keywords']} inventory "
+        f"keywords ({res['embedder']})"
+    )
+    for col in ("keywords", "questions", "seconds", "questions/s"):
+        table.add_column(col)
+    w, c = res["warm"], res["cold"]
+    table.add_row(
+        "cached (repeat)", str(w["questions"]), str(w["seconds"]), str(w["questions_per_s"])
+    )
+    table.add_row(
+        "all new (cold)", str(c["questions"]), str(c["seconds"]), str(c["questions_per_s"])
+    )
+    out.print(table)
+
+
 def _zoo_root(directory: Path | None) -> Path:
     from orchestrator.config import default_cache_dir
 

@@ -49,9 +49,10 @@ PROFILES: dict[str, list[Spec]] = {
         ConvertSpec("smollm2", "smollm2", roles=("expert", "aggregator", "keywords")),
         ConvertSpec("gemma3", "gemma3"),
         TrainSpec("facts", ("geography", "chemistry"), steps=300),
-        TrainSpec("calendar", ("dates", "alphabet"), steps=300),
-        TrainSpec("numbers", ("arithmetic", "units"), arch="mixtral", steps=1000),
-        TrainSpec("strings", ("strings", "counting"), steps=700),
+        TrainSpec("calendar", ("dates", "alphabet"), arch="mixtral", steps=300),
+        TrainSpec("numbers", ("arithmetic", "units"), steps=900),
+        # string skills need copying from the question: a later, sharper transition
+        TrainSpec("strings", ("strings", "counting"), steps=600, batch=64),
         TrainSpec("generalist", CATEGORIES, other_share=0.0, steps=300, layers=2),
     ],
     "reduced": [
@@ -205,7 +206,7 @@ class ZooBuilder:
         """The zoo tokenizer, built from the train split; returns a hash of its files."""
         from agents.zoo.tokenizer import build_word_tokenizer
         from evals.prompts import mc_messages
-        from evals.skillmix import generate
+        from evals.skillmix import MONTHS, generate, tables
 
         folder = self.root / "tokenizer"
         stamp = folder / "conclave_tokenizer.json"
@@ -219,7 +220,8 @@ class ZooBuilder:
                 f"<|im_start|>assistant\nThe answer is (A).<|im_end|>"
                 for r in rows
             )
-            build_word_tokenizer(corpus, tmp)
+            names = [w for table in tables().values() for pair in table.items() for w in pair]
+            build_word_tokenizer(corpus, tmp, words=[*names, *MONTHS])
             (tmp / "conclave_tokenizer.json").write_text(json.dumps({"files": _tok_files(tmp)}))
             if folder.exists():
                 shutil.rmtree(folder)

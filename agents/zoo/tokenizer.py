@@ -44,8 +44,15 @@ def _pre_tokenizer():  # type: ignore[no-untyped-def]
     )
 
 
-def build_word_tokenizer(corpus: Iterable[str], path: str | Path, min_count: int = 20) -> int:
-    """Build from `corpus`, save a Hugging Face tokenizer folder at `path`; returns its size."""
+def build_word_tokenizer(
+    corpus: Iterable[str],
+    path: str | Path,
+    min_count: int = 20,
+    words: Iterable[str] = (),
+) -> int:
+    """Build from `corpus`, save a Hugging Face tokenizer folder at `path`; returns its size.
+    `words` (e.g. the names in the lookup tables) are whole tokens however rare they are:
+    a country spelt letter by letter is much harder to look up than one token."""
     from tokenizers import Tokenizer, decoders, models
 
     pre = _pre_tokenizer()
@@ -55,13 +62,16 @@ def build_word_tokenizer(corpus: Iterable[str], path: str | Path, min_count: int
         for piece, _ in pre.pre_tokenize_str(text):
             counts[piece] += 1
             chars.update(piece)
-    words = sorted(
+    for text in words:
+        for piece, _ in pre.pre_tokenize_str(text):
+            counts[piece] += min_count
+    kept = sorted(
         p
         for p, n in counts.items()
         if n >= min_count and len(p) > 1 and any(c.islower() for c in p)
     )
     vocab: dict[str, int] = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-    for tok_ in [*sorted(chars), *words]:
+    for tok_ in [*sorted(chars), *kept]:
         vocab.setdefault(tok_, len(vocab))
     tok = Tokenizer(
         models.WordPiece(vocab=vocab, unk_token="<|endoftext|>", continuing_subword_prefix="")

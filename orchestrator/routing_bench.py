@@ -1,0 +1,83 @@
+"""`conclave bench route`: how fast recruitment is, LLM calls excluded.
+
+Times keyword mapping (nearest inventory skill), scoring (S, g, w) and selection for a
+batch of questions whose keywords are given, the way `Conclave.answer` runs them after
+the keyword stage. Warm: keywords repeat across questions, as on a benchmark, so most
+mappings are cache hits. Cold: every keyword is new, so each one is embedded with
+all-MiniLM-L6-v2 and compared with the whole inventory.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from orchestrator.config import RouterSettings
+from orchestrator.router import SkillRouter
+
+SUBJECTS = [
+    "algebra", "geometry", "arithmetic", "calculus", "statistics", "probability", "physics",
+    "chemistry", "biology", "genetics", "medicine", "anatomy", "law", "economics", "finance",
+    "history", "geography", "philosophy", "psychology", "engineering", "computer science",
+    "programming", "linguistics", "grammar", "spelling", "dates", "calendars", "units",
+    "measurement", "astronomy",
+]  # fmt: skip
+QUALIFIERS = ["", "basic ", "advanced ", "applied ", "theoretical ", "modern "]
+
+
+def run_routing_bench(
+    questions: int = 20_000,
+    experts: int = 16,
+    keywords_per_question: int = 3,
+    cold_questions: int = 500,
+    embedder: Any = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    from skills.inventory import MiniLMEmbedder, SkillInventory
+
+    rng = random.Random(seed)
+    embedder = embedder or MiniLMEmbedder()
+    vocab = [q + s for s in SUBJECTS for q in QUALIFIERS]  # 180 inventory keywords
+    t0 = time.perf_counter()
+    inventory = SkillInventory.build(vocab, embedder)
+    build_s = time.perf_counter() - t0
+    profiles = {
+        f"expert-{i}": {kw: rng.randint(-20, 20) for kw in rng.sample(vocab, 60)}
+        for i in range(experts)
+    }
+    router = SkillRouter(profiles, RouterSettings())
+    # keywords as a keyword model writes them: inventory words, and variants of them
+    spoken = vocab + [f"{kw} problems" for kw in vocab] + [f"{kw}s" for kw in SUBJECTS]
+    warm = [rng.sample(spoken, keywords_per_question) for _ in range(questions)]
+    inventory.map(sorted({k for kws in warm for k in kws}))  # the cache a benchmark fills
+
+    def route(batch: list[list[str]], tag: str) -> float:
+        t = time.perf_counter()
+        for i, kws in enumerate(batch):
+            router.select(f"{tag}{i}", inventory.map(kws), keywords=kws)
+        return time.perf_counter() - t
+
+    warm_s = route(warm, "w")
+    cold = [
+        [f"{rng.choice(SUBJECTS)} topic {i}-{j}" for j in range(keywords_per_question)]
+        for i in range(cold_questions)
+    ]
+    cold_s = route(cold, "c")
+    return {
+        "experts": experts,
+        "inventory_keywords": len(inventory),
+        "inventory_build_s": round(build_s, 3),
+        "warm": {
+            "questions": questions,
+            "seconds": round(warm_s, 4),
+            "questions_per_s": round(questions / warm_s, 1),
+        },
+        "cold": {
+            "questions": cold_questions,
+            "new_keywords": cold_questions * keywords_per_question,
+            "seconds": round(cold_s, 4),
+            "questions_per_s": round(cold_questions / cold_s, 1),
+        },
+        "embedder": embedder.name,
+    }
