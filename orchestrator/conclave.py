@@ -347,6 +347,8 @@ class Conclave:
             assert self.inventory is not None or self.profiles is None
             router = self.router()
             kws = self.keywords(items, progress)
+            if self.inventory is not None:  # new keywords embedded in one batch
+                self.inventory.map(sorted({k for words, _, _ in kws.values() for k in words}))
             for it, tr in zip(items, traces, strict=True):
                 words, calls, tokens = kws[it.id]
                 skills = self.inventory.map(words) if self.inventory is not None else []

@@ -111,13 +111,17 @@ class SkillRouter:
                 pick = rng.choices(pool, weights=[w[m] for m in pool])[0]
                 chosen.append(pick)
                 pool.remove(pick)
-        return RoutingDecision(
+        # model_construct: these values are computed here, not user input; validating
+        # them again would double the cost of routing a question
+        return RoutingDecision.model_construct(
             item_id=item_id,
             keywords=list(keywords if keywords is not None else skills),
             skills=list(skills),
-            rule=rule,  # type: ignore[arg-type]
+            rule=rule,
             scores=[
-                ExpertScore(expert=m, local=local[m], weight=w[m], **{"global": self.g[m]})
+                ExpertScore.model_construct(
+                    expert=m, local=local[m], global_=self.g[m], weight=w[m]
+                )
                 for m in self.experts
             ],
             chosen=chosen,

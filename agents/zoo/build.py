@@ -31,6 +31,8 @@ from orchestrator.errors import ConfigError
 from orchestrator.files import atomic_write_text
 
 ZOO_FORMAT = 1
+#: Bump when the tokenizer's recipe changes: it and every trained model are rebuilt.
+TOKENIZER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,9 @@ class ZooBuilder:
         folder = self.root / "tokenizer"
         stamp = folder / "conclave_tokenizer.json"
         if not (
-            stamp.exists() and json.loads(stamp.read_text()).get("files") == _tok_files(folder)
+            stamp.exists()
+            and json.loads(stamp.read_text()).get("files") == _tok_files(folder)
+            and json.loads(stamp.read_text()).get("version") == TOKENIZER_VERSION
         ):
             tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=self.root))
             rows = generate("train", 1000, seed=self.seed)
@@ -222,7 +226,9 @@ class ZooBuilder:
             )
             names = [w for table in tables().values() for pair in table.items() for w in pair]
             build_word_tokenizer(corpus, tmp, words=[*names, *MONTHS])
-            (tmp / "conclave_tokenizer.json").write_text(json.dumps({"files": _tok_files(tmp)}))
+            (tmp / "conclave_tokenizer.json").write_text(
+                json.dumps({"files": _tok_files(tmp), "version": TOKENIZER_VERSION})
+            )
             if folder.exists():
                 shutil.rmtree(folder)
             tmp.chmod(0o755)
