@@ -50,7 +50,7 @@ PROFILES: dict[str, list[Spec]] = {
     "full": [
         ConvertSpec("smollm2", "smollm2", roles=("expert", "aggregator", "keywords")),
         ConvertSpec("gemma3", "gemma3"),
-        TrainSpec("facts", ("geography", "chemistry"), steps=300),
+        TrainSpec("facts", ("geography", "chemistry"), hidden=256, steps=300),
         TrainSpec("calendar", ("dates", "alphabet"), arch="mixtral", steps=300),
         TrainSpec("numbers", ("arithmetic", "units"), steps=900),
         # string skills need copying from the question: a later, sharper transition
