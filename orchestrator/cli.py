@@ -130,6 +130,10 @@ def pool_run(
         raise typer.Exit(code=1)
 
 
+FiguresJson = Annotated[bool, typer.Option("--json", help="Print the figures as JSON only.")]
+FiguresOut = Annotated[Path | None, typer.Option("--out", help="Also write the JSON here.")]
+
+
 @bench_app.command("pool")
 def bench_pool(
     questions: Annotated[int, typer.Option(min=1, help="Questions in the batch.")] = 200,
@@ -139,10 +143,8 @@ def bench_pool(
         int, typer.Option(min=1, help="Requests timed for the load-per-request baseline.")
     ] = 20,
     seed: Annotated[int, typer.Option(help="Seed for the questions and the sample.")] = 0,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the figures as JSON only.")
-    ] = False,
-    output: Annotated[Path | None, typer.Option("--out", help="Also write the JSON here.")] = None,
+    as_json: FiguresJson = False,
+    output: FiguresOut = None,
 ) -> None:
     """Grouped load-once scheduling vs loading the model per request, on tiny models."""
     from workers.bench import run_pool_bench
@@ -176,10 +178,8 @@ def bench_route(
     experts: Annotated[int, typer.Option(min=1, help="Experts with profiles.")] = 16,
     cold: Annotated[int, typer.Option(min=1, help="Questions routed with new keywords.")] = 500,
     seed: Annotated[int, typer.Option(help="Seed of the profiles and keywords.")] = 0,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the figures as JSON only.")
-    ] = False,
-    output: Annotated[Path | None, typer.Option("--out", help="Also write the JSON here.")] = None,
+    as_json: FiguresJson = False,
+    output: FiguresOut = None,
 ) -> None:
     """Recruitment throughput with LLM calls excluded: keyword mapping, scoring, selection."""
     from orchestrator.routing_bench import run_routing_bench

@@ -241,14 +241,11 @@ class Conclave:
         acc = {
             ex: round(
                 100
-                * sum(
-                    a.choice == it.gold_answer
-                    for it, a in ((it, ans[j]) for it, ans in zip(items, per_item, strict=True))
-                )
+                * sum(a.choice == it.gold_answer for it, a in zip(items, col, strict=True))
                 / len(items),
                 2,
             )
-            for j, ex in enumerate(experts)
+            for ex, col in zip(experts, zip(*per_item, strict=True), strict=True)
         }
         best = max(experts, key=lambda e: acc[e])
         scores = self._aggregation_benchmark(items, per_item, progress)
@@ -344,7 +341,6 @@ class Conclave:
         elif strategy in ("majority", "moa"):
             plans = [list(experts) for _ in items]
         else:  # symbolic-moe
-            assert self.inventory is not None or self.profiles is None
             router = self.router()
             kws = self.keywords(items, progress)
             if self.inventory is not None:  # new keywords embedded in one batch
@@ -372,7 +368,7 @@ class Conclave:
             tr.tokens += sum(a.tokens for a in ans)
             per_item.append(ans)
         aggregator = None
-        if strategy in ("majority",) or (strategy == "random-k"):
+        if strategy in ("majority", "random-k"):
             aggregator = "vote"
         elif strategy in ("moa", "symbolic-moe"):
             aggregator = self.state.aggregator if self.state else "vote"

@@ -212,10 +212,10 @@ class ZooBuilder:
 
         folder = self.root / "tokenizer"
         stamp = folder / "conclave_tokenizer.json"
+        recorded = json.loads(stamp.read_text()) if stamp.exists() else {}
         if not (
-            stamp.exists()
-            and json.loads(stamp.read_text()).get("files") == _tok_files(folder)
-            and json.loads(stamp.read_text()).get("version") == TOKENIZER_VERSION
+            recorded.get("files") == _tok_files(folder)
+            and recorded.get("version") == TOKENIZER_VERSION
         ):
             tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=self.root))
             rows = generate("train", 1000, seed=self.seed)
