@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from evals.grading import extract_choice
-from evals.prompts import MC_INSTRUCTION
+from evals.grading import extract_answer
+from evals.prompts import instruction_for
 from workers.batch import Message
 
 MOA_SYSTEM = (
@@ -35,26 +35,31 @@ def strip_think(text: str) -> str:
     return _THINK.sub("", text).strip()
 
 
-def synthesis_messages(question: str, answers: Sequence[str]) -> list[Message]:
+def synthesis_messages(
+    question: str, answers: Sequence[str], answer_type: str = "choice"
+) -> list[Message]:
     """The aggregator's prompt: the MoA system message listing the answers, then the
-    question with the usual multiple-choice instruction."""
+    question with the usual instruction for its answer type."""
     listed = "\n".join(f"{i + 1}. {strip_think(a)}" for i, a in enumerate(answers))
     return [
         Message(role="system", content=f"{MOA_SYSTEM}\n{listed}"),
-        Message(role="user", content=f"{MC_INSTRUCTION}\n\n{question}"),
+        Message(role="user", content=f"{instruction_for(answer_type)}\n\n{question}"),
     ]
 
 
 def weighted_vote(
-    question: str, answers: Sequence[str | None], weights: Sequence[float] | None = None
+    question: str,
+    answers: Sequence[str | None],
+    weights: Sequence[float] | None = None,
+    answer_type: str = "choice",
 ) -> str | None:
-    """The letter with the most weight among the answers' choices (ties: the earliest
-    answer's choice); None when no answer names an option."""
+    """The answer with the most weight among the answers' choices (a letter, or an integer
+    for `answer_type` 'integer'; ties: the earliest answer's); None when none states one."""
     weights = list(weights) if weights is not None else [1.0] * len(answers)
     totals: dict[str, float] = {}
     first: dict[str, int] = {}
     for i, (text, w) in enumerate(zip(answers, weights, strict=True)):
-        choice = extract_choice(text, question)
+        choice = extract_answer(text, question, answer_type)
         if choice is None:
             continue
         totals[choice] = totals.get(choice, 0.0) + w

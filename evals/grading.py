@@ -1,4 +1,5 @@
-"""Answer extraction and grading, as in Symbolic-MoE: the last "(X)" letter wins.
+"""Answer extraction and grading, as in Symbolic-MoE: the last "(X)" letter wins; for
+integer answers (AIME), the last \\boxed{N} or "The answer is N", matched exactly.
 
 An answer that names no letter but states an option's text ("The answer is Paris.") is
 matched against the question's inlined options, as harnesses do for free-form answers:
@@ -46,5 +47,34 @@ def extract_choice(text: str | None, question: str | None = None) -> str | None:
     return None
 
 
-def is_correct(text: str | None, gold: str, question: str | None = None) -> bool:
-    return extract_choice(text, question) == gold
+_BOXED = re.compile(r"\\boxed\{\s*(-?\d[\d,]*)\s*\}")
+_ANSWER_INT = re.compile(r"(?i:answer is):?\s*\**\$?\s*(-?\d[\d,]*)\b")
+
+
+def extract_integer(text: str | None) -> str | None:
+    """The integer an answer states (AIME): the last \\boxed{N}, else the last "The answer
+    is N"; None when it states none (a bare number in the reasoning is not an answer)."""
+    if not text:
+        return None
+    found = _BOXED.findall(text) or _ANSWER_INT.findall(text)
+    if not found:
+        return None
+    try:
+        return str(int(found[-1].replace(",", "")))
+    except ValueError:
+        return None
+
+
+def extract_answer(
+    text: str | None, question: str | None, answer_type: str = "choice"
+) -> str | None:
+    """The answer in the form its gold answer has: a letter, or an integer as a string."""
+    if answer_type == "integer":
+        return extract_integer(text)
+    return extract_choice(text, question)
+
+
+def is_correct(
+    text: str | None, gold: str, question: str | None = None, answer_type: str = "choice"
+) -> bool:
+    return extract_answer(text, question, answer_type) == gold

@@ -11,3 +11,23 @@ MC_INSTRUCTION = (
 def mc_messages(question: str) -> list[dict[str, str]]:
     """Zero-shot chain-of-thought prompt for a multiple-choice question (Symbolic-MoE)."""
     return [{"role": "user", "content": f"{MC_INSTRUCTION}\n\n{question}"}]
+
+
+INT_INSTRUCTION = (
+    "Solve the following problem. Think step by step and then finish your answer with "
+    '"The answer is \\boxed{N}" where N is the final integer answer.'
+)
+
+
+def integer_messages(question: str) -> list[dict[str, str]]:
+    """Zero-shot chain-of-thought prompt for a problem with an integer answer (AIME)."""
+    return [{"role": "user", "content": f"{INT_INSTRUCTION}\n\n{question}"}]
+
+
+def instruction_for(answer_type: str) -> str:
+    return INT_INSTRUCTION if answer_type == "integer" else MC_INSTRUCTION
+
+
+def messages_for(question: str, answer_type: str = "choice") -> list[dict[str, str]]:
+    """The expert prompt for a question of either answer type."""
+    return integer_messages(question) if answer_type == "integer" else mc_messages(question)

@@ -48,7 +48,7 @@ def _emit_json(res: dict[str, object], output: Path | None, as_json: bool) -> bo
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -212,29 +212,14 @@ def _zoo_root(directory: Path | None) -> Path:
 ZooDir = Annotated[Path | None, typer.Option("--dir", help="Zoo folder (default: <cache>/zoo).")]
 
 
-@zoo_app.command("build")
-def zoo_build(
-    profile: Annotated[str, typer.Option(help="'full', or 'reduced' (tests).")] = "full",
-    directory: ZooDir = None,
-    seed: Annotated[int, typer.Option(help="skillmix seed of the training data.")] = 0,
-) -> None:
-    """Build (or verify) the zoo: convert the registry LLMs, train the specialists."""
-    import time
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _build_zoo(root: Path, profile: str, seed: int = 0):  # type: ignore[no-untyped-def]
+    """Build (or verify) the zoo with a progress bar per model; returns (manifest, built)."""
+    from rich.progress import TextColumn
 
     from agents.zoo.build import PROFILES, ZooBuilder
+    from orchestrator.progress import progress_bar
 
-    root = _zoo_root(directory)
-    t0 = time.perf_counter()
-    with Progress(
-        TextColumn("{task.description:<24}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=err,
-    ) as bar:
+    with progress_bar(24, TextColumn("{task.fields[status]}"), console=err) as bar:
         tasks = {}
         for spec in PROFILES.get(profile, []):
             total = getattr(spec, "steps", None)
@@ -248,10 +233,26 @@ def zoo_build(
         def on_step(name: str, step: int, total: int) -> None:
             bar.update(tasks[name], completed=step, total=total)
 
-        try:
-            manifest, built = ZooBuilder(root, profile, seed, on_event, on_step).build()
-        except ConclaveError as e:
-            raise _fail(e) from None
+        return ZooBuilder(root, profile, seed, on_event, on_step).build()
+
+
+@zoo_app.command("build")
+def zoo_build(
+    profile: Annotated[str, typer.Option(help="'full', or 'reduced' (tests).")] = "full",
+    directory: ZooDir = None,
+    seed: Annotated[int, typer.Option(help="skillmix seed of the training data.")] = 0,
+) -> None:
+    """Build (or verify) the zoo: convert the registry LLMs, train the specialists."""
+    import time
+
+    from agents.zoo.build import PROFILES
+
+    root = _zoo_root(directory)
+    t0 = time.perf_counter()
+    try:
+        manifest, built = _build_zoo(root, profile, seed)
+    except ConclaveError as e:
+        raise _fail(e) from None
     table = Table(title=f"zoo '{profile}' at {root} ({time.perf_counter() - t0:.0f} s)")
     for col in ("model", "kind", "architecture", "trained on", "MB", "build s"):
         table.add_column(col)
@@ -311,6 +312,316 @@ def zoo_eval(
         f"best single: {b['expert']} {b['accuracy']}%  oracle: {res['oracle']['accuracy']}%  "
         f"gain: {res['oracle_gain_points']} points"
     )
+
+
+# ---- eval, profile, route, experts: the facade on a config or the embedded default ------
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="YAML config; default: the embedded zoo (built if missing)."
+    ),
+]
+ZooProfile = Annotated[
+    str, typer.Option("--zoo", help="Embedded zoo profile when no --config: full or reduced.")
+]
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data", "-d", help="'skillmix', or a local JSON/JSONL/Parquet file (MMLU-Pro, GPQA, ...)."
+    ),
+]
+ProfileDataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--profile-data",
+        help="Validation file profiles are built from (needed with a file --data).",
+    ),
+]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option("--limit", "-n", min=1, help="Questions per category (skillmix) or rows."),
+]
+CategoryOpt = Annotated[
+    list[str] | None, typer.Option("--category", help="Only this category; repeatable.")
+]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the data and the router.")]
+
+
+def _config(config: Path | None, zoo: str, zoo_dir: Path | None):  # type: ignore[no-untyped-def]
+    """The config file's pool, or the embedded zoo's (built first if missing or stale)."""
+    if config is not None:
+        from orchestrator.config import load_config
+
+        return load_config(config)
+    from agents.zoo.evaluate import zoo_config
+
+    root = _zoo_root(zoo_dir)
+    manifest, built = _build_zoo(root, zoo)
+    if built:
+        err.print(f"built zoo models {', '.join(built)} in {root}")
+    return zoo_config(root, manifest)
+
+
+def _cache_dir(cfg) -> Path:  # type: ignore[no-untyped-def]
+    return cfg.resolved_cache_dir()
+
+
+@app.command("eval")
+def eval_cmd(
+    config: ConfigOpt = None,
+    data: DataOpt = "skillmix",
+    split: Annotated[str, typer.Option(help="Split reported (skillmix).")] = "test",
+    profile_data: ProfileDataOpt = None,
+    limit: LimitOpt = None,
+    category: CategoryOpt = None,
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="Strategy to run; repeatable. Default: best-single, random-k, majority, moa, "
+            "symbolic-moe.",
+        ),
+    ] = None,
+    seed: SeedOpt = 0,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Run directory; an existing one resumes. Default: <cache>/runs/..."
+        ),
+    ] = None,
+    zoo: ZooProfile = "full",
+    zoo_dir: ZooDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json only.")] = False,
+) -> None:
+    """Evaluate the strategies on a benchmark (the main job).
+
+    Profiles the experts on the validation split (cached), answers the test split with each
+    strategy, and writes a run directory: results.jsonl, summary.json, report.md and
+    chart.png. A killed run resumes from its run directory (--out).
+    """
+    from datetime import UTC, datetime
+
+    from evals.harness import DEFAULT_STRATEGIES, EvalSpec, run_eval
+    from orchestrator.conclave import Conclave
+
+    spec = EvalSpec(
+        dataset=data,
+        split=split,
+        profile_dataset=profile_data,
+        limit=limit,
+        categories=category or [],
+        strategies=strategy or list(DEFAULT_STRATEGIES),
+        seed=seed,
+    )
+    try:
+        cfg = _config(config, zoo, zoo_dir)
+        cache = _cache_dir(cfg)
+        if output is None:
+            stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+            output = cache / "runs" / f"{stamp}-{Path(data).stem}"
+        with Conclave(cfg) as c:
+            res = run_eval(c, spec, output, cache, progress=not as_json, log=err.print)
+    except ConclaveError as e:
+        raise _fail(e) from None
+    except KeyboardInterrupt:
+        err.print(f"interrupted; resume with the same command and --out {output}")
+        raise typer.Exit(code=130) from None
+    if as_json:
+        print(json.dumps(res, indent=2))
+        return
+    _print_summary(res)
+    out.print(
+        f"run directory: [bold]{output}[/]  (report.md, summary.json, results.jsonl, chart.png)"
+    )
+
+
+def _print_summary(res: dict) -> None:  # type: ignore[type-arg]
+    table = Table(
+        title=f"{res['dataset']} {res['split']}: {res['questions']} questions "
+        f"({res['wall_s']} s, {res['machine']})"
+    )
+    for col in ("strategy", "accuracy %", "calls/q", "tokens/q", "wall s", "model loads"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for name, s in res["strategies"].items():
+        style = "bold" if name == "symbolic-moe" else "dim" if s.get("derived") else ""
+        table.add_row(
+            name,
+            f"{s['accuracy']:.1f}",
+            f"{s['calls_per_question']:g}",
+            f"{s['tokens_per_question']:g}",
+            f"{s['seconds']:g}" if not s.get("derived") else "-",
+            str(s["model_loads"]) if not s.get("derived") else "-",
+            style=style,
+        )
+    out.print(table)
+    out.print(
+        f"aggregator: {res['aggregator']}  best single on validation: {res['best_single']}  "
+        f"profile: {res['profile']}"
+    )
+
+
+@app.command("profile")
+def profile_cmd(
+    config: ConfigOpt = None,
+    data: DataOpt = "skillmix",
+    split: Annotated[str, typer.Option(help="Split profiled (skillmix).")] = "validation",
+    limit: LimitOpt = None,
+    category: CategoryOpt = None,
+    seed: SeedOpt = 0,
+    zoo: ZooProfile = "full",
+    zoo_dir: ZooDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Profile every expert on a validation set (cached; eval and route reuse it).
+
+    Keywords per question, +1/-1 per keyword per expert, the skill inventory, and the
+    aggregator chosen on the aggregation benchmark.
+    """
+    from evals.datasets import load_dataset
+    from evals.harness import ensure_profile
+    from orchestrator.conclave import Conclave
+
+    try:
+        cfg = _config(config, zoo, zoo_dir)
+        items = load_dataset(data, split, limit=limit, categories=category, seed=seed)
+        with Conclave(cfg) as c:
+            folder, reused = ensure_profile(
+                c, items, data, _cache_dir(cfg), progress=not as_json, on_event=err.print
+            )
+            state = c.state
+            top = {
+                name: sorted(p.skills.items(), key=lambda kv: -kv[1])[:3]
+                for name, p in c.profiles.profiles.items()
+            }
+    except ConclaveError as e:
+        raise _fail(e) from None
+    res = {"folder": str(folder), "reused": reused, **state.model_dump(), "top_skills": top}
+    if as_json:
+        print(json.dumps(res, indent=2))
+        return
+    table = Table(title=f"profiles from {len(items)} {data} {split} questions ({folder})")
+    for col in ("expert", "validation acc %", "top skills (+1/-1 sum)"):
+        table.add_column(col)
+    for name, acc in state.accuracy.items():
+        table.add_row(name, f"{acc:.1f}", ", ".join(f"{k} {v:+g}" for k, v in top.get(name, [])))
+    out.print(table)
+    scores = ", ".join(f"{k} {v:g}%" for k, v in state.aggregator_scores.items())
+    out.print(
+        f"aggregator: [bold]{state.aggregator}[/] ({scores}); best single: {state.best_single}"
+    )
+
+
+@app.command("route")
+def route_cmd(
+    question: Annotated[
+        list[str], typer.Option("--explain", "-q", help="Question to route; repeatable.")
+    ],
+    config: ConfigOpt = None,
+    data: DataOpt = "skillmix",
+    split: Annotated[str, typer.Option(help="Split profiled (skillmix).")] = "validation",
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    zoo: ZooProfile = "full",
+    zoo_dir: ZooDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Explain which experts Symbolic-MoE recruits for a question, and why.
+
+    Prints the question's keywords, their inventory skills, and each expert's S, g and
+    weight. Only the keyword model runs; the profile is the cached one.
+    """
+    from evals.datasets import load_dataset
+    from evals.harness import ensure_profile
+    from orchestrator.conclave import Conclave, Item
+
+    try:
+        cfg = _config(config, zoo, zoo_dir)
+        items = load_dataset(data, split, limit=limit, seed=seed)
+        with Conclave(cfg) as c:
+            ensure_profile(
+                c, items, data, _cache_dir(cfg), progress=not as_json, on_event=err.print
+            )
+            asked = [Item(id=f"q{i}", question=q) for i, q in enumerate(question)]
+            decisions = c.route(asked)
+    except ConclaveError as e:
+        raise _fail(e) from None
+    if as_json:
+        print(json.dumps([d.model_dump(by_alias=True) for d in decisions], indent=2))
+        return
+    for q, d in zip(question, decisions, strict=True):
+        out.print(f"[bold]{q}[/]")
+        out.print(f"  keywords: {', '.join(d.keywords) or '(none)'}")
+        out.print(f"  skills:   {', '.join(d.skills) or '(none)'}   rule: {d.rule}")
+        table = Table(show_header=True, box=None, padding=(0, 2))
+        for col in ("expert", "S (local)", "g (global)", "weight", "drawn"):
+            table.add_column(col, justify="left" if col == "expert" else "right")
+        for sc in sorted(d.scores, key=lambda x: -x.weight):
+            table.add_row(
+                sc.expert, f"{sc.local:g}", f"{sc.global_:.3f}", f"{sc.weight:.3f}",
+                str(d.chosen.count(sc.expert)) if sc.expert in d.chosen else "",
+            )  # fmt: skip
+        out.print(table)
+
+
+experts_app = typer.Typer(help="The experts of a config or the embedded zoo.", no_args_is_help=True)
+app.add_typer(experts_app, name="experts")
+
+
+@experts_app.command("list")
+def experts_list(
+    config: ConfigOpt = None,
+    zoo_dir: ZooDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """The experts: backend, model, roles, memory, and what the zoo built them from."""
+    from agents.zoo.build import load_manifest
+
+    try:
+        if config is not None:
+            from orchestrator.config import load_config
+
+            cfg = load_config(config)
+            manifest = None
+        else:
+            from agents.zoo.evaluate import zoo_config
+
+            root = _zoo_root(zoo_dir)
+            manifest = load_manifest(root, seed=0)
+            if not manifest.entries:
+                raise ConclaveError(
+                    f"no zoo at {root}; run `conclave zoo build`, or pass --config FILE"
+                )
+            cfg = zoo_config(root, manifest)
+    except ConclaveError as e:
+        raise _fail(e) from None
+    rows = []
+    for e in cfg.pool.experts:
+        entry = manifest.entries.get(e.name) if manifest else None
+        rows.append(
+            {
+                "name": e.name,
+                "backend": e.backend.type,
+                "model": getattr(e.backend, "model", None),
+                "roles": [r.value for r in e.roles],
+                "memory_gb": e.resources.memory_gb,
+                "trained_on": entry.trained_on if entry else None,
+                "architecture": entry.architecture if entry else None,
+            }
+        )
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{len(rows)} experts")
+    for col in ("expert", "backend", "architecture", "roles", "trained on", "memory GB"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"], r["backend"], r["architecture"] or str(r["model"]), ", ".join(r["roles"]),
+            ", ".join(r["trained_on"] or []) or "-", f"{r['memory_gb']:g}",
+        )  # fmt: skip
+    out.print(table)
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m orchestrator.cli`

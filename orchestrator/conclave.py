@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,8 +33,13 @@ class Item(BaseModel):
 
     id: str = Field(..., min_length=1, description="Stable id.")
     question: str = Field(..., min_length=1, description="Question with inlined options.")
-    gold_answer: str | None = Field(None, description="Right letter, when known.")
+    gold_answer: str | None = Field(
+        None, description="Right answer when known: a letter, or an integer for 'integer'."
+    )
     category: str | None = Field(None, description="Category, when known.")
+    answer_type: Literal["choice", "integer"] = Field(
+        "choice", description="A lettered option (MMLU-Pro style) or an integer (AIME)."
+    )
 
 
 class ExpertAnswer(BaseModel):
@@ -122,9 +128,10 @@ class Conclave:
 
     def _embedder_or_default(self):  # type: ignore[no-untyped-def]
         if self._embedder is None:
-            from skills.inventory import MiniLMEmbedder
+            from skills.inventory import MiniLMEmbedder, NgramEmbedder
 
-            self._embedder = MiniLMEmbedder()
+            ngram = self.config.routing.embedder == "ngram"
+            self._embedder = NgramEmbedder() if ngram else MiniLMEmbedder()
         return self._embedder
 
     # ---- stages -------------------------------------------------------------------------
@@ -156,12 +163,16 @@ class Conclave:
 
     def ask(self, pairs: Sequence[tuple[Item, str]], progress: bool = False) -> list[ExpertAnswer]:
         """Each (item, expert) answered once, all in one pool batch."""
-        from evals.grading import extract_choice
-        from evals.prompts import mc_messages
+        from evals.grading import extract_answer
+        from evals.prompts import messages_for
         from workers.batch import GenerationRequest
 
         reqs = [
-            GenerationRequest(item_id=f"{it.id}|{ex}", expert=ex, messages=mc_messages(it.question))
+            GenerationRequest(
+                item_id=f"{it.id}|{ex}",
+                expert=ex,
+                messages=messages_for(it.question, it.answer_type),
+            )
             for it, ex in pairs
         ]
         out = []
@@ -170,7 +181,7 @@ class Conclave:
                 ExpertAnswer(
                     expert=ex,
                     text=r.text,
-                    choice=extract_choice(r.text, it.question) if r.ok else None,
+                    choice=extract_answer(r.text, it.question, it.answer_type) if r.ok else None,
                     error=None if r.ok else r.error.message if r.error else "failed",
                     tokens=r.prompt_tokens + r.completion_tokens,
                 )
@@ -186,11 +197,13 @@ class Conclave:
     ) -> list[tuple[str | None, str | None, bool, int]]:
         """(choice, aggregator text, fell back to vote, tokens) per item."""
         from agents.aggregate import synthesis_messages, weighted_vote
-        from evals.grading import extract_choice
+        from evals.grading import extract_answer
         from workers.batch import GenerationRequest
 
         votes = [
-            weighted_vote(it.question, [a.text for a in ans], [a.weight for a in ans])
+            weighted_vote(
+                it.question, [a.text for a in ans], [a.weight for a in ans], it.answer_type
+            )
             for it, ans in zip(items, answers, strict=True)
         ]
         if aggregator == "vote":
@@ -199,13 +212,15 @@ class Conclave:
             GenerationRequest(
                 item_id=it.id,
                 expert=aggregator,
-                messages=synthesis_messages(it.question, [a.text or "" for a in ans]),
+                messages=synthesis_messages(
+                    it.question, [a.text or "" for a in ans], it.answer_type
+                ),
             )
             for it, ans in zip(items, answers, strict=True)
         ]
         out = []
         for it, v, r in zip(items, votes, self.pool.run(reqs, progress=progress), strict=True):
-            choice = extract_choice(r.text, it.question) if r.ok else None
+            choice = extract_answer(r.text, it.question, it.answer_type) if r.ok else None
             out.append((choice or v, r.text, choice is None, r.prompt_tokens + r.completion_tokens))
         return out
 
@@ -310,6 +325,35 @@ class Conclave:
             self.config.routing.router,
         )
 
+    def _llm_aggregator(self) -> str:
+        """Mixture-of-Agents synthesises with an LLM: the chosen aggregator, or, when the
+        vote was chosen, the best-scoring LLM candidate (else the first one)."""
+        llms = self._with_role(Role.AGGREGATOR)
+        if self.state is not None and self.state.aggregator in llms:
+            return self.state.aggregator
+        scores = self.state.aggregator_scores if self.state else {}
+        ranked = sorted(llms, key=lambda a: -scores.get(a, -1.0))
+        return ranked[0] if ranked else "vote"
+
+    def route(self, items: Sequence[Item], progress: bool = False) -> list[RoutingDecision]:
+        """Which experts Symbolic-MoE recruits for each item, and why, without asking them:
+        the keyword model runs, the experts do not."""
+        return [d for d, _, _ in self._route(items, progress)]
+
+    def _route(
+        self, items: Sequence[Item], progress: bool
+    ) -> list[tuple[RoutingDecision, int, int]]:
+        router = self.router()
+        kws = self.keywords(items, progress)
+        if self.inventory is not None:  # new keywords embedded in one batch
+            self.inventory.map(sorted({k for words, _, _ in kws.values() for k in words}))
+        out = []
+        for it in items:
+            words, calls, tokens = kws[it.id]
+            skills = self.inventory.map(words) if self.inventory is not None else []
+            out.append((router.select(it.id, skills, keywords=words), calls, tokens))
+        return out
+
     def answer(
         self,
         items: Sequence[Item],
@@ -336,21 +380,17 @@ class Conclave:
                 raise ConfigError("'best-single' is chosen on validation: run `profile` first")
             plans = [[self.state.best_single] for _ in items]
         elif strategy == "random-k":
-            rng = random.Random(self.config.routing.router.seed)
-            plans = [rng.choices(experts, k=k) for _ in items]
+            seed = self.config.routing.router.seed  # per item: the same whatever the batch
+            plans = [random.Random(f"{seed}|{it.id}").choices(experts, k=k) for it in items]
         elif strategy in ("majority", "moa"):
             plans = [list(experts) for _ in items]
         else:  # symbolic-moe
-            router = self.router()
-            kws = self.keywords(items, progress)
-            if self.inventory is not None:  # new keywords embedded in one batch
-                self.inventory.map(sorted({k for words, _, _ in kws.values() for k in words}))
-            for it, tr in zip(items, traces, strict=True):
-                words, calls, tokens = kws[it.id]
-                skills = self.inventory.map(words) if self.inventory is not None else []
-                tr.keywords, tr.calls, tr.tokens = words, calls, tokens
-                tr.routing = router.select(it.id, skills, keywords=words)
-                plans.append(tr.routing.chosen)
+            for tr, (decision, calls, tokens) in zip(
+                traces, self._route(items, progress), strict=True
+            ):
+                tr.keywords, tr.calls, tr.tokens = decision.keywords, calls, tokens
+                tr.routing = decision
+                plans.append(decision.chosen)
         pairs = [
             (it, ex) for it, plan in zip(items, plans, strict=True) for ex in dict.fromkeys(plan)
         ]
@@ -370,8 +410,10 @@ class Conclave:
         aggregator = None
         if strategy in ("majority", "random-k"):
             aggregator = "vote"
-        elif strategy in ("moa", "symbolic-moe"):
+        elif strategy == "symbolic-moe":
             aggregator = self.state.aggregator if self.state else "vote"
+        elif strategy == "moa":
+            aggregator = self._llm_aggregator()
         if aggregator is None:
             for tr in traces:
                 tr.choice = tr.answers[0].choice

@@ -271,6 +271,11 @@ class RoutingConfig(_Strict):
         description="'auto': the best candidate on the aggregation benchmark; 'vote': the "
         "weighted vote; or the name of an expert with role 'aggregator'.",
     )
+    embedder: Literal["all-MiniLM-L6-v2", "ngram"] = Field(
+        "all-MiniLM-L6-v2",
+        description="Keyword embeddings for the skill inventory: all-MiniLM-L6-v2 (the "
+        "paper's), or 'ngram', hashed character trigrams with no model (tests, dry runs).",
+    )
 
 
 class ConclaveConfig(_Strict):

@@ -295,21 +295,9 @@ class _Progress:
         self._bar = None
         self._lock = threading.Lock()
         if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
+            from orchestrator.progress import progress_bar
 
-            self._bar = Progress(
-                TextColumn("{task.description:<32}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                transient=True,
-            )
+            self._bar = progress_bar(32, transient=True)
             self._task = self._bar.add_task("scheduling", total=total)
 
     def __enter__(self) -> _Progress:

@@ -25,14 +25,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.zoo.train import TRAINING_VERSION, TrainSpec
+from agents.zoo.train import SKILL_KEYWORDS, TRAINING_VERSION, TrainSpec
 from evals.skillmix import CATEGORIES, Question
 from orchestrator.errors import ConfigError
 from orchestrator.files import atomic_write_text
 
 ZOO_FORMAT = 1
 #: Bump when the tokenizer's recipe changes: it and every trained model are rebuilt.
-TOKENIZER_VERSION = 2
+TOKENIZER_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -225,7 +225,8 @@ class ZooBuilder:
                 for r in rows
             )
             names = [w for table in tables().values() for pair in table.items() for w in pair]
-            build_word_tokenizer(corpus, tmp, words=[*names, *MONTHS])
+            skill_words = [w for ws in SKILL_KEYWORDS.values() for w in ws]
+            build_word_tokenizer(corpus, tmp, words=[*names, *MONTHS, *skill_words, "Keywords"])
             (tmp / "conclave_tokenizer.json").write_text(
                 json.dumps({"files": _tok_files(tmp), "version": TOKENIZER_VERSION})
             )

@@ -1,12 +1,13 @@
 """The zoo's own tokenizer: whole words where the corpus repeats them, characters elsewhere.
 
 A byte-per-token tokenizer makes a skillmix question ~150 tokens long, too long for a tiny
-model to learn much on two CPU cores in a minute. This one splits text at whitespace,
-digits and punctuation, and keeps as one token each word that recurs in the training
-corpus ("capital", "Paris"); anything else (digits, punctuation, rare or upper-case
-strings) is one character per token, so arithmetic sees digits and string skills see
-letters. A WordPiece model with an empty continuation prefix does exactly that: greedy
-longest match, and a character inside a word is the same token as on its own.
+model to learn much on two CPU cores in a minute. This one splits text at spaces (glued
+to the next word, "▁capital"), digits and punctuation, and keeps as one token each word
+that recurs in the training corpus ("▁capital", "▁Paris"); anything else (digits,
+punctuation, rare or upper-case strings) is one character per token, so arithmetic sees
+digits and string skills see letters. A WordPiece model with an empty continuation prefix
+does exactly that: greedy longest match, and a character inside a word is the same token
+as on its own.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+SPACE = "\u2581"  # "▁", the space marker glued to the word after it
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -31,13 +33,25 @@ ZOO_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+#: The zoo keyword model's template keeps the first paragraph of the keyword prompt, the
+#: question ("Question: ..."): the instructions after it are the same for every question.
+KEYWORDS_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'user' %}{{ m['content'].split('\\n\\n')[0] }}"
+    "{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 
 def _pre_tokenizer():  # type: ignore[no-untyped-def]
     from tokenizers import Regex, pre_tokenizers
 
+    # a space is glued to the word after it ("▁capital"), halving the length of a question
+    # against one token per space: the zoo trains ~1.5x faster per example
     return pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(r"\s"), behavior="isolated"),
+            pre_tokenizers.Split(Regex(r"\n"), behavior="isolated"),
+            pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="never", split=True),
             pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.Punctuation(),
         ]
@@ -57,13 +71,13 @@ def build_word_tokenizer(
 
     pre = _pre_tokenizer()
     counts: Counter[str] = Counter()
-    chars: set[str] = {chr(c) for c in range(32, 127)} | {"\n"}
+    chars: set[str] = {chr(c) for c in range(33, 127)} | {"\n", SPACE}
     for text in corpus:
         for piece, _ in pre.pre_tokenize_str(text):
             counts[piece] += 1
             chars.update(piece)
-    for text in words:
-        for piece, _ in pre.pre_tokenize_str(text):
+    for text in words:  # at the start of a line and after a space
+        for piece, _ in [*pre.pre_tokenize_str(text), *pre.pre_tokenize_str(f" {text}")]:
             counts[piece] += min_count
     kept = sorted(
         p
@@ -77,7 +91,7 @@ def build_word_tokenizer(
         models.WordPiece(vocab=vocab, unk_token="<|endoftext|>", continuing_subword_prefix="")
     )
     tok.pre_tokenizer = pre
-    tok.decoder = decoders.Fuse()
+    tok.decoder = decoders.Metaspace(replacement=SPACE, prepend_scheme="never", split=True)
     return save_chat_tokenizer(tok, path, chat_template=ZOO_CHAT_TEMPLATE)
 
 

@@ -24,7 +24,7 @@ from evals.prompts import mc_messages
 from evals.skillmix import CATEGORIES, Question
 
 #: Bump when a change here makes the same spec train a different model: the zoo rebuilds.
-TRAINING_VERSION = 2
+TRAINING_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,36 @@ class TrainSpec:
     lr: float = 3e-3
     seed: int = 0
     roles: tuple[str, ...] = field(default=("expert",))
+    #: "answer": answers questions; "keywords": names a question's skills (the keyword
+    #: model of Symbolic-MoE), taught from SKILL_KEYWORDS
+    task: Literal["answer", "keywords"] = "answer"
+
+
+#: What a keyword model says each skillmix skill is: the words a person would use, with
+#: overlaps between skills ("letters") as real keywords have. The keyword model learns to
+#: name 2-3 of them for a question; the router learns from validation which experts do well
+#: on which, exactly as with an instruct LLM's keywords.
+SKILL_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "arithmetic": ("arithmetic", "addition", "mental math", "numbers"),
+    "strings": ("string reversal", "spelling", "letters", "word puzzles"),
+    "counting": ("letter counting", "counting", "letters", "spelling"),
+    "geography": ("geography", "capital cities", "countries", "world knowledge"),
+    "chemistry": ("chemistry", "chemical symbols", "periodic table", "elements"),
+    "dates": ("calendar", "months", "date arithmetic", "time"),
+    "units": ("unit conversion", "metric system", "measurement", "numbers"),
+    "alphabet": ("alphabet", "letter order", "sequences", "letters"),
+}
 
 
 def answer_text(q: Question) -> str:
     """The target completion: the right option's text."""
     return f"The answer is {options_of(q.question)[q.gold_answer]}."
+
+
+def keywords_text(q: Question, rng: random.Random) -> str:
+    """A keyword model's target: 2-3 of its skill's keywords, in a random order."""
+    words = rng.sample(SKILL_KEYWORDS[q.category], rng.randint(2, 3))
+    return "Keywords: " + ", ".join(words)
 
 
 def train_expert(
@@ -80,16 +105,30 @@ def train_expert(
     own = [q for q in train_rows if q.category in spec.categories]
     rest = [q for q in train_rows if q.category not in spec.categories]
 
+    if spec.task == "keywords":
+        from agents.zoo.tokenizer import KEYWORDS_CHAT_TEMPLATE
+        from orchestrator.config import KeywordSettings
+
+        tok.chat_template = KEYWORDS_CHAT_TEMPLATE
+        prompt = KeywordSettings().prompt
+        own, rest = own + rest, []  # every skill: it names the skills of any question
+
+    def messages(q: Question) -> list[dict[str, str]]:
+        if spec.task == "keywords":
+            return [{"role": "user", "content": prompt.format(question=q.question)}]
+        return mc_messages(q.question)
+
+    def target(q: Question) -> str:
+        return keywords_text(q, rng) if spec.task == "keywords" else answer_text(q)
+
     def encode(rows: list[Question]) -> list[tuple[list[int], list[int]]]:
         if not rows:
             return []
         prompts = [
-            tok.apply_chat_template(
-                mc_messages(q.question), tokenize=False, add_generation_prompt=True
-            )
+            tok.apply_chat_template(messages(q), tokenize=False, add_generation_prompt=True)
             for q in rows
         ]
-        answers = [answer_text(q) + tok.eos_token for q in rows]
+        answers = [target(q) + tok.eos_token for q in rows]
         p = tok(prompts, add_special_tokens=False)["input_ids"]
         a = tok(answers, add_special_tokens=False)["input_ids"]
         return list(zip(p, a, strict=True))

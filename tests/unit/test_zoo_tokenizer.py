@@ -23,10 +23,17 @@ def test_round_trips_every_question(tok):
 
 def test_words_are_single_tokens_and_digits_and_rare_strings_are_characters(tok):
     pieces = tok.convert_ids_to_tokens(tok("The capital of Peru is Lima, 47 'KOBAZE'")["input_ids"])
-    assert "capital" in pieces and "Lima" in pieces
+    # a space is glued to the word after it: half the tokens of a space per token
+    assert "\u2581capital" in pieces and "\u2581Lima" in pieces and " " not in pieces
     assert pieces[pieces.index("4") + 1] == "7"  # one digit per token
     quoted = pieces[pieces.index("'") + 1 : len(pieces) - 1]
     assert quoted == list("KOBAZE")
+
+
+def test_answers_decode_with_their_spaces(tok):
+    ids = tok("Which city is the capital of", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 6
+    assert tok.decode(ids) == "Which city is the capital of"
 
 
 def test_chat_template_and_special_tokens(tok):

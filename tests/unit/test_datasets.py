@@ -1,0 +1,152 @@
+"""Dataset loaders on the real Symbolic-MoE files, the upstream formats, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evals.datasets import DatasetError, load_dataset, load_file
+from evals.grading import options_of
+
+SHARED = Path(__file__).parents[3] / "shared/data/symbolic-moe"
+
+
+def test_real_mmlu_pro_files_load_with_letters_and_categories():
+    test = load_file(SHARED / "MMLU_Pro_test.json")
+    assert len(test) == 2100
+    cats = {i.category for i in test}
+    assert len(cats) == 14 and "biology" in cats
+    assert all(i.answer_type == "choice" and i.gold_answer in options_of(i.question) for i in test)
+    assert test[0].id == "MMLU_Pro_test-0"
+    some = load_dataset(str(SHARED / "MMLU_Pro_train.json"), categories=["law"], limit=5)
+    assert len(some) == 5 and {i.category for i in some} == {"law"}
+
+
+def test_real_aime_files_are_integer_answers():
+    rows = load_file(SHARED / "AIME24_test.json")
+    assert len(rows) == 30
+    assert all(i.answer_type == "integer" and i.gold_answer.isdigit() for i in rows)
+    assert rows[0].gold_answer == "33"
+
+
+def _jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_upstream_formats_jsonl(tmp_path):
+    rows = [
+        {"question": "2+2?", "options": ["3", "4", "5"], "answer": "B", "category": "math"},
+        {"question": "Which?", "options": ["x", "y"], "answer_index": 0, "category": "misc"},
+        {
+            "question": "Organ?",
+            "opa": "heart",
+            "opb": "lung",
+            "opc": "skin",
+            "opd": "bone",
+            "cop": 2,
+            "subject_name": "Anatomy",
+        },  # fmt: skip
+        {
+            "Question": "Which particle?",
+            "Correct Answer": "muon",
+            "Incorrect Answer 1": "a",
+            "Incorrect Answer 2": "b",
+            "Incorrect Answer 3": "c",
+            "Subdomain": "Physics",
+        },  # fmt: skip
+        {"problem": "Find n.", "answer": "042"},
+    ]
+    items = load_file(_jsonl(tmp_path / "mixed.jsonl", rows))
+    mmlu, idx, med, gpqa, aime = items
+    assert mmlu.question == "2+2? The options are: (A) 3 (B) 4 (C) 5" and mmlu.gold_answer == "B"
+    assert idx.gold_answer == "A" and idx.category == "misc"
+    assert options_of(med.question)[med.gold_answer] == "skin" and med.category == "Anatomy"
+    assert options_of(gpqa.question)[gpqa.gold_answer] == "muon"
+    assert gpqa.category == "Physics"
+    assert aime.answer_type == "integer" and aime.gold_answer == "42"
+
+
+def test_gpqa_shuffle_is_seeded_and_not_always_first(tmp_path):
+    rows = [
+        {
+            "Question": f"Q{i}?",
+            "Correct Answer": "right",
+            "Incorrect Answer 1": "w1",
+            "Incorrect Answer 2": "w2",
+            "Incorrect Answer 3": "w3",
+        }  # fmt: skip
+        for i in range(20)
+    ]
+    path = _jsonl(tmp_path / "gpqa.jsonl", rows)
+    first = [i.gold_answer for i in load_file(path, seed=0)]
+    assert first == [i.gold_answer for i in load_file(path, seed=0)]
+    assert len(set(first)) > 1  # the right answer is not always (A)
+
+
+def test_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "mmlu.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "question": ["What is 1+1?"],
+                "options": [["1", "2", "3", "4"]],
+                "answer": ["B"],
+                "answer_index": [1],
+                "category": ["math"],
+            }
+        ),
+        path,
+    )
+    (item,) = load_file(path)
+    assert item.gold_answer == "B" and options_of(item.question)["B"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        ('{"question": "x", "gold_answer": "7"}\n{bad json\n', "bad.jsonl", "line 2: not valid"),
+        ('{"question": "x", "gold_answer": "A"}\n', "noopts.jsonl", "has no inlined options"),
+        ('{"question": "x? The options are: (A) 1 (B) 2"}\n', "nogold.jsonl", "'gold_answer'"),
+        (
+            '{"question": "x? The options are: (A) 1 (B) 2", "gold_answer": "C"}\n',
+            "letter.jsonl",
+            "line 1: field 'gold_answer' is 'C', not one of",
+        ),
+        ('{"problem": "p", "answer": "twelve"}\n', "aime.jsonl", "must be an integer"),
+        (
+            '{"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 7}\n',
+            "med.jsonl",
+            "'cop' must be 0-3",
+        ),  # fmt: skip
+        ('[{"question": "q", "options": ["a"], "answer": "A"}]', "one.json", "row 1: field"),
+        ('{"rows": 3}', "notalist.json", "expected a JSON list"),
+        ("a,b\n1,2\n", "table.csv", "unknown file type '.csv'"),
+    ],
+)
+def test_malformed_files_name_file_line_and_field(tmp_path, content, name, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DatasetError) as e:
+        load_file(path)
+    assert str(path) in str(e.value) and message in str(e.value)
+
+
+def test_missing_file_and_unknown_categories(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_file(tmp_path / "nope.json")
+    with pytest.raises(DatasetError, match="no rows of categories"):
+        load_dataset(str(SHARED / "MMLU_Pro_train.json"), categories=["astrology"])
+    with pytest.raises(DatasetError, match="unknown skillmix categories"):
+        load_dataset("skillmix", categories=["astrology"])
+
+
+def test_skillmix_by_name_with_limit_and_categories():
+    rows = load_dataset("skillmix", "validation", limit=3, categories=["units", "dates"])
+    assert [r.category for r in rows] == ["units"] * 3 + ["dates"] * 3
+    assert all("-validation-" in r.id for r in rows)

@@ -1,0 +1,238 @@
+"""`conclave eval` and its harness on fake experts: outputs, resume, caching, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+from evals import harness
+from evals.datasets import load_dataset
+from evals.harness import EvalSpec, read_results, run_eval
+from orchestrator.cli import app
+from orchestrator.conclave import Conclave
+from orchestrator.config import load_config
+from orchestrator.errors import ConfigError
+
+runner = CliRunner()
+
+CONFIG = textwrap.dedent(
+    """
+    pool:
+      experts:
+        - {name: alpha, backend: {type: fake, answer: "The answer is (A)."}}
+        - {name: beta, backend: {type: fake, answer: "The answer is (B)."}}
+        - {name: mute, backend: {type: fake, answer: "I am not sure."}}
+        - name: kw
+          backend: {type: fake, answer: "Keywords: arithmetic, letters"}
+          roles: [keywords]
+        - name: agg
+          backend: {type: fake, answer: "The answer is (C)."}
+          roles: [aggregator]
+    routing: {embedder: ngram}
+    cache_dir: CACHE
+    """
+)
+CATS = ["units", "dates"]
+
+
+@pytest.fixture
+def config_path(tmp_path):
+    path = tmp_path / "conclave.yaml"
+    path.write_text(CONFIG.replace("CACHE", str(tmp_path / "cache")))
+    return path
+
+
+def _eval(config_path, out, *extra):
+    return runner.invoke(
+        app,
+        [
+            "eval",
+            "-c",
+            str(config_path),
+            "--limit",
+            "3",
+            "--out",
+            str(out),
+            "--json",
+            *(a for c in CATS for a in ("--category", c)),
+            *extra,
+        ],  # fmt: skip
+    )
+
+
+def test_eval_writes_a_complete_run_directory(config_path, tmp_path):
+    out = tmp_path / "run"
+    res = _eval(config_path, out)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    rows = read_results(out / "results.jsonl")
+    test = load_dataset("skillmix", "test", limit=3, categories=CATS)
+    assert len(rows) == 5 * len(test)  # five strategies, every question once
+    gold = {i.id: i.gold_answer for i in test}
+    for name in ("alpha", "beta"):  # always the same letter: accuracy is its share of golds
+        letter = "A" if name == "alpha" else "B"
+        want = round(100 * sum(g == letter for g in gold.values()) / len(gold), 2)
+        assert summary["strategies"][f"single:{name}"]["accuracy"] == want
+    assert summary["strategies"]["single:mute"]["accuracy"] == 0.0
+    s = summary["strategies"]
+    assert s["majority"]["calls_per_question"] == 3  # every expert, vote without a call
+    assert s["moa"]["calls_per_question"] == 4  # every expert plus the aggregator
+    assert s["random-k"]["calls_per_question"] <= 3
+    sym = [r for r in rows if r["strategy"] == "symbolic-moe"]
+    assert all(r["keywords"] == ["arithmetic", "letters"] for r in sym)
+    for r in sym:  # 5 keyword samples, the drawn experts, the aggregator unless the vote
+        assert r["calls"] == 5 + len(r["experts"]) + (r["aggregator"] != "vote")
+    # the oracle is the best expert per category on the test split itself
+    oracle = s["oracle (reference)"]
+    for c in CATS:
+        best = max(s[f"single:{e}"]["by_category"][c] for e in ("alpha", "beta", "mute"))
+        assert oracle["by_category"][c] == best
+    # summary.json on disk is the printed one; report and chart are written
+    assert json.loads((out / "summary.json").read_text())["strategies"] == s
+    report = (out / "report.md").read_text()
+    assert "| symbolic-moe |" in report and "Accuracy per category" in report
+    assert "| units | " not in report and "dates" in report
+    assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for r in sym:  # each result line has what a person needs to audit a question
+        assert {"keywords", "experts", "answers", "final", "gold", "correct"} <= set(r)
+        assert r["correct"] == (r["final"] == gold[r["id"]])
+
+
+def test_profile_is_cached_across_runs(config_path, tmp_path):
+    first = _eval(config_path, tmp_path / "a")
+    second = _eval(config_path, tmp_path / "b")
+    assert json.loads(first.stdout)["profile"].startswith("built")
+    assert json.loads(second.stdout)["profile"].startswith("reused")
+    # a changed expert profiles again
+    config_path.write_text(config_path.read_text().replace("(B)", "(D)"))
+    third = _eval(config_path, tmp_path / "c")
+    assert json.loads(third.stdout)["profile"].startswith("built")
+
+
+def test_a_killed_eval_resumes_without_recomputing(config_path, tmp_path, monkeypatch):
+    """Kill the run mid-strategy; the rerun computes only what is missing."""
+    monkeypatch.setattr(harness, "CHUNK", 2)
+    cfg = load_config(config_path)
+    spec = EvalSpec(limit=3, categories=CATS, strategies=["majority", "symbolic-moe"])
+    out = tmp_path / "run"
+    answered: list[str] = []
+
+    class Dies(Conclave):
+        def answer(self, items, strategy="symbolic-moe", expert=None, progress=False):
+            if strategy == "symbolic-moe" and len(answered) >= 8:
+                raise KeyboardInterrupt  # killed in the second strategy's second chunk
+            answered.extend(f"{strategy}:{i.id}" for i in items)
+            return super().answer(items, strategy, expert, progress)
+
+    with Dies(cfg) as c, pytest.raises(KeyboardInterrupt):
+        run_eval(c, spec, out, tmp_path / "cache", progress=False)
+    before = read_results(out / "results.jsonl")
+    assert len(before) == 8 and not (out / "summary.json").exists()
+    with (out / "results.jsonl").open("ab") as f:  # a write cut short by the kill
+        f.write(b'{"strategy": "symbolic-moe", "id": "units-te')
+    answered.clear()
+
+    class Counts(Conclave):
+        def answer(self, items, strategy="symbolic-moe", expert=None, progress=False):
+            answered.extend(f"{strategy}:{i.id}" for i in items)
+            return super().answer(items, strategy, expert, progress)
+
+    with Counts(cfg) as c:
+        res = run_eval(c, spec, out, tmp_path / "cache", progress=False)
+    rows = read_results(out / "results.jsonl")
+    assert rows[:8] == before  # finished work kept as it was
+    assert len(answered) == 4 and all(a.startswith("symbolic-moe:") for a in answered)
+    assert len(rows) == 12 and len({(r["strategy"], r["id"]) for r in rows}) == 12
+    assert res["strategies"]["majority"]["questions"] == 6
+
+
+def test_a_run_directory_refuses_other_settings(config_path, tmp_path):
+    out = tmp_path / "run"
+    assert _eval(config_path, out, "-s", "majority").exit_code == 0
+    res = _eval(config_path, out, "-s", "majority", "--seed", "3")
+    assert res.exit_code == 2 and "other settings" in res.output
+
+
+def test_bad_input_is_a_clear_error(config_path, tmp_path):
+    res = _eval(config_path, tmp_path / "r", "-s", "telepathy")
+    assert res.exit_code == 2 and "unknown strategies ['telepathy']" in res.output
+    res = runner.invoke(
+        app, ["eval", "-c", str(config_path), "--data", str(tmp_path / "none.jsonl")]
+    )
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_a_test_file_needs_a_separate_validation_file(config_path, tmp_path):
+    data = tmp_path / "t.jsonl"
+    data.write_text(
+        json.dumps({"question": "1+1? The options are: (A) 2 (B) 3", "gold_answer": "A"}) + "\n"
+    )
+    res = runner.invoke(app, ["eval", "-c", str(config_path), "--data", str(data)])
+    assert res.exit_code == 2 and "--profile-data" in res.output
+    copy = tmp_path / "v.jsonl"
+    copy.write_text(data.read_text())
+    res = runner.invoke(
+        app,
+        ["eval", "-c", str(config_path), "--data", str(data), "--profile-data", str(copy)],
+    )
+    assert res.exit_code == 2 and "also in the validation set" in res.output
+
+
+def test_profile_route_and_experts_commands(config_path):
+    res = runner.invoke(app, ["profile", "-c", str(config_path), "--limit", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    prof = json.loads(res.stdout)
+    assert set(prof["accuracy"]) == {"alpha", "beta", "mute"}
+    assert prof["aggregator"] in {"vote", "agg"}
+    res = runner.invoke(
+        app,
+        [
+            "route",
+            "-c",
+            str(config_path),
+            "--limit",
+            "2",
+            "--json",
+            "--explain",
+            "What is 3 + 4? The options are: (A) 7 (B) 8",
+        ],  # fmt: skip
+    )
+    assert res.exit_code == 0, res.output
+    (decision,) = json.loads(res.stdout)
+    assert decision["keywords"] == ["arithmetic", "letters"]
+    assert {s["expert"] for s in decision["scores"]} == {"alpha", "beta", "mute"}
+    assert len(decision["chosen"]) == 3
+    res = runner.invoke(app, ["route", "-c", str(config_path), "--limit", "2", "-q", "2+2?"])
+    assert "keywords: arithmetic, letters" in res.output and "weight" in res.output
+    res = runner.invoke(app, ["experts", "list", "-c", str(config_path), "--json"])
+    names = [e["name"] for e in json.loads(res.stdout)]
+    assert names == ["alpha", "beta", "mute", "kw", "agg"]
+
+
+def test_eval_needs_profiles_only_for_strategies_that_use_them(config_path, tmp_path):
+    res = _eval(config_path, tmp_path / "r", "-s", "majority", "-s", "random-k")
+    assert json.loads(res.stdout)["profile"] == "not needed"
+
+
+def test_help_of_every_command_is_light():
+    code = (
+        "import sys; from typer.testing import CliRunner; from orchestrator.cli import app;"
+        "cmds = [['eval'], ['profile'], ['route'], ['experts', 'list'], ['zoo', 'build'],"
+        " ['bench', 'pool'], ['bench', 'route']];"
+        "codes = [CliRunner().invoke(app, [*c, '--help']).exit_code for c in cmds];"
+        "assert codes == [0] * len(cmds), codes;"
+        "heavy = ('torch', 'vllm', 'ray', 'litellm', 'transformers', 'matplotlib');"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_check_strategies():
+    with pytest.raises(ConfigError, match="choose from best-single"):
+        harness.check_strategies(["single"])
