@@ -27,15 +27,31 @@ def _clean(text: str) -> str:
     return text.strip().strip("*\"'`").rstrip(".").strip().casefold()
 
 
+_CUT_OPTION = re.compile(r"\(([A-J])\) ([^()]*)$")
+
+
+def _without_echo(text: str, question: str) -> str:
+    """`text` without the question's own options: base models often repeat the prompt,
+    and an echoed "(J) ..." is not a choice. An echo cut off mid-option goes too."""
+    options = options_of(question)
+    for letter, option in options.items():
+        text = text.replace(f"({letter}) {option}", " ")
+    cut = _CUT_OPTION.search(text)
+    if cut and cut.group(2).strip() and options.get(cut.group(1), "").startswith(cut.group(2)):
+        text = text[: cut.start()]
+    return text
+
+
 def extract_choice(text: str | None, question: str | None = None) -> str | None:
-    """The chosen letter: the last "The answer is (X)", else the last "(X)", else (given
-    the question) the option whose text the last "The answer is ..." states, else None."""
+    """The chosen letter: the last "The answer is (X)", else the last "(X)" that is not
+    part of an echo of the question's options, else (given the question) the option whose
+    text the last "The answer is ..." states, else None."""
     if not text:
         return None
     found = _ANSWER_IS.findall(text)
     if found:
         return found[-1]
-    found = _PAREN.findall(text)
+    found = _PAREN.findall(_without_echo(text, question) if question else text)
     if found:
         return found[-1]
     stated = _ANSWER_TEXT.findall(text)

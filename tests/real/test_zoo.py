@@ -8,6 +8,7 @@ import re
 import pytest
 
 from agents.zoo.build import ZooBuilder, load_manifest
+from agents.zoo.train import SKILL_KEYWORDS
 from agents.zoo.evaluate import zoo_config
 from evals.prompts import mc_messages
 from evals.skillmix import generate
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.real
 def zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo")
     manifest, built = ZooBuilder(root, "reduced").build()
-    assert built == ["facts-mini", "numbers-moe-mini"]
+    assert built == ["facts-mini", "numbers-moe-mini", "keywords-mini"]
     return root
 
 
@@ -62,43 +63,48 @@ def test_a_concurrent_build_is_refused(zoo):
 
 
 def test_every_model_loads_in_vllm_and_answers_in_format(zoo, ray_cluster):
+    from orchestrator.config import KeywordSettings
     from workers.batch import GenerationRequest
     from workers.pool import ExpertPool
 
     manifest = load_manifest(zoo, seed=0)
     config = zoo_config(zoo, manifest)
     questions = generate("test", 1, categories=("geography", "units"))
+    prompt = KeywordSettings().prompt
+
+    def messages(name: str, question: str) -> list[dict[str, str]]:
+        if "keywords" in manifest.entries[name].roles:
+            return [{"role": "user", "content": prompt.format(question=question)}]
+        return mc_messages(question)
+
     reqs = [
         GenerationRequest(
-            item_id=f"{q.id}|{e.name}", expert=e.name, messages=mc_messages(q.question)
+            item_id=f"{q.id}|{e.name}", expert=e.name, messages=messages(e.name, q.question)
         )
         for q in questions
         for e in config.pool.experts
     ]
     with ExpertPool(config) as pool:
         results = pool.run(reqs)
-    assert pool.stats.loads == 2
+    assert pool.stats.loads == 3
     for q, r in zip([q for q in questions for _ in config.pool.experts], results, strict=True):
         assert r.ok, r.error
-        if q.category in manifest.entries[r.expert].trained_on:
+        entry = manifest.entries[r.expert]
+        if "keywords" in entry.roles:  # names the question's skills
+            words = r.text.strip().removeprefix("Keywords: ").split(", ")
+            assert set(words) <= set(SKILL_KEYWORDS[q.category]), r.text
+        elif q.category in entry.trained_on:
             # the specialists' format on their own skills (60 training steps: elsewhere
             # they babble): the option's text, which grading maps to its letter
             assert re.fullmatch(r"The answer is [^\n]+\.", r.text.strip()), r.text
 
 
 def test_symbolic_moe_end_to_end_through_vllm(zoo, ray_cluster):
-    """Profile and answer through real vLLM engines: keywords, experts and aggregator run
-    as batched stages, each model loaded once for the whole run."""
+    """Profile and answer through real vLLM engines: keywords (the zoo's trained keyword
+    model), experts and aggregator run as batched stages, each model loaded once."""
     from orchestrator.conclave import Conclave, Item
-    from orchestrator.config import parse_config
 
-    data = zoo_config(zoo, load_manifest(zoo, seed=0)).model_dump()
-    for e in data["pool"]["experts"]:  # the reduced zoo has no instruct model: one doubles
-        if e["name"] == "facts-mini":
-            e["roles"] = ["expert", "keywords", "aggregator"]
-    # a tiny model's "keywords" are its answer sentence: keep them so routing has skills
-    data["routing"] = {"keywords": {"samples": 2, "min_samples": 1, "max_chars": 60}}
-    config = parse_config(data)
+    config = zoo_config(zoo, load_manifest(zoo, seed=0))
     cats = ("geography", "units")
     val = [Item(**q.model_dump()) for q in generate("validation", 3, categories=cats)]
     test = [Item(**q.model_dump()) for q in generate("test", 3, categories=cats)]
@@ -108,11 +114,44 @@ def test_symbolic_moe_end_to_end_through_vllm(zoo, ray_cluster):
         loads = c.pool.stats.loads
         assert len(c.inventory) > 0
     assert set(state.accuracy) == {"facts-mini", "numbers-moe-mini"}
-    assert state.aggregator in {"vote", "facts-mini"} and "vote" in state.aggregator_scores
-    assert loads == 2  # both fit the budget: resident across keywords, experts, aggregator
+    assert state.aggregator == "vote"  # the reduced zoo has no LLM aggregator
+    assert loads == 3  # all fit the budget: resident across keywords, experts, aggregator
+    skill_words = {w for ws in SKILL_KEYWORDS.values() for w in ws}
     for t in traces:
-        assert t.keywords and t.routing is not None and len(t.routing.chosen) == 3
+        assert t.keywords and set(t.keywords) <= skill_words, t.keywords
+        assert t.routing is not None and len(t.routing.chosen) == 3
         assert t.routing.rule in {"weighted", "shifted"}
         assert all(a.text and a.error is None for a in t.answers)
-        assert t.calls == 2 + len(t.answers) + (state.aggregator != "vote")
+        assert t.calls == 5 + len(t.answers)  # keyword samples, then the drawn experts
         assert t.correct == (t.choice == t.gold)
+
+
+def test_conclave_eval_on_the_reduced_zoo(zoo, ray_cluster, tmp_path, monkeypatch):
+    """The README's main job on the reduced zoo: `conclave eval` end to end through vLLM,
+    then a rerun on the same run directory that finds everything done."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    monkeypatch.setenv("CONCLAVE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    args = ["eval", "--zoo", "reduced", "--dir", str(zoo), "--limit", "2", "--out", str(out),
+            "--category", "geography", "--category", "units", "--json"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    s = summary["strategies"]
+    assert {"best-single", "random-k", "majority", "moa", "symbolic-moe"} <= set(s)
+    assert {"single:facts-mini", "single:numbers-moe-mini", "oracle (reference)"} <= set(s)
+    assert all(v["questions"] == 4 for k, v in s.items() if not k.startswith("oracle"))
+    assert s["majority"]["calls_per_question"] == 2
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 * 4
+    for r in rows:
+        assert r["answers"] and all(a["text"] for a in r["answers"])
+    for name in ("summary.json", "report.md", "chart.png"):
+        assert (out / name).stat().st_size > 0
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["profile"].startswith("reused")
+    assert json.loads(again.stdout)["strategies"] == s  # nothing recomputed, same figures

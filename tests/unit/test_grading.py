@@ -48,3 +48,42 @@ def test_options_of_real_mmlu_pro_question():
     opts = options_of(rows[0]["question"])
     assert list(opts) == list("ABCDEFGHIJ")
     assert opts["J"].startswith("The reaction has reached a state of equilibrium")
+
+
+def test_real_model_outputs_on_mmlu_pro_and_aime():
+    """Outputs of the zoo's real LLMs (SmolLM2-135M-Instruct, Gemma 3 270M base) through
+    vLLM, with the extraction checked by hand: SmolLM2 states letters, even one whose text
+    is another option's; Gemma 3 repeats the prompt, and its echoed "(J) ..." is no choice;
+    neither states an AIME answer ("The answer is $p + q = 1$" names no integer)."""
+    import json
+    from pathlib import Path
+
+    from evals.grading import extract_answer
+
+    rows = json.loads((Path(__file__).parents[1] / "data/real_outputs.json").read_text())
+    got = [extract_answer(r["output"], r["question"], r["answer_type"]) for r in rows]
+    assert got == [r["expected"] for r in rows]
+    by = {(r["model"], r["id"]): g for r, g in zip(rows, got, strict=True)}
+    assert by["smollm2", "MMLU_Pro_test-0"] == "C"
+    assert by["smollm2", "MMLU_Pro_test-900"] == "J"  # "The answer is (J) X-linked recessive."
+    assert by["gemma3", "MMLU_Pro_test-0"] is None  # an echo ending in "(J) The reaction ..."
+    assert by["gemma3", "MMLU_Pro_test-600"] is None  # an echo cut off mid-option
+    assert all(g is None for r, g in zip(rows, got, strict=True) if r["answer_type"] == "integer")
+
+
+def test_integer_answers():
+    from evals.grading import extract_integer, is_correct
+
+    assert extract_integer("so the total is \\boxed{33}.") == "33"
+    assert extract_integer("The answer is \\boxed{ 1,024 }") == "1024"
+    assert extract_integer("The answer is 17. Check: \\boxed{18}") == "18"  # boxed wins
+    assert extract_integer("The answer is **204**") == "204"
+    assert extract_integer("We get 5, then 7, then 12") is None  # numbers, no answer
+    assert is_correct("The answer is \\boxed{033}", "33", answer_type="integer")
+    assert not is_correct("The answer is (A)", "33", answer_type="integer")
+
+
+def test_an_echoed_question_is_no_choice_but_a_real_one_after_it_counts():
+    q = "Pick one. The options are: (A) red (B) green (C) blue"
+    assert extract_choice(f"{q}\nPick one. The options are: (A) red (B) gr", q) is None
+    assert extract_choice(f"{q}\nI think (B) is right.", q) == "B"
