@@ -8,8 +8,8 @@ import re
 import pytest
 
 from agents.zoo.build import ZooBuilder, load_manifest
-from agents.zoo.train import SKILL_KEYWORDS
 from agents.zoo.evaluate import zoo_config
+from agents.zoo.train import SKILL_KEYWORDS
 from evals.prompts import mc_messages
 from evals.skillmix import generate
 
