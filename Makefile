@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/conclave bench pool
+	$(VENV)/bin/conclave eval
 
 test: setup
 	$(PY) -m pytest -q --timeout=900

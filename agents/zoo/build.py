@@ -48,18 +48,31 @@ Spec = ConvertSpec | TrainSpec
 
 PROFILES: dict[str, list[Spec]] = {
     "full": [
-        ConvertSpec("smollm2", "smollm2", roles=("expert", "aggregator", "keywords")),
+        ConvertSpec("smollm2", "smollm2", roles=("expert", "aggregator")),
         ConvertSpec("gemma3", "gemma3"),
-        TrainSpec("facts", ("geography", "chemistry"), hidden=256, steps=300),
-        TrainSpec("calendar", ("dates", "alphabet"), arch="mixtral", steps=300),
-        TrainSpec("numbers", ("arithmetic", "units"), steps=900),
+        # names a question's skills for Symbolic-MoE (SmolLM2 repeats the prompt's examples)
+        TrainSpec(
+            "keywords", CATEGORIES, task="keywords", roles=("keywords",), layers=2, steps=150
+        ),  # fmt: skip
+        TrainSpec("facts", ("geography", "chemistry"), arch="mixtral", layers=2, steps=600),
+        TrainSpec("calendar", ("dates", "alphabet"), layers=2, steps=600),
+        TrainSpec("numbers", ("arithmetic", "units"), layers=2, steps=600),
         # string skills need copying from the question: a later, sharper transition
         TrainSpec("strings", ("strings", "counting"), steps=600, batch=64),
-        TrainSpec("generalist", CATEGORIES, other_share=0.0, steps=300, layers=2),
+        TrainSpec("generalist", CATEGORIES, other_share=0.0, steps=200, layers=1),
     ],
-    "reduced": [
-        TrainSpec("facts-mini", ("geography", "chemistry"), steps=60, layers=1, batch=16),
-        TrainSpec("numbers-moe-mini", ("units",), arch="mixtral", steps=60, layers=1, batch=16),
+    "reduced": [  # for tests: builds in well under a minute
+        TrainSpec("facts-mini", ("geography",), layers=2, steps=300),
+        TrainSpec("numbers-moe-mini", ("units",), arch="mixtral", steps=100, layers=1, batch=16),
+        TrainSpec(
+            "keywords-mini",
+            CATEGORIES,
+            task="keywords",
+            roles=("keywords",),
+            steps=100,
+            layers=1,
+            batch=16,
+        ),  # fmt: skip
     ],
 }
 

@@ -27,7 +27,7 @@ def zoo(tmp_path_factory):
 def test_manifest_records_provenance_and_hashes(zoo):
     data = json.loads((zoo / "manifest.json").read_text())
     facts = data["entries"]["facts-mini"]
-    assert facts["kind"] == "trained" and facts["trained_on"] == ["geography", "chemistry"]
+    assert facts["kind"] == "trained" and facts["trained_on"] == ["geography"]
     assert facts["architecture"] == "LlamaForCausalLM" and facts["seed"] == 0
     assert data["entries"]["numbers-moe-mini"]["architecture"] == "MixtralForCausalLM"
     assert "model.safetensors" in facts["files"] and facts["size_bytes"] > 0
