@@ -73,7 +73,12 @@ class StrategySummary(BaseModel):
     questions: int
     calls_per_question: float = Field(..., description="LLM calls, keywords included.")
     tokens_per_question: float
-    seconds: float = Field(..., description="Wall time (0 for derived rows).")
+    seconds: float = Field(..., description="Wall time in this run (0 for derived rows).")
+    reused_per_question: float = Field(
+        0.0,
+        description="Of the calls, answers reused from an identical greedy call of an "
+        "earlier strategy in this run (counted in calls and tokens, not in seconds).",
+    )
     model_loads: int
     by_category: dict[str, float] = Field(default_factory=dict)
     derived: str | None = Field(None, description="How a row without its own run was derived.")
@@ -186,6 +191,7 @@ def _row(item: Item, tr: Trace, seconds: float, loads: int) -> dict[str, Any]:
         "gold": item.gold_answer,
         "correct": tr.correct,
         "calls": tr.calls,
+        "reused_calls": sum(a.cached for a in tr.answers),
         "tokens": tr.tokens,
         "seconds": round(seconds, 4),
         "model_loads": loads,
@@ -271,6 +277,7 @@ def summarize(rows: Sequence[dict[str, Any]], strategies: Sequence[str]) -> dict
             calls_per_question=round(sum(r["calls"] for r in rs) / len(rs), 2),
             tokens_per_question=round(sum(r["tokens"] for r in rs) / len(rs), 1),
             seconds=round(sum(r["seconds"] for r in rs), 1),
+            reused_per_question=round(sum(r.get("reused_calls", 0) for r in rs) / len(rs), 2),
             model_loads=sum(r["model_loads"] for r in rs),
             by_category={c: _pct(v) for c, v in sorted(cats.items())},
         ).model_dump()
@@ -370,6 +377,17 @@ def report_md(summary: dict[str, Any], spec: EvalSpec, extra: dict[str, Any]) ->
     for name, s in summary.items():
         row = " | ".join(f"{s['by_category'].get(c, float('nan')):.0f}" for c in cats)
         lines.append(f"| {name} | {row} |")
+    lines += [
+        "",
+        "Calls and tokens are each strategy's own cost. Experts answer greedily, so an "
+        "expert's answer to a question is computed once per run and reused by later "
+        "strategies: wall seconds count only the work a strategy added "
+        "(reused calls per question: "
+        + ", ".join(
+            f"{n} {s['reused_per_question']:g}" for n, s in summary.items() if not s.get("derived")
+        )
+        + ").",
+    ]
     notes = [f"- {n}: {s['derived']}" for n, s in summary.items() if s.get("derived")]
     if notes:
         lines += ["", "Rows without their own run:", "", *notes]

@@ -421,7 +421,7 @@ def eval_cmd(
         if output is None:
             stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
             output = cache / "runs" / f"{stamp}-{Path(data).stem}"
-        with Conclave(cfg) as c:
+        with Conclave(cfg, reuse_answers=True) as c:
             res = run_eval(c, spec, output, cache, progress=not as_json, log=err.print)
     except ConclaveError as e:
         raise _fail(e) from None
@@ -442,7 +442,8 @@ def _print_summary(res: dict) -> None:  # type: ignore[type-arg]
         title=f"{res['dataset']} {res['split']}: {res['questions']} questions "
         f"({res['wall_s']} s, {res['machine']})"
     )
-    for col in ("strategy", "accuracy %", "calls/q", "tokens/q", "wall s", "model loads"):
+    cols = ("strategy", "accuracy %", "calls/q", "reused/q", "tokens/q", "wall s", "model loads")
+    for col in cols:
         table.add_column(col, justify="left" if col == "strategy" else "right")
     for name, s in res["strategies"].items():
         style = "bold" if name == "symbolic-moe" else "dim" if s.get("derived") else ""
@@ -450,6 +451,7 @@ def _print_summary(res: dict) -> None:  # type: ignore[type-arg]
             name,
             f"{s['accuracy']:.1f}",
             f"{s['calls_per_question']:g}",
+            f"{s['reused_per_question']:g}" if not s.get("derived") else "-",
             f"{s['tokens_per_question']:g}",
             f"{s['seconds']:g}" if not s.get("derived") else "-",
             str(s["model_loads"]) if not s.get("derived") else "-",

@@ -51,6 +51,7 @@ class ExpertAnswer(BaseModel):
     weight: float = Field(1.0, description="Times the router drew this expert.")
     error: str | None = None
     tokens: int = 0
+    cached: bool = Field(False, description="Reused from an identical greedy call earlier.")
 
 
 class Trace(BaseModel):
@@ -91,8 +92,13 @@ class RoutingState(BaseModel):
 class Conclave:
     """A pool of experts plus the routing state learnt by `profile`."""
 
-    def __init__(self, config: ConclaveConfig, pool=None, embedder=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(  # type: ignore[no-untyped-def]
+        self, config: ConclaveConfig, pool=None, embedder=None, reuse_answers: bool = False
+    ) -> None:
         self.config = config
+        #: reuse greedy experts' answers to questions they already answered (evals)
+        self.reuse_answers = reuse_answers
+        self._answers: dict[tuple[str, str, str], ExpertAnswer] = {}
         self._pool = pool
         self._embedder = embedder
         self.profiles = None
@@ -162,31 +168,46 @@ class Conclave:
         return {i.id: (kws.get(i.id, []), *usage.get(i.id, [0, 0])) for i in items}  # type: ignore[misc]
 
     def ask(self, pairs: Sequence[tuple[Item, str]], progress: bool = False) -> list[ExpertAnswer]:
-        """Each (item, expert) answered once, all in one pool batch."""
+        """Each (item, expert) answered once, all in one pool batch. With `reuse_answers`,
+        a greedy expert's answer to a question it already answered is reused (marked
+        `cached`): the same prompt to the same greedy model gives the same text."""
         from evals.grading import extract_answer
         from evals.prompts import messages_for
         from workers.batch import GenerationRequest
 
+        keys = [(ex, it.answer_type, it.question) for it, ex in pairs]
+        todo = [
+            i
+            for i, key in enumerate(keys)
+            if key not in self._answers or not self._deterministic(key[0])
+        ]
         reqs = [
             GenerationRequest(
-                item_id=f"{it.id}|{ex}",
-                expert=ex,
-                messages=messages_for(it.question, it.answer_type),
+                item_id=f"{pairs[i][0].id}|{pairs[i][1]}",
+                expert=pairs[i][1],
+                messages=messages_for(pairs[i][0].question, pairs[i][0].answer_type),
             )
-            for it, ex in pairs
+            for i in todo
         ]
-        out = []
-        for (it, ex), r in zip(pairs, self.pool.run(reqs, progress=progress), strict=True):
-            out.append(
-                ExpertAnswer(
-                    expert=ex,
-                    text=r.text,
-                    choice=extract_answer(r.text, it.question, it.answer_type) if r.ok else None,
-                    error=None if r.ok else r.error.message if r.error else "failed",
-                    tokens=r.prompt_tokens + r.completion_tokens,
-                )
+        fresh = {}
+        for i, r in zip(todo, self.pool.run(reqs, progress=progress), strict=True):
+            it, ex = pairs[i]
+            fresh[i] = ExpertAnswer(
+                expert=ex,
+                text=r.text,
+                choice=extract_answer(r.text, it.question, it.answer_type) if r.ok else None,
+                error=None if r.ok else r.error.message if r.error else "failed",
+                tokens=r.prompt_tokens + r.completion_tokens,
             )
-        return out
+            if r.ok and self.reuse_answers and self._deterministic(ex):
+                self._answers[keys[i]] = fresh[i]
+        return [
+            fresh[i] if i in fresh else self._answers[key].model_copy(update={"cached": True})
+            for i, key in enumerate(keys)
+        ]
+
+    def _deterministic(self, expert: str) -> bool:
+        return self.reuse_answers and self.config.pool.expert(expert).sampling.temperature == 0.0
 
     def aggregate(
         self,

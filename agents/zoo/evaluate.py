@@ -12,6 +12,11 @@ from evals.prompts import mc_messages
 from evals.skillmix import CATEGORIES, generate
 from orchestrator.config import ConclaveConfig, parse_config
 
+#: Answer lengths on the CPU default: SmolLM2 reasons briefly and states a letter within
+#: ~150 tokens; Gemma 3 270M is a base model that repeats the prompt, so more tokens only
+#: cost time (~140 tokens/s on two cores); the trained models answer in a sentence.
+MAX_TOKENS = {"smollm2": 160, "gemma3": 64}
+
 CONVERTED_ARGS = {
     "dtype": "bfloat16",
     "enforce_eager": True,
@@ -41,7 +46,7 @@ def zoo_config(root: Path, manifest: ZooManifest, names: list[str] | None = None
                     "model": str(root / name),
                     "engine_args": CONVERTED_ARGS if converted else TRAINED_ARGS,
                 },
-                "sampling": {"temperature": 0.0, "max_tokens": 256 if converted else 32},
+                "sampling": {"temperature": 0.0, "max_tokens": MAX_TOKENS.get(name, 32)},
                 "resources": {
                     "num_cpus": 0.25,
                     "memory_gb": round(e.size_bytes / 2**30 * 3 + 0.6, 1),

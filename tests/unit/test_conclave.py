@@ -119,3 +119,21 @@ def test_bad_requests_say_what_to_do():
             c.answer(items("test"), "best-single")
         with pytest.raises(ConfigError, match="needs graded items"):
             c.profile([Item(id="x", question="Q?")], dataset="d")
+
+
+def test_reuse_answers_asks_a_greedy_expert_once_per_question():
+    c = make()
+    c.reuse_answers = True
+    calls: list[int] = []
+    run = c.pool.run
+    c.pool.run = lambda reqs, progress=False: calls.append(len(reqs)) or run(reqs, progress)
+    its = items("test")[:4]
+    first = c.ask([(it, "geo") for it in its])
+    again = c.ask([(it, ex) for it in its for ex in ("geo", "num")])
+    assert calls == [4, 4]  # only the new (question, expert) pairs went to the pool
+    assert not any(a.cached for a in first)
+    assert [a.cached for a in again] == [True, False] * 4
+    assert [a.text for a in again[::2]] == [a.text for a in first]
+    plain = make()  # off by default: the same question is asked again
+    plain.ask([(its[0], "geo")])
+    assert not plain.ask([(its[0], "geo")])[0].cached

@@ -83,6 +83,8 @@ def test_eval_writes_a_complete_run_directory(config_path, tmp_path):
     assert s["majority"]["calls_per_question"] == 3  # every expert, vote without a call
     assert s["moa"]["calls_per_question"] == 4  # every expert plus the aggregator
     assert s["random-k"]["calls_per_question"] <= 3
+    # greedy answers are computed once per run: MoA reuses majority's, every one of them
+    assert s["moa"]["reused_per_question"] == 3 and s["majority"]["reused_per_question"] < 3
     sym = [r for r in rows if r["strategy"] == "symbolic-moe"]
     assert all(r["keywords"] == ["arithmetic", "letters"] for r in sym)
     for r in sym:  # 5 keyword samples, the drawn experts, the aggregator unless the vote
