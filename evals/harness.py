@@ -46,6 +46,9 @@ from orchestrator.files import atomic_write_bytes, atomic_write_json, atomic_wri
 
 DEFAULT_STRATEGIES = ("best-single", "random-k", "majority", "moa", "symbolic-moe")
 CHUNK = 32  # questions per resumable chunk
+#: skillmix questions per category by default: 80 test and 80 validation questions keep
+#: a first run of the embedded default within minutes on two cores
+SKILLMIX_LIMIT = 10
 
 
 class EvalSpec(BaseModel):
@@ -59,7 +62,12 @@ class EvalSpec(BaseModel):
         None, description="Validation file profiles are built from; default: the dataset's."
     )
     profile_split: str = Field("validation", description="Split profiled (skillmix).")
-    limit: int | None = Field(None, ge=1, description="Questions per category (skillmix) or rows.")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description=f"Questions per category (skillmix; default {SKILLMIX_LIMIT}) or rows "
+        "of a file (default: all).",
+    )
     profile_limit: int | None = Field(None, ge=1, description="Same, for the validation set.")
     categories: list[str] = Field(default_factory=list, description="Only these categories.")
     strategies: list[str] = Field(default_factory=lambda: list(DEFAULT_STRATEGIES))
@@ -409,6 +417,23 @@ def check_strategies(strategies: Sequence[str]) -> None:
         raise ConfigError(f"unknown strategies {bad}; choose from {allowed}")
 
 
+def validation_items(
+    dataset: str,
+    split: str = "validation",
+    limit: int | None = None,
+    categories: Sequence[str] | None = None,
+    seed: int = 0,
+) -> list[Item]:
+    """The items profiles are built from, with the defaults `eval`, `profile` and `route`
+    share, so that they share one cached profile."""
+    from evals.datasets import load_dataset
+
+    default = SKILLMIX_LIMIT if dataset == "skillmix" else None
+    return load_dataset(
+        dataset, split, limit=limit or default, categories=categories or [], seed=seed
+    )
+
+
 def machine() -> str:
     import platform
 
@@ -429,8 +454,13 @@ def run_eval(
 
     check_strategies(spec.strategies)
     t0 = time.perf_counter()
+    default = SKILLMIX_LIMIT if spec.dataset == "skillmix" else None
     test = load_dataset(
-        spec.dataset, spec.split, limit=spec.limit, categories=spec.categories, seed=spec.seed
+        spec.dataset,
+        spec.split,
+        limit=spec.limit or default,
+        categories=spec.categories,
+        seed=spec.seed,
     )
     profile_source = spec.profile_dataset or spec.dataset
     if profile_source == spec.dataset and spec.dataset != "skillmix":
@@ -438,12 +468,12 @@ def run_eval(
             "profiling needs a validation set apart from the test file: give --profile-data "
             "(for the Symbolic-MoE files, the *_train.json next to the *_test.json)"
         )
-    val = load_dataset(
+    val = validation_items(
         profile_source,
         spec.profile_split,
-        limit=spec.profile_limit or spec.limit,
-        categories=spec.categories,
-        seed=spec.seed,
+        spec.profile_limit or spec.limit,
+        spec.categories,
+        spec.seed,
     )
     overlap = {i.question for i in val} & {i.question for i in test}
     if overlap:

@@ -340,7 +340,9 @@ ProfileDataOpt = Annotated[
 ]
 LimitOpt = Annotated[
     int | None,
-    typer.Option("--limit", "-n", min=1, help="Questions per category (skillmix) or rows."),
+    typer.Option(
+        "--limit", "-n", min=1, help="Questions per category (skillmix; eval: 10) or rows."
+    ),
 ]
 CategoryOpt = Annotated[
     list[str] | None, typer.Option("--category", help="Only this category; repeatable.")
@@ -481,13 +483,12 @@ def profile_cmd(
     Keywords per question, +1/-1 per keyword per expert, the skill inventory, and the
     aggregator chosen on the aggregation benchmark.
     """
-    from evals.datasets import load_dataset
-    from evals.harness import ensure_profile
+    from evals.harness import ensure_profile, validation_items
     from orchestrator.conclave import Conclave
 
     try:
         cfg = _config(config, zoo, zoo_dir)
-        items = load_dataset(data, split, limit=limit, categories=category, seed=seed)
+        items = validation_items(data, split, limit, category, seed)
         with Conclave(cfg) as c:
             folder, reused = ensure_profile(
                 c, items, data, _cache_dir(cfg), progress=not as_json, on_event=err.print
@@ -534,13 +535,12 @@ def route_cmd(
     Prints the question's keywords, their inventory skills, and each expert's S, g and
     weight. Only the keyword model runs; the profile is the cached one.
     """
-    from evals.datasets import load_dataset
-    from evals.harness import ensure_profile
+    from evals.harness import ensure_profile, validation_items
     from orchestrator.conclave import Conclave, Item
 
     try:
         cfg = _config(config, zoo, zoo_dir)
-        items = load_dataset(data, split, limit=limit, seed=seed)
+        items = validation_items(data, split, limit, None, seed)
         with Conclave(cfg) as c:
             ensure_profile(
                 c, items, data, _cache_dir(cfg), progress=not as_json, on_event=err.print

@@ -238,3 +238,27 @@ def test_help_of_every_command_is_light():
 def test_check_strategies():
     with pytest.raises(ConfigError, match="choose from best-single"):
         harness.check_strategies(["single"])
+
+
+def test_eval_profile_and_route_share_one_cached_profile(config_path, tmp_path):
+    """Same validation items by default, so each command reuses the first's profile."""
+    first = runner.invoke(app, ["profile", "-c", str(config_path), "--json"])
+    assert json.loads(first.stdout)["reused"] is False
+    ev = runner.invoke(
+        app,
+        [
+            "eval",
+            "-c",
+            str(config_path),
+            "-s",
+            "symbolic-moe",
+            "--limit",
+            "10",
+            "--out",
+            str(tmp_path / "r"),
+            "--json",
+        ],  # fmt: skip
+    )
+    assert json.loads(ev.stdout)["profile"].startswith("reused")
+    route = runner.invoke(app, ["route", "-c", str(config_path), "-q", "What is 2+2?"])
+    assert route.exit_code == 0 and "profile reused" in route.output
