@@ -80,6 +80,9 @@ class StrategySummary(BaseModel):
     accuracy: float = Field(..., description="Percent correct.")
     questions: int
     calls_per_question: float = Field(..., description="LLM calls, keywords included.")
+    expert_calls_per_question: float = Field(
+        0.0, description="Of those, expert answers (not keyword or aggregator calls)."
+    )
     tokens_per_question: float
     seconds: float = Field(..., description="Wall time in this run (0 for derived rows).")
     reused_per_question: float = Field(
@@ -283,6 +286,7 @@ def summarize(rows: Sequence[dict[str, Any]], strategies: Sequence[str]) -> dict
             accuracy=_pct([r["correct"] for r in rs]),
             questions=len(rs),
             calls_per_question=round(sum(r["calls"] for r in rs) / len(rs), 2),
+            expert_calls_per_question=round(sum(len(r["experts"]) for r in rs) / len(rs), 2),
             tokens_per_question=round(sum(r["tokens"] for r in rs) / len(rs), 1),
             seconds=round(sum(r["seconds"] for r in rs), 1),
             reused_per_question=round(sum(r.get("reused_calls", 0) for r in rs) / len(rs), 2),
@@ -303,6 +307,7 @@ def summarize(rows: Sequence[dict[str, Any]], strategies: Sequence[str]) -> dict
                 accuracy=_pct(flat),
                 questions=len(flat),
                 calls_per_question=1.0,
+                expert_calls_per_question=1.0,
                 tokens_per_question=round(tokens[ex] / len(flat), 1),
                 seconds=0.0,
                 model_loads=0,
@@ -370,13 +375,15 @@ def report_md(summary: dict[str, Any], spec: EvalSpec, extra: dict[str, Any]) ->
         f"{extra.get('best_single')}",
         f"- machine: {extra.get('machine')}",
         "",
-        "| strategy | accuracy % | calls / q | tokens / q | wall s | model loads |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| strategy | accuracy % | calls / q | expert calls / q | tokens / q | wall s | "
+        "model loads |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in summary.items():
         lines.append(
             f"| {name} | {s['accuracy']:.1f} | {s['calls_per_question']:g} | "
-            f"{s['tokens_per_question']:g} | {s['seconds']:g} | {s['model_loads']} |"
+            f"{s['expert_calls_per_question']:g} | {s['tokens_per_question']:g} | "
+            f"{s['seconds']:g} | {s['model_loads']} |"
         )
     cats = sorted({c for s in summary.values() for c in s["by_category"]})
     lines += ["", "## Accuracy per category (%)", ""]

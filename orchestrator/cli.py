@@ -444,15 +444,17 @@ def _print_summary(res: dict) -> None:  # type: ignore[type-arg]
         title=f"{res['dataset']} {res['split']}: {res['questions']} questions "
         f"({res['wall_s']} s, {res['machine']})"
     )
-    cols = ("strategy", "accuracy %", "calls/q", "reused/q", "tokens/q", "wall s", "model loads")
+    cols = ("strategy", "acc %", "calls/q", "experts/q", "reused/q", "tokens/q", "wall s", "loads")
     for col in cols:
-        table.add_column(col, justify="left" if col == "strategy" else "right")
+        left = col == "strategy"
+        table.add_column(col, justify="left" if left else "right", no_wrap=left)
     for name, s in res["strategies"].items():
         style = "bold" if name == "symbolic-moe" else "dim" if s.get("derived") else ""
         table.add_row(
             name,
             f"{s['accuracy']:.1f}",
             f"{s['calls_per_question']:g}",
+            f"{s['expert_calls_per_question']:g}",
             f"{s['reused_per_question']:g}" if not s.get("derived") else "-",
             f"{s['tokens_per_question']:g}",
             f"{s['seconds']:g}" if not s.get("derived") else "-",

@@ -48,6 +48,12 @@ class EngineHost:
             raise FileNotFoundError(f"model path {model!r} does not exist")
         self.llm = LLM(model=model, tokenizer=tokenizer, **engine_args)
         self.load_s = time.perf_counter() - t0
+        from vllm.platforms import current_platform
+
+        # vLLM's CPU sampler cannot honour per-request seeds ("CPU Generator does not use
+        # offset", and the engine is left stuck): on CPU, sampling follows the engine's own
+        # seed, reproducible for the same batch in the same order
+        self.request_seeds = not current_platform.is_cpu()
 
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "load_s": self.load_s}
@@ -65,7 +71,7 @@ class EngineHost:
                 temperature=s["temperature"],
                 top_p=s["top_p"],
                 max_tokens=s["max_tokens"],
-                seed=s["seed"],
+                seed=s["seed"] if self.request_seeds else None,
                 stop=s["stop"] or None,
             )
 
@@ -226,6 +232,8 @@ class VLLMBackend(ExpertBackend):
             self._actor = None
             raise EngineDeadError(f"engine died: {_cause(exc)}", expert=self.name) from None
         except RayTaskError as exc:
+            # an engine that raised mid-batch may keep the batch's requests: start afresh
+            self.unload()
             raise GenerationError(_cause(exc), expert=self.name) from None
         return [
             GenerationResult(item_id=r.item_id, expert=self.name, **o)

@@ -1,0 +1,530 @@
+"""`conclave serve`: an OpenAI-compatible REST gateway over the facade.
+
+    POST /v1/chat/completions   model "conclave" (routed ensemble) or an expert's name
+    GET  /v1/models             the ensemble and every expert
+    POST /v1/route              explain a routing decision without generating
+    GET  /healthz /readyz       liveness; readiness once the pool can serve
+    GET  /metrics               Prometheus text (request-level view)
+
+Concurrent requests are micro-batched: a request waits up to `batch_window_ms` for others,
+then the batch goes to the facade (ensemble) or the pool (passthrough) in one call, so
+vLLM batches them. The queue is bounded: beyond `max_queue` waiting requests the gateway
+answers 429 with Retry-After. Every error is OpenAI's error JSON with the right status;
+no input produces a 500. Streaming (`stream: true`) sends the answer as OpenAI chunks once
+the batch it rode in has finished (the pool does not stream tokens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastapi import Request  # module level: FastAPI resolves endpoint annotations here
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.config import Role
+from orchestrator.errors import ConclaveError, ConfigError
+
+ENSEMBLE = "conclave"
+
+
+# ---- request and response schemas (the OpenAI subset we serve) ----------------------------
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str = Field(..., max_length=200_000)
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(..., min_length=1, max_length=200)
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=256)
+    stream: bool = False
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1, le=32_768)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+
+
+class RouteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(..., min_length=1, max_length=200_000)
+
+
+class GatewaySettings(BaseModel):
+    """How the gateway serves; from the config's `gateway` section or the CLI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Bind address (loopback by default).")
+    port: int = Field(8000, ge=0, le=65535, description="Port.")
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Accepted bearer keys; also $CONCLAVE_API_KEYS (comma-separated). "
+        "None configured: no auth.",
+    )
+    batch_window_ms: float = Field(10.0, ge=0, le=5_000, description="Micro-batch window.")
+    max_batch: int = Field(64, ge=1, description="Most requests in one batch.")
+    max_queue: int = Field(256, ge=1, description="Waiting requests before 429.")
+    max_body_bytes: int = Field(1_000_000, ge=1_024, description="Larger bodies get 413.")
+    request_timeout_s: float = Field(300.0, gt=0, description="Longer waits get 504.")
+
+    def keys(self) -> set[str]:
+        env = os.environ.get("CONCLAVE_API_KEYS", "")
+        return {k for k in self.api_keys if k} | {k.strip() for k in env.split(",") if k.strip()}
+
+
+class GatewayError(Exception):
+    """An error with its HTTP status and OpenAI error type."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type_, code
+        self.param, self.retry_after = param, retry_after
+
+
+# ---- micro-batching -----------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    key: str  # ENSEMBLE or an expert name: one batch per key
+    request: ChatRequest
+    future: asyncio.Future[dict[str, Any]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher:
+    """Collects jobs per key for `window` seconds (or `max_batch` jobs) and runs each
+    batch in a worker thread with `run_batch(key, requests) -> results`."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[str, list[ChatRequest]], list[dict[str, Any]]],
+        settings: GatewaySettings,
+    ) -> None:
+        self.run_batch = run_batch
+        self.settings = settings
+        self.waiting: dict[str, list[_Job]] = {}
+        self.depth = 0  # jobs queued or running
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._lock = asyncio.Lock()
+        self._running: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    async def submit(self, key: str, request: ChatRequest) -> dict[str, Any]:
+        if self.closed:
+            raise GatewaySError_shutting_down()
+        if self.depth >= self.settings.max_queue:
+            raise GatewayError(
+                429,
+                f"the gateway has {self.depth} requests waiting (max_queue); retry shortly",
+                "rate_limit_error",
+                "queue_full",
+                retry_after=1,
+            )
+        loop = asyncio.get_running_loop()
+        job = _Job(key, request, loop.create_future())
+        self.depth += 1
+        try:
+            jobs = self.waiting.setdefault(key, [])
+            jobs.append(job)
+            if len(jobs) >= self.settings.max_batch:
+                self._flush(key)
+            elif key not in self._timers:
+                self._timers[key] = loop.call_later(
+                    self.settings.batch_window_ms / 1000, self._flush, key
+                )
+            return await asyncio.wait_for(
+                asyncio.shield(job.future), timeout=self.settings.request_timeout_s
+            )
+        except TimeoutError:
+            raise GatewayError(
+                504,
+                f"no answer within {self.settings.request_timeout_s:g} s; the experts are "
+                "busy or slow: retry, or raise gateway.request_timeout_s",
+                "timeout_error",
+                "timeout",
+            ) from None
+        finally:
+            self.depth -= 1
+
+    def _flush(self, key: str) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        jobs = self.waiting.pop(key, [])
+        if jobs:
+            task = asyncio.get_running_loop().create_task(self._run(key, jobs))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, key: str, jobs: list[_Job]) -> None:
+        live = [j for j in jobs if not j.future.cancelled()]
+        if not live:
+            return
+        try:
+            results = await asyncio.to_thread(self.run_batch, key, [j.request for j in live])
+        except Exception as exc:  # the whole batch failed: every caller hears why
+            for j in live:
+                if not j.future.done():
+                    j.future.set_exception(_as_gateway_error(exc))
+            return
+        for j, res in zip(live, results, strict=True):
+            if not j.future.done():
+                j.future.set_result(res)
+
+    async def drain(self) -> None:
+        """Stop taking jobs; finish the ones already taken."""
+        self.closed = True
+        for key in list(self.waiting):
+            self._flush(key)
+        while self._running:
+            await asyncio.gather(*list(self._running), return_exceptions=True)
+
+
+def GatewaySError_shutting_down() -> GatewayError:  # noqa: N802 - reads as an error name
+    return GatewayError(
+        503, "the gateway is shutting down", "service_unavailable", "shutting_down", retry_after=5
+    )
+
+
+def _as_gateway_error(exc: BaseException) -> GatewayError:
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, ConfigError):
+        return GatewayError(400, str(exc))
+    if isinstance(exc, ConclaveError):
+        return GatewayError(
+            503 if exc.retryable else 502, str(exc), "upstream_error", retry_after=5
+        )
+    return GatewayError(502, f"the experts failed: {type(exc).__name__}: {exc}", "upstream_error")
+
+
+# ---- the application ----------------------------------------------------------------------
+
+
+def _question(req: ChatRequest) -> str:
+    users = [m.content for m in req.messages if m.role == "user"]
+    if not users:
+        raise GatewayError(400, "messages need at least one 'user' message", param="messages")
+    return users[-1]
+
+
+def create_app(conclave: Any, settings: GatewaySettings | None = None):  # type: ignore[no-untyped-def]
+    """The FastAPI app serving `conclave` (a `Conclave` facade with its pool)."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from orchestrator.gateway_metrics import GatewayMetrics
+
+    settings = settings or GatewaySettings()
+    metrics = GatewayMetrics()
+    experts = {e.name for e in conclave.config.pool.experts if Role.EXPERT in e.roles}
+
+    def run_batch(key: str, requests: list[ChatRequest]) -> list[dict[str, Any]]:
+        if key == ENSEMBLE:
+            return _run_ensemble(conclave, requests)
+        return _run_passthrough(conclave, key, requests)
+
+    batcher = MicroBatcher(run_batch, settings)
+    keys = settings.keys()
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await batcher.drain()  # graceful: in-flight batches finish
+
+    app = FastAPI(
+        title="Conclave gateway",
+        version="1",
+        description="OpenAI-compatible chat completions over routed expert LLMs.",
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+    app.state.metrics = metrics
+
+    def error_response(err: GatewayError) -> JSONResponse:
+        headers = {"Retry-After": str(err.retry_after)} if err.retry_after else None
+        body = {
+            "error": {
+                "message": err.message,
+                "type": err.type,
+                "param": err.param,
+                "code": err.code,
+            }
+        }
+        return JSONResponse(body, status_code=err.status, headers=headers)
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(_r: Request, exc: GatewayError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errs):
+            return error_response(GatewayError(400, "the body is not valid JSON"))
+        first = errs[0] if errs else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        msg = f"{loc or 'body'}: {first.get('msg', 'invalid')}"
+        return error_response(GatewayError(422, msg, param=loc or None, code="invalid_field"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return error_response(GatewayError(exc.status_code, str(exc.detail), type_))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_r: Request, exc: Exception) -> JSONResponse:
+        return error_response(_as_gateway_error(exc))
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        path = request.url.path
+        if path not in ("/healthz", "/readyz") and keys:
+            auth = request.headers.get("authorization", "")
+            token = auth[7:] if auth.lower().startswith("bearer ") else ""
+            if token not in keys:
+                metrics.observe(path, 401, time.perf_counter() - t0)
+                return error_response(
+                    GatewayError(
+                        401,
+                        "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                        "authentication_error",
+                        "invalid_api_key",
+                    )
+                )
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_body_bytes:
+            metrics.observe(path, 413, time.perf_counter() - t0)
+            return error_response(
+                GatewayError(
+                    413,
+                    f"body of {length} bytes is over the {settings.max_body_bytes} limit",
+                    code="body_too_large",
+                )
+            )
+        response = await call_next(request)
+        metrics.observe(path, response.status_code, time.perf_counter() - t0)
+        return response
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ready = conclave.state is not None and not batcher.closed
+        why = (
+            "ready"
+            if ready
+            else "no routing profile loaded yet"
+            if not batcher.closed
+            else ("shutting down")
+        )
+        return JSONResponse({"ready": ready, "status": why}, status_code=200 if ready else 503)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        now = int(time.time())
+        names = [ENSEMBLE, *sorted(experts)]
+        return {
+            "object": "list",
+            "data": [
+                {"id": n, "object": "model", "created": now, "owned_by": "conclave"} for n in names
+            ],
+        }
+
+    @app.post("/v1/route")
+    async def route(body: RouteRequest) -> dict[str, Any]:
+        if conclave.state is None:
+            raise GatewayError(
+                503, "no routing profile loaded yet", "service_unavailable", retry_after=5
+            )
+        from orchestrator.conclave import Item
+
+        decision = await asyncio.to_thread(
+            lambda: conclave.route(
+                [Item(id=f"route-{uuid.uuid4().hex[:8]}", question=body.question)]
+            )[0]
+        )
+        return decision.model_dump(by_alias=True)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request):  # type: ignore[no-untyped-def]
+        if body.model != ENSEMBLE and body.model not in experts:
+            raise GatewayError(
+                404,
+                f"unknown model {body.model!r}; GET /v1/models lists '{ENSEMBLE}' and the experts",
+                "not_found_error",
+                "model_not_found",
+                param="model",
+            )
+        if body.model == ENSEMBLE:
+            _question(body)  # 400 before queueing
+            if conclave.state is None:
+                raise GatewayError(
+                    503, "no routing profile loaded yet", "service_unavailable", retry_after=5
+                )
+        result = await batcher.submit(body.model, body)
+        metrics.tokens(body.model, result["usage"]["total_tokens"])
+        if not body.stream:
+            return result
+        return StreamingResponse(_sse(result, request), media_type="text/event-stream")
+
+    @app.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(batcher.depth), media_type="text/plain")
+
+    return app
+
+
+async def _sse(result: dict[str, Any], request: Any) -> AsyncIterator[bytes]:
+    """The completion as OpenAI chat.completion.chunk events, then [DONE]."""
+    base = {k: result[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+    text = result["choices"][0]["message"]["content"] or ""
+    pieces = [text[i : i + 32] for i in range(0, len(text), 32)] or [""]
+    first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+    yield f"data: {json.dumps(base | {'choices': [first]})}\n\n".encode()
+    for piece in pieces:
+        if await request.is_disconnected():  # the client left: stop
+            return
+        delta = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+        yield f"data: {json.dumps(base | {'choices': [delta]})}\n\n".encode()
+    last = {"index": 0, "delta": {}, "finish_reason": result["choices"][0]["finish_reason"]}
+    tail = base | {"choices": [last], "usage": result["usage"]}
+    if "conclave" in result:
+        tail["conclave"] = result["conclave"]
+    yield f"data: {json.dumps(tail)}\n\n".encode()
+    yield b"data: [DONE]\n\n"
+
+
+def _completion(
+    model: str,
+    text: str,
+    finish: str,
+    prompt: int,
+    completion: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
+    if extra:
+        out["conclave"] = extra
+    return out
+
+
+def _run_passthrough(
+    conclave: Any, expert: str, requests: list[ChatRequest]
+) -> list[dict[str, Any]]:
+    from workers.batch import GenerationRequest, Message
+
+    reqs = []
+    for i, r in enumerate(requests):
+        sampling = {
+            k: v
+            for k, v in (
+                ("temperature", r.temperature),
+                ("max_tokens", r.max_tokens),
+                ("top_p", r.top_p),
+            )
+            if v is not None
+        }
+        msgs = [
+            Message(
+                role=m.role if m.role in ("system", "user", "assistant") else "user",
+                content=m.content,
+            )
+            for m in r.messages
+        ]
+        reqs.append(
+            GenerationRequest(
+                item_id=str(i), expert=expert, messages=msgs, sampling=sampling or None
+            )
+        )
+    out = []
+    for r in conclave.pool.run(reqs):
+        if not r.ok:
+            err = r.error
+            status = 504 if err and "Timeout" in err.type else 503 if err and err.retryable else 502
+            why = err.message if err else "no result"
+            raise GatewayError(
+                status,
+                f"expert {expert!r} failed: {why}",
+                "upstream_error",
+                retry_after=5 if status == 503 else None,
+            )
+        out.append(
+            _completion(
+                expert,
+                r.text or "",
+                r.finish_reason or "stop",
+                r.prompt_tokens,
+                r.completion_tokens,
+                {"expert": expert},
+            )
+        )
+    return out
+
+
+def _run_ensemble(conclave: Any, requests: list[ChatRequest]) -> list[dict[str, Any]]:
+    from orchestrator.conclave import Item
+
+    items = [Item(id=f"req-{uuid.uuid4().hex[:12]}", question=_question(r)) for r in requests]
+    traces = conclave.answer(items, "symbolic-moe")
+    out = []
+    for tr in traces:
+        text = tr.aggregator_text or next((a.text for a in tr.answers if a.text), "") or ""
+        if tr.choice and tr.aggregator in (None, "vote"):
+            text = f"The answer is ({tr.choice})."
+        extra = {
+            "keywords": tr.keywords,
+            "skills": tr.routing.skills if tr.routing else [],
+            "experts": [a.expert for a in tr.answers],
+            "aggregator": tr.aggregator,
+            "choice": tr.choice,
+            "calls": tr.calls,
+        }
+        tokens = tr.tokens
+        out.append(_completion(ENSEMBLE, text, "stop", tokens, 0, extra))
+    return out

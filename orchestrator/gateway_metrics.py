@@ -1,0 +1,48 @@
+"""The gateway's request-level Prometheus metrics (its own registry, served at /metrics)."""
+
+from __future__ import annotations
+
+
+class GatewayMetrics:
+    """Requests by path and status, latency by path, tokens by model, queue depth."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "conclave_gateway_requests",
+            "HTTP requests.",
+            ["path", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "conclave_gateway_request_seconds",
+            "Request latency.",
+            ["path"],
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+        self.tokens_total = Counter(
+            "conclave_gateway_tokens",
+            "Tokens used by completions.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.queue = Gauge(
+            "conclave_gateway_queue_depth", "Requests waiting or running.", registry=self.registry
+        )
+
+    def observe(self, path: str, status: int, seconds: float) -> None:
+        known = path if path.startswith(("/v1/", "/healthz", "/readyz", "/metrics")) else "other"
+        self.requests.labels(known, str(status)).inc()
+        self.latency.labels(known).observe(seconds)
+
+    def tokens(self, model: str, n: int) -> None:
+        self.tokens_total.labels(model).inc(n)
+
+    def render(self, depth: int) -> str:
+        from prometheus_client import generate_latest
+
+        self.queue.set(depth)
+        return generate_latest(self.registry).decode()

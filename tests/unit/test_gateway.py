@@ -1,0 +1,199 @@
+"""The gateway on loopback with real clients (openai, litellm, httpx) over fake experts."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from orchestrator.conclave import Conclave
+from orchestrator.config import parse_config
+from orchestrator.gateway import GatewaySettings, create_app
+
+EXPERTS = [
+    {"name": "alpha", "backend": {"type": "fake", "answer": "The answer is (A)."}},
+    {"name": "beta", "backend": {"type": "fake", "answer": "The answer is (B)."}},
+    {"name": "slow", "backend": {"type": "fake", "answer": "slow says hi", "generate_s": 0.5}},
+    {
+        "name": "kw",
+        "backend": {"type": "fake", "answer": "Keywords: arithmetic, math"},
+        "roles": ["keywords"],
+    },  # fmt: skip
+]
+Q = "What is 2 + 2? The options are: (A) 4 (B) 5"
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Served:
+    def __init__(self, settings: GatewaySettings, profile: bool = True) -> None:
+        import uvicorn
+
+        from evals.harness import validation_items
+
+        cfg = parse_config({"pool": {"experts": EXPERTS}, "routing": {"embedder": "ngram"}})
+        self.conclave = Conclave(cfg)
+        if profile:
+            self.conclave.profile(validation_items("skillmix", limit=1), dataset="skillmix")
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = create_app(self.conclave, settings)
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        for _ in range(200):
+            try:
+                httpx.get(f"{self.url}/healthz", timeout=0.5)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("gateway did not start")
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.conclave.close()
+
+
+@pytest.fixture(scope="module")
+def gw():
+    s = Served(GatewaySettings(batch_window_ms=20, max_body_bytes=4096))
+    yield s
+    s.close()
+
+
+def test_openai_client_ensemble_and_passthrough(gw):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused")
+    out = client.chat.completions.create(
+        model="conclave", messages=[{"role": "user", "content": Q}]
+    )
+    assert out.choices[0].message.content.startswith("The answer is (")
+    extra = out.model_extra["conclave"]
+    assert extra["keywords"] == ["arithmetic", "math"] and len(extra["experts"]) >= 1
+    assert extra["calls"] == 5 + len(extra["experts"])  # keyword samples, then experts
+    assert out.usage is not None
+    one = client.chat.completions.create(model="alpha", messages=[{"role": "user", "content": Q}])
+    assert one.choices[0].message.content == "The answer is (A)."
+    assert [m.id for m in client.models.list().data] == ["conclave", "alpha", "beta", "slow"]
+
+
+def test_openai_client_streaming(gw):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused")
+    stream = client.chat.completions.create(
+        model="beta", messages=[{"role": "user", "content": Q}], stream=True
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "The answer is (B)."
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_litellm_pointed_at_the_gateway(gw):
+    import litellm
+
+    out = litellm.completion(
+        model="openai/alpha",
+        api_base=f"{gw.url}/v1",
+        api_key="unused",
+        messages=[{"role": "user", "content": Q}],
+    )
+    assert out.choices[0].message.content == "The answer is (A)."
+
+
+def test_concurrent_requests_are_batched_per_expert(gw):
+    """Ten requests within the window reach the fake engine as one batch."""
+    import concurrent.futures as cf
+
+    backend = gw.conclave.pool.backends["beta"]
+    before = len(backend.calls)
+    body = {"model": "beta", "messages": [{"role": "user", "content": Q}]}
+    with cf.ThreadPoolExecutor(10) as ex:
+        url = f"{gw.url}/v1/chat/completions"
+        codes = list(
+            ex.map(lambda _: httpx.post(url, json=body, timeout=10).status_code, range(10))
+        )
+    assert codes == [200] * 10
+    sizes = [len(c) for c in backend.calls[before:]]
+    assert sum(sizes) == 10 and max(sizes) > 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "text"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b'{"model": "alpha"}', 422, "messages"),
+        (b'{"model": "alpha", "messages": [{"role": "wizard", "content": "x"}]}', 422, "role"),
+        (b'{"model": "alpha", "messages": [], "stream": 3}', 422, "messages"),
+        (b'{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}', 404, "gpt-9"),
+        (b'{"model": "conclave", "messages": [{"role": "system", "content": "x"}]}', 400, "user"),
+        (b"[1, 2]", 422, "body"),
+        (
+            b'{"model": "alpha", "messages": [{"role": "user", "content": "'
+            + b"x" * 5000
+            + b'"}]}',
+            413,
+            "limit",
+        ),  # fmt: skip
+    ],
+)
+def test_bad_requests_get_openai_errors(gw, body, status, text):
+    r = httpx.post(f"{gw.url}/v1/chat/completions", content=body,
+                   headers={"content-type": "application/json"})  # fmt: skip
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert text in err["message"] and err["type"]
+
+
+def test_route_models_health_and_metrics(gw):
+    r = httpx.post(f"{gw.url}/v1/route", json={"question": Q})
+    assert r.status_code == 200 and r.json()["keywords"] == ["arithmetic", "math"]
+    assert httpx.get(f"{gw.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{gw.url}/readyz").status_code == 200
+    assert httpx.get(f"{gw.url}/nope").status_code == 404
+    text = httpx.get(f"{gw.url}/metrics").text
+    assert 'conclave_gateway_requests_total{path="/v1/chat/completions",status="200"}' in text
+    assert "conclave_gateway_request_seconds_bucket" in text
+    assert "conclave_gateway_queue_depth" in text
+
+
+def test_auth_overload_and_readiness():
+    s = Served(GatewaySettings(api_keys=["k1"], max_queue=2, batch_window_ms=1), profile=False)
+    try:
+        body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
+        url = f"{s.url}/v1/chat/completions"
+        assert httpx.post(url, json=body).status_code == 401
+        assert httpx.post(url, json=body, headers={"authorization": "Bearer no"}).status_code == 401
+        assert httpx.get(f"{s.url}/v1/models").status_code == 401
+        assert httpx.get(f"{s.url}/healthz").status_code == 200  # health needs no key
+        ok = {"authorization": "Bearer k1"}
+        r = httpx.get(f"{s.url}/readyz", headers=ok)
+        assert r.status_code == 503  # no profile: the ensemble cannot route yet
+        import concurrent.futures as cf
+
+        with cf.ThreadPoolExecutor(8) as ex:
+            codes = list(ex.map(lambda _: httpx.post(url, json=body, headers=ok, timeout=10),
+                                range(8)))  # fmt: skip
+        statuses = sorted(c.status_code for c in codes)
+        assert 200 in statuses and 429 in statuses and set(statuses) <= {200, 429}
+        limited = next(c for c in codes if c.status_code == 429)
+        assert limited.headers["retry-after"] == "1"
+        assert limited.json()["error"]["code"] == "queue_full"
+        ens = httpx.post(url, json={**body, "model": "conclave"}, headers=ok)
+        assert ens.status_code == 503 and "profile" in ens.json()["error"]["message"]
+    finally:
+        s.close()
