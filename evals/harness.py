@@ -322,6 +322,7 @@ def summarize(rows: Sequence[dict[str, Any]], strategies: Sequence[str]) -> dict
             accuracy=round(sum(by_cat[c] * n[c] for c in cat_names) / sum(n.values()), 2),
             questions=sum(n.values()),
             calls_per_question=1.0,
+            expert_calls_per_question=1.0,
             tokens_per_question=0.0,
             seconds=0.0,
             model_loads=0,

@@ -569,6 +569,52 @@ def route_cmd(
         out.print(table)
 
 
+@app.command("serve")
+def serve_cmd(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (config: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (config: 8000).")] = None,
+    data: DataOpt = "skillmix",
+    zoo: ZooProfile = "full",
+    zoo_dir: ZooDir = None,
+) -> None:
+    """Serve the OpenAI-compatible REST gateway (model 'conclave' or an expert's name).
+
+    Loads the cached routing profile (profiling first if there is none), then serves
+    /v1/chat/completions, /v1/models, /v1/route, /healthz, /readyz and /metrics.
+    """
+    import uvicorn
+
+    from evals.harness import ensure_profile, validation_items
+    from orchestrator.conclave import Conclave
+    from orchestrator.gateway import create_app
+
+    try:
+        cfg = _config(config, zoo, zoo_dir)
+        settings = cfg.gateway.model_copy(
+            update={k: v for k, v in (("host", host), ("port", port)) if v is not None}
+        )
+        conclave = Conclave(cfg)
+        ensure_profile(
+            conclave, validation_items(data), data, _cache_dir(cfg), progress=True,
+            on_event=err.print,
+        )  # fmt: skip
+    except ConclaveError as e:
+        raise _fail(e) from None
+    auth = "API keys required" if settings.keys() else "no API keys configured"
+    err.print(f"serving on http://{settings.host}:{settings.port} ({auth}); Ctrl-C stops")
+    try:
+        uvicorn.run(
+            create_app(conclave, settings),
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        conclave.close()
+
+
 experts_app = typer.Typer(help="The experts of a config or the embedded zoo.", no_args_is_help=True)
 app.add_typer(experts_app, name="experts")
 

@@ -278,6 +278,27 @@ class RoutingConfig(_Strict):
     )
 
 
+class GatewaySettings(_Strict):
+    """How the gateway serves; from the config's `gateway` section or the CLI."""
+
+    host: str = Field("127.0.0.1", description="Bind address (loopback by default).")
+    port: int = Field(8000, ge=0, le=65535, description="Port.")
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Accepted bearer keys; also $CONCLAVE_API_KEYS (comma-separated). "
+        "None configured: no auth.",
+    )
+    batch_window_ms: float = Field(10.0, ge=0, le=5_000, description="Micro-batch window.")
+    max_batch: int = Field(64, ge=1, description="Most requests in one batch.")
+    max_queue: int = Field(256, ge=1, description="Waiting requests before 429.")
+    max_body_bytes: int = Field(1_000_000, ge=1_024, description="Larger bodies get 413.")
+    request_timeout_s: float = Field(300.0, gt=0, description="Longer waits get 504.")
+
+    def keys(self) -> set[str]:
+        env = os.environ.get("CONCLAVE_API_KEYS", "")
+        return {k for k in self.api_keys if k} | {k.strip() for k in env.split(",") if k.strip()}
+
+
 class ConclaveConfig(_Strict):
     """Everything Conclave needs to run."""
 
@@ -285,6 +306,9 @@ class ConclaveConfig(_Strict):
     pool: PoolConfig = Field(..., description="The expert pool.")
     routing: RoutingConfig = Field(
         default_factory=RoutingConfig, description="Keywords, recruitment, aggregation."
+    )
+    gateway: GatewaySettings = Field(
+        default_factory=GatewaySettings, description="`conclave serve`: the REST gateway."
     )
     cache_dir: Path | None = Field(
         None,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +27,7 @@ from typing import Any, Literal
 from fastapi import Request  # module level: FastAPI resolves endpoint annotations here
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.config import Role
+from orchestrator.config import GatewaySettings, Role
 from orchestrator.errors import ConclaveError, ConfigError
 
 ENSEMBLE = "conclave"
@@ -59,29 +58,6 @@ class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(..., min_length=1, max_length=200_000)
-
-
-class GatewaySettings(BaseModel):
-    """How the gateway serves; from the config's `gateway` section or the CLI."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    host: str = Field("127.0.0.1", description="Bind address (loopback by default).")
-    port: int = Field(8000, ge=0, le=65535, description="Port.")
-    api_keys: list[str] = Field(
-        default_factory=list,
-        description="Accepted bearer keys; also $CONCLAVE_API_KEYS (comma-separated). "
-        "None configured: no auth.",
-    )
-    batch_window_ms: float = Field(10.0, ge=0, le=5_000, description="Micro-batch window.")
-    max_batch: int = Field(64, ge=1, description="Most requests in one batch.")
-    max_queue: int = Field(256, ge=1, description="Waiting requests before 429.")
-    max_body_bytes: int = Field(1_000_000, ge=1_024, description="Larger bodies get 413.")
-    request_timeout_s: float = Field(300.0, gt=0, description="Longer waits get 504.")
-
-    def keys(self) -> set[str]:
-        env = os.environ.get("CONCLAVE_API_KEYS", "")
-        return {k for k in self.api_keys if k} | {k.strip() for k in env.split(",") if k.strip()}
 
 
 class GatewayError(Exception):

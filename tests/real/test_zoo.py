@@ -155,3 +155,55 @@ def test_conclave_eval_on_the_reduced_zoo(zoo, ray_cluster, tmp_path, monkeypatc
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["profile"].startswith("reused")
     assert json.loads(again.stdout)["strategies"] == s  # nothing recomputed, same figures
+
+
+def test_gateway_serves_the_reduced_zoo_to_the_openai_client(zoo, ray_cluster):
+    """The real path behind the gateway: vLLM engines in Ray, the official openai client."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import openai
+    import uvicorn
+
+    from orchestrator.conclave import Conclave, Item
+    from orchestrator.gateway import create_app
+
+    config = zoo_config(zoo, load_manifest(zoo, seed=0))
+    conclave = Conclave(config)
+    val = [Item(**q.model_dump()) for q in generate("validation", 2, categories=("geography",))]
+    conclave.profile(val, dataset="skillmix")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = uvicorn.Server(uvicorn.Config(create_app(conclave), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        (q,) = generate("test", 1, categories=("geography",))
+        msg = [{"role": "user", "content": mc_messages(q.question)[0]["content"]}]
+        one = client.chat.completions.create(model="facts-mini", messages=msg)
+        assert re.fullmatch(r"The answer is [^\n]+\.", one.choices[0].message.content.strip())
+        assert one.usage.prompt_tokens > 0 and one.usage.completion_tokens > 0
+        routed = client.chat.completions.create(model="conclave", messages=msg)
+        trace = routed.model_extra["conclave"]
+        assert trace["keywords"] and set(trace["experts"]) <= {"facts-mini", "numbers-moe-mini"}
+        streamed = "".join(
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(model="facts-mini", messages=msg, stream=True)
+            if c.choices
+        )
+        assert streamed == one.choices[0].message.content  # greedy: the same answer
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        conclave.close()

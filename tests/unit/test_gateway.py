@@ -197,3 +197,40 @@ def test_auth_overload_and_readiness():
         assert ens.status_code == 503 and "profile" in ens.json()["error"]["message"]
     finally:
         s.close()
+
+
+def test_sdk_clients_sync_and_async(gw):
+    import asyncio
+
+    from orchestrator.router import RoutingDecision
+    from orchestrator.sdk import AsyncConclaveClient, ConclaveClient, GatewayClientError
+
+    with ConclaveClient(gw.url) as c:
+        reply = c.chat(Q)
+        assert reply.text.startswith("The answer is (") and reply.trace["keywords"]
+        assert c.chat(Q, model="alpha").text == "The answer is (A)."
+        decision = c.route(Q)
+        assert isinstance(decision, RoutingDecision) and len(decision.chosen) == 3
+        assert c.models()[0] == "conclave"
+        with pytest.raises(GatewayClientError) as e:
+            c.chat(Q, model="nobody")
+        assert e.value.status == 404 and e.value.type == "not_found_error"
+
+    async def go():
+        async with AsyncConclaveClient(gw.url) as c:
+            replies = await asyncio.gather(*(c.chat(Q, model="beta") for _ in range(3)))
+            return [r.text for r in replies], await c.models()
+
+    texts, models = asyncio.run(go())
+    assert texts == ["The answer is (B)."] * 3 and "alpha" in models
+
+
+def test_serve_help_is_light_and_binds_loopback_by_default():
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.config import GatewaySettings
+
+    assert GatewaySettings().host == "127.0.0.1"
+    res = CliRunner().invoke(app, ["serve", "--help"])
+    assert res.exit_code == 0 and "OpenAI-compatible" in res.output
