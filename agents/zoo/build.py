@@ -221,7 +221,8 @@ class ZooBuilder:
             atomic_write_text(self.root / "manifest.json", manifest.model_dump_json(indent=2))
             built.append(entry.name)
             self.on_event(entry.name, "built")
-        return manifest, built
+        names = [s.name for s in specs]
+        return manifest, sorted(built, key=names.index)  # in the profile's order
 
     def _build_all(self, todo: list[tuple[Spec, str]]) -> Iterator[ZooEntry]:
         """Build `todo`, yielding each entry as it finishes. With more than one worker,
