@@ -102,13 +102,12 @@ class MicroBatcher:
         self.waiting: dict[str, list[_Job]] = {}
         self.depth = 0  # jobs queued or running
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._lock = asyncio.Lock()
         self._running: set[asyncio.Task[None]] = set()
         self.closed = False
 
     async def submit(self, key: str, request: ChatRequest) -> dict[str, Any]:
         if self.closed:
-            raise GatewaySError_shutting_down()
+            raise _shutting_down()
         if self.depth >= self.settings.max_queue:
             raise GatewayError(
                 429,
@@ -177,7 +176,7 @@ class MicroBatcher:
             await asyncio.gather(*list(self._running), return_exceptions=True)
 
 
-def GatewaySError_shutting_down() -> GatewayError:  # noqa: N802 - reads as an error name
+def _shutting_down() -> GatewayError:
     return GatewayError(
         503, "the gateway is shutting down", "service_unavailable", "shutting_down", retry_after=5
     )
