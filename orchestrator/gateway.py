@@ -24,7 +24,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fastapi import Request  # module level: FastAPI resolves endpoint annotations here
+# module level: FastAPI resolves endpoint annotations (strings here) in this namespace
+from fastapi import Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.config import GatewaySettings, Role
@@ -208,7 +210,6 @@ def create_app(conclave: Any, settings: GatewaySettings | None = None):  # type:
     """The FastAPI app serving `conclave` (a `Conclave` facade with its pool)."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from orchestrator.gateway_metrics import GatewayMetrics
@@ -229,6 +230,7 @@ def create_app(conclave: Any, settings: GatewaySettings | None = None):  # type:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        batcher.closed = False  # (re)started: take jobs
         yield
         await batcher.drain()  # graceful: in-flight batches finish
 
