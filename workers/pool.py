@@ -35,6 +35,7 @@ from orchestrator.errors import (
 )
 from workers.backend import ExpertBackend, make_backend
 from workers.batch import GenerationRequest, GenerationResult
+from workers.metrics import ExpertMetrics
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class ExpertPool:
         self, config: ConclaveConfig, backends: dict[str, ExpertBackend] | None = None
     ) -> None:
         self.config = config
+        self.metrics = ExpertMetrics()  # per expert, in the Ray dashboard
         self.backends: dict[str, ExpertBackend] = backends or {
             e.name: make_backend(e, config) for e in config.pool.experts
         }
@@ -133,6 +135,7 @@ class ExpertPool:
                 self._last_used[name] = time.monotonic()
                 # Loads run in the group's thread too, so models load side by side (on a
                 # GPU cluster, each on its own GPUs) while memory is granted in order here.
+                self.metrics.queued(name, len(group))
                 fut = self._executor.submit(self._load_and_run, backend, group, needs_load)
                 fut.add_done_callback(partial(_advance, bar, len(group)))
                 in_flight[name] = fut
@@ -208,6 +211,7 @@ class ExpertPool:
                 fut.result()  # let its group finish before freeing its memory
             log.info("evicting %s to make room for %s", victim.name, backend.name)
             victim.unload()
+            self.metrics.eviction(victim.name)
             with self._lock:
                 self._held.pop(victim.name, None)
                 self.stats.evictions += 1
@@ -224,6 +228,7 @@ class ExpertPool:
             with self._lock:
                 self.stats.load_failures += 1
             raise ModelLoadError(f"{type(exc).__name__}: {exc}", expert=backend.name) from exc
+        self.metrics.load(backend.name)
         with self._lock:
             self.stats.loads += 1
             self.stats.loads_by_expert[backend.name] += 1
@@ -238,10 +243,22 @@ class ExpertPool:
             except ConclaveError as exc:
                 with self._lock:
                     self._held.pop(backend.name, None)
-                return [GenerationResult.failed(r, exc) for r in group]
+                failed = [GenerationResult.failed(r, exc) for r in group]
+                self.metrics.batch(backend.name, failed, 0.0)
+                self.metrics.queued(backend.name, 0)
+                return failed
         return self._run_group(backend, group)
 
     def _run_group(
+        self, backend: ExpertBackend, group: list[GenerationRequest]
+    ) -> list[GenerationResult]:
+        t0 = time.perf_counter()
+        out = self._generate_group(backend, group)
+        self.metrics.batch(backend.name, out, time.perf_counter() - t0)
+        self.metrics.queued(backend.name, 0)
+        return out
+
+    def _generate_group(
         self, backend: ExpertBackend, group: list[GenerationRequest]
     ) -> list[GenerationResult]:
         try:

@@ -98,3 +98,25 @@ def test_dead_engine_is_restarted_and_moe_expert_evicts_the_idle_one(pool, ray_c
     # budget 2.5 GB: loading the MoE expert evicted b, which this batch did not need
     assert pool.stats.evictions == evictions + 1
     assert sorted(pool.resident) == ["a", "moe"]
+
+
+def test_per_expert_metrics_reach_rays_prometheus_export(pool, ray_cluster):
+    """What the pool records through ray.util.metrics shows in Ray's metrics export (and
+    so in the dashboard): requests, tokens, loads, evictions and errors per expert."""
+    import time
+
+    import httpx
+    import ray
+
+    pool.run([chat(0, "b"), chat(1, "missing")])
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:  # metrics reach the agent every few seconds
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        if "ray_conclave_expert_evictions_total{" in text and 'expert="b"' in text:
+            break
+        time.sleep(1)
+    for name in ("requests", "tokens", "loads", "evictions", "errors"):
+        assert f"ray_conclave_expert_{name}_total" in text, name
+    assert "ray_conclave_expert_batch_seconds_bucket" in text
+    assert "ray_conclave_expert_errors_total{" in text and 'error="ModelLoadError"' in text
