@@ -207,7 +207,12 @@ class Conclave:
         ]
 
     def _deterministic(self, expert: str) -> bool:
-        return self.reuse_answers and self.config.pool.expert(expert).sampling.temperature == 0.0
+        if not self.reuse_answers:
+            return False
+        try:
+            return self.config.pool.expert(expert).sampling.temperature == 0.0
+        except KeyError:  # unknown: the pool answers it with an error result
+            return False
 
     def aggregate(
         self,
