@@ -425,15 +425,16 @@ def check_strategies(strategies: Sequence[str]) -> None:
         raise ConfigError(f"unknown strategies {bad}; choose from {allowed}")
 
 
-def validation_items(
+def eval_items(
     dataset: str,
     split: str = "validation",
     limit: int | None = None,
     categories: Sequence[str] | None = None,
     seed: int = 0,
 ) -> list[Item]:
-    """The items profiles are built from, with the defaults `eval`, `profile` and `route`
-    share, so that they share one cached profile."""
+    """The items of `dataset` with the defaults every command shares (skillmix: 10 per
+    category): `eval`'s test and validation sets, and the validation set `profile`,
+    `route` and `serve` build or reuse the same cached profile from."""
     from evals.datasets import load_dataset
 
     default = SKILLMIX_LIMIT if dataset == "skillmix" else None
@@ -458,25 +459,16 @@ def run_eval(
 ) -> dict[str, Any]:
     """The whole eval: load data, profile (cached), answer with every strategy (resuming
     from `run_dir`), then write summary.json, report.md and chart.png. Returns the summary."""
-    from evals.datasets import load_dataset
-
     check_strategies(spec.strategies)
     t0 = time.perf_counter()
-    default = SKILLMIX_LIMIT if spec.dataset == "skillmix" else None
-    test = load_dataset(
-        spec.dataset,
-        spec.split,
-        limit=spec.limit or default,
-        categories=spec.categories,
-        seed=spec.seed,
-    )
+    test = eval_items(spec.dataset, spec.split, spec.limit, spec.categories, spec.seed)
     profile_source = spec.profile_dataset or spec.dataset
     if profile_source == spec.dataset and spec.dataset != "skillmix":
         raise ConfigError(
             "profiling needs a validation set apart from the test file: give --profile-data "
             "(for the Symbolic-MoE files, the *_train.json next to the *_test.json)"
         )
-    val = validation_items(
+    val = eval_items(
         profile_source,
         spec.profile_split,
         spec.profile_limit or spec.limit,

@@ -365,10 +365,6 @@ def _config(config: Path | None, zoo: str, zoo_dir: Path | None):  # type: ignor
     return zoo_config(root, manifest)
 
 
-def _cache_dir(cfg) -> Path:  # type: ignore[no-untyped-def]
-    return cfg.resolved_cache_dir()
-
-
 @app.command("eval")
 def eval_cmd(
     config: ConfigOpt = None,
@@ -419,7 +415,7 @@ def eval_cmd(
     )
     try:
         cfg = _config(config, zoo, zoo_dir)
-        cache = _cache_dir(cfg)
+        cache = cfg.resolved_cache_dir()
         if output is None:
             stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
             output = cache / "runs" / f"{stamp}-{Path(data).stem}"
@@ -428,7 +424,8 @@ def eval_cmd(
     except ConclaveError as e:
         raise _fail(e) from None
     except KeyboardInterrupt:
-        err.print(f"interrupted; resume with the same command and --out {output}")
+        hint = f"; resume with the same command and --out {output}" if output else ""
+        err.print(f"interrupted{hint}")
         raise typer.Exit(code=130) from None
     if as_json:
         print(json.dumps(res, indent=2))
@@ -485,15 +482,15 @@ def profile_cmd(
     Keywords per question, +1/-1 per keyword per expert, the skill inventory, and the
     aggregator chosen on the aggregation benchmark.
     """
-    from evals.harness import ensure_profile, validation_items
+    from evals.harness import ensure_profile, eval_items
     from orchestrator.conclave import Conclave
 
     try:
         cfg = _config(config, zoo, zoo_dir)
-        items = validation_items(data, split, limit, category, seed)
+        items = eval_items(data, split, limit, category, seed)
         with Conclave(cfg) as c:
             folder, reused = ensure_profile(
-                c, items, data, _cache_dir(cfg), progress=not as_json, on_event=err.print
+                c, items, data, cfg.resolved_cache_dir(), progress=not as_json, on_event=err.print
             )
             state = c.state
             top = {
@@ -537,15 +534,15 @@ def route_cmd(
     Prints the question's keywords, their inventory skills, and each expert's S, g and
     weight. Only the keyword model runs; the profile is the cached one.
     """
-    from evals.harness import ensure_profile, validation_items
+    from evals.harness import ensure_profile, eval_items
     from orchestrator.conclave import Conclave, Item
 
     try:
         cfg = _config(config, zoo, zoo_dir)
-        items = validation_items(data, split, limit, None, seed)
+        items = eval_items(data, split, limit, None, seed)
         with Conclave(cfg) as c:
             ensure_profile(
-                c, items, data, _cache_dir(cfg), progress=not as_json, on_event=err.print
+                c, items, data, cfg.resolved_cache_dir(), progress=not as_json, on_event=err.print
             )
             asked = [Item(id=f"q{i}", question=q) for i, q in enumerate(question)]
             decisions = c.route(asked)
@@ -585,7 +582,7 @@ def serve_cmd(
     """
     import uvicorn
 
-    from evals.harness import ensure_profile, validation_items
+    from evals.harness import ensure_profile, eval_items
     from orchestrator.conclave import Conclave
     from orchestrator.gateway import create_app
 
@@ -596,7 +593,7 @@ def serve_cmd(
         )
         conclave = Conclave(cfg)
         ensure_profile(
-            conclave, validation_items(data), data, _cache_dir(cfg), progress=True,
+            conclave, eval_items(data), data, cfg.resolved_cache_dir(), progress=True,
             on_event=err.print,
         )  # fmt: skip
     except ConclaveError as e:

@@ -315,14 +315,13 @@ def create_app(conclave: Any, settings: GatewaySettings | None = None):  # type:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        ready = conclave.state is not None and not batcher.closed
-        why = (
-            "ready"
-            if ready
-            else "no routing profile loaded yet"
-            if not batcher.closed
-            else ("shutting down")
-        )
+        if batcher.closed:
+            why = "shutting down"
+        elif conclave.state is None:
+            why = "no routing profile loaded yet"
+        else:
+            why = "ready"
+        ready = why == "ready"
         return JSONResponse({"ready": ready, "status": why}, status_code=200 if ready else 503)
 
     @app.get("/v1/models")

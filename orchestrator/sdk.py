@@ -51,6 +51,11 @@ class GatewayClientError(Exception):
         self.status, self.type, self.message = status, type_, message
 
 
+def _http_args(base_url: str, api_key: str | None, timeout: float) -> dict[str, Any]:
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    return {"base_url": base_url, "headers": headers, "timeout": timeout}
+
+
 def _messages(question: str | list[dict[str, str]]) -> list[dict[str, str]]:
     return [{"role": "user", "content": question}] if isinstance(question, str) else question
 
@@ -74,8 +79,7 @@ class ConclaveClient:
         api_key: str | None = None,
         timeout: float = 300.0,
     ) -> None:
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        self._http = httpx.Client(**_http_args(base_url, api_key, timeout))
 
     def chat(
         self, question: str | list[dict[str, str]], model: str = "conclave", **params: Any
@@ -110,8 +114,7 @@ class AsyncConclaveClient:
         api_key: str | None = None,
         timeout: float = 300.0,
     ) -> None:
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
+        self._http = httpx.AsyncClient(**_http_args(base_url, api_key, timeout))
 
     async def chat(
         self, question: str | list[dict[str, str]], model: str = "conclave", **params: Any

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -179,7 +180,6 @@ class ZooBuilder:
         self.root = root
         self.profile = profile
         self.seed = seed
-        self._train_rows: list[Question] | None = None
         self.on_event = on_event or (lambda name, what: None)
         self.on_step = on_step or (lambda name, step, total: None)
         #: models built side by side, one process and one core each
@@ -359,17 +359,23 @@ class ZooBuilder:
 
     def _train(self, spec: TrainSpec, out: Path) -> dict[str, object]:
         from agents.zoo.train import train_expert
-        from evals.skillmix import generate
 
-        if self._train_rows is None:  # one split for every specialist of this build
-            self._train_rows = generate("train", 2000, seed=self.seed)
         return train_expert(
             spec,
-            self._train_rows,
+            _train_rows(self.seed),
             self.root / "tokenizer",
             out,
             on_step=lambda step, loss: self.on_step(spec.name, step + 1, spec.steps),
         )
+
+
+@functools.cache
+def _train_rows(seed: int) -> list[Question]:
+    """The skillmix train split, generated once per process: once for a build on one
+    core, once per worker process (not per model) for a build side by side."""
+    from evals.skillmix import generate
+
+    return generate("train", 2000, seed=seed)
 
 
 def _cost(spec: Spec) -> float:

@@ -10,7 +10,7 @@ from agents.zoo.build import ZooManifest
 from evals.grading import is_correct
 from evals.prompts import mc_messages
 from evals.skillmix import CATEGORIES, generate
-from orchestrator.config import ConclaveConfig, parse_config
+from orchestrator.config import ConclaveConfig, Role, parse_config
 
 #: Answer lengths on the CPU default: SmolLM2 reasons briefly and states a letter within
 #: ~150 tokens; Gemma 3 270M is a base model that repeats the prompt, so more tokens only
@@ -65,8 +65,6 @@ def evaluate_zoo(
     from workers.pool import ExpertPool
 
     rows = generate("test", per_category, seed=seed)
-    from orchestrator.config import Role
-
     names = [e.name for e in config.pool.experts if Role.EXPERT in e.roles]
     reqs = [
         GenerationRequest(item_id=f"{q.id}|{n}", expert=n, messages=mc_messages(q.question))

@@ -38,12 +38,12 @@ class Served:
     def __init__(self, settings: GatewaySettings, profile: bool = True) -> None:
         import uvicorn
 
-        from evals.harness import validation_items
+        from evals.harness import eval_items
 
         cfg = parse_config({"pool": {"experts": EXPERTS}, "routing": {"embedder": "ngram"}})
         self.conclave = Conclave(cfg)
         if profile:
-            self.conclave.profile(validation_items("skillmix", limit=1), dataset="skillmix")
+            self.conclave.profile(eval_items("skillmix", limit=1), dataset="skillmix")
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(self.conclave, settings)

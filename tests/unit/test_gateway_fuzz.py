@@ -16,11 +16,11 @@ EXPERTS = [
 
 
 def _app():  # type: ignore[no-untyped-def]
-    from evals.harness import validation_items
+    from evals.harness import eval_items
 
     cfg = parse_config({"pool": {"experts": EXPERTS}, "routing": {"embedder": "ngram"}})
     conclave = Conclave(cfg)
-    conclave.profile(validation_items("skillmix", limit=1), dataset="skillmix")
+    conclave.profile(eval_items("skillmix", limit=1), dataset="skillmix")
     return create_app(conclave, GatewaySettings(batch_window_ms=1))
 
 
