@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -201,6 +201,76 @@ def bench_route(
         "all new (cold)", str(c["questions"]), str(c["seconds"]), str(c["questions_per_s"])
     )
     out.print(table)
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise typer.BadParameter(f"{text!r}: give positive integers separated by commas, e.g. 1,16")
+    return levels
+
+
+@bench_app.command("gateway")
+def bench_gateway(
+    concurrency: Annotated[
+        str, typer.Option(help="Closed-loop clients, per level (comma-separated).")
+    ] = "1,16,64",
+    requests: Annotated[
+        int, typer.Option(min=1, help="Requests per level, fake expert (at least 8 per client).")
+    ] = 1000,
+    vllm_concurrency: Annotated[
+        str, typer.Option(help="Levels for the vLLM comparison.")
+    ] = "1,4,16",
+    vllm_requests: Annotated[int, typer.Option(min=1, help="Requests per level, vLLM.")] = 96,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per vLLM answer.")] = 16,
+    batch_window_ms: Annotated[
+        float, typer.Option(min=0, help="The gateway's micro-batch window.")
+    ] = 2.0,
+    vllm: Annotated[
+        bool, typer.Option(help="Also compare passthrough with vLLM's own server.")
+    ] = True,
+    as_json: FiguresJson = False,
+    output: FiguresOut = None,
+) -> None:
+    """Gateway latency (p50/p99) and requests/s on loopback: a zero-cost fake expert, and a
+    tiny vLLM model through the gateway against vLLM's own OpenAI-compatible server."""
+    from orchestrator.gateway_bench import run_gateway_bench
+
+    try:
+        res = run_gateway_bench(
+            _levels(concurrency),
+            requests,
+            vllm_requests,
+            _levels(vllm_concurrency),
+            max_tokens,
+            batch_window_ms,
+            with_vllm=vllm,
+        )
+    except ConclaveError as e:
+        raise _fail(e) from None
+    if _emit_json(res, output, as_json):
+        return
+    table = Table(title=f"gateway on loopback ({res['machine']})")
+    for col in ("server", "clients", "requests", "errors", "p50 ms", "p99 ms", "requests/s"):
+        table.add_column(col)
+    runs = [("gateway, fake expert", r) for r in res["fake_expert"]]
+    if "vllm" in res:
+        runs += [("vLLM's own server", r) for r in res["vllm"]["vllm_server"]]
+        runs += [("gateway -> vLLM", r) for r in res["vllm"]["gateway_passthrough"]]
+    for name, r in runs:
+        table.add_row(
+            name,
+            *(
+                str(r[k])
+                for k in ("concurrency", "requests", "errors", "p50_ms", "p99_ms", "requests_per_s")
+            ),
+        )
+    out.print(table)
+    for c, o in res.get("passthrough_overhead_pct", {}).items():
+        out.print(f"passthrough overhead at {c} clients: p50 {o['p50']:+}%, p99 {o['p99']:+}%")
 
 
 def _zoo_root(directory: Path | None) -> Path:
@@ -574,6 +644,21 @@ def serve_cmd(
     data: DataOpt = "skillmix",
     zoo: ZooProfile = "full",
     zoo_dir: ZooDir = None,
+    passthrough_only: Annotated[
+        bool,
+        typer.Option(
+            "--passthrough-only",
+            help="Serve the experts by name only: no routing profile, no 'conclave' model.",
+        ),
+    ] = False,
+    ray_serve: Annotated[
+        bool,
+        typer.Option(
+            "--ray-serve",
+            help="Run as a Ray Serve application on the config's Ray cluster (its proxy "
+            "binds host:port; the Serve tab of the Ray dashboard shows it).",
+        ),
+    ] = False,
 ) -> None:
     """Serve the OpenAI-compatible REST gateway (model 'conclave' or an expert's name).
 
@@ -592,17 +677,27 @@ def serve_cmd(
             update={k: v for k, v in (("host", host), ("port", port)) if v is not None}
         )
         conclave = Conclave(cfg)
-        ensure_profile(
-            conclave, eval_items(data), data, cfg.resolved_cache_dir(), progress=True,
-            on_event=err.print,
-        )  # fmt: skip
+        if not passthrough_only:
+            ensure_profile(
+                conclave, eval_items(data), data, cfg.resolved_cache_dir(), progress=True,
+                on_event=err.print,
+            )  # fmt: skip
     except ConclaveError as e:
         raise _fail(e) from None
     auth = "API keys required" if settings.keys() else "no API keys configured"
-    err.print(f"serving on http://{settings.host}:{settings.port} ({auth}); Ctrl-C stops")
+    where = f"http://{settings.host}:{settings.port}"
+    if ray_serve:
+        from orchestrator.serve_app import run_on_ray_serve
+
+        conclave.close()  # the replica builds its own facade, from the cached profile
+        cfg = cfg.model_copy(update={"gateway": settings})
+        err.print(f"deploying on Ray Serve at {where} ({auth}); Ctrl-C stops")
+        run_on_ray_serve(cfg, not passthrough_only, data, settings.host, settings.port, True)
+        return
+    err.print(f"serving on {where} ({auth}); Ctrl-C stops")
     try:
         uvicorn.run(
-            create_app(conclave, settings),
+            create_app(conclave, settings, ensemble=not passthrough_only),
             host=settings.host,
             port=settings.port,
             log_level="warning",
@@ -620,9 +715,19 @@ app.add_typer(experts_app, name="experts")
 def experts_list(
     config: ConfigOpt = None,
     zoo_dir: ZooDir = None,
+    gateway: Annotated[
+        str | None,
+        typer.Option(
+            help="Gateway to ask for live status (default: the config's host:port).",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="CONCLAVE_API_KEY", help="Its API key, if it needs one.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
-    """The experts: backend, model, roles, memory, and what the zoo built them from."""
+    """The experts: backend, model, roles, memory, what the zoo built them from, and live
+    status (loaded, requests, errors, batch seconds) from a running gateway."""
     from agents.zoo.build import load_manifest
 
     try:
@@ -643,6 +748,8 @@ def experts_list(
             cfg = zoo_config(root, manifest)
     except ConclaveError as e:
         raise _fail(e) from None
+    url = gateway or f"http://{cfg.gateway.host}:{cfg.gateway.port}"
+    live, why = _live_status(url, api_key)
     rows = []
     for e in cfg.pool.experts:
         entry = manifest.entries.get(e.name) if manifest else None
@@ -655,20 +762,44 @@ def experts_list(
                 "memory_gb": e.resources.memory_gb,
                 "trained_on": entry.trained_on if entry else None,
                 "architecture": entry.architecture if entry else None,
+                "live": live[e.name].model_dump() if e.name in live else None,
             }
         )
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"gateway": url, "live": why, "experts": rows}, indent=2))
         return
-    table = Table(title=f"{len(rows)} experts")
+    table = Table(title=f"{len(rows)} experts; live status from {url}: {why}")
     for col in ("expert", "backend", "architecture", "roles", "trained on", "memory GB"):
         table.add_column(col)
+    for col in ("state", "requests", "errors", "batch s"):
+        table.add_column(col, justify="right")
     for r in rows:
+        lv = r["live"]
+        figures = (
+            ["loaded" if lv["loaded"] else "not loaded", str(lv["requests"]), str(lv["errors"]),
+             str(lv["mean_batch_seconds"] or "-")]
+            if lv else ["-"] * 4
+        )  # fmt: skip
         table.add_row(
             r["name"], r["backend"], r["architecture"] or str(r["model"]), ", ".join(r["roles"]),
-            ", ".join(r["trained_on"] or []) or "-", f"{r['memory_gb']:g}",
+            ", ".join(r["trained_on"] or []) or "-", f"{r['memory_gb']:g}", *figures,
         )  # fmt: skip
     out.print(table)
+
+
+def _live_status(url: str, api_key: str | None) -> tuple[dict[str, Any], str]:
+    """Live status by expert from the gateway at `url`, and what happened asking it."""
+    import httpx
+
+    from orchestrator.sdk import ConclaveClient, GatewayClientError
+
+    try:
+        with ConclaveClient(url, api_key=api_key, timeout=2.0) as c:
+            return {s.name: s for s in c.experts()}, "serving"
+    except httpx.HTTPError:
+        return {}, "no gateway running there"
+    except GatewayClientError as e:
+        return {}, f"the gateway answered {e.status}: {e.message}"
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m orchestrator.cli`

@@ -2,6 +2,7 @@
 
     POST /v1/chat/completions   model "conclave" (routed ensemble) or an expert's name
     GET  /v1/models             the ensemble and every expert
+    GET  /v1/experts            live status per expert: loaded, requests, errors, latency
     POST /v1/route              explain a routing decision without generating
     GET  /healthz /readyz       liveness; readiness once the pool can serve
     GET  /metrics               Prometheus text (request-level view)
@@ -91,8 +92,14 @@ class _Job:
 
 
 class MicroBatcher:
-    """Collects jobs per key for `window` seconds (or `max_batch` jobs) and runs each
-    batch in a worker thread with `run_batch(key, requests) -> results`."""
+    """Batches jobs per key and runs each batch in a worker thread with
+    `run_batch(key, requests) -> results`.
+
+    One batch per key runs at a time. A job that finds its key idle waits at most `window`
+    seconds for company (or until `max_batch` jobs); jobs that arrive while their key is
+    busy wait for the running batch and go together as the next one, so under load batches
+    grow by themselves and an idle key adds no more than the window.
+    """
 
     def __init__(
         self,
@@ -104,7 +111,7 @@ class MicroBatcher:
         self.waiting: dict[str, list[_Job]] = {}
         self.depth = 0  # jobs queued or running
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._running: set[asyncio.Task[None]] = set()
+        self._busy: dict[str, asyncio.Task[None]] = {}  # the running batch, per key
         self.closed = False
 
     async def submit(self, key: str, request: ChatRequest) -> dict[str, Any]:
@@ -124,7 +131,9 @@ class MicroBatcher:
         try:
             jobs = self.waiting.setdefault(key, [])
             jobs.append(job)
-            if len(jobs) >= self.settings.max_batch:
+            if key in self._busy:
+                pass  # goes with the next batch, when the running one finishes
+            elif len(jobs) >= self.settings.max_batch or self.settings.batch_window_ms == 0:
                 self._flush(key)
             elif key not in self._timers:
                 self._timers[key] = loop.call_later(
@@ -133,6 +142,9 @@ class MicroBatcher:
             return await asyncio.wait_for(
                 asyncio.shield(job.future), timeout=self.settings.request_timeout_s
             )
+        except asyncio.CancelledError:
+            job.future.cancel()  # the caller left: a batch not yet started skips this job
+            raise
         except TimeoutError:
             raise GatewayError(
                 504,
@@ -148,24 +160,32 @@ class MicroBatcher:
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
+        if key in self._busy:
+            return
         jobs = self.waiting.pop(key, [])
-        if jobs:
-            task = asyncio.get_running_loop().create_task(self._run(key, jobs))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+        live = [j for j in jobs if not j.future.done()]  # callers gone: their work too
+        batch, rest = live[: self.settings.max_batch], live[self.settings.max_batch :]
+        if rest:
+            self.waiting[key] = rest
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._run(key, batch))
+            self._busy[key] = task
+            task.add_done_callback(lambda _t: self._next(key))
+
+    def _next(self, key: str) -> None:
+        self._busy.pop(key, None)
+        if self.waiting.get(key):
+            self._flush(key)
 
     async def _run(self, key: str, jobs: list[_Job]) -> None:
-        live = [j for j in jobs if not j.future.cancelled()]
-        if not live:
-            return
         try:
-            results = await asyncio.to_thread(self.run_batch, key, [j.request for j in live])
+            results = await asyncio.to_thread(self.run_batch, key, [j.request for j in jobs])
         except Exception as exc:  # the whole batch failed: every caller hears why
-            for j in live:
+            for j in jobs:
                 if not j.future.done():
                     j.future.set_exception(_as_gateway_error(exc))
             return
-        for j, res in zip(live, results, strict=True):
+        for j, res in zip(jobs, results, strict=True):
             if not j.future.done():
                 j.future.set_result(res)
 
@@ -174,8 +194,9 @@ class MicroBatcher:
         self.closed = True
         for key in list(self.waiting):
             self._flush(key)
-        while self._running:
-            await asyncio.gather(*list(self._running), return_exceptions=True)
+        while self._busy or any(self.waiting.values()):
+            await asyncio.gather(*list(self._busy.values()), return_exceptions=True)
+            await asyncio.sleep(0)  # let the done callbacks start the next batches
 
 
 def _shutting_down() -> GatewayError:
@@ -206,8 +227,11 @@ def _question(req: ChatRequest) -> str:
     return users[-1]
 
 
-def create_app(conclave: Any, settings: GatewaySettings | None = None):  # type: ignore[no-untyped-def]
-    """The FastAPI app serving `conclave` (a `Conclave` facade with its pool)."""
+def create_app(  # type: ignore[no-untyped-def]
+    conclave: Any, settings: GatewaySettings | None = None, ensemble: bool = True
+):
+    """The FastAPI app serving `conclave` (a `Conclave` facade with its pool). With
+    `ensemble=False` it serves the experts by name only and is ready without a profile."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -224,6 +248,21 @@ def create_app(conclave: Any, settings: GatewaySettings | None = None):  # type:
         return _run_passthrough(conclave, key, requests)
 
     batcher = MicroBatcher(run_batch, settings)
+    served = [*([ENSEMBLE] if ensemble else []), *sorted(experts)]
+
+    def check_routing() -> None:
+        if not ensemble:
+            raise GatewayError(
+                404,
+                "this gateway serves experts by name only (started with --passthrough-only)",
+                "not_found_error",
+                "routing_off",
+            )
+        if conclave.state is None:
+            raise GatewayError(
+                503, "no routing profile loaded yet", "service_unavailable", retry_after=5
+            )
+
     keys = settings.keys()
 
     from contextlib import asynccontextmanager
@@ -317,7 +356,7 @@ def create_app(conclave: Any, settings: GatewaySettings | None = None):  # type:
     async def readyz() -> JSONResponse:
         if batcher.closed:
             why = "shutting down"
-        elif conclave.state is None:
+        elif ensemble and conclave.state is None:
             why = "no routing profile loaded yet"
         else:
             why = "ready"
@@ -327,20 +366,21 @@ def create_app(conclave: Any, settings: GatewaySettings | None = None):  # type:
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         now = int(time.time())
-        names = [ENSEMBLE, *sorted(experts)]
         return {
             "object": "list",
             "data": [
-                {"id": n, "object": "model", "created": now, "owned_by": "conclave"} for n in names
+                {"id": n, "object": "model", "created": now, "owned_by": "conclave"} for n in served
             ],
         }
 
+    @app.get("/v1/experts")
+    async def expert_status() -> dict[str, Any]:
+        """Live status of every expert in the pool (what `conclave experts list` shows)."""
+        return {"object": "list", "data": [e.model_dump() for e in conclave.pool.status()]}
+
     @app.post("/v1/route")
     async def route(body: RouteRequest) -> dict[str, Any]:
-        if conclave.state is None:
-            raise GatewayError(
-                503, "no routing profile loaded yet", "service_unavailable", retry_after=5
-            )
+        check_routing()
         from orchestrator.conclave import Item
 
         decision = await asyncio.to_thread(
@@ -352,25 +392,25 @@ def create_app(conclave: Any, settings: GatewaySettings | None = None):  # type:
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):  # type: ignore[no-untyped-def]
-        if body.model != ENSEMBLE and body.model not in experts:
+        if body.model not in served:
             raise GatewayError(
                 404,
-                f"unknown model {body.model!r}; GET /v1/models lists '{ENSEMBLE}' and the experts",
+                f"unknown model {body.model!r}; GET /v1/models lists the models served: "
+                + ", ".join(served),
                 "not_found_error",
                 "model_not_found",
                 param="model",
             )
         if body.model == ENSEMBLE:
             _question(body)  # 400 before queueing
-            if conclave.state is None:
-                raise GatewayError(
-                    503, "no routing profile loaded yet", "service_unavailable", retry_after=5
-                )
-        result = await batcher.submit(body.model, body)
+            check_routing()
+        if body.stream:
+            # the response starts now; the answer follows once its batch has run
+            job = asyncio.ensure_future(batcher.submit(body.model, body))
+            return StreamingResponse(_sse(body.model, job, metrics), media_type="text/event-stream")
+        result = await _unless_disconnected(request, batcher.submit(body.model, body))
         metrics.tokens(body.model, result["usage"]["total_tokens"])
-        if not body.stream:
-            return result
-        return StreamingResponse(_sse(result, request), media_type="text/event-stream")
+        return result
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
@@ -379,24 +419,68 @@ def create_app(conclave: Any, settings: GatewaySettings | None = None):  # type:
     return app
 
 
-async def _sse(result: dict[str, Any], request: Any) -> AsyncIterator[bytes]:
-    """The completion as OpenAI chat.completion.chunk events, then [DONE]."""
-    base = {k: result[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
-    text = result["choices"][0]["message"]["content"] or ""
-    pieces = [text[i : i + 32] for i in range(0, len(text), 32)] or [""]
-    first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-    yield f"data: {json.dumps(base | {'choices': [first]})}\n\n".encode()
-    for piece in pieces:
-        if await request.is_disconnected():  # the client left: stop
+async def _unless_disconnected(request: Request, work: Any) -> dict[str, Any]:
+    """Await `work`, cancelling it if the client disconnects first (its queued job is
+    then dropped before its batch runs)."""
+    task = asyncio.ensure_future(work)
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise GatewayError(499, "the client closed the connection", code="client_closed")
+    return task.result()
+
+
+def _chunk(base: dict[str, Any], delta: dict[str, Any], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return f"data: {json.dumps(base | {'choices': [choice]})}\n\n".encode()
+
+
+async def _sse(
+    model: str, job: asyncio.Future[dict[str, Any]], metrics: Any
+) -> AsyncIterator[bytes]:
+    """OpenAI chat.completion.chunk events: the role at once, the answer when its batch has
+    run, then usage and [DONE]. If the client disconnects, Starlette cancels this
+    generator, and with it the queued job."""
+    base = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+    try:
+        yield _chunk(base, {"role": "assistant", "content": ""})
+        try:
+            result = await job
+        except GatewayError as e:  # the status line has gone: report it in the stream
+            body = {"message": e.message, "type": e.type, "param": e.param, "code": e.code}
+            yield f"data: {json.dumps({'error': body})}\n\n".encode()
             return
-        delta = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
-        yield f"data: {json.dumps(base | {'choices': [delta]})}\n\n".encode()
-    last = {"index": 0, "delta": {}, "finish_reason": result["choices"][0]["finish_reason"]}
-    tail = base | {"choices": [last], "usage": result["usage"]}
-    if "conclave" in result:
-        tail["conclave"] = result["conclave"]
-    yield f"data: {json.dumps(tail)}\n\n".encode()
-    yield b"data: [DONE]\n\n"
+        metrics.tokens(model, result["usage"]["total_tokens"])
+        base["id"] = result["id"]
+        text = result["choices"][0]["message"]["content"] or ""
+        for i in range(0, len(text), 32):
+            yield _chunk(base, {"content": text[i : i + 32]})
+        tail = base | {
+            "choices": [
+                {"index": 0, "delta": {}, "finish_reason": result["choices"][0]["finish_reason"]}
+            ],
+            "usage": result["usage"],
+        }
+        if "conclave" in result:
+            tail["conclave"] = result["conclave"]
+        yield f"data: {json.dumps(tail)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+    finally:
+        job.cancel()  # a no-op once answered; frees a queued job if the client left
 
 
 def _completion(

@@ -6,6 +6,7 @@
         reply.text, reply.trace          # the answer, and keywords / experts / aggregator
         c.route("...")                   # a RoutingDecision, as Conclave.route returns
         c.models()
+        c.experts()                      # live status per expert (ExpertStatus)
 
 In process, the facade (`orchestrator.conclave.Conclave`) has `route` with the same
 result type; the gateway's errors come back as `GatewayClientError` with the HTTP status
@@ -20,6 +21,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from orchestrator.router import RoutingDecision
+from workers.metrics import ExpertStatus
 
 
 class ChatReply(BaseModel):
@@ -70,6 +72,10 @@ def _check(r: httpx.Response) -> dict[str, Any]:
     return r.json()
 
 
+def _statuses(body: dict[str, Any]) -> list[ExpertStatus]:
+    return [ExpertStatus.model_validate(e) for e in body["data"]]
+
+
 class ConclaveClient:
     """Synchronous client."""
 
@@ -94,6 +100,9 @@ class ConclaveClient:
 
     def models(self) -> list[str]:
         return [m["id"] for m in _check(self._http.get("/v1/models"))["data"]]
+
+    def experts(self) -> list[ExpertStatus]:
+        return _statuses(_check(self._http.get("/v1/experts")))
 
     def close(self) -> None:
         self._http.close()
@@ -129,6 +138,9 @@ class AsyncConclaveClient:
 
     async def models(self) -> list[str]:
         return [m["id"] for m in _check(await self._http.get("/v1/models"))["data"]]
+
+    async def experts(self) -> list[ExpertStatus]:
+        return _statuses(_check(await self._http.get("/v1/experts")))
 
     async def aclose(self) -> None:
         await self._http.aclose()

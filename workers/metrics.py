@@ -3,25 +3,83 @@ metrics view and in Ray's Prometheus export (as `ray_conclave_expert_*`).
 
 Recorded by the pool: requests, errors (by error class), batch latency, prompt and
 completion tokens, model loads and evictions, and the requests queued for each expert.
-Without Ray in the process (fake backends, unit tests) every call is a no-op.
+Without Ray in the process (fake backends, unit tests) nothing is exported. The same
+figures are also kept in this process (`live()`): the gateway's `/v1/experts` and
+`conclave experts list` show them.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
+from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from pydantic import BaseModel, Field
 
 from workers.batch import GenerationResult
 
 _BOUNDARIES = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
 
 
+class ExpertStatus(BaseModel):
+    """One expert, live: `GET /v1/experts`, `conclave experts list`, the SDK's experts()."""
+
+    name: str
+    loaded: bool = Field(description="Its model is loaded now.")
+    requests: int = Field(description="Requests answered since the pool started.")
+    errors: int = Field(description="Requests failed.")
+    tokens: int = Field(description="Prompt and completion tokens.")
+    loads: int = Field(description="Model loads.")
+    evictions: int = Field(description="Times its model was evicted to make room.")
+    queued: int = Field(description="Requests queued for it now.")
+    mean_batch_seconds: float | None = Field(description="Mean seconds per batch.")
+    idle_seconds: float | None = Field(description="Seconds since its last batch.")
+
+
+@dataclass
+class LiveCounts:
+    """One expert's figures in this process since the pool started."""
+
+    requests: int = 0
+    errors: int = 0
+    batches: int = 0
+    batch_seconds: float = 0.0
+    tokens: int = 0
+    loads: int = 0
+    evictions: int = 0
+    queued: int = 0
+    last_used: float | None = None  # time.time() of its last batch
+
+    def status(self, name: str, loaded: bool) -> ExpertStatus:
+        return ExpertStatus(
+            name=name,
+            loaded=loaded,
+            requests=self.requests,
+            errors=self.errors,
+            tokens=self.tokens,
+            loads=self.loads,
+            evictions=self.evictions,
+            queued=self.queued,
+            mean_batch_seconds=round(self.batch_seconds / self.batches, 4)
+            if self.batches
+            else None,
+            idle_seconds=round(time.time() - self.last_used, 1) if self.last_used else None,
+        )
+
+
 class ExpertMetrics:
     def __init__(self) -> None:
         self._m: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        self._live: dict[str, LiveCounts] = defaultdict(LiveCounts)
+
+    def live(self, expert: str, loaded: bool) -> ExpertStatus:
+        with self._lock:
+            return self._live[expert].status(expert, loaded)
 
     def _metrics(self) -> dict[str, Any] | None:
         ray = sys.modules.get("ray")  # never import Ray just to count
@@ -48,6 +106,17 @@ class ExpertMetrics:
             return self._m
 
     def batch(self, expert: str, results: Sequence[GenerationResult], seconds: float) -> None:
+        prompt = sum(r.prompt_tokens for r in results)
+        completion = sum(r.completion_tokens for r in results)
+        failed = sum(r.error is not None for r in results)
+        with self._lock:
+            live = self._live[expert]
+            live.requests += len(results) - failed
+            live.errors += failed
+            live.batches += 1
+            live.batch_seconds += seconds
+            live.tokens += prompt + completion
+            live.last_used = time.time()
         m = self._metrics()
         if m is None:
             return
@@ -59,21 +128,25 @@ class ExpertMetrics:
             if r.error is not None:
                 m["errors"].inc(1, {"expert": expert, "error": r.error.type})
         m["latency"].observe(seconds, tags)
-        prompt = sum(r.prompt_tokens for r in results)
-        completion = sum(r.completion_tokens for r in results)
         if prompt:
             m["tokens"].inc(prompt, {"expert": expert, "kind": "prompt"})
         if completion:
             m["tokens"].inc(completion, {"expert": expert, "kind": "completion"})
 
     def load(self, expert: str) -> None:
+        with self._lock:
+            self._live[expert].loads += 1
         if (m := self._metrics()) is not None:
             m["loads"].inc(1, {"expert": expert})
 
     def eviction(self, expert: str) -> None:
+        with self._lock:
+            self._live[expert].evictions += 1
         if (m := self._metrics()) is not None:
             m["evictions"].inc(1, {"expert": expert})
 
     def queued(self, expert: str, n: int) -> None:
+        with self._lock:
+            self._live[expert].queued = n
         if (m := self._metrics()) is not None:
             m["queue"].set(n, {"expert": expert})

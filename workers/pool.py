@@ -35,7 +35,7 @@ from orchestrator.errors import (
 )
 from workers.backend import ExpertBackend, make_backend
 from workers.batch import GenerationRequest, GenerationResult
-from workers.metrics import ExpertMetrics
+from workers.metrics import ExpertMetrics, ExpertStatus
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,10 @@ class ExpertPool:
                     results[i] = res
         assert all(r is not None for r in results), "a request got no result"
         return results  # type: ignore[return-value]
+
+    def status(self) -> list[ExpertStatus]:
+        """Each expert's state now and its figures since the pool started."""
+        return [self.metrics.live(name, b.loaded) for name, b in self.backends.items()]
 
     def unload(self, name: str) -> None:
         backend = self.backends[name]

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
-import time
 
-import httpx
 import pytest
 
 from orchestrator.config import parse_config
@@ -20,10 +15,9 @@ pytestmark = pytest.mark.real
 
 @pytest.fixture(scope="module")
 def vllm_server(tiny_models, tmp_path_factory):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
+    from orchestrator.gateway_bench import free_port, server
+
+    port = free_port()
     log = tmp_path_factory.mktemp("server") / "vllm.log"
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
@@ -32,31 +26,9 @@ def vllm_server(tiny_models, tmp_path_factory):
         "--dtype", "bfloat16", "--enforce-eager", "--max-model-len", "512",
         "--kv-cache-memory-bytes", str(32 * 2**20),
     ]  # fmt: skip
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ})
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"vLLM server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-                )
-            try:
-                if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM server not ready in 240 s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
+    with server(cmd, f"{base}/v1/models", log, timeout_s=240):
         yield f"{base}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.mark.parametrize("provider", ["hosted_vllm", "openai"])

@@ -35,7 +35,9 @@ def _free_port() -> int:
 
 
 class Served:
-    def __init__(self, settings: GatewaySettings, profile: bool = True) -> None:
+    def __init__(
+        self, settings: GatewaySettings, profile: bool = True, ensemble: bool = True
+    ) -> None:
         import uvicorn
 
         from evals.harness import eval_items
@@ -46,7 +48,7 @@ class Served:
             self.conclave.profile(eval_items("skillmix", limit=1), dataset="skillmix")
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(self.conclave, settings)
+        app = create_app(self.conclave, settings, ensemble=ensemble)
         self.server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         )
@@ -195,6 +197,106 @@ def test_auth_overload_and_readiness():
         assert limited.json()["error"]["code"] == "queue_full"
         ens = httpx.post(url, json={**body, "model": "conclave"}, headers=ok)
         assert ens.status_code == 503 and "profile" in ens.json()["error"]["message"]
+    finally:
+        s.close()
+
+
+def test_live_expert_status_through_endpoint_sdk_and_cli(gw, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.sdk import ConclaveClient
+
+    body = {"model": "alpha", "messages": [{"role": "user", "content": Q}]}
+    for _ in range(3):
+        assert httpx.post(f"{gw.url}/v1/chat/completions", json=body).status_code == 200
+    with ConclaveClient(gw.url) as c:
+        live = {s.name: s for s in c.experts()}
+    assert live["alpha"].loaded and live["alpha"].requests >= 3 and live["alpha"].errors == 0
+    assert live["alpha"].mean_batch_seconds is not None
+    assert set(live) == {e["name"] for e in EXPERTS}
+
+    cfg = tmp_path / "conclave.json"
+    cfg.write_text(json.dumps({"pool": {"experts": EXPERTS}}))
+    res = CliRunner().invoke(
+        app, ["experts", "list", "--config", str(cfg), "--gateway", gw.url, "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    rows = {r["name"]: r for r in out["experts"]}
+    assert out["live"] == "serving" and rows["alpha"]["live"]["requests"] >= 3
+    # no gateway there: the static listing still works and says so
+    res = CliRunner().invoke(
+        app, ["experts", "list", "--config", str(cfg), "--gateway", "http://127.0.0.1:9"]
+    )
+    assert res.exit_code == 0 and "no gateway running" in res.output
+
+
+def _items_run(backend) -> int:  # noqa: ANN001
+    return sum(len(c) for c in backend.calls)
+
+
+def test_a_client_that_leaves_while_queued_frees_its_work():
+    """Requests queued behind a running batch are dropped when their client disconnects,
+    streaming or not; the others are answered."""
+    import concurrent.futures as cf
+
+    s = Served(GatewaySettings(batch_window_ms=1), profile=False, ensemble=False)
+    try:
+        url = f"{s.url}/v1/chat/completions"
+        body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
+        slow = s.conclave.pool.backends["slow"]
+        with cf.ThreadPoolExecutor(2) as ex:
+            first = ex.submit(httpx.post, url, json=body, timeout=10)  # runs for 0.5 s
+            time.sleep(0.15)
+            with httpx.Client() as c, c.stream("POST", url, json={**body, "stream": True}) as r:
+                assert r.status_code == 200
+                assert "assistant" in next(r.iter_lines())  # the role chunk comes at once
+            with pytest.raises(httpx.ReadTimeout):  # a plain request that gives up
+                httpx.post(url, json=body, timeout=0.1)
+            last = ex.submit(httpx.post, url, json=body, timeout=10)
+            assert first.result().status_code == 200 and last.result().status_code == 200
+        assert _items_run(slow) == 2  # the two that left were never generated
+    finally:
+        s.close()
+
+
+def test_graceful_shutdown_finishes_in_flight_requests_and_refuses_new_ones():
+    import concurrent.futures as cf
+
+    s = Served(GatewaySettings(batch_window_ms=1), profile=False, ensemble=False)
+    url = f"{s.url}/v1/chat/completions"
+    body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
+    with cf.ThreadPoolExecutor(3) as ex:
+        in_flight = [ex.submit(httpx.post, url, json=body, timeout=10) for _ in range(3)]
+        time.sleep(0.2)
+        s.server.should_exit = True  # what SIGINT/SIGTERM do
+        time.sleep(0.1)
+        with pytest.raises(httpx.ConnectError):
+            httpx.post(url, json=body, timeout=2)
+        replies = [f.result() for f in in_flight]
+    assert [r.status_code for r in replies] == [200] * 3
+    assert all(r.json()["choices"][0]["message"]["content"] == "slow says hi" for r in replies)
+    s.thread.join(timeout=10)
+    assert not s.thread.is_alive() and s.conclave.pool.backends["slow"].loaded
+    s.conclave.close()
+
+
+def test_passthrough_only_is_ready_without_a_profile():
+    s = Served(GatewaySettings(), profile=False, ensemble=False)
+    try:
+        assert httpx.get(f"{s.url}/readyz").status_code == 200
+        ids = [m["id"] for m in httpx.get(f"{s.url}/v1/models").json()["data"]]
+        assert "conclave" not in ids and "alpha" in ids
+        body = {"model": "conclave", "messages": [{"role": "user", "content": Q}]}
+        r = httpx.post(f"{s.url}/v1/chat/completions", json=body)
+        assert r.status_code == 404 and "alpha" in r.json()["error"]["message"]
+        r = httpx.post(f"{s.url}/v1/route", json={"question": Q})
+        assert r.status_code == 404 and "passthrough-only" in r.json()["error"]["message"]
+        r = httpx.post(f"{s.url}/v1/chat/completions", json={**body, "model": "alpha"})
+        assert r.json()["choices"][0]["message"]["content"] == "The answer is (A)."
     finally:
         s.close()
 

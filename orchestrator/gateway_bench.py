@@ -1,0 +1,259 @@
+"""`conclave bench gateway`: latency and throughput of the gateway on loopback.
+
+Each server runs in its own process (`conclave serve`, or vLLM's own OpenAI-compatible
+server), started and stopped here; this process drives it with `concurrency` clients in a
+closed loop (each sends its next request when the last one is answered) and records every
+request's latency. Two comparisons:
+
+- a zero-cost fake expert: the gateway's own overhead (HTTP, validation, micro-batching,
+  the pool's thread hop) and its requests/s;
+- a tiny vLLM model in passthrough through the gateway against vLLM's own server for the
+  same model, engine arguments and requests, run one after the other in the same call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import ConfigError
+
+PROMPT = "Answer in one word: what is the capital of France?"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server(cmd: list[str], ready_url: str, log: Path, timeout_s: float = 300) -> Iterator[None]:
+    """Run `cmd` until the block ends; ready once `ready_url` answers 200."""
+    import httpx
+
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ})
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise ConfigError(
+                    f"server {' '.join(cmd[:4])} ... exited with {proc.returncode}; "
+                    f"its log ends:\n{log.read_text()[-2000:]}"
+                )
+            try:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ConfigError(f"server not ready in {timeout_s:g} s; see {log}")
+            time.sleep(0.5)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _drive(url: str, body: dict[str, Any], concurrency: int, requests: int) -> dict[str, Any]:
+    """`requests` POSTs of `body` from `concurrency` closed-loop clients."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    left = requests
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=300) as client:
+
+        async def worker() -> None:
+            nonlocal left, errors
+            while left > 0:
+                left -= 1
+                t0 = time.perf_counter()
+                r = await client.post(url, json=body)
+                dt = time.perf_counter() - t0
+                if r.status_code == 200:
+                    latencies.append(dt)
+                else:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        if not latencies:
+            return float("nan")
+        return round(1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))], 2)
+
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "errors": errors,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "requests_per_s": round(len(latencies) / wall, 1) if wall else 0.0,
+    }
+
+
+def sweep(
+    url: str,
+    body: dict[str, Any],
+    levels: list[int],
+    requests: Callable[[int], int],
+    warmup: int = 8,
+) -> list[dict[str, Any]]:
+    """One `_drive` per concurrency level, after `warmup` requests that are not counted."""
+    asyncio.run(_drive(url, body, min(warmup, 4), warmup))
+    return [asyncio.run(_drive(url, body, c, requests(c))) for c in levels]
+
+
+def _serve_cmd(config: dict[str, Any], folder: Path, port: int) -> list[str]:
+    path = folder / "config.json"
+    path.write_text(json.dumps(config))
+    return [
+        sys.executable, "-m", "orchestrator.cli", "serve", "--config", str(path),
+        "--port", str(port), "--passthrough-only",
+    ]  # fmt: skip
+
+
+def run_fake(
+    folder: Path, levels: list[int], requests: int, batch_window_ms: float
+) -> list[dict[str, Any]]:
+    """The gateway over a fake expert that answers instantly."""
+    port = free_port()
+    config = {
+        "cluster": {"dashboard": False},
+        "pool": {"experts": [{"name": "echo", "backend": {"type": "fake", "answer": "Paris"}}]},
+        "gateway": {"batch_window_ms": batch_window_ms, "max_queue": 4096},
+    }
+    body = {"model": "echo", "messages": [{"role": "user", "content": PROMPT}]}
+    base = f"http://127.0.0.1:{port}"
+    with server(_serve_cmd(config, folder, port), f"{base}/readyz", folder / "fake.log"):
+        return sweep(f"{base}/v1/chat/completions", body, levels, lambda c: max(requests, 8 * c))
+
+
+def run_vllm(
+    folder: Path,
+    model_dir: Path,
+    engine_args: dict[str, Any],
+    levels: list[int],
+    requests: int,
+    max_tokens: int,
+    batch_window_ms: float,
+) -> dict[str, list[dict[str, Any]]]:
+    """vLLM's own server, then the gateway in passthrough, on the same model and requests."""
+    body = {
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+    }
+    out: dict[str, list[dict[str, Any]]] = {}
+    port = free_port()
+    flags: list[str] = []
+    for k, v in engine_args.items():
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            flags.append(flag)
+        elif v is not False:
+            flags += [flag, str(v)]
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+        "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), *flags,
+    ]  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    with server(cmd, f"{base}/v1/models", folder / "vllm.log"):
+        out["vllm_server"] = sweep(
+            f"{base}/v1/chat/completions", body | {"model": "tiny"}, levels, lambda c: requests
+        )
+    port = free_port()
+    config = {
+        "cluster": {"dashboard": False},
+        "pool": {
+            "experts": [
+                {
+                    "name": "tiny",
+                    "backend": {
+                        "type": "vllm",
+                        "model": str(model_dir),
+                        "engine_args": engine_args,
+                    },
+                    "resources": {"num_cpus": 1, "memory_gb": 1.0},
+                }
+            ]
+        },
+        "gateway": {"batch_window_ms": batch_window_ms},
+    }
+    base = f"http://127.0.0.1:{port}"
+    with server(_serve_cmd(config, folder, port), f"{base}/readyz", folder / "gateway.log"):
+        out["gateway_passthrough"] = sweep(
+            f"{base}/v1/chat/completions", body | {"model": "tiny"}, levels, lambda c: requests
+        )
+    return out
+
+
+def run_gateway_bench(
+    levels: list[int],
+    fake_requests: int = 1000,
+    vllm_requests: int = 64,
+    vllm_levels: list[int] | None = None,
+    max_tokens: int = 16,
+    batch_window_ms: float = 2.0,
+    with_vllm: bool = True,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    if not levels or min(levels) < 1:
+        raise ConfigError("concurrency levels must be positive integers, e.g. 1,16,64")
+    res: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "batch_window_ms": batch_window_ms,
+    }
+    with tempfile.TemporaryDirectory(prefix="conclave-bench-gw-") as tmp:
+        folder = Path(tmp)
+        fake = run_fake(folder, levels, fake_requests, batch_window_ms)
+        res["fake_expert"] = fake
+        res["fake_peak_requests_per_s"] = max(r["requests_per_s"] for r in fake)
+        if with_vllm:
+            from workers.bench import build_tiny_zoo
+            from workers.tiny import TINY_ENGINE_ARGS
+
+            model = build_tiny_zoo(1, cache_dir)[0]
+            vl = run_vllm(
+                folder,
+                model,
+                TINY_ENGINE_ARGS,
+                vllm_levels or levels,
+                vllm_requests,
+                max_tokens,
+                batch_window_ms,
+            )
+            res["vllm"] = {"model": str(model), "max_tokens": max_tokens, **vl}
+            by_c = {
+                r["concurrency"]: (r, g)
+                for r, g in zip(vl["vllm_server"], vl["gateway_passthrough"], strict=True)
+            }
+            res["passthrough_overhead_pct"] = {
+                str(c): {
+                    "p50": round(100 * (g["p50_ms"] / r["p50_ms"] - 1), 1),
+                    "p99": round(100 * (g["p99_ms"] / r["p99_ms"] - 1), 1),
+                }
+                for c, (r, g) in by_c.items()
+            }
+    return res
