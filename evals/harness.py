@@ -42,7 +42,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.conclave import STRATEGIES, Conclave, Item, Trace
 from orchestrator.config import ConclaveConfig
 from orchestrator.errors import ConfigError
-from orchestrator.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from orchestrator.files import (
+    append_jsonl,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl,
+)
 
 DEFAULT_STRATEGIES = ("best-single", "random-k", "majority", "moa", "symbolic-moe")
 CHUNK = 32  # questions per resumable chunk
@@ -149,33 +155,6 @@ def ensure_profile(
 # ---- results.jsonl ------------------------------------------------------------------------
 
 
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """Whole result lines; a partial last line (a killed write) is dropped from the file."""
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    rows, good = [], 0
-    for line in raw.splitlines(keepends=True):
-        try:
-            if not line.endswith(b"\n"):
-                raise ValueError("partial line")
-            rows.append(json.loads(line))
-            good += len(line)
-        except ValueError:
-            break
-    if good != len(raw):
-        atomic_write_bytes(path, raw[:good])
-    return rows
-
-
-def _append(path: Path, rows: list[dict[str, Any]]) -> None:
-    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    with path.open("ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _row(item: Item, tr: Trace, seconds: float, loads: int) -> dict[str, Any]:
     return {
         "strategy": tr.strategy,
@@ -240,7 +219,7 @@ def run_strategies(
 ) -> list[dict[str, Any]]:
     """Answer `items` with each strategy, resuming from `results.jsonl`; returns all rows."""
     path = run_dir / "results.jsonl"
-    rows = read_results(path)
+    rows = read_jsonl(path)
     done = {(r["strategy"], r["id"]) for r in rows}
     for strategy in strategies:
         todo = [it for it in items if (strategy, it.id) not in done]
@@ -257,7 +236,7 @@ def run_strategies(
                 _row(it, tr, dt / len(chunk), loads if i == 0 else 0)
                 for i, (it, tr) in enumerate(zip(chunk, traces, strict=True))
             ]
-            _append(path, new)
+            append_jsonl(path, new)
             rows.extend(new)
             finished += len(chunk)
             progress(strategy, finished, len(items))

@@ -72,6 +72,10 @@ class Trace(BaseModel):
     correct: bool | None = None
     calls: int = Field(0, description="LLM calls for this question, keywords included.")
     tokens: int = Field(0, description="Prompt + completion tokens over those calls.")
+    shadow: list[ExpertAnswer] = Field(
+        default_factory=list,
+        description="Free agents on probation: scored, never part of the answer.",
+    )
 
 
 class RoutingState(BaseModel):
@@ -104,6 +108,14 @@ class Conclave:
         self.profiles = None
         self.inventory = None
         self.state: RoutingState | None = None
+        self.monitor = None
+        if config.free_agents.active:
+            from agents.free_agents import AuditLog, FreeAgentMonitor
+
+            path = config.free_agents.audit_log or (
+                config.resolved_cache_dir() / "agents" / "audit.jsonl"
+            )
+            self.monitor = FreeAgentMonitor(config.free_agents, self.experts, AuditLog(path))
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -127,7 +139,13 @@ class Conclave:
 
     @property
     def experts(self) -> list[str]:
+        """Every expert of the pool, free agents included (profiling asks them all)."""
         return [e.name for e in self.config.pool.experts if Role.EXPERT in e.roles]
+
+    @property
+    def serving(self) -> list[str]:
+        """The experts that answer users now: all but the free agents waiting."""
+        return self.monitor.plan()[0] if self.monitor is not None else self.experts
 
     def _with_role(self, role: Role) -> list[str]:
         return [e.name for e in self.config.pool.experts if role in e.roles]
@@ -306,6 +324,8 @@ class Conclave:
             aggregator=choice,
             aggregator_scores=scores,
         )
+        if self.monitor is not None:  # picks the free agent with the best validation record
+            self.monitor.record = dict(acc)
         return self.state
 
     def _aggregation_benchmark(
@@ -338,18 +358,25 @@ class Conclave:
 
     # ---- answering ----------------------------------------------------------------------
 
-    def router(self) -> SkillRouter:
+    def router(self, experts: Sequence[str] | None = None) -> SkillRouter:
+        """The router over `experts` (default: those serving now). A free agent promoted
+        without a validation profile is routed by the profile its probation built."""
+        from skills.profiles import ModelProfile
+
         if self.profiles is None:
             raise ConfigError("no profiles yet: run `profile` (or load saved ones) first")
-        return SkillRouter(
-            {
-                e: self.profiles.profiles[e].skills
-                for e in self.experts
-                if e in self.profiles.profiles
-            }
-            or {e: {} for e in self.experts},
-            self.config.routing.router,
-        )
+        experts = list(experts if experts is not None else self.serving)
+        skills = {
+            e: self.profiles.profiles[e].skills for e in experts if e in self.profiles.profiles
+        }
+        if self.monitor is not None:
+            for e in experts:
+                if e not in skills and e in self.monitor.promoted_profiles:
+                    prof = ModelProfile(expert=e)
+                    for keywords, correct in self.monitor.promoted_profiles[e]:
+                        prof.add(keywords, correct)
+                    skills[e] = prof.skills
+        return SkillRouter(skills or {e: {} for e in experts}, self.config.routing.router)
 
     def _llm_aggregator(self) -> str:
         """Mixture-of-Agents synthesises with an LLM: the chosen aggregator, or, when the
@@ -367,9 +394,9 @@ class Conclave:
         return [d for d, _, _ in self._route(items, progress)]
 
     def _route(
-        self, items: Sequence[Item], progress: bool
+        self, items: Sequence[Item], progress: bool, experts: Sequence[str] | None = None
     ) -> list[tuple[RoutingDecision, int, int]]:
-        router = self.router()
+        router = self.router(experts)
         kws = self.keywords(items, progress)
         if self.inventory is not None:  # new keywords embedded in one batch
             self.inventory.map(sorted({k for words, _, _ in kws.values() for k in words}))
@@ -393,7 +420,9 @@ class Conclave:
             raise ConfigError(
                 f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
             )
-        experts = self.experts
+        # one snapshot of who serves and who shadows whom: a swap decided while this batch
+        # runs applies from the next batch on
+        experts, shadows = self.monitor.plan() if self.monitor else (self.experts, {})
         k = self.config.routing.router.k
         traces = [Trace(id=it.id, strategy=strategy, gold=it.gold_answer) for it in items]
         plans: list[list[str]] = []
@@ -412,7 +441,7 @@ class Conclave:
             plans = [list(experts) for _ in items]
         else:  # symbolic-moe
             for tr, (decision, calls, tokens) in zip(
-                traces, self._route(items, progress), strict=True
+                traces, self._route(items, progress, experts), strict=True
             ):
                 tr.keywords, tr.calls, tr.tokens = decision.keywords, calls, tokens
                 tr.routing = decision
@@ -420,7 +449,14 @@ class Conclave:
         pairs = [
             (it, ex) for it, plan in zip(items, plans, strict=True) for ex in dict.fromkeys(plan)
         ]
-        got = iter(self.ask(pairs, progress))
+        watched = strategy == "symbolic-moe" and self.monitor is not None
+        # probation: a challenger answers what its incumbent answers, in the same batch
+        shadow = [(it, shadows[ex]) for it, ex in pairs if watched and ex in shadows]
+        answered = self.ask(pairs + shadow, progress)
+        got = iter(answered[: len(pairs)])
+        by_id = {tr.id: tr for tr in traces}
+        for (it, _), a in zip(shadow, answered[len(pairs) :], strict=True):
+            by_id[it.id].shadow.append(a)
         per_item = []
         for tr, plan in zip(traces, plans, strict=True):
             counts = {ex: plan.count(ex) for ex in dict.fromkeys(plan)}
@@ -454,6 +490,11 @@ class Conclave:
         for tr in traces:
             if tr.gold is not None:
                 tr.correct = tr.choice == tr.gold
+        if watched:
+            incumbent = {ch: inc for inc, ch in shadows.items()}
+            self.monitor.observe(  # type: ignore[union-attr]
+                traces, {tr.id: [(incumbent[a.expert], a) for a in tr.shadow] for tr in traces}
+            )
         return traces
 
     # ---- persistence --------------------------------------------------------------------
@@ -479,3 +520,5 @@ class Conclave:
             raise ConfigError(
                 f"routing state in {folder} is unreadable ({exc}); profile again"
             ) from exc
+        if self.monitor is not None:
+            self.monitor.record = dict(self.state.accuracy)

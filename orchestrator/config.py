@@ -149,6 +149,18 @@ class FakeBackendConfig(_Strict):
     die_on_calls: list[int] = Field(
         default_factory=list, description="Generate calls (0 = first) on which the engine dies."
     )
+    answer_key: Path | None = Field(
+        None,
+        description="A dataset file (any format `conclave eval --data` reads) whose questions "
+        "this fake knows: the template's {letter} is the gold option with chance `accuracy`, "
+        "else a wrong one; {category} is the question's category.",
+    )
+    accuracy: float = Field(1.0, ge=0.0, le=1.0, description="Chance {letter} is right.")
+    degrade_after: int | None = Field(
+        None, ge=0, description="Fault injection: after this many requests, `degraded_accuracy`."
+    )
+    degraded_accuracy: float = Field(0.0, ge=0.0, le=1.0, description="Accuracy once degraded.")
+    seed: int = Field(0, description="Seed of the right/wrong draws (per request, in order).")
 
 
 BackendConfig = Annotated[
@@ -299,6 +311,54 @@ class GatewaySettings(_Strict):
         return {k for k in self.api_keys if k} | {k.strip() for k in env.split(",") if k.strip()}
 
 
+class RewardWeights(_Strict):
+    """R = (a*accuracy + b*synergy + c*efficiency) / (weights of the known terms) - d*penalty.
+
+    accuracy: 1 if right, when a gold answer or a user's feedback says so (else the term is
+    left out); synergy: 1 if the agent's answer agreed with the final one; efficiency:
+    1 - tokens / token_budget, floored at 0; penalty: 1 for an error, a timeout or an
+    answer that does not parse. Without a penalty R lies in [0, 1]."""
+
+    accuracy: float = Field(1.0, ge=0.0, description="a: weight of being right.")
+    synergy: float = Field(0.25, ge=0.0, description="b: weight of agreeing with the final answer.")
+    efficiency: float = Field(0.05, ge=0.0, description="c: weight of using few tokens.")
+    penalty: float = Field(1.0, ge=0.0, description="d: cost of a failed or unparsable answer.")
+    token_budget: int = Field(1024, ge=1, description="Tokens at which efficiency reaches 0.")
+
+
+class FreeAgentSettings(_Strict):
+    """The free-agent monitor (RLFA): score agents, release persistent underperformers,
+    try a free agent in shadow mode, promote it on evidence."""
+
+    enabled: bool = Field(False, description="Score agents and swap them (also on when "
+                          "`free_agents` names any).")  # fmt: skip
+    free_agents: list[str] = Field(
+        default_factory=list,
+        description="Experts that wait in the free-agent pool: never routed until promoted.",
+    )
+    weights: RewardWeights = Field(default_factory=RewardWeights, description="Reward terms.")
+    window: int = Field(40, ge=1, description="Sliding window of rewards per agent.")
+    min_samples: int = Field(30, ge=1, description="Rewards in the window before a release.")
+    release_below: float = Field(
+        0.85, description="Release an agent whose mean reward over the window is below this."
+    )
+    probation_min: int = Field(20, ge=1, description="Shadow tasks before any verdict.")
+    probation_max: int = Field(200, ge=1, description="Shadow tasks before a rejection.")
+    promote_margin: float = Field(
+        0.0, description="The challenger must beat the incumbent's mean reward by this."
+    )
+    confidence_z: float = Field(
+        1.64, ge=0.0, description="z of the one-sided bound every verdict must clear."
+    )
+    audit_log: Path | None = Field(
+        None, description="JSON-lines audit log; default <cache>/agents/audit.jsonl."
+    )
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or bool(self.free_agents)
+
+
 class ConclaveConfig(_Strict):
     """Everything Conclave needs to run."""
 
@@ -310,6 +370,10 @@ class ConclaveConfig(_Strict):
     gateway: GatewaySettings = Field(
         default_factory=GatewaySettings, description="`conclave serve`: the REST gateway."
     )
+    free_agents: FreeAgentSettings = Field(
+        default_factory=FreeAgentSettings,
+        description="The free-agent monitor: rewards, releases, probation, promotion.",
+    )
     cache_dir: Path | None = Field(
         None,
         description="Where built models and vLLM's caches go; default $CONCLAVE_CACHE, "
@@ -318,6 +382,20 @@ class ConclaveConfig(_Strict):
 
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir or default_cache_dir()
+
+    @model_validator(mode="after")
+    def _free_agents_are_experts(self) -> ConclaveConfig:
+        experts = [e.name for e in self.pool.experts if Role.EXPERT in e.roles]
+        for i, name in enumerate(self.free_agents.free_agents):
+            if name not in experts:
+                raise ValueError(
+                    f"free_agents.free_agents[{i}] {name!r} is not an expert of the pool; "
+                    f"free agents are experts (role 'expert') that wait to be promoted: "
+                    f"one of {experts}"
+                )
+        if experts and set(experts) <= set(self.free_agents.free_agents):
+            raise ValueError("free_agents.free_agents names every expert: none would serve")
+        return self
 
 
 def default_cache_dir() -> Path:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from orchestrator.config import FakeBackendConfig
 from orchestrator.errors import EngineDeadError, ModelLoadError
 from workers.backend import ExpertBackend
 from workers.batch import GenerationRequest, GenerationResult
+
+if TYPE_CHECKING:
+    from orchestrator.conclave import Item
 
 _ACTIVE = [0]
 _ACTIVE_LOCK = threading.Lock()
@@ -16,6 +21,9 @@ _ACTIVE_LOCK = threading.Lock()
 
 class FakeBackend(ExpertBackend):
     """Answers `answer.format(expert=..., prompt=...)`; can fail to load or die on cue.
+
+    With an `answer_key` it knows the gold answers of a dataset and answers right with a
+    set accuracy, which can drop after a number of requests (fault injection).
 
     `generate_s` makes each call take that long; `max_active` records how many of this
     backend's calls overlapped (its engine is single-batch, as a real one).
@@ -30,6 +38,8 @@ class FakeBackend(ExpertBackend):
         self._loaded = False
         self.loads = 0
         self.calls: list[list[str]] = []  # item ids per generate call
+        self.answered = 0  # requests answered from the answer key (fault injection counts)
+        self._key: list[Item] | None = None
 
     #: Most generate calls that overlapped across all fake backends (tests reset it).
     max_active = 0
@@ -51,6 +61,33 @@ class FakeBackend(ExpertBackend):
             FakeBackend.loaded_now.add(self.name)
             FakeBackend.max_loaded = max(FakeBackend.max_loaded, len(FakeBackend.loaded_now))
 
+    def _text(self, prompt: str) -> str:
+        if self.spec.answer_key is None:
+            return self.spec.answer.format(expert=self.name, prompt=prompt)
+        from evals.grading import options_of
+
+        item = self._known(prompt)
+        n, self.answered = self.answered, self.answered + 1
+        if item is None:
+            return "I do not know."
+        degraded = self.spec.degrade_after is not None and n >= self.spec.degrade_after
+        accuracy = self.spec.degraded_accuracy if degraded else self.spec.accuracy
+        rng = random.Random(f"{self.spec.seed}|{self.name}|{n}")
+        letter = item.gold_answer or "A"
+        if rng.random() >= accuracy:
+            wrong = sorted(set(options_of(item.question)) - {letter}) or ["Z"]
+            letter = rng.choice(wrong)
+        return self.spec.answer.format(
+            expert=self.name, prompt=prompt, letter=letter, category=item.category or ""
+        )
+
+    def _known(self, prompt: str) -> Item | None:
+        if self._key is None:
+            from evals.datasets import load_file
+
+            self._key = load_file(self.spec.answer_key)  # type: ignore[arg-type]
+        return next((it for it in self._key if it.question in prompt), None)
+
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         assert self._loaded, "generate before load"
         with _ACTIVE_LOCK:
@@ -70,7 +107,7 @@ class FakeBackend(ExpertBackend):
             GenerationResult(
                 item_id=r.item_id,
                 expert=self.name,
-                text=self.spec.answer.format(expert=self.name, prompt=r.prompt_text()),
+                text=self._text(r.prompt_text()),
                 finish_reason="stop",
             )
             for r in requests

@@ -12,11 +12,12 @@ from typer.testing import CliRunner
 
 from evals import harness
 from evals.datasets import load_dataset
-from evals.harness import EvalSpec, read_results, run_eval
+from evals.harness import EvalSpec, run_eval
 from orchestrator.cli import app
 from orchestrator.conclave import Conclave
 from orchestrator.config import load_config
 from orchestrator.errors import ConfigError
+from orchestrator.files import read_jsonl
 
 runner = CliRunner()
 
@@ -70,7 +71,7 @@ def test_eval_writes_a_complete_run_directory(config_path, tmp_path):
     res = _eval(config_path, out)
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
-    rows = read_results(out / "results.jsonl")
+    rows = read_jsonl(out / "results.jsonl")
     test = load_dataset("skillmix", "test", limit=3, categories=CATS)
     assert len(rows) == 5 * len(test)  # five strategies, every question once
     gold = {i.id: i.gold_answer for i in test}
@@ -133,7 +134,7 @@ def test_a_killed_eval_resumes_without_recomputing(config_path, tmp_path, monkey
 
     with Dies(cfg) as c, pytest.raises(KeyboardInterrupt):
         run_eval(c, spec, out, tmp_path / "cache", progress=False)
-    before = read_results(out / "results.jsonl")
+    before = read_jsonl(out / "results.jsonl")
     assert len(before) == 8 and not (out / "summary.json").exists()
     with (out / "results.jsonl").open("ab") as f:  # a write cut short by the kill
         f.write(b'{"strategy": "symbolic-moe", "id": "units-te')
@@ -146,7 +147,7 @@ def test_a_killed_eval_resumes_without_recomputing(config_path, tmp_path, monkey
 
     with Counts(cfg) as c:
         res = run_eval(c, spec, out, tmp_path / "cache", progress=False)
-    rows = read_results(out / "results.jsonl")
+    rows = read_jsonl(out / "results.jsonl")
     assert rows[:8] == before  # finished work kept as it was
     assert len(answered) == 4 and all(a.startswith("symbolic-moe:") for a in answered)
     assert len(rows) == 12 and len({(r["strategy"], r["id"]) for r in rows}) == 12
@@ -212,7 +213,7 @@ def test_profile_route_and_experts_commands(config_path):
     res = runner.invoke(app, ["route", "-c", str(config_path), "--limit", "2", "-q", "2+2?"])
     assert "keywords: arithmetic, letters" in res.output and "weight" in res.output
     res = runner.invoke(app, ["experts", "list", "-c", str(config_path), "--json"])
-    names = [e["name"] for e in json.loads(res.stdout)]
+    names = [e["name"] for e in json.loads(res.stdout)["experts"]]
     assert names == ["alpha", "beta", "mute", "kw", "agg"]
 
 

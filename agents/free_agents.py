@@ -1,0 +1,350 @@
+"""The free-agent monitor (RLFA, arXiv 2501.17903), made concrete.
+
+Every agent that takes part in a task earns a reward (`reward`): accuracy when a gold
+answer or a user's feedback is known, synergy (its answer agreed with the final one),
+efficiency (tokens), minus a penalty for errors and unparsable output. Each serving
+expert keeps its last `window` rewards.
+
+The rules, all in `FreeAgentSettings`:
+
+- **release**: a serving expert with at least `min_samples` rewards in its window and a
+  window mean below `release_below` is released. One bad answer cannot do it: it needs a
+  window's worth of them. Its replacement is the free agent with the best record (its
+  validation accuracy, else the order of `free_agents`), which starts **probation**.
+- **probation (shadow mode)**: the challenger answers every request the incumbent takes,
+  in the same batch; its answers are scored against the same final answers and gold, and
+  never reach the user or the vote. The incumbent keeps serving meanwhile.
+- **promotion**: after at least `probation_min` shared tasks, the challenger is promoted
+  when the one-sided lower bound (mean - z * standard error) of its paired reward
+  difference over the incumbent exceeds `promote_margin`, or when the lower bound of its
+  own mean reward clears `release_below`. The incumbent goes to the free-agent pool, where
+  it can come back through probation like any free agent.
+- **rejection**: the upper bound of the paired difference falls below `promote_margin`
+  after `probation_min` tasks, or `probation_max` tasks pass without a promotion. The
+  challenger goes back to the pool and the incumbent's window restarts, so another
+  release needs fresh evidence.
+
+Swaps are applied between batches, under a lock: a batch planned before a swap completes
+on the agents it was planned with. Every decision is appended to the audit log (JSON
+lines, one fsynced write each) and counted in the Ray metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from orchestrator.config import FreeAgentSettings, RewardWeights
+from orchestrator.files import append_jsonl, read_jsonl
+
+if TYPE_CHECKING:
+    from orchestrator.conclave import ExpertAnswer, Trace
+
+Event = Literal["release", "probation_start", "promotion", "rejection", "no_replacement"]
+
+
+class TaskOutcome(BaseModel):
+    """What one agent did on one task, as the reward sees it."""
+
+    agent: str
+    task: str
+    correct: bool | None = Field(None, description="None when no gold or feedback is known.")
+    agreed: bool = Field(False, description="Its answer was the final answer.")
+    tokens: int = 0
+    failed: bool = Field(False, description="An error or a timeout.")
+    unparsable: bool = Field(False, description="An answer with no option in it.")
+
+
+def reward(o: TaskOutcome, w: RewardWeights) -> float:
+    """(a*accuracy + b*synergy + c*efficiency) / (the weights of the known terms)
+    - d*penalty; see `RewardWeights`."""
+    num = w.synergy * o.agreed + w.efficiency * max(0.0, 1 - o.tokens / w.token_budget)
+    den = w.synergy + w.efficiency
+    if o.correct is not None:
+        num += w.accuracy * o.correct
+        den += w.accuracy
+    base = num / den if den else 0.0
+    return base - w.penalty * (o.failed or o.unparsable)
+
+
+def outcome(trace: Trace, a: ExpertAnswer) -> TaskOutcome:
+    """An expert's outcome on an answered question: its answer against the gold (when
+    known) and against the final answer."""
+    return TaskOutcome(
+        agent=a.expert,
+        task=trace.id,
+        correct=None if trace.gold is None or a.error else a.choice == trace.gold,
+        agreed=a.choice is not None and a.choice == trace.choice,
+        tokens=a.tokens,
+        failed=a.error is not None,
+        unparsable=a.error is None and a.choice is None,
+    )
+
+
+class AuditEntry(BaseModel):
+    """One decision of the monitor."""
+
+    time: float = Field(default_factory=time.time)
+    task: int = Field(description="Tasks the monitor had scored when it decided.")
+    event: Event
+    agent: str = Field(description="The agent the decision is about.")
+    incumbent: str | None = Field(None, description="The expert it replaces or shadows.")
+    reason: str
+    figures: dict[str, float] = Field(default_factory=dict)
+
+
+class AuditLog:
+    """Append-only JSON lines; a crash mid-write leaves at most a partial last line, which
+    reading drops (and the next append starts cleanly after)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def append(self, entries: Sequence[AuditEntry]) -> None:
+        if not entries:
+            return
+        with self._lock:
+            read_jsonl(self.path)  # drops a partial line left by a crash
+            append_jsonl(self.path, [e.model_dump() for e in entries])
+
+    def read(self) -> list[AuditEntry]:
+        with self._lock:
+            return [AuditEntry.model_validate(r) for r in read_jsonl(self.path)]
+
+
+@dataclass
+class Probation:
+    challenger: str
+    incumbent: str
+    started: int
+    pairs: list[tuple[float, float]] = field(default_factory=list)  # (incumbent, challenger)
+    graded: list[tuple[list[str], bool]] = field(default_factory=list)  # for its profile
+
+
+def _bounds(xs: Sequence[float], z: float) -> tuple[float, float, float]:
+    """(mean, lower, upper) one-sided bounds at z standard errors."""
+    m = statistics.fmean(xs)
+    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else math.inf
+    return m, m - z * se, m + z * se
+
+
+class FreeAgentMonitor:
+    """Scores agents, releases underperformers, runs probations, promotes on evidence."""
+
+    def __init__(
+        self,
+        settings: FreeAgentSettings,
+        experts: Sequence[str],
+        log: AuditLog,
+        record: dict[str, float] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.log = log
+        #: validation accuracy per expert, when profiled: picks the best free agent
+        self.record = dict(record or {})
+        self.free: list[str] = [e for e in settings.free_agents if e in experts]
+        self.serving: list[str] = [e for e in experts if e not in self.free]
+        self.windows: dict[str, deque[float]] = {e: deque(maxlen=settings.window) for e in experts}
+        self.probations: dict[str, Probation] = {}  # by incumbent
+        self.tasks = 0
+        self._lock = threading.Lock()
+        # recent tasks, for users' feedback: task id -> (final choice, outcomes)
+        self._recent: OrderedDict[str, tuple[str | None, list[TaskOutcome]]] = OrderedDict()
+        self.promoted_profiles: dict[str, list[tuple[list[str], bool]]] = {}
+        from agents.monitor_metrics import AgentMetrics
+
+        self.metrics = AgentMetrics()
+
+    # ---- what the facade asks ----------------------------------------------------------
+
+    def plan(self) -> tuple[list[str], dict[str, str]]:
+        """The experts serving now, and the challenger shadowing each incumbent on
+        probation: one consistent snapshot for a batch."""
+        with self._lock:
+            return list(self.serving), {i: p.challenger for i, p in self.probations.items()}
+
+    def observe(
+        self,
+        traces: Iterable[Trace],
+        shadow: dict[str, list[tuple[str, ExpertAnswer]]] | None = None,
+    ) -> list[AuditEntry]:
+        """Score a batch: each trace's experts, and the shadow answers given for it
+        (trace id -> [(incumbent, challenger's ExpertAnswer)]). Returns the decisions."""
+        w = self.settings.weights
+        shadow = shadow or {}
+        decisions: list[AuditEntry] = []
+        with self._lock:
+            for tr in traces:
+                self.tasks += 1
+                outs = [outcome(tr, a) for a in tr.answers]
+                by_agent = {o.agent: reward(o, w) for o in outs}
+                for agent, r in by_agent.items():
+                    if agent in self.windows and agent in self.serving:
+                        self.windows[agent].append(r)
+                        self.metrics.reward(agent, r)
+                for incumbent, ans in shadow.get(tr.id, []):
+                    p = self.probations.get(incumbent)
+                    if p is None or ans.expert != p.challenger or incumbent not in by_agent:
+                        continue  # a probation decided since this batch was planned
+                    c = outcome(tr, ans)
+                    p.pairs.append((by_agent[incumbent], reward(c, w)))
+                    if c.correct is not None:
+                        p.graded.append((tr.keywords, c.correct))
+                self._remember(tr.id, tr.choice, outs)
+                decisions += self._decide()
+        self.log.append(decisions)
+        return decisions
+
+    def feedback(self, task: str, correct: bool) -> int:
+        """A user graded the final answer of `task`: agents that agreed with it earn an
+        accuracy sample (right if the user says so, wrong if not); with a wrong final
+        answer, agents that disagreed are left unscored (we do not know they were right).
+        Returns how many agents were scored; raises KeyError for an unknown task."""
+        w = self.settings.weights
+        decisions: list[AuditEntry] = []
+        with self._lock:
+            _choice, outs = self._recent[task]
+            n = 0
+            for o in outs:
+                if not o.agreed and not correct:
+                    continue
+                graded = o.model_copy(update={"correct": o.agreed and correct})
+                if o.agent in self.serving:
+                    r = reward(graded, w)
+                    self.windows[o.agent].append(r)
+                    self.metrics.reward(o.agent, r)
+                    n += 1
+            decisions += self._decide()
+        self.log.append(decisions)
+        return n
+
+    def status(self) -> list[dict[str, Any]]:
+        with self._lock:
+            shadows = {p.challenger: i for i, p in self.probations.items()}
+            rows = []
+            for agent, win in self.windows.items():
+                state = (
+                    "probation" if agent in shadows
+                    else "serving" if agent in self.serving
+                    else "free agent"
+                )  # fmt: skip
+                rows.append(
+                    {
+                        "agent": agent,
+                        "state": state,
+                        "shadows": shadows.get(agent),
+                        "window": len(win),
+                        "mean_reward": round(statistics.fmean(win), 4) if win else None,
+                    }
+                )
+            return rows
+
+    # ---- the rules ---------------------------------------------------------------------
+
+    def _remember(self, task: str, choice: str | None, outs: list[TaskOutcome]) -> None:
+        self._recent[task] = (choice, outs)
+        while len(self._recent) > 10_000:
+            self._recent.popitem(last=False)
+
+    def _entry(self, event: Event, agent: str, incumbent: str | None, reason: str,
+               **figures: float) -> AuditEntry:  # fmt: skip
+        self.metrics.decision(event, agent)
+        return AuditEntry(
+            task=self.tasks,
+            event=event,
+            agent=agent,
+            incumbent=incumbent,
+            reason=reason,
+            figures={k: round(v, 4) for k, v in figures.items()},
+        )
+
+    def _decide(self) -> list[AuditEntry]:
+        s = self.settings
+        out: list[AuditEntry] = []
+        for agent in list(self.serving):
+            win = self.windows[agent]
+            if agent in self.probations or len(win) < s.min_samples:
+                continue
+            mean = statistics.fmean(win)
+            if mean >= s.release_below:
+                continue
+            out.append(
+                self._entry(
+                    "release",
+                    agent,
+                    None,
+                    f"mean reward {mean:.3f} over its last {len(win)} tasks is below "
+                    f"{s.release_below}",
+                    mean_reward=mean,
+                    samples=len(win),
+                )  # fmt: skip
+            )
+            challenger = self._best_free()
+            if challenger is None:
+                out.append(self._entry("no_replacement", agent, None,
+                                       "no free agent waiting: it keeps serving"))  # fmt: skip
+                win.clear()  # ask again after a fresh window
+                continue
+            self.free.remove(challenger)
+            self.probations[agent] = Probation(challenger, agent, self.tasks)
+            out.append(
+                self._entry(
+                    "probation_start", challenger, agent, f"shadows {agent} on every task it takes"
+                )  # fmt: skip
+            )
+        for incumbent, p in list(self.probations.items()):
+            n = len(p.pairs)
+            if n < s.probation_min:
+                continue
+            diffs = [c - i for i, c in p.pairs]
+            d, d_lo, d_hi = _bounds(diffs, s.confidence_z)
+            c_mean, c_lo, _ = _bounds([c for _, c in p.pairs], s.confidence_z)
+            figures = {"tasks": n, "diff": d, "diff_lower": d_lo, "diff_upper": d_hi,
+                       "challenger_mean": c_mean, "challenger_lower": c_lo}  # fmt: skip
+            if d_lo > s.promote_margin or c_lo >= s.release_below:
+                why = (
+                    f"beats {incumbent} by {d:.3f} (lower bound {d_lo:.3f} > "
+                    f"{s.promote_margin})" if d_lo > s.promote_margin
+                    else f"its mean reward's lower bound {c_lo:.3f} clears {s.release_below}"
+                )  # fmt: skip
+                self._swap(p)
+                out.append(self._entry("promotion", p.challenger, incumbent,
+                                       f"after {n} shadow tasks it {why}", **figures))  # fmt: skip
+            elif d_hi < s.promote_margin or n >= s.probation_max:
+                why = (
+                    f"it trails {incumbent} (upper bound {d_hi:.3f} < {s.promote_margin})"
+                    if d_hi < s.promote_margin
+                    else f"no verdict after {n} tasks (probation_max)"
+                )
+                del self.probations[incumbent]
+                self.free.append(p.challenger)
+                self.windows[incumbent].clear()
+                out.append(self._entry("rejection", p.challenger, incumbent, why, **figures))
+        return out
+
+    def _swap(self, p: Probation) -> None:
+        del self.probations[p.incumbent]
+        at = self.serving.index(p.incumbent)
+        self.serving[at] = p.challenger
+        self.free.append(p.incumbent)
+        self.windows[p.incumbent].clear()
+        win = self.windows[p.challenger]
+        win.clear()
+        win.extend(c for _, c in p.pairs)
+        self.promoted_profiles[p.challenger] = p.graded
+        self.metrics.swap(p.challenger, p.incumbent)
+
+    def _best_free(self) -> str | None:
+        if not self.free:
+            return None
+        return max(self.free, key=lambda e: (self.record.get(e, -1.0), -self.free.index(e)))
