@@ -57,6 +57,7 @@ class TaskOutcome(BaseModel):
 
     agent: str
     task: str
+    choice: str | None = Field(None, description="Its answer (an option letter).")
     correct: bool | None = Field(None, description="None when no gold or feedback is known.")
     agreed: bool = Field(False, description="Its answer was the final answer.")
     tokens: int = 0
@@ -82,12 +83,26 @@ def outcome(trace: Trace, a: ExpertAnswer) -> TaskOutcome:
     return TaskOutcome(
         agent=a.expert,
         task=trace.id,
+        choice=a.choice,
         correct=None if trace.gold is None or a.error else a.choice == trace.gold,
         agreed=a.choice is not None and a.choice == trace.choice,
         tokens=a.tokens,
         failed=a.error is not None,
         unparsable=a.error is None and a.choice is None,
     )
+
+
+def _graded(o: TaskOutcome, final_correct: bool, gold: str | None = None) -> TaskOutcome | None:
+    """`o` with its correctness, from the right answer when the user gave it, else from
+    whether the final answer was right (None when that does not tell: it disagreed with a
+    wrong final answer), or None when it gave no answer."""
+    if o.failed or o.unparsable:
+        return None
+    if gold is not None:
+        return o.model_copy(update={"correct": o.choice == gold})
+    if not o.agreed and not final_correct:
+        return None
+    return o.model_copy(update={"correct": o.agreed and final_correct})
 
 
 class AuditEntry(BaseModel):
@@ -122,12 +137,16 @@ class AuditLog:
             return [AuditEntry.model_validate(r) for r in read_jsonl(self.path)]
 
 
+_Recent = tuple[list[TaskOutcome], list[tuple[str, TaskOutcome]], list[str]]
+
+
 @dataclass
 class Probation:
     challenger: str
     incumbent: str
     started: int
-    pairs: list[tuple[float, float]] = field(default_factory=list)  # (incumbent, challenger)
+    #: task -> (incumbent's reward, challenger's reward) on the tasks both answered
+    pairs: dict[str, tuple[float, float]] = field(default_factory=dict)
     graded: list[tuple[list[str], bool]] = field(default_factory=list)  # for its profile
 
 
@@ -158,8 +177,8 @@ class FreeAgentMonitor:
         self.probations: dict[str, Probation] = {}  # by incumbent
         self.tasks = 0
         self._lock = threading.Lock()
-        # recent tasks, for users' feedback: task id -> (final choice, outcomes)
-        self._recent: OrderedDict[str, tuple[str | None, list[TaskOutcome]]] = OrderedDict()
+        # recent tasks, for feedback: id -> (outcomes, [(incumbent, shadow)], keywords)
+        self._recent: OrderedDict[str, _Recent] = OrderedDict()
         self.promoted_profiles: dict[str, list[tuple[list[str], bool]]] = {}
         from agents.monitor_metrics import AgentMetrics
 
@@ -192,41 +211,52 @@ class FreeAgentMonitor:
                     if agent in self.windows and agent in self.serving:
                         self.windows[agent].append(r)
                         self.metrics.reward(agent, r)
+                shadows = []
                 for incumbent, ans in shadow.get(tr.id, []):
                     p = self.probations.get(incumbent)
                     if p is None or ans.expert != p.challenger or incumbent not in by_agent:
                         continue  # a probation decided since this batch was planned
                     c = outcome(tr, ans)
-                    p.pairs.append((by_agent[incumbent], reward(c, w)))
-                    if c.correct is not None:
+                    shadows.append((incumbent, c))
+                    if c.correct is not None:  # evidence once graded: here, or by feedback
+                        p.pairs[tr.id] = (by_agent[incumbent], reward(c, w))
                         p.graded.append((tr.keywords, c.correct))
-                self._remember(tr.id, tr.choice, outs)
+                self._recent[tr.id] = (outs, shadows, tr.keywords)
+                while len(self._recent) > 10_000:
+                    self._recent.popitem(last=False)
                 decisions += self._decide()
         self.log.append(decisions)
         return decisions
 
-    def feedback(self, task: str, correct: bool) -> int:
-        """A user graded the final answer of `task`: agents that agreed with it earn an
-        accuracy sample (right if the user says so, wrong if not); with a wrong final
-        answer, agents that disagreed are left unscored (we do not know they were right).
-        Returns how many agents were scored; raises KeyError for an unknown task."""
+    def feedback(self, task: str, correct: bool, gold: str | None = None) -> int:
+        """A user graded the final answer of `task`, and may have given the right answer
+        (`gold`), which grades every answer. Without it, an agent that agreed with the
+        final answer was right if the user says so and wrong if not; one that disagreed
+        with a right answer was wrong; one that disagreed with a wrong answer stays
+        ungraded. Each graded serving agent earns an accuracy sample; a graded shadow
+        answer becomes evidence in its challenger's probation. Returns how many answers
+        were graded; raises KeyError for an unknown task."""
         w = self.settings.weights
         decisions: list[AuditEntry] = []
         with self._lock:
-            _choice, outs = self._recent[task]
-            n = 0
-            for o in outs:
-                if not o.agreed and not correct:
+            outs, shadows, keywords = self._recent[task]
+            graded = {o.agent: g for o in outs if (g := _graded(o, correct, gold)) is not None}
+            for agent, g in graded.items():
+                if agent in self.serving:
+                    r = reward(g, w)
+                    self.windows[agent].append(r)
+                    self.metrics.reward(agent, r)
+            for incumbent, c in shadows:
+                p = self.probations.get(incumbent)
+                gc = _graded(c, correct, gold)
+                if p is None or p.challenger != c.agent or gc is None or task in p.pairs:
                     continue
-                graded = o.model_copy(update={"correct": o.agreed and correct})
-                if o.agent in self.serving:
-                    r = reward(graded, w)
-                    self.windows[o.agent].append(r)
-                    self.metrics.reward(o.agent, r)
-                    n += 1
+                inc = graded.get(incumbent) or next(o for o in outs if o.agent == incumbent)
+                p.pairs[task] = (reward(inc, w), reward(gc, w))
+                p.graded.append((keywords, bool(gc.correct)))
             decisions += self._decide()
         self.log.append(decisions)
-        return n
+        return len(graded) + sum(_graded(c, correct, gold) is not None for _, c in shadows)
 
     def status(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -250,11 +280,6 @@ class FreeAgentMonitor:
             return rows
 
     # ---- the rules ---------------------------------------------------------------------
-
-    def _remember(self, task: str, choice: str | None, outs: list[TaskOutcome]) -> None:
-        self._recent[task] = (choice, outs)
-        while len(self._recent) > 10_000:
-            self._recent.popitem(last=False)
 
     def _entry(self, event: Event, agent: str, incumbent: str | None, reason: str,
                **figures: float) -> AuditEntry:  # fmt: skip
@@ -306,9 +331,9 @@ class FreeAgentMonitor:
             n = len(p.pairs)
             if n < s.probation_min:
                 continue
-            diffs = [c - i for i, c in p.pairs]
+            diffs = [c - i for i, c in p.pairs.values()]
             d, d_lo, d_hi = _bounds(diffs, s.confidence_z)
-            c_mean, c_lo, _ = _bounds([c for _, c in p.pairs], s.confidence_z)
+            c_mean, c_lo, _ = _bounds([c for _, c in p.pairs.values()], s.confidence_z)
             figures = {"tasks": n, "diff": d, "diff_lower": d_lo, "diff_upper": d_hi,
                        "challenger_mean": c_mean, "challenger_lower": c_lo}  # fmt: skip
             if d_lo > s.promote_margin or c_lo >= s.release_below:
@@ -340,7 +365,7 @@ class FreeAgentMonitor:
         self.windows[p.incumbent].clear()
         win = self.windows[p.challenger]
         win.clear()
-        win.extend(c for _, c in p.pairs)
+        win.extend(c for _, c in p.pairs.values())
         self.promoted_profiles[p.challenger] = p.graded
         self.metrics.swap(p.challenger, p.incumbent)
 

@@ -273,6 +273,45 @@ def bench_gateway(
         out.print(f"passthrough overhead at {c} clients: p50 {o['p50']:+}%, p99 {o['p99']:+}%")
 
 
+@bench_app.command("free-agents")
+def bench_free_agents(
+    seeds: Annotated[int, typer.Option(min=1, help="Runs (and control runs), one per seed.")] = 3,
+    requests: Annotated[int, typer.Option(min=10, help="Requests in each stream.")] = 1000,
+    drop_at: Annotated[int, typer.Option(min=1, help="Request at which the fault hits.")] = 300,
+    incumbent: Annotated[float, typer.Option(help="Incumbent's accuracy before.")] = 0.95,
+    degraded: Annotated[float, typer.Option(help="Incumbent's accuracy after.")] = 0.75,
+    free_agent: Annotated[float, typer.Option(help="The free agent's accuracy.")] = 0.93,
+    as_json: FiguresJson = False,
+    output: FiguresOut = None,
+) -> None:
+    """The free-agent scenario: an expert degrades mid-stream, the monitor releases it and
+    promotes a free agent after probation; a control run without the drop per seed."""
+    from agents.free_agents_bench import run_free_agents_bench
+
+    if drop_at >= requests:
+        raise _fail(ValueError(f"--drop-at {drop_at} must come before the end (--requests)"))
+    for name, v in (("incumbent", incumbent), ("degraded", degraded), ("free-agent", free_agent)):
+        if not 0 <= v <= 1:
+            raise _fail(ValueError(f"--{name} {v} is not an accuracy between 0 and 1"))
+    res = run_free_agents_bench(
+        seeds, requests, drop_at, incumbent, degraded, free_agent, progress=not as_json
+    )
+    if _emit_json(res, output, as_json):
+        return
+    table = Table(title=f"free agents: fault at request {drop_at} of {requests}")
+    cols = ("seed", "detected after", "probation", "acc before %", "during %", "after swap %",
+            "lost", "control releases")  # fmt: skip
+    for col in cols:
+        table.add_column(col, justify="right")
+    for r, c in zip(res["runs"], res["controls"], strict=True):
+        table.add_row(*(str(x) for x in (
+            r["seed"], r["detected_after"], r["probation_requests"], r["accuracy_before_drop"],
+            r["accuracy_during"], r["accuracy_after_swap"], r["lost"] + c["lost"], c["releases"],
+        )))  # fmt: skip
+    out.print(table)
+    out.print(res["summary"])
+
+
 def _zoo_root(directory: Path | None) -> Path:
     from orchestrator.config import default_cache_dir
 
@@ -800,6 +839,49 @@ def _live_status(url: str, api_key: str | None) -> tuple[dict[str, Any], str]:
         return {}, "no gateway running there"
     except GatewayClientError as e:
         return {}, f"the gateway answered {e.status}: {e.message}"
+
+
+agents_app = typer.Typer(help="The free-agent monitor.", no_args_is_help=True)
+app.add_typer(agents_app, name="agents")
+
+
+@agents_app.command("history")
+def agents_history(
+    config: ConfigOpt = None,
+    log: Annotated[
+        Path | None, typer.Option(help="Audit log (default: the config's, else the cache's).")
+    ] = None,
+    last: Annotated[int, typer.Option(min=1, help="Show the last N decisions.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """The monitor's decisions: releases, probations, promotions, rejections."""
+    from agents.free_agents import AuditLog
+    from orchestrator.config import default_cache_dir
+
+    try:
+        if log is None and config is not None:
+            from orchestrator.config import load_config
+
+            cfg = load_config(config)
+            log = cfg.free_agents.audit_log or cfg.resolved_cache_dir() / "agents" / "audit.jsonl"
+        path = log or default_cache_dir() / "agents" / "audit.jsonl"
+        if not path.exists():
+            raise ConclaveError(f"no audit log at {path}: the monitor has decided nothing yet")
+        entries = AuditLog(path).read()[-last:]
+    except (ConclaveError, ValueError) as e:
+        raise _fail(e) from None
+    if as_json:
+        print(json.dumps([e.model_dump() for e in entries], indent=2))
+        return
+    from datetime import datetime
+
+    table = Table(title=f"last {len(entries)} decisions ({path})")
+    for col in ("time", "task", "event", "agent", "incumbent", "reason"):
+        table.add_column(col)
+    for e in entries:
+        when = datetime.fromtimestamp(e.time).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(when, str(e.task), e.event, e.agent, e.incumbent or "-", e.reason)
+    out.print(table)
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m orchestrator.cli`

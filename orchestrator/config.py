@@ -337,12 +337,12 @@ class FreeAgentSettings(_Strict):
         description="Experts that wait in the free-agent pool: never routed until promoted.",
     )
     weights: RewardWeights = Field(default_factory=RewardWeights, description="Reward terms.")
-    window: int = Field(40, ge=1, description="Sliding window of rewards per agent.")
-    min_samples: int = Field(30, ge=1, description="Rewards in the window before a release.")
+    window: int = Field(50, ge=1, description="Sliding window of rewards per agent.")
+    min_samples: int = Field(50, ge=1, description="Rewards in the window before a release.")
     release_below: float = Field(
         0.85, description="Release an agent whose mean reward over the window is below this."
     )
-    probation_min: int = Field(20, ge=1, description="Shadow tasks before any verdict.")
+    probation_min: int = Field(30, ge=1, description="Shadow tasks before any verdict.")
     probation_max: int = Field(200, ge=1, description="Shadow tasks before a rejection.")
     promote_margin: float = Field(
         0.0, description="The challenger must beat the incumbent's mean reward by this."

@@ -3,6 +3,8 @@
     POST /v1/chat/completions   model "conclave" (routed ensemble) or an expert's name
     GET  /v1/models             the ensemble and every expert
     GET  /v1/experts            live status per expert: loaded, requests, errors, latency
+    GET  /v1/agents             the free-agent monitor: agents, rewards, decisions
+    POST /v1/feedback           grade an answer by its response id
     POST /v1/route              explain a routing decision without generating
     GET  /healthz /readyz       liveness; readiness once the pool can serve
     GET  /metrics               Prometheus text (request-level view)
@@ -55,6 +57,16 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(None, ge=1, le=32_768)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(..., min_length=1, max_length=200, description="A chat completion's id.")
+    correct: bool = Field(..., description="Whether its answer was right.")
+    answer: str | None = Field(
+        None, max_length=200, description="The right answer (an option letter), if known."
+    )
 
 
 class RouteRequest(BaseModel):
@@ -378,6 +390,42 @@ def create_app(  # type: ignore[no-untyped-def]
         """Live status of every expert in the pool (what `conclave experts list` shows)."""
         return {"object": "list", "data": [e.model_dump() for e in conclave.pool.status()]}
 
+    def monitor() -> Any:
+        if conclave.monitor is None:
+            raise GatewayError(
+                404,
+                "the free-agent monitor is off: name free agents in the config's "
+                "free_agents section (or set free_agents.enabled)",
+                "not_found_error",
+                "monitor_off",
+            )
+        return conclave.monitor
+
+    @app.get("/v1/agents")
+    async def agents(history: int = 50) -> dict[str, Any]:
+        """The monitor's view: each agent's state and mean reward, and its last decisions."""
+        mon = monitor()
+        entries = mon.log.read()[-max(0, min(history, 10_000)) :] if history > 0 else []
+        return {"agents": mon.status(), "history": [e.model_dump() for e in entries]}
+
+    @app.post("/v1/feedback")
+    async def feedback(body: FeedbackRequest) -> dict[str, Any]:
+        """Grade an answer of model 'conclave' by its response id: the agents that took
+        part earn an accuracy sample."""
+        mon = monitor()
+        try:
+            scored = mon.feedback(body.id.removeprefix("chatcmpl-"), body.correct, body.answer)
+        except KeyError:
+            raise GatewayError(
+                404,
+                f"no recent answer with id {body.id!r}: feedback takes the id of a "
+                "'conclave' chat completion, within its last 10,000 answers",
+                "not_found_error",
+                "unknown_response",
+                param="id",
+            ) from None
+        return {"id": body.id, "agents_scored": scored}
+
     @app.post("/v1/route")
     async def route(body: RouteRequest) -> dict[str, Any]:
         check_routing()
@@ -490,9 +538,10 @@ def _completion(
     prompt: int,
     completion: int,
     extra: dict[str, Any] | None = None,
+    task: str | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "id": f"chatcmpl-{task or uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
@@ -586,5 +635,5 @@ def _run_ensemble(conclave: Any, requests: list[ChatRequest]) -> list[dict[str, 
             "calls": tr.calls,
         }
         tokens = tr.tokens
-        out.append(_completion(ENSEMBLE, text, "stop", tokens, 0, extra))
+        out.append(_completion(ENSEMBLE, text, "stop", tokens, 0, extra, task=tr.id))
     return out

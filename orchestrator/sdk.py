@@ -7,6 +7,8 @@
         c.route("...")                   # a RoutingDecision, as Conclave.route returns
         c.models()
         c.experts()                      # live status per expert (ExpertStatus)
+        c.feedback(reply.id, correct=True)   # grade an answer: the free-agent monitor learns
+        c.agents()                       # the monitor's agents and decisions
 
 In process, the facade (`orchestrator.conclave.Conclave`) has `route` with the same
 result type; the gateway's errors come back as `GatewayClientError` with the HTTP status
@@ -104,6 +106,16 @@ class ConclaveClient:
     def experts(self) -> list[ExpertStatus]:
         return _statuses(_check(self._http.get("/v1/experts")))
 
+    def feedback(self, response_id: str, correct: bool, answer: str | None = None) -> int:
+        """Grade an answer by its id (`ChatReply.id`), with the right answer if known;
+        returns how many agents' answers it graded."""
+        body = {"id": response_id, "correct": correct, "answer": answer}
+        return int(_check(self._http.post("/v1/feedback", json=body))["agents_scored"])
+
+    def agents(self) -> dict[str, Any]:
+        """The free-agent monitor: agents with state and mean reward, recent decisions."""
+        return _check(self._http.get("/v1/agents"))
+
     def close(self) -> None:
         self._http.close()
 
@@ -141,6 +153,14 @@ class AsyncConclaveClient:
 
     async def experts(self) -> list[ExpertStatus]:
         return _statuses(_check(await self._http.get("/v1/experts")))
+
+    async def feedback(self, response_id: str, correct: bool, answer: str | None = None) -> int:
+        body = {"id": response_id, "correct": correct, "answer": answer}
+        r = await self._http.post("/v1/feedback", json=body)
+        return int(_check(r)["agents_scored"])
+
+    async def agents(self) -> dict[str, Any]:
+        return _check(await self._http.get("/v1/agents"))
 
     async def aclose(self) -> None:
         await self._http.aclose()

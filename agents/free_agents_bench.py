@@ -1,0 +1,192 @@
+"""`conclave bench free-agents`: the paper's example replayed through the real pipeline.
+
+The facade (keywords, profiles, router, pool, vote) serves a stream of skillmix questions
+on the incumbent's skills, one request at a time, with the free-agent monitor on. The
+experts are test backends that know the gold answers and answer right with a set
+accuracy: the incumbent specialist at `incumbent_accuracy` until request `drop_at`, when
+a fault is injected and it falls to `degraded_accuracy`; a free agent at
+`free_agent_accuracy` waits in the pool. As in the paper's example, one expert holds the
+role at a time. A control run replays the same stream without the drop, for each seed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import parse_config
+
+CATEGORIES = ("geography", "chemistry")
+
+
+def _items(split: str, per_category: int) -> list[Any]:
+    from evals.skillmix import generate
+    from orchestrator.conclave import Item
+
+    return [
+        Item(id=q.id, question=q.question, gold_answer=q.gold_answer, category=q.category)
+        for q in generate(split, per_category, categories=CATEGORIES)
+    ]
+
+
+def _config(key: Path, folder: Path, seed: int, accuracies: dict[str, float]) -> Any:
+    def expert(name: str, accuracy: float) -> dict[str, Any]:
+        backend = {"type": "fake", "answer": "The answer is ({letter}).", "answer_key": str(key),
+                   "accuracy": accuracy, "seed": seed}  # fmt: skip
+        return {"name": name, "backend": backend}
+
+    return parse_config(
+        {
+            "pool": {
+                "experts": [
+                    *(expert(n, a) for n, a in accuracies.items()),
+                    {
+                        "name": "keywords",
+                        "roles": ["keywords"],
+                        "backend": {
+                            "type": "fake",
+                            "answer": "Keywords: {category}, facts",
+                            "answer_key": str(key),
+                        },  # fmt: skip
+                    },
+                ]
+            },
+            "routing": {"embedder": "ngram", "aggregator": "vote"},
+            "free_agents": {"free_agents": ["backup"], "audit_log": str(folder / "audit.jsonl")},
+            "cache_dir": str(folder),
+        }
+    )
+
+
+def run_stream(
+    folder: Path,
+    seed: int,
+    requests: int,
+    drop_at: int | None,
+    incumbent_accuracy: float,
+    degraded_accuracy: float,
+    free_agent_accuracy: float,
+) -> dict[str, Any]:
+    """One run: profile on validation, then serve `requests` test questions in order."""
+    from orchestrator.conclave import Conclave
+
+    validation, test = _items("validation", 15), _items("test", 40)
+    key = folder / "answer_key.jsonl"
+    key.write_text("".join(json.dumps(it.model_dump()) + "\n" for it in validation + test))
+    accuracies = {"facts": incumbent_accuracy, "backup": free_agent_accuracy}
+    run_dir = folder / f"seed{seed}-{'drop' if drop_at is not None else 'control'}"
+    run_dir.mkdir()
+    cfg = _config(key, run_dir, seed, accuracies)
+    rng = random.Random(seed)
+    stream = [rng.choice(test) for _ in range(requests)]
+    served: list[bool] = []
+    events: list[dict[str, Any]] = []
+    lost = 0
+    with Conclave(cfg) as c:
+        c.profile(validation, dataset="skillmix")
+        facts = c.pool.backends["facts"]
+        for i, item in enumerate(
+            it.model_copy(update={"id": f"r{n}"}) for n, it in enumerate(stream)
+        ):
+            if i == drop_at:  # fault injection: from now on the incumbent is degraded
+                facts.spec = facts.spec.model_copy(
+                    update={"degrade_after": facts.answered, "degraded_accuracy": degraded_accuracy}
+                )
+            before = len(c.monitor.log.read())
+            (tr,) = c.answer([item], "symbolic-moe")
+            if tr.choice is None or not tr.answers:
+                lost += 1
+            served.append(bool(tr.correct))
+            events += [
+                {"request": i, "event": e.event, "agent": e.agent, "incumbent": e.incumbent}
+                for e in c.monitor.log.read()[before:]
+            ]
+        serving = c.monitor.plan()[0]
+
+    def first(event: str, after: int = 0) -> int | None:
+        return next(
+            (e["request"] for e in events
+             if e["event"] == event and e["request"] >= after
+             and "facts" in (e["agent"], e["incumbent"])),
+            None,
+        )  # fmt: skip
+
+    def acc(lo: int, hi: int) -> float | None:
+        part = served[lo:hi]
+        return round(100 * sum(part) / len(part), 1) if part else None
+
+    release = first("release", drop_at or 0)
+    start = first("probation_start", drop_at or 0)
+    promotion = first("promotion", drop_at or 0)
+    out: dict[str, Any] = {
+        "seed": seed,
+        "requests": requests,
+        "lost": lost,
+        "serving_at_end": serving,
+        "decisions": events,
+        "releases": sum(e["event"] == "release" for e in events),
+    }
+    if drop_at is None:
+        out["accuracy"] = acc(0, requests)
+        return out
+    after = promotion + 1 if promotion is not None else requests
+    out |= {
+        "drop_at": drop_at,
+        "detected_after": None if release is None else release - drop_at,
+        "probation_requests": None if promotion is None or start is None else promotion - start,
+        "accuracy_before_drop": acc(0, drop_at),
+        "accuracy_during": acc(drop_at, after),
+        "accuracy_after_swap": acc(after, requests),
+    }
+    return out
+
+
+def run_free_agents_bench(
+    seeds: int = 3,
+    requests: int = 1000,
+    drop_at: int = 300,
+    incumbent_accuracy: float = 0.95,
+    degraded_accuracy: float = 0.75,
+    free_agent_accuracy: float = 0.93,
+    progress: bool = True,
+) -> dict[str, Any]:
+    from orchestrator.progress import progress_bar
+
+    figures = (incumbent_accuracy, degraded_accuracy, free_agent_accuracy)
+    runs, controls = [], []
+    with (
+        tempfile.TemporaryDirectory(prefix="conclave-free-agents-") as tmp,
+        progress_bar(disable=not progress) as bar,
+    ):
+        task = bar.add_task("free-agent scenario", total=2 * seeds)
+        for seed in range(seeds):
+            for drop, sink in ((drop_at, runs), (None, controls)):
+                sink.append(run_stream(Path(tmp), seed, requests, drop, *figures))
+                bar.advance(task)
+    detected = [r["detected_after"] for r in runs]
+    gap = [
+        r["accuracy_before_drop"] - r["accuracy_after_swap"]
+        for r in runs
+        if r["accuracy_after_swap"] is not None
+    ]
+    return {
+        "scenario": {
+            "categories": list(CATEGORIES),
+            "requests": requests,
+            "drop_at": drop_at,
+            "incumbent_accuracy": incumbent_accuracy,
+            "degraded_accuracy": degraded_accuracy,
+            "free_agent_accuracy": free_agent_accuracy,
+        },
+        "runs": runs,
+        "controls": controls,
+        "summary": {
+            "detected_after_max": None if None in detected else max(detected),  # type: ignore[type-var]
+            "after_swap_gap_points_max": round(max(gap), 1) if len(gap) == len(runs) else None,
+            "lost": sum(r["lost"] for r in runs + controls),
+            "false_releases_in_controls": sum(r["releases"] for r in controls),
+        },
+    }

@@ -1,0 +1,150 @@
+"""The free-agent monitor live: a swap under concurrent gateway traffic with users'
+feedback, and the scenario command through the facade."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import threading
+import time
+
+import httpx
+import uvicorn
+from typer.testing import CliRunner
+
+from evals.grading import extract_choice
+from evals.skillmix import generate
+from orchestrator.cli import app
+from orchestrator.conclave import Conclave
+from orchestrator.config import parse_config
+from orchestrator.gateway import GatewaySettings, create_app
+from orchestrator.sdk import ConclaveClient
+
+
+def _serve(conclave: Conclave, port: int) -> uvicorn.Server:
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(conclave, GatewaySettings(batch_window_ms=2)),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
+    threading.Thread(target=server.run, daemon=True).start()
+    for _ in range(200):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
+            return server
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError("gateway did not start")
+
+
+def test_live_swap_under_concurrent_traffic_loses_and_duplicates_nothing(tmp_path):
+    rows = generate("validation", 10, categories=("geography",)) + generate(
+        "test", 30, categories=("geography",)
+    )
+    key = tmp_path / "key.jsonl"
+    key.write_text("".join(json.dumps(r.model_dump()) + "\n" for r in rows))
+    gold = {r.question: r.gold_answer for r in rows}
+
+    def fake(accuracy: float) -> dict:
+        return {"type": "fake", "answer": "The answer is ({letter}).", "answer_key": str(key),
+                "accuracy": accuracy, "generate_s": 0.002}  # fmt: skip
+
+    cfg = parse_config(
+        {
+            "pool": {
+                "experts": [
+                    # the incumbent is broken from the start: 30% right
+                    {
+                        "name": "incumbent",
+                        "backend": fake(1.0) | {"degrade_after": 10, "degraded_accuracy": 0.3},
+                    },
+                    {"name": "backup", "backend": fake(0.95)},
+                    {
+                        "name": "kw",
+                        "roles": ["keywords"],
+                        "backend": {"type": "fake", "answer": "Keywords: geography, capitals"},
+                    },
+                ]  # fmt: skip
+            },
+            "routing": {"embedder": "ngram", "aggregator": "vote"},
+            "free_agents": {
+                "free_agents": ["backup"],
+                "window": 20,
+                "min_samples": 20,
+                "probation_min": 20,
+                "audit_log": str(tmp_path / "audit.jsonl"),
+            },
+        }  # fmt: skip
+    )
+    conclave = Conclave(cfg)
+    from evals.harness import eval_items
+
+    conclave.profile(
+        [it for it in eval_items("skillmix", limit=10) if it.category == "geography"],
+        dataset="skillmix",
+    )
+    port = 18000 + int(time.time()) % 1000
+    server = _serve(conclave, port)
+    url = f"http://127.0.0.1:{port}"
+    questions = [r.question for r in rows[10:]]
+    sent = 240
+
+    def client(worker: int) -> list[dict]:
+        got = []
+        with ConclaveClient(url) as c:
+            for i in range(worker, sent, 8):
+                q = questions[i % len(questions)]
+                reply = c.chat(q)
+                got.append({"n": i, "id": reply.id, "experts": reply.trace["experts"]})
+                right = extract_choice(reply.text, q) == gold[q]
+                assert c.feedback(reply.id, right, answer=gold[q]) >= 1
+        return got
+
+    try:
+        with cf.ThreadPoolExecutor(8) as ex:
+            replies = [r for part in ex.map(client, range(8)) for r in part]
+        with ConclaveClient(url) as c:
+            agents = {a["agent"]: a for a in c.agents()["agents"]}
+            history = c.agents()["history"]
+    finally:
+        server.should_exit = True
+        time.sleep(0.5)
+        conclave.close()
+
+    # every request answered exactly once, none lost
+    assert sorted(r["n"] for r in replies) == list(range(sent))
+    assert len({r["id"] for r in replies}) == sent
+    events = [(e["event"], e["agent"]) for e in history]
+    assert ("release", "incumbent") in events and ("promotion", "backup") in events
+    assert agents["backup"]["state"] == "serving" and agents["incumbent"]["state"] == "free agent"
+    # requests after the swap were answered by the promoted agent only
+    promoted_at = next(e["task"] for e in history if e["event"] == "promotion")
+    assert promoted_at < sent
+    last = sorted(replies, key=lambda r: r["n"])[-20:]
+    assert all(r["experts"] == ["backup"] for r in last)
+    # the audit log is what `conclave agents history` shows
+    res = CliRunner().invoke(
+        app, ["agents", "history", "--log", str(tmp_path / "audit.jsonl"), "--json"]
+    )
+    assert res.exit_code == 0 and [e["event"] for e in json.loads(res.stdout)] == [
+        e for e, _ in events
+    ]
+
+
+def test_bench_free_agents_replays_the_scenario_through_the_facade():
+    res = CliRunner().invoke(
+        app,
+        ["bench", "free-agents", "--seeds", "1", "--requests", "400", "--drop-at", "150",
+         "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    (run,), (control,) = out["runs"], out["controls"]
+    assert run["lost"] == 0 and control["lost"] == 0
+    assert run["detected_after"] is not None and 0 <= run["detected_after"] <= 100
+    assert run["accuracy_during"] < run["accuracy_before_drop"]
+    assert run["serving_at_end"] == ["backup"] and control["serving_at_end"] == ["facts"]
+    assert control["releases"] == 0
