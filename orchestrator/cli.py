@@ -312,6 +312,48 @@ def bench_free_agents(
     out.print(res["summary"])
 
 
+@bench_app.command("moe")
+def bench_moe(
+    tokens: Annotated[str, typer.Option(help="Token counts (comma-separated).")] = (
+        "1,16,128,512,2048"
+    ),
+    hidden: Annotated[int, typer.Option(min=1)] = 512,
+    experts: Annotated[int, typer.Option(min=1)] = 8,
+    top_k: Annotated[int, typer.Option(min=1)] = 2,
+    intermediate: Annotated[int, typer.Option(min=1)] = 1024,
+    dtype: Annotated[str, typer.Option(help="bfloat16 or float32.")] = "bfloat16",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    as_json: FiguresJson = False,
+    output: FiguresOut = None,
+) -> None:
+    """The in-model MoE layer: vLLM's fused path vs a per-expert loop vs the reference,
+    with the fused path's GFLOP/s next to a dense matmul of the same useful FLOPs."""
+    from kernels.bench import run_moe_bench
+
+    if dtype not in ("bfloat16", "float32"):
+        raise _fail(ValueError(f"--dtype {dtype!r}: use bfloat16 or float32"))
+    if device not in ("cpu", "cuda"):
+        raise _fail(ValueError(f"--device {device!r}: use cpu or cuda"))
+    try:
+        res = run_moe_bench(_levels(tokens), hidden, experts, top_k, intermediate, dtype, device)
+    except (ValueError, RuntimeError) as e:
+        raise _fail(e) from None
+    if _emit_json(res, output, as_json):
+        return
+    table = Table(title=f"MoE layer ({res['device']}, fused = {res['fused_backend']})")
+    cols = ("tokens", "fused ms", "naive ms", "reference ms", "x naive", "x reference",
+            "fused GFLOP/s", "dense GFLOP/s", "max error")  # fmt: skip
+    for col in cols:
+        table.add_column(col, justify="right")
+    for r in res["rows"]:
+        table.add_row(*(str(r[k]) for k in (
+            "tokens", "fused_ms", "naive_ms", "reference_ms", "speedup_vs_naive",
+            "speedup_vs_reference", "fused_gflops", "dense_matmul_gflops",
+            "max_abs_error_vs_reference",
+        )))  # fmt: skip
+    out.print(table)
+
+
 def _zoo_root(directory: Path | None) -> Path:
     from orchestrator.config import default_cache_dir
 

@@ -1,0 +1,283 @@
+"""A mixture-of-experts layer on vLLM's fused MoE kernels, with a PyTorch reference.
+
+    layer = MoELayer(MoEConfig(hidden=512, intermediate=1024, experts=8, top_k=2))
+    y = layer(x)                       # x [tokens, hidden]; backend chosen from device/dtype
+
+Routing: softmax over the router's logits for the routed experts and the
+zero-computation experts together, top-k, optionally renormalised over the k chosen.
+Masked experts (Mixture of Tunable Experts) get a logit of -inf, so they are never chosen.
+Zero-computation experts (MoE++; AdaMoE's null experts are the zero kind) cost no FFN:
+`zero` adds nothing, `copy` adds its weight times the token, `constant` adds its weight
+times a*x + b*v with [a, b] = softmax(W x) and a learnt vector v. Shared experts
+(DeepSeekMoE) are dense SwiGLU FFNs that every token uses, added unweighted.
+
+Backends (`MoEConfig.backend`), all behind `MoELayer.forward`:
+- "fused": vLLM's fused MoE. On the CPU, `cpu_fused_moe` with weights prepacked once per
+  layer (re-packed only when the weights change): isa "amx" for bfloat16 on AMX CPUs
+  with dimensions divisible by 32, else the portable "vec" kernel. On a GPU, vLLM's
+  Triton `fused_experts`.
+- "naive": a per-expert loop (gather the tokens routed to each expert, run it, scatter).
+- "reference": every expert on every token in float32, then the routing weights: the
+  ground truth the others are tested against.
+- "auto" (default): "fused" where vLLM's kernels run for this device and dtype, else
+  "naive".
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["auto", "fused", "naive", "reference"]
+
+
+class MoEConfig(BaseModel):
+    """One MoE layer: shapes, routing and the expert kinds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hidden: int = Field(..., ge=1, description="Model width K.")
+    intermediate: int = Field(..., ge=1, description="Each FFN expert's width N.")
+    experts: int = Field(..., ge=1, description="Routed FFN experts E.")
+    top_k: int = Field(2, ge=1, description="Experts per token.")
+    renormalize: bool = Field(True, description="Renormalise the k chosen weights to sum 1.")
+    shared_experts: int = Field(0, ge=0, description="Dense experts every token uses.")
+    zero_experts: int = Field(0, ge=0, description="Experts that output zero (null experts).")
+    copy_experts: int = Field(0, ge=0, description="Experts that output the token.")
+    constant_experts: int = Field(0, ge=0, description="Experts that output a*x + b*v.")
+    masked: tuple[int, ...] = Field(
+        (), description="Indices (into routed + zero-computation experts) never chosen."
+    )
+    dtype: Literal["bfloat16", "float32", "float16"] = Field("bfloat16")
+    backend: Backend = Field("auto")
+
+    @property
+    def routable(self) -> int:
+        return self.experts + self.zero_experts + self.copy_experts + self.constant_experts
+
+    @model_validator(mode="after")
+    def _check(self) -> MoEConfig:
+        bad = [i for i in self.masked if not 0 <= i < self.routable]
+        if bad:
+            raise ValueError(f"masked experts {bad} are outside 0..{self.routable - 1}")
+        left = self.routable - len(set(self.masked))
+        if self.top_k > left:
+            raise ValueError(
+                f"top_k={self.top_k} but only {left} experts can be chosen "
+                f"({self.routable} routable, {len(set(self.masked))} masked)"
+            )
+        return self
+
+
+class MoEBackendError(RuntimeError):
+    """A backend that cannot run this device/dtype combination."""
+
+
+@functools.cache
+def _cpu_isa_ok() -> bool:
+    """vLLM's CPU MoE op is importable; AMX initialised (without it the op dies)."""
+    try:
+        import vllm._custom_ops  # noqa: F401
+    except Exception:  # not installed, or a build without the CPU ops
+        return False
+    if hasattr(torch.ops, "_C") and hasattr(torch.ops._C, "cpu_fused_moe"):
+        if torch.cpu._is_amx_tile_supported():
+            torch.cpu._init_amx()
+        return True
+    return False
+
+
+def cpu_isa(cfg: MoEConfig, dtype: torch.dtype) -> str | None:
+    """The `cpu_fused_moe` isa for this layer, or None when the op cannot run it."""
+    if not _cpu_isa_ok():
+        return None
+    if dtype == torch.bfloat16 and torch.cpu._is_amx_tile_supported():
+        if cfg.hidden % 32 == 0 and cfg.intermediate % 32 == 0:
+            return "amx"
+    if cfg.hidden % 32 == 0 and cfg.intermediate % 32 == 0 and dtype != torch.float16:
+        return "vec"
+    return None
+
+
+def _swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """x [M,K], w13 [2N,K] (gate rows, then up rows), w2 [K,N] -> [M,K]."""
+    gate, up = (x @ w13.t()).chunk(2, dim=-1)
+    return (F.silu(gate) * up) @ w2.t()
+
+
+class MoELayer(torch.nn.Module):
+    def __init__(self, cfg: MoEConfig, device: torch.device | str = "cpu", seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dtype = getattr(torch, cfg.dtype)
+        g = torch.Generator().manual_seed(seed)
+        k, n, e = cfg.hidden, cfg.intermediate, cfg.experts
+
+        def param(*shape: int, scale: float) -> torch.nn.Parameter:
+            t = torch.randn(*shape, generator=g) * scale
+            return torch.nn.Parameter(t.to(device=device, dtype=dtype), requires_grad=False)
+
+        self.router = param(cfg.routable, k, scale=k**-0.5)
+        self.w13 = param(e, 2 * n, k, scale=k**-0.5)
+        self.w2 = param(e, k, n, scale=n**-0.5)
+        s = cfg.shared_experts
+        self.shared_w13 = param(s, 2 * n, k, scale=k**-0.5) if s else None
+        self.shared_w2 = param(s, k, n, scale=n**-0.5) if s else None
+        c = cfg.constant_experts
+        self.const_v = param(c, k, scale=1.0) if c else None
+        self.const_gate = param(c, 2, k, scale=k**-0.5) if c else None
+        self._packed: tuple[int, int, str, torch.Tensor, torch.Tensor] | None = None
+        self.packs = 0  # how many times the weights were prepacked (tests check: once)
+
+    # ---- routing ------------------------------------------------------------------------
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights [M,k] float32, ids [M,k] int32) over routed + zero-computation experts."""
+        logits = x.float() @ self.router.float().t()
+        if self.cfg.masked:
+            logits[:, list(self.cfg.masked)] = float("-inf")
+        probs = logits.softmax(dim=-1)
+        weights, ids = probs.topk(self.cfg.top_k, dim=-1)
+        if self.cfg.renormalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights, ids.to(torch.int32)
+
+    def backend_for(self, x: torch.Tensor) -> str:
+        """The backend that runs `x`: the configured one, or the best that can."""
+        want = self.cfg.backend
+        if want in ("naive", "reference"):
+            return want
+        can = self._fused_reason(x) is None
+        if want == "fused" and not can:
+            raise MoEBackendError(
+                f"backend 'fused' cannot run here: {self._fused_reason(x)}; use backend "
+                "'auto' (falls back to 'naive') or 'naive'"
+            )
+        return "fused" if can else "naive"
+
+    def _fused_reason(self, x: torch.Tensor) -> str | None:
+        if x.device.type == "cuda":
+            try:
+                from vllm.model_executor.layers.fused_moe import fused_experts  # noqa: F401
+            except Exception as exc:
+                return f"vLLM's Triton fused_experts is unavailable ({exc})"
+            return None
+        if x.device.type != "cpu":
+            return f"no fused MoE kernel for device {x.device.type!r}"
+        if cpu_isa(self.cfg, x.dtype) is None:
+            return (
+                f"vLLM's cpu_fused_moe needs bfloat16 or float32 and hidden/intermediate "
+                f"divisible by 32 (got {x.dtype}, {self.cfg.hidden}/{self.cfg.intermediate})"
+            )
+        return None
+
+    # ---- forward ------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.cfg.hidden:
+            raise ValueError(f"x must be [tokens, {self.cfg.hidden}], got {list(x.shape)}")
+        backend = self.backend_for(x)
+        if backend == "reference":
+            return self.reference(x)
+        weights, ids = self.route(x)
+        out = self._zero_compute(x, weights, ids) + self._shared(x)
+        # FFN experts only: a slot routed to a zero-computation expert runs expert 0 at
+        # weight 0 (the fused op takes ids in 0..E-1)
+        ffn = ids < self.cfg.experts
+        w = torch.where(ffn, weights, torch.zeros_like(weights))
+        i = torch.where(ffn, ids, torch.zeros_like(ids))
+        if backend == "naive":
+            routed = self._naive(x, w, i)
+        elif x.device.type == "cuda":
+            from vllm.model_executor.layers.fused_moe import fused_experts
+
+            routed = fused_experts(x, self.w13, self.w2, w, i)
+        else:
+            routed = self._cpu_fused(x, w, i)
+        return (routed.float() + out).to(x.dtype)
+
+    def _cpu_fused(self, x: torch.Tensor, w: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        import vllm._custom_ops as ops
+
+        isa = cpu_isa(self.cfg, x.dtype)
+        assert isa is not None
+        w13, w2 = self.prepacked(isa, x.dtype)
+        out = torch.empty_like(x)
+        ops.cpu_fused_moe(
+            out, x.contiguous(), w13, w2, None, None, w.float().contiguous(),
+            ids.to(torch.int32).contiguous(), "silu", isa,
+        )  # fmt: skip
+        return out
+
+    def prepacked(self, isa: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights in the op's layout, packed once per layer, again only when the
+        weights change (an in-place update or new Parameters; an edit through `.data`
+        bypasses PyTorch's version counter: call `repack()` after one) or the isa does."""
+        key = (self.w13._version + self.w2._version, id(self.w13) ^ id(self.w2), isa)
+        if self._packed is None or self._packed[:3] != key:
+            import vllm._custom_ops as ops
+
+            w13 = ops.cpu_prepack_moe_weight(self.w13.data.to(dtype).contiguous(), isa)
+            w2 = ops.cpu_prepack_moe_weight(self.w2.data.to(dtype).contiguous(), isa)
+            self._packed = (*key, w13, w2)
+            self.packs += 1
+        return self._packed[3], self._packed[4]
+
+    def repack(self) -> None:
+        """Forget the packed weights: the next fused call packs them again."""
+        self._packed = None
+
+    def _naive(self, x: torch.Tensor, w: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        for e in range(self.cfg.experts):
+            tok, slot = (ids == e).nonzero(as_tuple=True)
+            if tok.numel() == 0:
+                continue
+            y = _swiglu(x[tok], self.w13[e], self.w2[e]).float()
+            out.index_add_(0, tok, y * w[tok, slot, None])
+        return out
+
+    def _zero_compute(self, x: torch.Tensor, w: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The zero-computation experts' share, float32 [M,K]."""
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        cfg, xf = self.cfg, x.float()
+        first_copy = cfg.experts + cfg.zero_experts
+        first_const = first_copy + cfg.copy_experts
+        copy_w = (w * ((ids >= first_copy) & (ids < first_const))).sum(-1, keepdim=True)
+        out += copy_w * xf
+        for c in range(cfg.constant_experts):
+            wc = (w * (ids == first_const + c)).sum(-1, keepdim=True)
+            if not bool((wc != 0).any()):
+                continue
+            ab = (xf @ self.const_gate[c].float().t()).softmax(-1)  # type: ignore[index]
+            out += wc * (ab[:, :1] * xf + ab[:, 1:] * self.const_v[c].float())  # type: ignore[index]
+        return out
+
+    def _shared(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared_w13 is None:
+            return torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        xf = x.float()
+        return sum(
+            _swiglu(xf, self.shared_w13[s].float(), self.shared_w2[s].float())  # type: ignore[index]
+            for s in range(self.cfg.shared_experts)
+        )
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Ground truth: every FFN expert on every token in float32, weighted by routing."""
+        weights, ids = self.route(x)
+        xf = x.float()
+        dense = torch.zeros(x.shape[0], self.cfg.routable, x.shape[1], device=x.device)
+        for e in range(self.cfg.experts):
+            dense[:, e] = _swiglu(xf, self.w13[e].float(), self.w2[e].float())
+        mix = torch.zeros(x.shape[0], self.cfg.routable, device=x.device)
+        mix.scatter_add_(1, ids.long(), weights)
+        routed = (mix[:, :, None] * dense).sum(1)
+        out = routed + self._zero_compute(x, weights, ids) + self._shared(x)
+        return out.to(x.dtype)

@@ -1,0 +1,109 @@
+"""The MoE layer on vLLM's fused CPU kernel against the PyTorch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels.moe import MoEBackendError, MoEConfig, MoELayer
+
+pytestmark = pytest.mark.real
+
+
+def _close(y: torch.Tensor, ref: torch.Tensor, dtype: str) -> None:
+    y, ref = y.float(), ref.float()
+    scale = float(ref.abs().max()) + 1e-6
+    tol = 0.03 * scale + 0.02 if dtype == "bfloat16" else 1e-4 * scale + 1e-5
+    assert float((y - ref).abs().max()) <= tol, (float((y - ref).abs().max()), tol)
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> tuple[MoEConfig, int]:
+    experts = draw(st.integers(1, 8))
+    kinds = {k: draw(st.integers(0, 2)) for k in ("zero_experts", "copy_experts",
+                                                   "constant_experts")}  # fmt: skip
+    routable = experts + sum(kinds.values())
+    masked = draw(st.sets(st.integers(0, routable - 1), max_size=routable - 1))
+    top_k = draw(st.integers(1, min(4, routable - len(masked))))
+    cfg = MoEConfig(
+        hidden=draw(st.sampled_from([32, 64, 128])),
+        intermediate=draw(st.sampled_from([32, 64, 96])),
+        experts=experts,
+        top_k=top_k,
+        renormalize=draw(st.booleans()),
+        shared_experts=draw(st.integers(0, 2)),
+        masked=tuple(sorted(masked)),
+        dtype=draw(st.sampled_from(["bfloat16", "float32"])),
+        **kinds,
+    )
+    return cfg, draw(st.integers(1, 64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(configs(), st.integers(0, 3))
+def test_fused_and_naive_match_the_reference(case, seed):
+    cfg, tokens = case
+    x = torch.randn(tokens, cfg.hidden, generator=torch.Generator().manual_seed(seed))
+    x = x.to(getattr(torch, cfg.dtype))
+    ref = MoELayer(cfg, seed=seed).reference(x)
+    for backend in ("fused", "naive"):
+        layer = MoELayer(cfg.model_copy(update={"backend": backend}), seed=seed)
+        assert layer.backend_for(x) == backend
+        _close(layer(x), ref, cfg.dtype)
+
+
+def test_a_token_routed_only_to_null_experts_gets_only_the_shared_experts():
+    cfg = MoEConfig(hidden=64, intermediate=64, experts=4, top_k=2, zero_experts=2,
+                    shared_experts=1, masked=(0, 1, 2, 3), backend="fused")  # fmt: skip
+    layer = MoELayer(cfg)
+    x = torch.randn(8, 64).bfloat16()
+    weights, ids = layer.route(x)
+    assert set(ids.flatten().tolist()) == {4, 5}  # the null experts only
+    _close(layer(x), layer._shared(x), "bfloat16")
+    no_shared = MoELayer(cfg.model_copy(update={"shared_experts": 0}))
+    assert float(no_shared(x).abs().max()) == 0.0
+
+
+def test_all_experts_masked_but_one_routes_every_token_to_it():
+    cfg = MoEConfig(hidden=64, intermediate=64, experts=8, top_k=1,
+                    masked=(0, 1, 2, 3, 5, 6, 7), backend="fused")  # fmt: skip
+    layer = MoELayer(cfg)
+    x = torch.randn(16, 64).bfloat16()
+    _, ids = layer.route(x)
+    assert set(ids.flatten().tolist()) == {4}
+    _close(layer(x), layer.reference(x), "bfloat16")
+
+
+def test_weights_are_prepacked_once_and_again_only_when_they_change():
+    layer = MoELayer(MoEConfig(hidden=128, intermediate=128, experts=4, backend="fused"))
+    x = torch.randn(32, 128).bfloat16()
+    first = layer(x)
+    layer(x)
+    assert layer.packs == 1
+    with torch.no_grad():
+        layer.w2.mul_(2)  # new weights: the packed copy is stale
+    second = layer(x)
+    assert layer.packs == 2
+    _close(second, layer.reference(x), "bfloat16")
+    assert not torch.equal(first, second)
+
+
+def test_an_unsupported_combination_falls_back_or_says_why():
+    x = torch.randn(4, 48).half()  # float16, and 48 is not a multiple of 32
+    auto = MoELayer(MoEConfig(hidden=48, intermediate=64, experts=2, dtype="float16"))
+    assert auto.backend_for(x) == "naive"
+    _close(auto(x), auto.reference(x), "bfloat16")
+    fused = MoELayer(
+        MoEConfig(hidden=48, intermediate=64, experts=2, dtype="float16", backend="fused")
+    )
+    with pytest.raises(MoEBackendError, match="divisible by 32"):
+        fused(x)
+
+
+def test_config_errors_name_the_problem():
+    with pytest.raises(ValueError, match="outside"):
+        MoEConfig(hidden=32, intermediate=32, experts=2, masked=(5,))
+    with pytest.raises(ValueError, match="top_k=2 but only 1"):
+        MoEConfig(hidden=32, intermediate=32, experts=2, masked=(0,))
