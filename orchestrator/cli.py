@@ -883,6 +883,112 @@ def _live_status(url: str, api_key: str | None) -> tuple[dict[str, Any], str]:
         return {}, f"the gateway answered {e.status}: {e.message}"
 
 
+kernels_app = typer.Typer(help="Look inside served MoE models.", no_args_is_help=True)
+app.add_typer(kernels_app, name="kernels")
+
+
+@kernels_app.command("profile")
+def kernels_profile(
+    model: Annotated[
+        Path | None, typer.Option(help="An MoE model folder (default: the zoo's MoE expert).")
+    ] = None,
+    zoo_dir: ZooDir = None,
+    per_category: Annotated[int, typer.Option(min=1, help="skillmix questions per skill.")] = 10,
+    split: Annotated[str, typer.Option(help="skillmix split.")] = "test",
+    plot_path: Annotated[
+        Path | None, typer.Option("--plot", help="Heatmap PNG (default: <cache>/kernels/).")
+    ] = None,
+    as_json: FiguresJson = False,
+    output: FiguresOut = None,
+) -> None:
+    """Which in-model experts fire for which skills: an MoE model served by vLLM answers
+    skillmix, and the tokens each expert took are counted per category and layer."""
+    from evals.harness import eval_items
+    from kernels.activations import activation_profile, plot
+    from orchestrator.config import default_cache_dir
+
+    try:
+        model = model or _zoo_moe(zoo_dir)
+        res = activation_profile(
+            model, eval_items("skillmix", split, limit=per_category), progress=not as_json
+        )
+    except (ConclaveError, ValueError, RuntimeError) as e:
+        raise _fail(e) from None
+    png = plot(res, plot_path or default_cache_dir() / "kernels" / "activation_profile.png")
+    res["plot"] = str(png)
+    if _emit_json(res, output, as_json):
+        return
+    for layer in range(res["layers"]):
+        table = Table(title=f"layer {layer}: % of each skill's tokens per in-model expert")
+        table.add_column("skill")
+        for e in range(res["experts"]):
+            table.add_column(f"e{e}", justify="right")
+        table.add_column("distance", justify="right")
+        for cat, s in res["shares"].items():
+            table.add_row(cat, *(f"{100 * v:.0f}" for v in s[layer]),
+                          f"{res['distance_from_overall'][cat]:.3f}")  # fmt: skip
+        out.print(table)
+    out.print(f"plot: {png}")
+
+
+def _zoo_moe(zoo_dir: Path | None) -> Path:
+    from agents.zoo.build import load_manifest
+
+    root = _zoo_root(zoo_dir)
+    manifest = load_manifest(root, seed=0)
+    moe = [n for n, e in manifest.entries.items() if "Mixtral" in (e.architecture or "")]
+    if not moe:
+        raise ConclaveError(
+            f"no MoE model in the zoo at {root}: run `conclave zoo build`, or pass --model"
+        )
+    return root / moe[0]
+
+
+@kernels_app.command("mask")
+def kernels_mask(
+    experts: Annotated[str, typer.Option(help="In-model experts to switch off, e.g. 0,2.")],
+    model: Annotated[
+        Path | None, typer.Option(help="A Mixtral-style folder (default: the zoo's MoE expert).")
+    ] = None,
+    zoo_dir: ZooDir = None,
+    per_category: Annotated[int, typer.Option(min=1, help="skillmix questions per skill.")] = 25,
+    trials: Annotated[int, typer.Option(min=0, help="Random maskings to compare with.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the random maskings.")] = 0,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Where the variants go (default: <cache>).")
+    ] = None,
+    as_json: FiguresJson = False,
+) -> None:
+    """Serve a variant of an MoE checkpoint whose router never selects the chosen experts,
+    and compare its per-skill accuracy with the original and with random maskings."""
+    from evals.harness import eval_items
+    from kernels.masking import masking_study
+    from orchestrator.config import default_cache_dir
+
+    try:
+        chosen = [int(x) for x in experts.split(",") if x.strip()]
+        model = model or _zoo_moe(zoo_dir)
+        folder = out_dir or default_cache_dir() / "kernels" / "masked"
+        folder.mkdir(parents=True, exist_ok=True)
+        res = masking_study(
+            model, chosen, eval_items("skillmix", "test", limit=per_category), folder,
+            random_trials=trials, seed=seed, progress=not as_json,
+        )  # fmt: skip
+    except (ConclaveError, ValueError, RuntimeError) as e:
+        raise _fail(e) from None
+    if as_json:
+        print(json.dumps(res, indent=2))
+        return
+    cats = sorted(next(iter(res["accuracy"].values())))
+    table = Table(title=f"per-skill accuracy % with experts switched off ({model})")
+    table.add_column("variant")
+    for c in cats:
+        table.add_column(c, justify="right")
+    for v, acc in res["accuracy"].items():
+        table.add_row(v, *(f"{acc[c]:g}" for c in cats))
+    out.print(table)
+
+
 agents_app = typer.Typer(help="The free-agent monitor.", no_args_is_help=True)
 app.add_typer(agents_app, name="agents")
 

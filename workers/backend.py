@@ -47,6 +47,14 @@ class ExpertBackend(ABC):
     def memory_gb(self) -> float:
         return self.config.resources.memory_gb if self.resident else 0.0
 
+    def actor_resources(self) -> dict[str, float]:
+        """Cluster resources the loaded model holds ("CPU", "GPU"); none by default."""
+        return {}
+
+    def cluster_capacity(self) -> dict[str, float]:
+        """The totals those resources come from (after `prepare`)."""
+        return {}
+
     @property
     @abstractmethod
     def loaded(self) -> bool: ...

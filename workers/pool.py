@@ -76,9 +76,10 @@ class ExpertPool:
         self.stats = PoolStats()
         self._lock = threading.Lock()
         self._last_used: dict[str, float] = {}
-        # Memory the pool has granted, by expert. Kept apart from `backend.loaded` so that
-        # an engine restarting after a crash keeps its share while it is briefly unloaded.
-        self._held: dict[str, float] = {}
+        # Memory and actor resources the pool has granted, by expert. Kept apart from
+        # `backend.loaded` so that an engine restarting after a crash keeps its share
+        # while it is briefly unloaded.
+        self._held: dict[str, dict[str, float]] = {}
         self._executor = ThreadPoolExecutor(
             max_workers=config.pool.max_parallel_groups, thread_name_prefix="pool-group"
         )
@@ -130,7 +131,7 @@ class ExpertPool:
                         pending[name] = 0
                         continue
                     with self._lock:
-                        self._held[name] = backend.memory_gb
+                        self._held[name] = self._needs(backend)
                 bar.describe(f"{'loading' if needs_load else 'generating'} {name}")
                 self._last_used[name] = time.monotonic()
                 # Loads run in the group's thread too, so models load side by side (on a
@@ -174,9 +175,19 @@ class ExpertPool:
 
     # ---- scheduling -------------------------------------------------------------------
 
-    def _held_gb(self, excluding: str) -> float:
+    def _held_total(self, excluding: str) -> dict[str, float]:
+        total: dict[str, float] = defaultdict(float)
         with self._lock:
-            return sum(gb for n, gb in self._held.items() if n != excluding)
+            for n, held in self._held.items():
+                if n != excluding:
+                    for k, v in held.items():
+                        total[k] += v
+        return total
+
+    @staticmethod
+    def _needs(backend: ExpertBackend) -> dict[str, float]:
+        """What a loaded model holds: memory (for the budget) and its actor's resources."""
+        return {"memory_gb": backend.memory_gb, **backend.actor_resources()}
 
     def _make_room(
         self,
@@ -185,19 +196,30 @@ class ExpertPool:
         next_use: dict[str, int],
         in_flight: dict[str, Future[list[GenerationResult]]],
     ) -> None:
+        """Evict resident models until `backend` fits: the memory budget, and the
+        cluster's CPUs and GPUs (an actor that cannot be placed would wait forever)."""
+        needs = {k: v for k, v in self._needs(backend).items() if v > 0}
         budget = self.config.pool.memory_budget_gb
-        need = backend.memory_gb
-        if budget is None or need == 0:
-            return
-        if need > budget:
+        limits = {**backend.cluster_capacity(), "memory_gb": budget or float("inf")}
+        if budget is not None and needs.get("memory_gb", 0) > budget:
             raise ModelLoadError(
-                f"needs {need} GB (resources.memory_gb) but pool.memory_budget_gb is {budget}; "
-                "raise the budget or lower the estimate",
+                f"needs {needs['memory_gb']} GB (resources.memory_gb) but "
+                f"pool.memory_budget_gb is {budget}; raise the budget or lower the estimate",
                 expert=backend.name,
             )
-        while self._held_gb(excluding=backend.name) + need > budget:
+
+        def short() -> str | None:
+            held = self._held_total(excluding=backend.name)
+            for k, need in needs.items():
+                if held[k] + need > limits.get(k, float("inf")) + 1e-9:
+                    return f"{k} (holds {held[k]:g} + needs {need:g} > {limits[k]:g})"
+            return None
+
+        while (why := short()) is not None:
             with self._lock:
                 victims = [self.backends[n] for n in self._held if n != backend.name]
+            if not victims:
+                raise ModelLoadError(f"does not fit: {why}", expert=backend.name)
 
             # Needed least in the rest of the batch, then used furthest ahead, then idle
             # before still generating (no wait), then least recently used.
@@ -213,7 +235,7 @@ class ExpertPool:
             victim = min(victims, key=cost)
             if (fut := in_flight.get(victim.name)) is not None:
                 fut.result()  # let its group finish before freeing its memory
-            log.info("evicting %s to make room for %s", victim.name, backend.name)
+            log.info("evicting %s to make room for %s: %s", victim.name, backend.name, why)
             victim.unload()
             self.metrics.eviction(victim.name)
             with self._lock:

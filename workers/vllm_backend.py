@@ -107,7 +107,22 @@ class EngineHost:
                     "prompt_tokens": len(ro.prompt_token_ids or []),
                     "completion_tokens": len(c.token_ids),
                 }
+                routed = getattr(c, "routed_experts", None)  # engine arg
+                if routed is not None:  # enable_return_routed_experts: [tokens, layers, k]
+                    out[i]["routed_expert_counts"] = _expert_counts(routed)
         return out  # type: ignore[return-value]
+
+
+def _expert_counts(routed: Any) -> list[list[int]]:
+    """[tokens, layers, top_k] expert ids -> tokens routed to each expert, per layer."""
+    import numpy as np
+
+    ids = np.asarray(routed)
+    if ids.ndim != 3 or ids.size == 0:
+        return []
+    width = int(ids.max()) + 1
+    return [np.bincount(ids[:, layer].ravel(), minlength=width).tolist()
+            for layer in range(ids.shape[1])]  # fmt: skip
 
 
 def _cause(exc: BaseException) -> str:
@@ -155,6 +170,16 @@ class VLLMBackend(ExpertBackend):
         )
         env.update(self.spec.env)
         return {"env_vars": env}
+
+    def actor_resources(self) -> dict[str, float]:
+        res = self.config.resources
+        return {"CPU": res.num_cpus, "GPU": res.num_gpus}
+
+    def cluster_capacity(self) -> dict[str, float]:
+        import ray
+
+        total = ray.cluster_resources()
+        return {"CPU": total.get("CPU", 0.0), "GPU": total.get("GPU", 0.0)}
 
     def _check_placeable(self) -> None:
         import ray

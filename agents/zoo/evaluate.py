@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,13 @@ TRAINED_ARGS = {
 
 def zoo_config(root: Path, manifest: ZooManifest, names: list[str] | None = None) -> ConclaveConfig:
     """A pool config serving the zoo's models (all, or `names`) from `root`."""
+    chosen = [n for n in manifest.entries if not names or n in names]
+    # every zoo model resident at once: their actors share the machine's CPUs (Ray would
+    # queue an actor that does not fit; the pool would then evict one each stage)
+    cpus = round(min(0.25, 0.95 * (os.cpu_count() or 2) / max(1, len(chosen))), 3)
     experts = []
-    for name, e in manifest.entries.items():
-        if names and name not in names:
-            continue
+    for name in chosen:
+        e = manifest.entries[name]
         converted = e.kind == "converted"
         experts.append(
             {
@@ -48,7 +52,7 @@ def zoo_config(root: Path, manifest: ZooManifest, names: list[str] | None = None
                 },
                 "sampling": {"temperature": 0.0, "max_tokens": MAX_TOKENS.get(name, 32)},
                 "resources": {
-                    "num_cpus": 0.25,
+                    "num_cpus": cpus,
                     "memory_gb": round(e.size_bytes / 2**30 * 3 + 0.6, 1),
                 },
                 "roles": e.roles,

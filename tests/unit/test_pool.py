@@ -176,3 +176,34 @@ def test_request_needs_exactly_one_input():
         GenerationRequest(
             item_id="x", expert="a", prompt="p", messages=[{"role": "user", "content": "c"}]
         )
+
+
+def test_models_whose_actors_exceed_the_cluster_cpus_are_evicted_not_left_waiting():
+    """Nine engines of 0.25 CPU on a 2-CPU cluster: the ninth cannot be placed while the
+    other eight hold their CPUs (Ray would queue it forever); the pool evicts one."""
+    from workers.fake import FakeBackend
+
+    class CpuBound(FakeBackend):
+        def actor_resources(self) -> dict[str, float]:
+            return {"CPU": 0.25}
+
+        def cluster_capacity(self) -> dict[str, float]:
+            return {"CPU": 2.0}
+
+    names = [f"m{i}" for i in range(9)]
+    cfg = parse_config({"pool": {"experts": [{"name": n, "backend": {"type": "fake"}}
+                                             for n in names]}})  # fmt: skip
+    pool = ExpertPool(cfg, {e.name: CpuBound(e, cfg) for e in cfg.pool.experts})
+    results = pool.run([req(i, n) for i, n in enumerate(names)])
+    assert all(r.ok for r in results)
+    assert pool.stats.evictions == 1 and len(pool.resident) == 8
+    assert FakeBackend.max_loaded <= 8
+
+    class Huge(CpuBound):
+        def actor_resources(self) -> dict[str, float]:
+            return {"CPU": 4.0}
+
+    big = parse_config({"pool": {"experts": [{"name": "big", "backend": {"type": "fake"}}]}})
+    pool = ExpertPool(big, {"big": Huge(big.pool.experts[0], big)})
+    (r,) = pool.run([req(0, "big")])
+    assert not r.ok and "CPU" in r.error.message

@@ -1,0 +1,142 @@
+"""Which in-model experts fire for which skills, in an MoE model served by vLLM.
+
+The model runs in the expert pool (a vLLM engine in a Ray actor) with
+`enable_return_routed_experts`, so every answer comes back with the in-model experts
+each of its tokens (prompt and completion) was routed to, per layer. Aggregated per
+question category, that is the model's activation profile: the share of each category's
+tokens each expert took, per layer, and how far a category's routing departs from the
+model's overall routing (total variation distance: 0 = the same experts as everyone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import parse_config
+
+
+def activation_profile(
+    model: Path,
+    items: Sequence[Any],
+    engine_args: dict[str, Any] | None = None,
+    max_tokens: int = 16,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Serve `model` and answer `items` (with `category`); per-category routing shares."""
+    from evals.prompts import messages_for
+    from workers.batch import GenerationRequest
+    from workers.pool import ExpertPool
+
+    args = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 1024,
+            "kv_cache_memory_bytes": 64 * 2**20} | dict(engine_args or {})  # fmt: skip
+    args["enable_return_routed_experts"] = True
+    cfg = parse_config(
+        {
+            "cluster": {"dashboard": False},
+            "pool": {
+                "experts": [
+                    {
+                        "name": "moe",
+                        "backend": {"type": "vllm", "model": str(model), "engine_args": args},
+                        "sampling": {"max_tokens": max_tokens, "temperature": 0.0},
+                    }
+                ]
+            },
+        }
+    )
+    reqs = [
+        GenerationRequest(item_id=it.id, expert="moe", messages=messages_for(it.question))
+        for it in items
+    ]
+    with ExpertPool(cfg) as pool:
+        results = pool.run(reqs, progress=progress)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"{len(failed)} requests failed: {failed[0].error}")
+    if any(not r.routed_expert_counts for r in results):
+        raise RuntimeError(f"{model} returned no routed experts: is it a mixture-of-experts model?")
+    return summarize(
+        {it.id: it.category or "all" for it in items},
+        {r.item_id: r.routed_expert_counts for r in results},  # type: ignore[misc]
+        str(model),
+    )
+
+
+def summarize(
+    category_of: dict[str, str], counts: dict[str, list[list[int]]], model: str = ""
+) -> dict[str, Any]:
+    """Per category and layer, each expert's share of the tokens; and each category's
+    distance from the overall routing."""
+    layers = max(len(c) for c in counts.values())
+    experts = max(len(row) for c in counts.values() for row in c)
+    totals: dict[str, list[list[int]]] = {}
+    for item, c in counts.items():
+        t = totals.setdefault(category_of[item], [[0] * experts for _ in range(layers)])
+        for layer, row in enumerate(c):
+            for e, n in enumerate(row):
+                t[layer][e] += n
+    overall = [[sum(t[layer][e] for t in totals.values()) for e in range(experts)]
+               for layer in range(layers)]  # fmt: skip
+
+    def shares(rows: list[list[int]]) -> list[list[float]]:
+        return [[round(n / max(1, sum(r)), 4) for n in r] for r in rows]
+
+    by_cat = {cat: shares(t) for cat, t in sorted(totals.items())}
+    base = shares(overall)
+    distance = {
+        cat: round(
+            sum(
+                0.5 * sum(abs(a - b) for a, b in zip(s[layer], base[layer], strict=True))
+                for layer in range(layers)
+            )
+            / layers,
+            4,
+        )  # fmt: skip
+        for cat, s in by_cat.items()
+    }
+    return {
+        "model": model,
+        "layers": layers,
+        "experts": experts,
+        "questions": len(counts),
+        "shares": by_cat,
+        "overall": base,
+        "distance_from_overall": distance,
+        "top_expert": {
+            cat: [max(range(experts), key=lambda e: row[e]) for row in s]
+            for cat, s in by_cat.items()
+        },  # fmt: skip
+    }
+
+
+def plot(profile: dict[str, Any], path: Path) -> Path:
+    """A heatmap per layer: categories x experts, share of tokens (atomic PNG)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from orchestrator.files import atomic_write_bytes
+
+    cats = list(profile["shares"])
+    layers = profile["layers"]
+    fig, axes = plt.subplots(1, layers, figsize=(3 + 3 * layers, 1 + 0.45 * len(cats)))
+    axes = [axes] if layers == 1 else list(axes)
+    for layer, ax in enumerate(axes):
+        grid = [profile["shares"][c][layer] for c in cats]
+        im = ax.imshow(grid, cmap="viridis", vmin=0, aspect="auto")
+        ax.set_title(f"layer {layer}")
+        ax.set_xlabel("expert")
+        ax.set_xticks(range(profile["experts"]))
+        ax.set_yticks(range(len(cats)), cats if layer == 0 else [""] * len(cats))
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"share of each category's tokens per in-model expert: {profile['model']}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
