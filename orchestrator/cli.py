@@ -224,11 +224,11 @@ def bench_gateway(
     vllm_concurrency: Annotated[
         str, typer.Option(help="Levels for the vLLM comparison.")
     ] = "1,4,16",
-    vllm_requests: Annotated[int, typer.Option(min=1, help="Requests per level, vLLM.")] = 96,
+    vllm_requests: Annotated[int, typer.Option(min=1, help="Requests per level, vLLM.")] = 192,
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per vLLM answer.")] = 16,
     batch_window_ms: Annotated[
         float, typer.Option(min=0, help="The gateway's micro-batch window.")
-    ] = 2.0,
+    ] = 5.0,
     vllm: Annotated[
         bool, typer.Option(help="Also compare passthrough with vLLM's own server.")
     ] = True,

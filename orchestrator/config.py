@@ -300,7 +300,7 @@ class GatewaySettings(_Strict):
         description="Accepted bearer keys; also $CONCLAVE_API_KEYS (comma-separated). "
         "None configured: no auth.",
     )
-    batch_window_ms: float = Field(10.0, ge=0, le=5_000, description="Micro-batch window.")
+    batch_window_ms: float = Field(5.0, ge=0, le=5_000, description="Micro-batch window.")
     max_batch: int = Field(64, ge=1, description="Most requests in one batch.")
     max_queue: int = Field(256, ge=1, description="Waiting requests before 429.")
     max_body_bytes: int = Field(1_000_000, ge=1_024, description="Larger bodies get 413.")

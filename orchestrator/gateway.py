@@ -185,9 +185,19 @@ class MicroBatcher:
             task.add_done_callback(lambda _t: self._next(key))
 
     def _next(self, key: str) -> None:
+        """A batch finished: the jobs that queued behind it go next, after the window,
+        so that the callers it just answered can join them when they come straight back
+        (a closed loop of clients otherwise splits into two half batches that take turns)."""
         self._busy.pop(key, None)
-        if self.waiting.get(key):
+        waiting = self.waiting.get(key)
+        if not waiting:
+            return
+        if len(waiting) >= self.settings.max_batch or self.settings.batch_window_ms == 0:
             self._flush(key)
+        elif key not in self._timers:
+            self._timers[key] = asyncio.get_running_loop().call_later(
+                self.settings.batch_window_ms / 1000, self._flush, key
+            )
 
     async def _run(self, key: str, jobs: list[_Job]) -> None:
         try:

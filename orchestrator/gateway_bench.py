@@ -72,23 +72,28 @@ def server(cmd: list[str], ready_url: str, log: Path, timeout_s: float = 300) ->
 
 
 async def _drive(url: str, body: dict[str, Any], concurrency: int, requests: int) -> dict[str, Any]:
-    """`requests` POSTs of `body` from `concurrency` closed-loop clients."""
-    import httpx
+    """`requests` POSTs of `body` from `concurrency` closed-loop clients. aiohttp: httpx's
+    async pool is the bottleneck past ~16 connections (measured: 160 requests/s at 64
+    clients where aiohttp drives the same gateway at 1,070)."""
+    import aiohttp
 
     latencies: list[float] = []
     errors = 0
     left = requests
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=300) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def worker() -> None:
             nonlocal left, errors
             while left > 0:
                 left -= 1
                 t0 = time.perf_counter()
-                r = await client.post(url, json=body)
+                async with session.post(url, json=body) as r:
+                    await r.read()
+                    ok = r.status == 200
                 dt = time.perf_counter() - t0
-                if r.status_code == 200:
+                if ok:
                     latencies.append(dt)
                 else:
                     errors += 1
@@ -212,10 +217,10 @@ def run_vllm(
 def run_gateway_bench(
     levels: list[int],
     fake_requests: int = 1000,
-    vllm_requests: int = 64,
+    vllm_requests: int = 192,
     vllm_levels: list[int] | None = None,
     max_tokens: int = 16,
-    batch_window_ms: float = 2.0,
+    batch_window_ms: float = 5.0,
     with_vllm: bool = True,
     cache_dir: Path | None = None,
 ) -> dict[str, Any]:
