@@ -1,11 +1,11 @@
 """Which in-model experts fire for which skills, in an MoE model served by vLLM.
 
-The model runs in the expert pool (a vLLM engine in a Ray actor) with
-`enable_return_routed_experts`, so every answer comes back with the in-model experts
-each of its tokens (prompt and completion) was routed to, per layer. Aggregated per
-question category, that is the model's activation profile: the share of each category's
-tokens each expert took, per layer, and how far a category's routing departs from the
-model's overall routing (total variation distance: 0 = the same experts as everyone).
+The model runs in the expert pool (a vLLM engine in a Ray actor); each category's
+questions are answered as one batch while hooks on the model's MoE gates count, per
+layer, the tokens (prompt and completion) routed to each in-model expert. That is the
+model's activation profile: the share of each category's tokens each expert took, per
+layer, and how far a category's routing departs from the model's overall routing (total
+variation distance: 0 = the same experts as everyone).
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ def activation_profile(
     max_tokens: int = 16,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Serve `model` and answer `items` (with `category`); per-category routing shares."""
+    """Serve `model`, answer `items` one category at a time, and count its routing."""
     from evals.prompts import messages_for
     from workers.batch import GenerationRequest
     from workers.pool import ExpertPool
 
     args = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 1024,
             "kv_cache_memory_bytes": 64 * 2**20} | dict(engine_args or {})  # fmt: skip
-    args["enable_return_routed_experts"] = True
     cfg = parse_config(
         {
             "cluster": {"dashboard": False},
@@ -46,44 +45,41 @@ def activation_profile(
             },
         }
     )
-    reqs = [
-        GenerationRequest(item_id=it.id, expert="moe", messages=messages_for(it.question))
-        for it in items
-    ]
+    by_cat: dict[str, list[Any]] = {}
+    for it in items:
+        by_cat.setdefault(it.category or "all", []).append(
+            GenerationRequest(item_id=it.id, expert="moe", messages=messages_for(it.question))
+        )
     with ExpertPool(cfg) as pool:
-        results = pool.run(reqs, progress=progress)
-    failed = [r for r in results if not r.ok]
-    if failed:
-        raise RuntimeError(f"{len(failed)} requests failed: {failed[0].error}")
-    if any(not r.routed_expert_counts for r in results):
-        raise RuntimeError(f"{model} returned no routed experts: is it a mixture-of-experts model?")
-    return summarize(
-        {it.id: it.category or "all" for it in items},
-        {r.item_id: r.routed_expert_counts for r in results},  # type: ignore[misc]
-        str(model),
-    )
+        (first,) = pool.run(next(iter(by_cat.values()))[:1])  # loads the model
+        if not first.ok:
+            raise RuntimeError(f"{model} does not serve: {first.error}")
+        backend = pool.backends["moe"]
+        counts = {cat: backend.expert_counts(reqs) for cat, reqs in by_cat.items()}
+    if not any(counts.values()):
+        raise RuntimeError(f"{model} has no MoE layers (no gate with experts)")
+    return summarize(counts, str(model), questions=len(items))
 
 
 def summarize(
-    category_of: dict[str, str], counts: dict[str, list[list[int]]], model: str = ""
+    counts: dict[str, list[list[int]]], model: str = "", questions: int = 0
 ) -> dict[str, Any]:
-    """Per category and layer, each expert's share of the tokens; and each category's
-    distance from the overall routing."""
+    """From tokens per expert per layer for each category: each expert's share of a
+    category's tokens per layer, and each category's distance from the overall routing."""
     layers = max(len(c) for c in counts.values())
     experts = max(len(row) for c in counts.values() for row in c)
-    totals: dict[str, list[list[int]]] = {}
-    for item, c in counts.items():
-        t = totals.setdefault(category_of[item], [[0] * experts for _ in range(layers)])
-        for layer, row in enumerate(c):
-            for e, n in enumerate(row):
-                t[layer][e] += n
+    totals = {
+        cat: [[(c[layer][e] if layer < len(c) and e < len(c[layer]) else 0)
+               for e in range(experts)] for layer in range(layers)]
+        for cat, c in sorted(counts.items())
+    }  # fmt: skip
     overall = [[sum(t[layer][e] for t in totals.values()) for e in range(experts)]
                for layer in range(layers)]  # fmt: skip
 
     def shares(rows: list[list[int]]) -> list[list[float]]:
         return [[round(n / max(1, sum(r)), 4) for n in r] for r in rows]
 
-    by_cat = {cat: shares(t) for cat, t in sorted(totals.items())}
+    by_cat = {cat: shares(t) for cat, t in totals.items()}
     base = shares(overall)
     distance = {
         cat: round(
@@ -100,7 +96,7 @@ def summarize(
         "model": model,
         "layers": layers,
         "experts": experts,
-        "questions": len(counts),
+        "questions": questions,
         "shares": by_cat,
         "overall": base,
         "distance_from_overall": distance,

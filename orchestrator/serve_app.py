@@ -9,7 +9,6 @@ uvicorn server is lighter.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from orchestrator.config import ConclaveConfig, parse_config
@@ -36,7 +35,10 @@ def gateway_application(
     """A Serve application to pass to `serve.run`."""
     from ray import serve
 
-    builder = functools.partial(build_gateway, config.model_dump(mode="json"), ensemble, data)
+    settings = config.model_dump(mode="json")
+
+    def builder() -> Any:  # Serve calls a zero-argument function in the replica
+        return build_gateway(settings, ensemble, data)
 
     @serve.deployment(
         name="gateway",

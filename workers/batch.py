@@ -73,11 +73,6 @@ class GenerationResult(BaseModel):
     prompt_tokens: int = Field(0, ge=0, description="Tokens in the prompt.")
     completion_tokens: int = Field(0, ge=0, description="Tokens generated.")
     attempts: int = Field(1, ge=1, description="Tries it took (engine restarts, remote retries).")
-    routed_expert_counts: list[list[int]] | None = Field(
-        None,
-        description="MoE models served with enable_return_routed_experts: tokens (prompt and "
-        "completion) routed to each in-model expert, per layer.",
-    )
 
     @property
     def ok(self) -> bool:

@@ -58,6 +58,18 @@ class EngineHost:
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "load_s": self.load_s}
 
+    def expert_counts(self, items: list[dict[str, Any]]) -> list[list[int]]:
+        """Generate `items` as one batch, counting per MoE layer the tokens (prompt and
+        completion) the router sent to each in-model expert: its top-k router logits,
+        read by a hook on each MoE block's gate. (vLLM's own enable_return_routed_experts
+        needs Model Runner V2, which needs Triton: not on the CPU build.)"""
+        self.llm.apply_model(_install_expert_counters)
+        try:
+            self.generate(items)
+        finally:
+            counts = self.llm.apply_model(_remove_expert_counters)
+        return counts[0]
+
     def generate(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from vllm import SamplingParams
 
@@ -107,22 +119,39 @@ class EngineHost:
                     "prompt_tokens": len(ro.prompt_token_ids or []),
                     "completion_tokens": len(c.token_ids),
                 }
-                routed = getattr(c, "routed_experts", None)  # engine arg
-                if routed is not None:  # enable_return_routed_experts: [tokens, layers, k]
-                    out[i]["routed_expert_counts"] = _expert_counts(routed)
         return out  # type: ignore[return-value]
 
 
-def _expert_counts(routed: Any) -> list[list[int]]:
-    """[tokens, layers, top_k] expert ids -> tokens routed to each expert, per layer."""
-    import numpy as np
+def _install_expert_counters(model: Any) -> None:
+    """Hook every MoE block: a module with a `gate` and `experts` whose top-k is known
+    (`experts.moe_config.experts_per_token` in vLLM's MoE runner, else `experts.top_k`)."""
+    import torch
 
-    ids = np.asarray(routed)
-    if ids.ndim != 3 or ids.size == 0:
-        return []
-    width = int(ids.max()) + 1
-    return [np.bincount(ids[:, layer].ravel(), minlength=width).tolist()
-            for layer in range(ids.shape[1])]  # fmt: skip
+    counts: list[torch.Tensor | None] = []
+    handles = []
+    for mod in model.modules():
+        gate, experts = getattr(mod, "gate", None), getattr(mod, "experts", None)
+        cfg = getattr(experts, "moe_config", None)
+        k = getattr(cfg, "experts_per_token", None) or getattr(experts, "top_k", None)
+        if gate is None or not isinstance(k, int):
+            continue
+        counts.append(None)
+
+        def hook(_m: Any, _inp: Any, out: Any, i: int = len(counts) - 1, k: int = k) -> None:
+            logits = out[0] if isinstance(out, tuple) else out
+            ids = logits.float().topk(k, dim=-1).indices.flatten()
+            seen = torch.bincount(ids, minlength=logits.shape[-1]).cpu()
+            counts[i] = seen if counts[i] is None else counts[i] + seen
+
+        handles.append(gate.register_forward_hook(hook))
+    model._conclave_expert_counts = (counts, handles)
+
+
+def _remove_expert_counters(model: Any) -> list[list[int]]:
+    counts, handles = model.__dict__.pop("_conclave_expert_counts", ([], []))
+    for h in handles:
+        h.remove()
+    return [c.tolist() if c is not None else [] for c in counts]
 
 
 def _cause(exc: BaseException) -> str:
@@ -237,13 +266,8 @@ class VLLMBackend(ExpertBackend):
         self._actor = actor
         log.info("%s ready in %.1f s", self.name, self.load_info.get("load_s", 0.0))
 
-    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        import ray
-        from ray.exceptions import RayActorError, RayTaskError
-
-        if self._actor is None:
-            raise EngineDeadError("generate called on an unloaded expert", expert=self.name)
-        payload = [
+    def _payload(self, requests: list[GenerationRequest]) -> list[dict[str, Any]]:
+        return [
             {
                 "messages": [m.model_dump() for m in r.messages] if r.messages else None,
                 "prompt": r.prompt,
@@ -251,8 +275,15 @@ class VLLMBackend(ExpertBackend):
             }
             for r in requests
         ]
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        if self._actor is None:
+            raise EngineDeadError("generate called on an unloaded expert", expert=self.name)
         try:
-            outs = ray.get(self._actor.generate.remote(payload))
+            outs = ray.get(self._actor.generate.remote(self._payload(requests)))
         except RayActorError as exc:  # the actor's process is gone
             self._actor = None
             raise EngineDeadError(f"engine died: {_cause(exc)}", expert=self.name) from None
@@ -264,6 +295,15 @@ class VLLMBackend(ExpertBackend):
             GenerationResult(item_id=r.item_id, expert=self.name, **o)
             for r, o in zip(requests, outs, strict=True)
         ]
+
+    def expert_counts(self, requests: list[GenerationRequest]) -> list[list[int]]:
+        """Tokens routed to each in-model expert, per MoE layer, answering `requests` as
+        one batch (an MoE model; loaded)."""
+        import ray
+
+        if self._actor is None:
+            raise EngineDeadError("expert_counts called on an unloaded expert", expert=self.name)
+        return ray.get(self._actor.expert_counts.remote(self._payload(requests)))
 
     def unload(self) -> None:
         import ray
