@@ -1,7 +1,8 @@
 """`conclave bench moe`: the fused MoE path against a per-expert loop and the reference.
 
 For each token count, the same layer (same weights, routing included) runs through each
-backend; the figure is the median of timed repeats after a warm-up. The fused path's
+backend, each timed in blocks of repeated calls, in three rounds of rotating order (see
+`_time_all`), so a machine whose speed drifts biases no backend. The fused path's
 achieved GFLOP/s counts useful FLOPs only (top_k experts per token: 6*K*N each, the
 gate/up and down projections) and is set next to a dense bf16 matmul doing the same
 FLOPs ([M*top_k, K] x [K, 2N] then [M*top_k, N] x [N, K]) on the same machine.
@@ -21,28 +22,38 @@ import torch
 from kernels.moe import MoEConfig, MoELayer
 
 
-def _time(fn: Callable[[], Any], min_s: float = 0.2, min_reps: int = 5) -> float:
-    fn()  # warm-up (and prepack)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_s:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 200:
-            break
-    return statistics.median(times)
+def _time_all(fns: dict[str, Callable[[], Any]], min_s: float = 0.3, min_reps: int = 5,
+              blocks: int = 3) -> dict[str, float]:  # fmt: skip
+    """Seconds per call of each function: `blocks` rounds, each timing every function in a
+    block of its own (median of repeated calls, after a warm-up call), in a rotating
+    order; the median over rounds. Blocks keep each function's caches warm as in real use;
+    rotating rounds keep a machine whose speed drifts (a shared VM) from biasing one."""
+    per: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for rnd in range(blocks):
+        for k in names[rnd % len(names) :] + names[: rnd % len(names)]:
+            fn = fns[k]
+            fn()
+            times: list[float] = []
+            start = time.perf_counter()
+            while len(times) < min_reps or (time.perf_counter() - start < min_s
+                                            and len(times) < 200):  # fmt: skip
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            per[k].append(statistics.median(times))
+    return {k: statistics.median(v) for k, v in per.items()}
 
 
 def _dense(
     rows: int, k: int, n: int, dt: torch.dtype, device: str, sync: Callable[[], Any]
-) -> float:
-    """Seconds for a dense matmul pair with the useful FLOPs of `rows` routed tokens."""
+) -> Callable[[], Any]:
+    """A dense matmul pair with the useful FLOPs of `rows` routed tokens."""
     a = torch.randn(rows, k, device=device, dtype=dt)
     w13 = torch.randn(k, 2 * n, device=device, dtype=dt)
     h = torch.randn(rows, n, device=device, dtype=dt)
     w2 = torch.randn(n, k, device=device, dtype=dt)
-    return _time(lambda: (a @ w13, h @ w2, sync()))
+    return lambda: (a @ w13, h @ w2, sync())
 
 
 def run_moe_bench(
@@ -65,15 +76,21 @@ def run_moe_bench(
     for m in tokens:
         x = torch.randn(m, hidden, generator=torch.Generator().manual_seed(m)).to(device, dt)
 
-        def timed(layer: MoELayer, x: torch.Tensor = x) -> float:
-            return _time(lambda: (layer(x), sync()))
+        def call(layer: MoELayer, x: torch.Tensor = x) -> Callable[[], Any]:
+            return lambda: (layer(x), sync())
 
         with torch.inference_mode():
-            fused = timed(layers["fused"])
-            naive = timed(layers["naive"])
-            ref = timed(layers["reference"]) if m <= reference_up_to else None
+            fns = {b: call(layers[b]) for b in ("fused", "naive")}
+            fns["dense"] = _dense(m * top_k, hidden, intermediate, dt, device, sync)
+            t = _time_all(fns)
+            fused, naive, dense = t["fused"], t["naive"], t["dense"]
+            # the reference alone: its dense float32 work would evict the others' caches
+            ref = (
+                _time_all({"r": call(layers["reference"])}, min_reps=3, blocks=1)["r"]
+                if m <= reference_up_to
+                else None
+            )
             err = float((layers["fused"](x).float() - layers["reference"](x).float()).abs().max())
-            dense = _dense(m * top_k, hidden, intermediate, dt, device, sync)
         flops = 6 * m * top_k * hidden * intermediate
         rows.append(
             {

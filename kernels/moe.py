@@ -140,7 +140,7 @@ class MoELayer(torch.nn.Module):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(weights [M,k] float32, ids [M,k] int32) over routed + zero-computation experts."""
-        logits = x.float() @ self.router.float().t()
+        logits = (x @ self.router.t()).float()
         if self.cfg.masked:
             logits[:, list(self.cfg.masked)] = float("-inf")
         probs = logits.softmax(dim=-1)
@@ -187,12 +187,15 @@ class MoELayer(torch.nn.Module):
         if backend == "reference":
             return self.reference(x)
         weights, ids = self.route(x)
-        out = self._zero_compute(x, weights, ids) + self._shared(x)
-        # FFN experts only: a slot routed to a zero-computation expert runs expert 0 at
-        # weight 0 (the fused op takes ids in 0..E-1)
-        ffn = ids < self.cfg.experts
-        w = torch.where(ffn, weights, torch.zeros_like(weights))
-        i = torch.where(ffn, ids, torch.zeros_like(ids))
+        cfg = self.cfg
+        extras = cfg.routable > cfg.experts
+        w, i = weights, ids
+        if extras:
+            # FFN experts only: a slot routed to a zero-computation expert runs expert 0 at
+            # weight 0 (the fused op takes ids in 0..E-1)
+            ffn = ids < cfg.experts
+            w = torch.where(ffn, weights, torch.zeros_like(weights))
+            i = torch.where(ffn, ids, torch.zeros_like(ids))
         if backend == "naive":
             routed = self._naive(x, w, i)
         elif x.device.type == "cuda":
@@ -201,6 +204,11 @@ class MoELayer(torch.nn.Module):
             routed = fused_experts(x, self.w13, self.w2, w, i)
         else:
             routed = self._cpu_fused(x, w, i)
+        if not extras and not cfg.shared_experts:
+            return routed.to(x.dtype)  # the common case: nothing to add
+        out = self._shared(x)
+        if extras:
+            out = out + self._zero_compute(x, weights, ids)
         return (routed.float() + out).to(x.dtype)
 
     def _cpu_fused(self, x: torch.Tensor, w: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
