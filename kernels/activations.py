@@ -29,7 +29,7 @@ def activation_profile(
     from workers.batch import GenerationRequest
     from workers.pool import ExpertPool
 
-    args = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 1024,
+    args = {"dtype": "bfloat16", "enforce_eager": True,
             "kv_cache_memory_bytes": 64 * 2**20} | dict(engine_args or {})  # fmt: skip
     cfg = parse_config(
         {

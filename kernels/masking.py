@@ -11,6 +11,7 @@ same number of experts chosen at random, and reports per-category accuracy on sk
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -104,10 +105,12 @@ def masking_study(
     rng = random.Random(seed)
     variants: dict[str, Path] = {"original": model}
     variants[f"masked {sorted(masked)}"] = mask_checkpoint(model, folder / "chosen", masked)
-    for t in range(random_trials):
-        pick = sorted(rng.sample(range(n), len(set(masked))))
+    # distinct random picks, none the chosen set (while enough combinations remain)
+    combos = [list(c) for c in itertools.combinations(range(n), len(set(masked)))
+              if sorted(c) != sorted(set(masked))]  # fmt: skip
+    for t, pick in enumerate(rng.sample(combos, min(random_trials, len(combos)))):
         variants[f"random {pick}"] = mask_checkpoint(model, folder / f"random{t}", pick)
-    args = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 1024,
+    args = {"dtype": "bfloat16", "enforce_eager": True,
             "kv_cache_memory_bytes": 64 * 2**20}  # fmt: skip
     names = {v: f"v{i}" for i, v in enumerate(variants)}
     cfg = parse_config(
