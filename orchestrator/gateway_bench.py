@@ -8,7 +8,9 @@ request's latency. Two comparisons:
 - a zero-cost fake expert: the gateway's own overhead (HTTP, validation, micro-batching,
   the pool's thread hop) and its requests/s;
 - a tiny vLLM model in passthrough through the gateway against vLLM's own server for the
-  same model, engine arguments and requests, run one after the other in the same call.
+  same model, engine arguments and requests: both servers up at once, driven in turns
+  (four parts per level, rotating which goes first), so that a machine whose speed drifts
+  favours neither.
 """
 
 from __future__ import annotations
@@ -101,7 +103,13 @@ async def _drive(url: str, body: dict[str, Any], concurrency: int, requests: int
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    latencies.sort()
+    return {"concurrency": concurrency, "latencies": latencies, "errors": errors, "wall": wall}
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """p50/p99 over every request of `runs` (same level), and requests/s over their time."""
+    latencies = sorted(x for r in runs for x in r["latencies"])
+    wall = sum(r["wall"] for r in runs)
 
     def pct(p: float) -> float:
         if not latencies:
@@ -109,9 +117,9 @@ async def _drive(url: str, body: dict[str, Any], concurrency: int, requests: int
         return round(1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))], 2)
 
     return {
-        "concurrency": concurrency,
-        "requests": requests,
-        "errors": errors,
+        "concurrency": runs[0]["concurrency"],
+        "requests": len(latencies) + sum(r["errors"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "requests_per_s": round(len(latencies) / wall, 1) if wall else 0.0,
@@ -119,15 +127,29 @@ async def _drive(url: str, body: dict[str, Any], concurrency: int, requests: int
 
 
 def sweep(
-    url: str,
+    urls: dict[str, str],
     body: dict[str, Any],
     levels: list[int],
     requests: Callable[[int], int],
+    rounds: int = 1,
     warmup: int = 8,
-) -> list[dict[str, Any]]:
-    """One `_drive` per concurrency level, after `warmup` requests that are not counted."""
-    asyncio.run(_drive(url, body, min(warmup, 4), warmup))
-    return [asyncio.run(_drive(url, body, c, requests(c))) for c in levels]
+) -> dict[str, list[dict[str, Any]]]:
+    """For each server (name -> chat URL) and concurrency level, `requests(level)`
+    requests in `rounds` parts, the servers taking turns part by part (so a machine whose
+    speed drifts favours none), after `warmup` requests each that are not counted."""
+    for url in urls.values():
+        asyncio.run(_drive(url, body, min(warmup, 4), warmup))
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
+    for c in levels:
+        parts: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
+        names = list(urls)
+        for rnd in range(rounds):
+            for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
+                n = max(c, requests(c) // rounds)
+                parts[name].append(asyncio.run(_drive(urls[name], body, c, n)))
+        for name in urls:
+            out[name].append(_summary(parts[name]))
+    return out
 
 
 def _serve_cmd(config: dict[str, Any], folder: Path, port: int) -> list[str]:
@@ -152,7 +174,8 @@ def run_fake(
     body = {"model": "echo", "messages": [{"role": "user", "content": PROMPT}]}
     base = f"http://127.0.0.1:{port}"
     with server(_serve_cmd(config, folder, port), f"{base}/readyz", folder / "fake.log"):
-        return sweep(f"{base}/v1/chat/completions", body, levels, lambda c: max(requests, 8 * c))
+        url = f"{base}/v1/chat/completions"
+        return sweep({"fake": url}, body, levels, lambda c: max(requests, 8 * c))["fake"]
 
 
 def run_vllm(
@@ -164,13 +187,13 @@ def run_vllm(
     max_tokens: int,
     batch_window_ms: float,
 ) -> dict[str, list[dict[str, Any]]]:
-    """vLLM's own server, then the gateway in passthrough, on the same model and requests."""
+    """vLLM's own server and the gateway in passthrough, on the same model, engine
+    arguments and requests, both up at once and driven in turns."""
     body = {
         "messages": [{"role": "user", "content": PROMPT}],
         "max_tokens": max_tokens,
         "temperature": 0.0,
     }
-    out: dict[str, list[dict[str, Any]]] = {}
     port = free_port()
     flags: list[str] = []
     for k, v in engine_args.items():
@@ -183,11 +206,7 @@ def run_vllm(
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), *flags,
     ]  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    with server(cmd, f"{base}/v1/models", folder / "vllm.log"):
-        out["vllm_server"] = sweep(
-            f"{base}/v1/chat/completions", body | {"model": "tiny"}, levels, lambda c: requests
-        )
+    vllm_base = f"http://127.0.0.1:{port}"
     port = free_port()
     config = {
         "cluster": {"dashboard": False},
@@ -206,12 +225,16 @@ def run_vllm(
         },
         "gateway": {"batch_window_ms": batch_window_ms},
     }
-    base = f"http://127.0.0.1:{port}"
-    with server(_serve_cmd(config, folder, port), f"{base}/readyz", folder / "gateway.log"):
-        out["gateway_passthrough"] = sweep(
-            f"{base}/v1/chat/completions", body | {"model": "tiny"}, levels, lambda c: requests
-        )
-    return out
+    gw_base = f"http://127.0.0.1:{port}"
+    with (
+        server(cmd, f"{vllm_base}/v1/models", folder / "vllm.log"),
+        server(_serve_cmd(config, folder, port), f"{gw_base}/readyz", folder / "gateway.log"),
+    ):
+        urls = {
+            "vllm_server": f"{vllm_base}/v1/chat/completions",
+            "gateway_passthrough": f"{gw_base}/v1/chat/completions",
+        }
+        return sweep(urls, body | {"model": "tiny"}, levels, lambda c: requests, rounds=4)
 
 
 def run_gateway_bench(
