@@ -370,6 +370,44 @@ def create_app(  # type: ignore[no-untyped-def]
         metrics.observe(path, response.status_code, time.perf_counter() - t0)
         return response
 
+    limit = settings.max_body_bytes
+
+    class BodyLimit:
+        """A body sent without Content-Length (chunked) is read here first, up to the
+        limit: past it the client gets the same 413 the header check gives; within it,
+        the body is handed on as received."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            headers = dict(scope.get("headers") or [])
+            if scope["type"] != "http" or b"content-length" in headers:
+                return await self.inner(scope, receive, send)
+            held: list[Any] = []
+            seen = 0
+            while True:
+                msg = await receive()
+                held.append(msg)
+                if msg["type"] != "http.request":
+                    break
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    metrics.observe(scope.get("path", ""), 413, 0.0)
+                    err = GatewayError(
+                        413, f"body is over the {limit} byte limit", code="body_too_large"
+                    )
+                    return await error_response(err)(scope, receive, send)
+                if not msg.get("more_body"):
+                    break
+
+            async def replay() -> Any:
+                return held.pop(0) if held else await receive()
+
+            await self.inner(scope, replay, send)
+
+    app.add_middleware(BodyLimit)
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}

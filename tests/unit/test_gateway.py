@@ -161,6 +161,17 @@ def test_bad_requests_get_openai_errors(gw, body, status, text):
     assert text in err["message"] and err["type"]
 
 
+def test_a_chunked_body_over_the_limit_gets_413(gw):
+    def chunks():
+        for _ in range(10):
+            yield b'{"model": "alpha", "messages": [' + b" " * 1000
+
+    r = httpx.post(f"{gw.url}/v1/chat/completions", content=chunks(),
+                   headers={"content-type": "application/json"})  # fmt: skip
+    assert "content-length" not in r.request.headers  # sent chunked
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
 def test_route_models_health_and_metrics(gw):
     r = httpx.post(f"{gw.url}/v1/route", json={"question": Q})
     assert r.status_code == 200 and r.json()["keywords"] == ["arithmetic", "math"]
