@@ -208,9 +208,7 @@ class FreeAgentMonitor:
                 outs = [outcome(tr, a) for a in tr.answers]
                 by_agent = {o.agent: reward(o, w) for o in outs}
                 for agent, r in by_agent.items():
-                    if agent in self.windows and agent in self.serving:
-                        self.windows[agent].append(r)
-                        self.metrics.reward(agent, r)
+                    self._record(agent, r)
                 shadows = []
                 for incumbent, ans in shadow.get(tr.id, []):
                     p = self.probations.get(incumbent)
@@ -242,10 +240,7 @@ class FreeAgentMonitor:
             outs, shadows, keywords = self._recent[task]
             graded = {o.agent: g for o in outs if (g := _graded(o, correct, gold)) is not None}
             for agent, g in graded.items():
-                if agent in self.serving:
-                    r = reward(g, w)
-                    self.windows[agent].append(r)
-                    self.metrics.reward(agent, r)
+                self._record(agent, reward(g, w))
             for incumbent, c in shadows:
                 p = self.probations.get(incumbent)
                 gc = _graded(c, correct, gold)
@@ -280,6 +275,12 @@ class FreeAgentMonitor:
             return rows
 
     # ---- the rules ---------------------------------------------------------------------
+
+    def _record(self, agent: str, r: float) -> None:
+        """A serving agent's reward joins its window (and the metrics)."""
+        if agent in self.serving and agent in self.windows:
+            self.windows[agent].append(r)
+            self.metrics.reward(agent, r)
 
     def _entry(self, event: Event, agent: str, incumbent: str | None, reason: str,
                **figures: float) -> AuditEntry:  # fmt: skip

@@ -16,6 +16,9 @@ from typing import Any
 
 from orchestrator.config import parse_config
 
+#: How kernels/ serves a model to look inside it (the context length is the checkpoint's).
+SERVE_ARGS = {"dtype": "bfloat16", "enforce_eager": True, "kv_cache_memory_bytes": 64 * 2**20}
+
 
 def activation_profile(
     model: Path,
@@ -29,8 +32,7 @@ def activation_profile(
     from workers.batch import GenerationRequest
     from workers.pool import ExpertPool
 
-    args = {"dtype": "bfloat16", "enforce_eager": True,
-            "kv_cache_memory_bytes": 64 * 2**20} | dict(engine_args or {})  # fmt: skip
+    args = SERVE_ARGS | dict(engine_args or {})
     cfg = parse_config(
         {
             "cluster": {"dashboard": False},

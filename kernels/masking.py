@@ -97,6 +97,7 @@ def masking_study(
     `random_trials` variants without as many random experts, served side by side."""
     from evals.grading import extract_answer
     from evals.prompts import messages_for
+    from kernels.activations import SERVE_ARGS
     from orchestrator.config import parse_config
     from workers.batch import GenerationRequest
     from workers.pool import ExpertPool
@@ -110,8 +111,6 @@ def masking_study(
               if sorted(c) != sorted(set(masked))]  # fmt: skip
     for t, pick in enumerate(rng.sample(combos, min(random_trials, len(combos)))):
         variants[f"random {pick}"] = mask_checkpoint(model, folder / f"random{t}", pick)
-    args = {"dtype": "bfloat16", "enforce_eager": True,
-            "kv_cache_memory_bytes": 64 * 2**20}  # fmt: skip
     names = {v: f"v{i}" for i, v in enumerate(variants)}
     cfg = parse_config(
         {
@@ -120,7 +119,7 @@ def masking_study(
                 "experts": [
                     {
                         "name": names[v],
-                        "backend": {"type": "vllm", "model": str(p), "engine_args": args},
+                        "backend": {"type": "vllm", "model": str(p), "engine_args": SERVE_ARGS},
                         "sampling": {"max_tokens": 32, "temperature": 0.0},
                     }
                     for v, p in variants.items()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,6 +46,16 @@ def _emit_json(res: dict[str, object], output: Path | None, as_json: bool) -> bo
     if as_json:
         print(json.dumps(res, indent=2))
     return as_json
+
+
+def _print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A figures table: the first column names the row, the others are right-aligned."""
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(str(x) for x in row))
+    out.print(table)
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -253,22 +264,16 @@ def bench_gateway(
         raise _fail(e) from None
     if _emit_json(res, output, as_json):
         return
-    table = Table(title=f"gateway on loopback ({res['machine']})")
-    for col in ("server", "clients", "requests", "errors", "p50 ms", "p99 ms", "requests/s"):
-        table.add_column(col)
     runs = [("gateway, fake expert", r) for r in res["fake_expert"]]
     if "vllm" in res:
         runs += [("vLLM's own server", r) for r in res["vllm"]["vllm_server"]]
         runs += [("gateway -> vLLM", r) for r in res["vllm"]["gateway_passthrough"]]
-    for name, r in runs:
-        table.add_row(
-            name,
-            *(
-                str(r[k])
-                for k in ("concurrency", "requests", "errors", "p50_ms", "p99_ms", "requests_per_s")
-            ),
-        )
-    out.print(table)
+    keys = ("concurrency", "requests", "errors", "p50_ms", "p99_ms", "requests_per_s")
+    _print_table(
+        f"gateway on loopback ({res['machine']})",
+        ("server", "clients", "requests", "errors", "p50 ms", "p99 ms", "requests/s"),
+        ((name, *(r[k] for k in keys)) for name, r in runs),
+    )
     for c, o in res.get("passthrough_overhead_pct", {}).items():
         out.print(f"passthrough overhead at {c} clients: p50 {o['p50']:+}%, p99 {o['p99']:+}%")
 
@@ -298,17 +303,14 @@ def bench_free_agents(
     )
     if _emit_json(res, output, as_json):
         return
-    table = Table(title=f"free agents: fault at request {drop_at} of {requests}")
-    cols = ("seed", "detected after", "probation", "acc before %", "during %", "after swap %",
-            "lost", "control releases")  # fmt: skip
-    for col in cols:
-        table.add_column(col, justify="right")
-    for r, c in zip(res["runs"], res["controls"], strict=True):
-        table.add_row(*(str(x) for x in (
-            r["seed"], r["detected_after"], r["probation_requests"], r["accuracy_before_drop"],
-            r["accuracy_during"], r["accuracy_after_swap"], r["lost"] + c["lost"], c["releases"],
-        )))  # fmt: skip
-    out.print(table)
+    _print_table(
+        f"free agents: fault at request {drop_at} of {requests}",
+        ("seed", "detected after", "probation", "acc before %", "during %", "after swap %",
+         "lost", "control releases"),
+        ((r["seed"], r["detected_after"], r["probation_requests"], r["accuracy_before_drop"],
+          r["accuracy_during"], r["accuracy_after_swap"], r["lost"] + c["lost"], c["releases"])
+         for r, c in zip(res["runs"], res["controls"], strict=True)),
+    )  # fmt: skip
     out.print(res["summary"])
 
 
@@ -340,18 +342,15 @@ def bench_moe(
         raise _fail(e) from None
     if _emit_json(res, output, as_json):
         return
-    table = Table(title=f"MoE layer ({res['device']}, fused = {res['fused_backend']})")
-    cols = ("tokens", "fused ms", "naive ms", "reference ms", "x naive", "x reference",
-            "fused GFLOP/s", "dense GFLOP/s", "max error")  # fmt: skip
-    for col in cols:
-        table.add_column(col, justify="right")
-    for r in res["rows"]:
-        table.add_row(*(str(r[k]) for k in (
-            "tokens", "fused_ms", "naive_ms", "reference_ms", "speedup_vs_naive",
+    keys = ("tokens", "fused_ms", "naive_ms", "reference_ms", "speedup_vs_naive",
             "speedup_vs_reference", "fused_gflops", "dense_matmul_gflops",
-            "max_abs_error_vs_reference",
-        )))  # fmt: skip
-    out.print(table)
+            "max_abs_error_vs_reference")  # fmt: skip
+    _print_table(
+        f"MoE layer ({res['device']}, fused = {res['fused_backend']})",
+        ("tokens", "fused ms", "naive ms", "reference ms", "x naive", "x reference",
+         "fused GFLOP/s", "dense GFLOP/s", "max error"),
+        ([r[k] for k in keys] for r in res["rows"]),
+    )  # fmt: skip
 
 
 def _zoo_root(directory: Path | None) -> Path:
@@ -919,15 +918,13 @@ def kernels_profile(
     if _emit_json(res, output, as_json):
         return
     for layer in range(res["layers"]):
-        table = Table(title=f"layer {layer}: % of each skill's tokens per in-model expert")
-        table.add_column("skill")
-        for e in range(res["experts"]):
-            table.add_column(f"e{e}", justify="right")
-        table.add_column("distance", justify="right")
-        for cat, s in res["shares"].items():
-            table.add_row(cat, *(f"{100 * v:.0f}" for v in s[layer]),
-                          f"{res['distance_from_overall'][cat]:.3f}")  # fmt: skip
-        out.print(table)
+        _print_table(
+            f"layer {layer}: % of each skill's tokens per in-model expert",
+            ("skill", *(f"e{e}" for e in range(res["experts"])), "distance"),
+            ((cat, *(f"{100 * v:.0f}" for v in s[layer]),
+              f"{res['distance_from_overall'][cat]:.3f}")
+             for cat, s in res["shares"].items()),
+        )  # fmt: skip
     out.print(f"plot: {png}")
 
 
@@ -980,13 +977,11 @@ def kernels_mask(
         print(json.dumps(res, indent=2))
         return
     cats = sorted(next(iter(res["accuracy"].values())))
-    table = Table(title=f"per-skill accuracy % with experts switched off ({model})")
-    table.add_column("variant")
-    for c in cats:
-        table.add_column(c, justify="right")
-    for v, acc in res["accuracy"].items():
-        table.add_row(v, *(f"{acc[c]:g}" for c in cats))
-    out.print(table)
+    _print_table(
+        f"per-skill accuracy % with experts switched off ({model})",
+        ("variant", *cats),
+        ((v, *(f"{acc[c]:g}" for c in cats)) for v, acc in res["accuracy"].items()),
+    )
 
 
 agents_app = typer.Typer(help="The free-agent monitor.", no_args_is_help=True)
@@ -1004,15 +999,14 @@ def agents_history(
 ) -> None:
     """The monitor's decisions: releases, probations, promotions, rejections."""
     from agents.free_agents import AuditLog
-    from orchestrator.config import default_cache_dir
+    from orchestrator.config import AUDIT_LOG, default_cache_dir
 
     try:
         if log is None and config is not None:
             from orchestrator.config import load_config
 
-            cfg = load_config(config)
-            log = cfg.free_agents.audit_log or cfg.resolved_cache_dir() / "agents" / "audit.jsonl"
-        path = log or default_cache_dir() / "agents" / "audit.jsonl"
+            log = load_config(config).audit_log_path()
+        path = log or default_cache_dir() / AUDIT_LOG
         if not path.exists():
             raise ConclaveError(f"no audit log at {path}: the monitor has decided nothing yet")
         entries = AuditLog(path).read()[-last:]

@@ -112,10 +112,9 @@ class Conclave:
         if config.free_agents.active:
             from agents.free_agents import AuditLog, FreeAgentMonitor
 
-            path = config.free_agents.audit_log or (
-                config.resolved_cache_dir() / "agents" / "audit.jsonl"
+            self.monitor = FreeAgentMonitor(
+                config.free_agents, self.experts, AuditLog(config.audit_log_path())
             )
-            self.monitor = FreeAgentMonitor(config.free_agents, self.experts, AuditLog(path))
 
     # ---- lifecycle ----------------------------------------------------------------------
 

@@ -383,6 +383,10 @@ class ConclaveConfig(_Strict):
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir or default_cache_dir()
 
+    def audit_log_path(self) -> Path:
+        """The free-agent monitor's audit log: `free_agents.audit_log`, else the cache's."""
+        return self.free_agents.audit_log or self.resolved_cache_dir() / AUDIT_LOG
+
     @model_validator(mode="after")
     def _free_agents_are_experts(self) -> ConclaveConfig:
         experts = [e.name for e in self.pool.experts if Role.EXPERT in e.roles]
@@ -396,6 +400,10 @@ class ConclaveConfig(_Strict):
         if experts and set(experts) <= set(self.free_agents.free_agents):
             raise ValueError("free_agents.free_agents names every expert: none would serve")
         return self
+
+
+#: The audit log's place under a cache folder, when the config names none.
+AUDIT_LOG = Path("agents") / "audit.jsonl"
 
 
 def default_cache_dir() -> Path:
