@@ -103,28 +103,48 @@ class _Job:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+#: Calls at once to an engine that batches continuously (each holds a gateway thread while
+#: its requests generate; more requests than this go together in the next call).
+CONTINUOUS_SLOTS = 32
+
+
 class MicroBatcher:
     """Batches jobs per key and runs each batch in a worker thread with
     `run_batch(key, requests) -> results`.
 
-    One batch per key runs at a time. A job that finds its key idle waits at most `window`
-    seconds for company (or until `max_batch` jobs); jobs that arrive while their key is
-    busy wait for the running batch and go together as the next one, so under load batches
-    grow by themselves and an idle key adds no more than the window.
+    A key whose engine batches only what it is given at once (remote APIs, the routed
+    ensemble) runs one batch at a time: a job that finds it idle waits at most `window`
+    seconds for company (or until `max_batch` jobs); jobs that arrive while it is busy
+    queue and go together as the next batch, so under load batches grow by themselves and
+    an idle key adds no more than the window.
+
+    A key whose engine batches continuously (`continuous(key)`: a loaded vLLM engine adds
+    new requests to its running batch at its next step) runs up to `CONTINUOUS_SLOTS`
+    batches at a time: a job never waits for a running batch to finish, only for the
+    window, which still gathers the requests that arrive together into one call.
     """
 
     def __init__(
         self,
         run_batch: Callable[[str, list[ChatRequest]], list[dict[str, Any]]],
         settings: GatewaySettings,
+        continuous: Callable[[str], bool] = lambda _key: False,
     ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         self.run_batch = run_batch
         self.settings = settings
+        self.continuous = continuous
         self.waiting: dict[str, list[_Job]] = {}
         self.depth = 0  # jobs queued or running
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._busy: dict[str, asyncio.Task[None]] = {}  # the running batch, per key
+        self._busy: dict[str, set[asyncio.Task[None]]] = {}  # the running batches, per key
+        self._threads = ThreadPoolExecutor(CONTINUOUS_SLOTS + 8, thread_name_prefix="gateway")
         self.closed = False
+
+    def _full(self, key: str) -> bool:
+        slots = CONTINUOUS_SLOTS if self.continuous(key) else 1
+        return len(self._busy.get(key, ())) >= slots
 
     async def submit(self, key: str, request: ChatRequest) -> dict[str, Any]:
         if self.closed:
@@ -143,8 +163,8 @@ class MicroBatcher:
         try:
             jobs = self.waiting.setdefault(key, [])
             jobs.append(job)
-            if key in self._busy:
-                pass  # goes with the next batch, when the running one finishes
+            if self._full(key):
+                pass  # goes with the next batch, when a running one finishes
             elif len(jobs) >= self.settings.max_batch or self.settings.batch_window_ms == 0:
                 self._flush(key)
             elif key not in self._timers:
@@ -172,7 +192,7 @@ class MicroBatcher:
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
-        if key in self._busy:
+        if self._full(key):
             return
         jobs = self.waiting.pop(key, [])
         live = [j for j in jobs if not j.future.done()]  # callers gone: their work too
@@ -181,14 +201,17 @@ class MicroBatcher:
             self.waiting[key] = rest
         if batch:
             task = asyncio.get_running_loop().create_task(self._run(key, batch))
-            self._busy[key] = task
-            task.add_done_callback(lambda _t: self._next(key))
+            self._busy.setdefault(key, set()).add(task)
+            task.add_done_callback(lambda t: self._next(key, t))
 
-    def _next(self, key: str) -> None:
+    def _next(self, key: str, done: asyncio.Task[None]) -> None:
         """A batch finished: the jobs that queued behind it go next, after the window,
         so that the callers it just answered can join them when they come straight back
         (a closed loop of clients otherwise splits into two half batches that take turns)."""
-        self._busy.pop(key, None)
+        busy = self._busy.get(key, set())
+        busy.discard(done)
+        if not busy:
+            self._busy.pop(key, None)
         waiting = self.waiting.get(key)
         if not waiting:
             return
@@ -201,7 +224,9 @@ class MicroBatcher:
 
     async def _run(self, key: str, jobs: list[_Job]) -> None:
         try:
-            results = await asyncio.to_thread(self.run_batch, key, [j.request for j in jobs])
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._threads, self.run_batch, key, [j.request for j in jobs]
+            )
         except Exception as exc:  # the whole batch failed: every caller hears why
             for j in jobs:
                 if not j.future.done():
@@ -217,7 +242,8 @@ class MicroBatcher:
         for key in list(self.waiting):
             self._flush(key)
         while self._busy or any(self.waiting.values()):
-            await asyncio.gather(*list(self._busy.values()), return_exceptions=True)
+            running = [t for tasks in self._busy.values() for t in tasks]
+            await asyncio.gather(*running, return_exceptions=True)
             await asyncio.sleep(0)  # let the done callbacks start the next batches
 
 
@@ -269,7 +295,13 @@ def create_app(  # type: ignore[no-untyped-def]
             return _run_ensemble(conclave, requests)
         return _run_passthrough(conclave, key, requests)
 
-    batcher = MicroBatcher(run_batch, settings)
+    def continuous(key: str) -> bool:
+        """A loaded engine that batches continuously (while loading, one batch at a time:
+        a single load)."""
+        backend = conclave.pool.backends.get(key)
+        return bool(backend is not None and backend.continuous_batching and backend.loaded)
+
+    batcher = MicroBatcher(run_batch, settings, continuous)
     served = [*([ENSEMBLE] if ensemble else []), *sorted(experts)]
 
     def check_routing() -> None:

@@ -30,6 +30,9 @@ class ExpertBackend(ABC):
 
     #: Whether the model occupies memory while loaded (remote endpoints do not).
     resident: bool = True
+    #: Whether concurrent `generate` calls share the engine's running batch (continuous
+    #: batching), so a caller need not wait for the previous call to finish.
+    continuous_batching: bool = False
 
     def __init__(self, config: ExpertConfig, service: ConclaveConfig) -> None:
         self.config = config

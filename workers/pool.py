@@ -107,6 +107,21 @@ class ExpertPool:
                 )
                 results[i] = GenerationResult.failed(req, exc)
 
+        if len(groups) == 1 and not progress:
+            # One loaded expert (a gateway's passthrough batch): run it on this thread, so
+            # callers of an engine that batches continuously are not capped by the group
+            # threads, and the hop is saved.
+            ((name, idx),) = groups.items()
+            backend = self.backends[name]
+            if backend.loaded:
+                self._last_used[name] = time.monotonic()
+                self.metrics.queued(name, len(idx))
+                for i, res in zip(
+                    idx, self._run_group(backend, [requests[i] for i in idx]), strict=True
+                ):
+                    results[i] = res
+                return results  # type: ignore[return-value]
+
         # Resident experts first: they cost no load and become evictable once submitted.
         order = sorted(groups, key=lambda n: (not self.backends[n].loaded, groups[n][0]))
         pending = {n: len(groups[n]) for n in order}

@@ -11,7 +11,11 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import queue
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from orchestrator.config import VLLMBackendConfig
@@ -22,9 +26,21 @@ from workers.cluster import ensure_ray
 
 log = logging.getLogger(__name__)
 
+#: Calls an engine actor takes at once (each waits in a thread of its own while the
+#: engine batches their requests together).
+ENGINE_CALLS = 256
+
 
 class EngineHost:
-    """The actor's body (wrapped with `ray.remote` at load time, so importing is cheap)."""
+    """The actor's body (wrapped with `ray.remote` at load time, so importing is cheap).
+
+    Continuous batching: the actor is threaded (`max_concurrency`), and one thread of its
+    own owns the engine. `generate` hands its requests to that thread and waits; the thread
+    adds them to the engine between two steps, so a request that arrives while others are
+    generating joins the running batch at the next step instead of waiting for it to
+    finish (what vLLM's own server does with AsyncLLM). Every call into the engine runs on
+    that one thread: vLLM's in-process engine is not thread-safe.
+    """
 
     def __init__(self, model: str, tokenizer: str | None, engine_args: dict[str, Any]) -> None:
         t0 = time.perf_counter()
@@ -54,31 +70,74 @@ class EngineHost:
         # offset", and the engine is left stuck): on CPU, sampling follows the engine's own
         # seed, reproducible for the same batch in the same order
         self.request_seeds = not current_platform.is_cpu()
+        self._inbox: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        self._running: dict[str, tuple[_Call, int]] = {}  # engine request id -> its call
+        self._broken: BaseException | None = None
+        threading.Thread(target=self._loop, name="engine-steps", daemon=True).start()
 
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "load_s": self.load_s}
 
-    def expert_counts(self, items: list[dict[str, Any]]) -> list[list[int]]:
-        """Generate `items` as one batch, counting per MoE layer the tokens (prompt and
-        completion) the router sent to each in-model expert: its top-k router logits,
-        read by a hook on each MoE block's gate. (vLLM's own enable_return_routed_experts
-        needs Model Runner V2, which needs Triton: not on the CPU build.)"""
-        self.llm.apply_model(_install_expert_counters)
-        try:
-            self.generate(items)
-        finally:
-            counts = self.llm.apply_model(_remove_expert_counters)
-        return counts[0]
+    # ---- the engine's thread --------------------------------------------------------------
+
+    def _on_engine(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the engine's thread, between two steps, and return its result."""
+        if self._broken is not None:
+            raise RuntimeError(f"the engine failed earlier and must restart: {self._broken}")
+        fut: Future[Any] = Future()
+        self._inbox.put((fn, fut))
+        return fut.result()
+
+    def _loop(self) -> None:
+        engine = self.llm.llm_engine
+        while True:
+            # Idle: sleep until work comes. Busy: take whatever came, then step.
+            tasks = [] if self._running else [self._inbox.get()]
+            while True:
+                try:
+                    tasks.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            for fn, fut in tasks:
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:
+                    fut.set_exception(exc)
+            if not self._running:
+                continue
+            try:
+                if not engine.has_unfinished_requests():
+                    raise RuntimeError(f"the engine lost {len(self._running)} requests")
+                outputs = engine.step()
+            except BaseException as exc:  # the engine is unusable: every caller hears why
+                self._broken = exc
+                for call, _ in self._running.values():
+                    if not call.future.done():
+                        call.future.set_exception(exc)
+                self._running.clear()
+                self._fail_inbox(exc)
+                return
+            for ro in outputs:
+                if ro.finished and ro.request_id in self._running:
+                    call, i = self._running.pop(ro.request_id)
+                    call.finish(i, ro)
+
+    def _fail_inbox(self, exc: BaseException) -> None:
+        while True:
+            try:
+                _fn, fut = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            fut.set_exception(exc)
+
+    # ---- calls ------------------------------------------------------------------------------
 
     def generate(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Answer `items` (chat messages or raw prompts); they join the running batch."""
         from vllm import SamplingParams
 
-        out: list[dict[str, Any] | None] = [None] * len(items)
-        chats = [i for i, it in enumerate(items) if it["messages"] is not None]
-        raws = [i for i, it in enumerate(items) if it["messages"] is None]
-
-        def params(i: int) -> SamplingParams:
-            s = items[i]["sampling"]
+        def params(it: dict[str, Any]) -> SamplingParams:
+            s = it["sampling"]
             return SamplingParams(
                 temperature=s["temperature"],
                 top_p=s["top_p"],
@@ -87,39 +146,65 @@ class EngineHost:
                 stop=s["stop"] or None,
             )
 
-        batches = []
-        if chats:
-            batches.append(
-                (
-                    chats,
-                    self.llm.chat(
-                        [items[i]["messages"] for i in chats],
-                        sampling_params=[params(i) for i in chats],
-                        use_tqdm=False,
-                    ),
+        call = _Call(len(items))
+        chats = [i for i, it in enumerate(items) if it["messages"] is not None]
+        raws = [i for i, it in enumerate(items) if it["messages"] is None]
+
+        def add() -> None:
+            ids: list[str] = []
+            if chats:
+                ids += self.llm.enqueue_chat(
+                    [items[i]["messages"] for i in chats],
+                    sampling_params=[params(items[i]) for i in chats],
+                    use_tqdm=False,
                 )
-            )
-        if raws:
-            batches.append(
-                (
-                    raws,
-                    self.llm.generate(
-                        [items[i]["prompt"] for i in raws],
-                        sampling_params=[params(i) for i in raws],
-                        use_tqdm=False,
-                    ),
+            if raws:
+                ids += self.llm.enqueue(
+                    [items[i]["prompt"] for i in raws],
+                    sampling_params=[params(items[i]) for i in raws],
+                    use_tqdm=False,
                 )
-            )
-        for idx, outputs in batches:
-            for i, ro in zip(idx, outputs, strict=True):
-                c = ro.outputs[0]
-                out[i] = {
-                    "text": c.text,
-                    "finish_reason": c.finish_reason,
-                    "prompt_tokens": len(ro.prompt_token_ids or []),
-                    "completion_tokens": len(c.token_ids),
-                }
-        return out  # type: ignore[return-value]
+            for rid, i in zip(ids, chats + raws, strict=True):
+                # add_request returns the engine's id ("<ours>-<random>"); outputs carry ours
+                self._running[rid.split("-", 1)[0]] = (call, i)
+
+        if items:
+            self._on_engine(add)
+        return call.future.result() if items else []
+
+    def expert_counts(self, items: list[dict[str, Any]]) -> list[list[int]]:
+        """Generate `items`, counting per MoE layer the tokens (prompt and completion) the
+        router sent to each in-model expert: its top-k router logits, read by a hook on
+        each MoE block's gate. (vLLM's own enable_return_routed_experts needs Model Runner
+        V2, which needs Triton: not on the CPU build.) Tokens of other requests the engine
+        runs meanwhile count too: profile an otherwise idle expert."""
+        self._on_engine(lambda: self.llm.apply_model(_install_expert_counters))
+        try:
+            self.generate(items)
+        finally:
+            counts = self._on_engine(lambda: self.llm.apply_model(_remove_expert_counters))
+        return counts[0]
+
+
+class _Call:
+    """One `generate` call: its results fill in as the engine finishes its requests."""
+
+    def __init__(self, n: int) -> None:
+        self.out: list[dict[str, Any] | None] = [None] * n
+        self.left = n
+        self.future: Future[list[dict[str, Any]]] = Future()
+
+    def finish(self, i: int, ro: Any) -> None:
+        c = ro.outputs[0]
+        self.out[i] = {
+            "text": c.text,
+            "finish_reason": c.finish_reason,
+            "prompt_tokens": len(ro.prompt_token_ids or []),
+            "completion_tokens": len(c.token_ids),
+        }
+        self.left -= 1
+        if self.left == 0:
+            self.future.set_result(self.out)  # type: ignore[arg-type]
 
 
 def _install_expert_counters(model: Any) -> None:
@@ -164,6 +249,8 @@ def _cause(exc: BaseException) -> str:
 
 class VLLMBackend(ExpertBackend):
     """Hosts the expert's model in a vLLM engine inside a Ray actor."""
+
+    continuous_batching = True
 
     #: How long to wait for the actor to be placed and the engine to start.
     load_timeout_s: float = 1800.0
@@ -247,7 +334,8 @@ class VLLMBackend(ExpertBackend):
             num_gpus=res.num_gpus,
             runtime_env=self.runtime_env(),
             max_restarts=0,
-            max_concurrency=1,
+            # callers wait in threads of their own while the engine's thread batches them
+            max_concurrency=ENGINE_CALLS,
         )
         actor = host.remote(self.spec.model, self.spec.tokenizer, self.engine_args())
         try:

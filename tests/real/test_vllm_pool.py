@@ -86,6 +86,28 @@ def test_raw_prompt_and_greedy_determinism(pool):
     assert first.ok and first.text == second.text
 
 
+def test_a_request_joins_the_running_batch(pool):
+    """Continuous batching: a short request sent while a long one generates on the same
+    engine is answered before the long one ends, not queued behind it."""
+    import concurrent.futures as cf
+    import time
+
+    done: dict[str, float] = {}
+
+    def run(name, max_tokens):
+        (r,) = pool.run([chat(0, "a", sampling={"max_tokens": max_tokens})])
+        done[name] = time.monotonic()
+        return r
+
+    with cf.ThreadPoolExecutor(2) as ex:
+        long = ex.submit(run, "long", 400)
+        time.sleep(0.5)  # the long request is generating
+        short = ex.submit(run, "short", 2)
+        long_r, short_r = long.result(), short.result()
+    assert long_r.completion_tokens == 400 and short_r.completion_tokens == 2
+    assert done["short"] < done["long"]
+
+
 def test_dead_engine_is_restarted_and_moe_expert_evicts_the_idle_one(pool, ray_cluster):
     import ray
 

@@ -347,3 +347,42 @@ def test_serve_help_is_light_and_binds_loopback_by_default():
     assert GatewaySettings().host == "127.0.0.1"
     res = CliRunner().invoke(app, ["serve", "--help"])
     assert res.exit_code == 0 and "OpenAI-compatible" in res.output
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_continuous_batching_keys_run_several_batches_at_once(continuous):
+    """A key whose engine batches continuously takes a new batch while one runs (the
+    engine merges them); any other key runs one batch at a time, the rest queued."""
+    import asyncio
+
+    from orchestrator.gateway import ChatRequest, MicroBatcher
+
+    active, peak = 0, 0
+    second = threading.Event()
+    lock = threading.Lock()
+
+    def run_batch(key, requests):
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        if requests[0].messages[0].content == "first":
+            second.wait(timeout=1.0)  # released only if the second batch starts meanwhile
+        else:
+            second.set()
+        with lock:
+            active -= 1
+        return [{"ok": r.messages[0].content} for r in requests]
+
+    batcher = MicroBatcher(run_batch, GatewaySettings(batch_window_ms=1), lambda _k: continuous)
+
+    def req(text):
+        return ChatRequest(model="m", messages=[{"role": "user", "content": text}])
+
+    async def main():
+        first = asyncio.create_task(batcher.submit("m", req("first")))
+        await asyncio.sleep(0.1)  # the first batch is running
+        return await asyncio.gather(first, batcher.submit("m", req("second")))
+
+    assert asyncio.run(main()) == [{"ok": "first"}, {"ok": "second"}]
+    assert peak == (2 if continuous else 1)
