@@ -7,6 +7,12 @@ accuracy: the incumbent specialist at `incumbent_accuracy` until request `drop_a
 a fault is injected and it falls to `degraded_accuracy`; a free agent at
 `free_agent_accuracy` waits in the pool. As in the paper's example, one expert holds the
 role at a time. A control run replays the same stream without the drop, for each seed.
+
+The monitor watches with probes (`free_agents.probes_per_task`, 2 here): validation
+questions asked alongside each request, which double or triple the evidence per request;
+without them, detection within 50 requests at a false-release rate near zero is beyond
+what one graded answer per request can show (a 95% -> 75% drop carries about 0.22 nats
+per answer).
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ def _items(split: str, per_category: int) -> list[Any]:
     ]
 
 
-def _config(key: Path, folder: Path, seed: int, accuracies: dict[str, float]) -> Any:
+def _config(
+    key: Path, folder: Path, seed: int, accuracies: dict[str, float], monitor: dict[str, Any]
+) -> Any:
     def expert(name: str, accuracy: float) -> dict[str, Any]:
         backend = {"type": "fake", "answer": "The answer is ({letter}).", "answer_key": str(key),
                    "accuracy": accuracy, "seed": seed}  # fmt: skip
@@ -55,7 +63,11 @@ def _config(key: Path, folder: Path, seed: int, accuracies: dict[str, float]) ->
                 ]
             },
             "routing": {"embedder": "ngram", "aggregator": "vote"},
-            "free_agents": {"free_agents": ["backup"], "audit_log": str(folder / "audit.jsonl")},
+            "free_agents": {
+                "free_agents": ["backup"],
+                "audit_log": str(folder / "audit.jsonl"),
+                **monitor,
+            },
             "cache_dir": str(folder),
         }
     )
@@ -69,8 +81,10 @@ def run_stream(
     incumbent_accuracy: float,
     degraded_accuracy: float,
     free_agent_accuracy: float,
+    monitor: dict[str, Any],
 ) -> dict[str, Any]:
-    """One run: profile on validation, then serve `requests` test questions in order."""
+    """One run: profile on validation, then serve `requests` test questions in order;
+    `monitor` overrides the free-agent settings."""
     from orchestrator.conclave import Conclave
 
     validation, test = _items("validation", 15), _items("test", 40)
@@ -79,7 +93,7 @@ def run_stream(
     accuracies = {"facts": incumbent_accuracy, "backup": free_agent_accuracy}
     run_dir = folder / f"seed{seed}-{'drop' if drop_at is not None else 'control'}"
     run_dir.mkdir()
-    cfg = _config(key, run_dir, seed, accuracies)
+    cfg = _config(key, run_dir, seed, accuracies, monitor)
     rng = random.Random(seed)
     stream = [rng.choice(test) for _ in range(requests)]
     served: list[bool] = []
@@ -105,6 +119,7 @@ def run_stream(
                 for e in c.monitor.log.read()[before:]
             ]
         serving = c.monitor.plan()[0]
+        probes_asked = c.probes_asked
 
     def first(event: str, after: int = 0) -> int | None:
         return next(
@@ -128,6 +143,7 @@ def run_stream(
         "serving_at_end": serving,
         "decisions": events,
         "releases": sum(e["event"] == "release" for e in events),
+        "probes_asked": probes_asked,
     }
     if drop_at is None:
         out["accuracy"] = acc(0, requests)
@@ -146,16 +162,19 @@ def run_stream(
 
 def run_free_agents_bench(
     seeds: int = 3,
-    requests: int = 1000,
-    drop_at: int = 300,
+    requests: int = 2000,
+    drop_at: int = 1000,
     incumbent_accuracy: float = 0.95,
     degraded_accuracy: float = 0.75,
     free_agent_accuracy: float = 0.93,
+    probes_per_task: float = 2.0,
+    window: int = 80,
     progress: bool = True,
 ) -> dict[str, Any]:
     from orchestrator.progress import progress_bar
 
     figures = (incumbent_accuracy, degraded_accuracy, free_agent_accuracy)
+    monitor = {"probes_per_task": probes_per_task, "window": window, "min_samples": window}
     runs, controls = [], []
     with (
         tempfile.TemporaryDirectory(prefix="conclave-free-agents-") as tmp,
@@ -164,7 +183,7 @@ def run_free_agents_bench(
         task = bar.add_task("free-agent scenario", total=2 * seeds)
         for seed in range(seeds):
             for drop, sink in ((drop_at, runs), (None, controls)):
-                sink.append(run_stream(Path(tmp), seed, requests, drop, *figures))
+                sink.append(run_stream(Path(tmp), seed, requests, drop, *figures, monitor))
                 bar.advance(task)
     detected = [r["detected_after"] for r in runs]
     gap = [
@@ -180,12 +199,14 @@ def run_free_agents_bench(
             "incumbent_accuracy": incumbent_accuracy,
             "degraded_accuracy": degraded_accuracy,
             "free_agent_accuracy": free_agent_accuracy,
+            "monitor": monitor,
         },
         "runs": runs,
         "controls": controls,
         "summary": {
             "detected_after_max": None if None in detected else max(detected),  # type: ignore[type-var]
             "after_swap_gap_points_max": round(max(gap), 1) if len(gap) == len(runs) else None,
+            "after_swap_gap_points_mean": round(sum(gap) / len(gap), 1) if gap else None,
             "lost": sum(r["lost"] for r in runs + controls),
             "false_releases_in_controls": sum(r["releases"] for r in controls),
         },

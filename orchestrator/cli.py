@@ -281,11 +281,15 @@ def bench_gateway(
 @bench_app.command("free-agents")
 def bench_free_agents(
     seeds: Annotated[int, typer.Option(min=1, help="Runs (and control runs), one per seed.")] = 3,
-    requests: Annotated[int, typer.Option(min=10, help="Requests in each stream.")] = 1000,
-    drop_at: Annotated[int, typer.Option(min=1, help="Request at which the fault hits.")] = 300,
+    requests: Annotated[int, typer.Option(min=10, help="Requests in each stream.")] = 2000,
+    drop_at: Annotated[int, typer.Option(min=1, help="Request at which the fault hits.")] = 1000,
     incumbent: Annotated[float, typer.Option(help="Incumbent's accuracy before.")] = 0.95,
     degraded: Annotated[float, typer.Option(help="Incumbent's accuracy after.")] = 0.75,
     free_agent: Annotated[float, typer.Option(help="The free agent's accuracy.")] = 0.93,
+    probes: Annotated[
+        float, typer.Option(min=0.0, max=10.0, help="free_agents.probes_per_task (0: none).")
+    ] = 2.0,
+    window: Annotated[int, typer.Option(min=1, help="free_agents.window = min_samples.")] = 80,
     as_json: FiguresJson = False,
     output: FiguresOut = None,
 ) -> None:
@@ -299,16 +303,18 @@ def bench_free_agents(
         if not 0 <= v <= 1:
             raise _fail(ValueError(f"--{name} {v} is not an accuracy between 0 and 1"))
     res = run_free_agents_bench(
-        seeds, requests, drop_at, incumbent, degraded, free_agent, progress=not as_json
-    )
+        seeds, requests, drop_at, incumbent, degraded, free_agent, probes, window,
+        progress=not as_json,
+    )  # fmt: skip
     if _emit_json(res, output, as_json):
         return
     _print_table(
         f"free agents: fault at request {drop_at} of {requests}",
         ("seed", "detected after", "probation", "acc before %", "during %", "after swap %",
-         "lost", "control releases"),
+         "lost", "control releases", "probes"),
         ((r["seed"], r["detected_after"], r["probation_requests"], r["accuracy_before_drop"],
-          r["accuracy_during"], r["accuracy_after_swap"], r["lost"] + c["lost"], c["releases"])
+          r["accuracy_during"], r["accuracy_after_swap"], r["lost"] + c["lost"], c["releases"],
+          r["probes_asked"])
          for r, c in zip(res["runs"], res["controls"], strict=True)),
     )  # fmt: skip
     out.print(res["summary"])

@@ -13,6 +13,7 @@ expert's answer, the aggregator's, the final choice, calls and tokens.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -78,6 +79,15 @@ class Trace(BaseModel):
     )
 
 
+class Probe(BaseModel):
+    """A validation question with its known answer, asked to watch an expert's accuracy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item: Item
+    keywords: list[str] = Field(default_factory=list)
+
+
 class RoutingState(BaseModel):
     """What profiling produced; saved next to the profiles so answering can reuse it."""
 
@@ -90,6 +100,11 @@ class RoutingState(BaseModel):
     aggregator: str = Field(..., description="Chosen aggregator: an expert name or 'vote'.")
     aggregator_scores: dict[str, float] = Field(
         default_factory=dict, description="Aggregation-benchmark accuracy per candidate."
+    )
+    probes: dict[str, list[Probe]] = Field(
+        default_factory=dict,
+        description="Per serving expert, the validation questions the router sends it: "
+        "the free-agent monitor's probes (free_agents.probes_per_task).",
     )
 
 
@@ -109,6 +124,10 @@ class Conclave:
         self.inventory = None
         self.state: RoutingState | None = None
         self.monitor = None
+        self._probe_credit: dict[str, float] = {}  # probes owed per serving expert
+        self._probe_order: dict[str, list[int]] = {}  # each expert's probe cycle
+        self.probes_asked = 0  # probe questions asked so far
+        self._probe_lock = threading.Lock()
         if config.free_agents.active:
             from agents.free_agents import AuditLog, FreeAgentMonitor
 
@@ -323,6 +342,13 @@ class Conclave:
             aggregator=choice,
             aggregator_scores=scores,
         )
+        probes: dict[str, list[Probe]] = {}
+        router = self.router()
+        for it in items:
+            words = kws[it.id][0]
+            for ex in router.select(it.id, self.inventory.map(words), keywords=words).chosen:
+                probes.setdefault(ex, []).append(Probe(item=it, keywords=words))
+        self.state.probes = probes
         if self.monitor is not None:  # picks the free agent with the best validation record
             self.monitor.record = dict(acc)
         return self.state
@@ -449,12 +475,20 @@ class Conclave:
             (it, ex) for it, plan in zip(items, plans, strict=True) for ex in dict.fromkeys(plan)
         ]
         watched = strategy == "symbolic-moe" and self.monitor is not None
+        probes = self._probes(pairs) if watched else []
+        asked = [(it, ex) for it, ex, _ in probes]
         # probation: a challenger answers what its incumbent answers, in the same batch
-        shadow = [(it, shadows[ex]) for it, ex in pairs if watched and ex in shadows]
-        answered = self.ask(pairs + shadow, progress)
+        shadow = [(it, shadows[ex]) for it, ex in pairs + asked if watched and ex in shadows]
+        answered = self.ask(pairs + asked + shadow, progress)
         got = iter(answered[: len(pairs)])
-        by_id = {tr.id: tr for tr in traces}
-        for (it, _), a in zip(shadow, answered[len(pairs) :], strict=True):
+        probe_traces = [
+            Trace(id=it.id, strategy="probe", keywords=kw, gold=it.gold_answer, answers=[a],
+                  choice=a.choice, correct=a.choice == it.gold_answer, calls=1, tokens=a.tokens)
+            for (it, _, kw), a in zip(probes, answered[len(pairs) : len(pairs) + len(probes)],
+                                      strict=True)
+        ]  # fmt: skip
+        by_id = {tr.id: tr for tr in traces + probe_traces}
+        for (it, _), a in zip(shadow, answered[len(pairs) + len(probes) :], strict=True):
             by_id[it.id].shadow.append(a)
         per_item = []
         for tr, plan in zip(traces, plans, strict=True):
@@ -491,10 +525,38 @@ class Conclave:
                 tr.correct = tr.choice == tr.gold
         if watched:
             incumbent = {ch: inc for inc, ch in shadows.items()}
+            scored = traces + probe_traces
             self.monitor.observe(  # type: ignore[union-attr]
-                traces, {tr.id: [(incumbent[a.expert], a) for a in tr.shadow] for tr in traces}
+                scored, {tr.id: [(incumbent[a.expert], a) for a in tr.shadow] for tr in scored}
             )
         return traces
+
+    def _probes(self, pairs: Sequence[tuple[Item, str]]) -> list[tuple[Item, str, list[str]]]:
+        """(probe question, expert, its keywords) for this batch: `probes_per_task` per
+        (task, serving expert), credit carried across batches, each expert's list cycled
+        in a shuffled order (an expert promoted without a list gets every expert's)."""
+        rate = self.config.free_agents.probes_per_task
+        if rate == 0 or self.state is None or not self.state.probes:
+            return []
+        out = []
+        with self._probe_lock:
+            for ex in dict.fromkeys(ex for _, ex in pairs):
+                owed = self._probe_credit.get(ex, 0.0) + rate * sum(e == ex for _, e in pairs)
+                bank = self.state.probes.get(ex) or [
+                    p for ps in self.state.probes.values() for p in ps
+                ]
+                while owed >= 1:
+                    owed -= 1
+                    if not self._probe_order.get(ex):
+                        order = list(range(len(bank)))
+                        random.Random(f"{ex}|{self.probes_asked}").shuffle(order)
+                        self._probe_order[ex] = order
+                    probe = bank[self._probe_order[ex].pop() % len(bank)]
+                    self.probes_asked += 1
+                    new_id = f"probe{self.probes_asked}:{probe.item.id}"
+                    out.append((probe.item.model_copy(update={"id": new_id}), ex, probe.keywords))
+                self._probe_credit[ex] = owed
+        return out
 
     # ---- persistence --------------------------------------------------------------------
 

@@ -342,6 +342,15 @@ class FreeAgentSettings(_Strict):
     release_below: float = Field(
         0.85, description="Release an agent whose mean reward over the window is below this."
     )
+    probes_per_task: float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description="Validation questions (answers known) asked of each serving expert per "
+        "task it serves, in the same batch, and of its challenger on probation: scored like "
+        "tasks, never shown to users. Accuracy evidence when live traffic brings no gold "
+        "answer or feedback; costs that many extra calls per task.",
+    )
     probation_min: int = Field(30, ge=1, description="Shadow tasks before any verdict.")
     probation_max: int = Field(200, ge=1, description="Shadow tasks before a rejection.")
     promote_margin: float = Field(

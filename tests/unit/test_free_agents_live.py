@@ -148,3 +148,42 @@ def test_bench_free_agents_replays_the_scenario_through_the_facade():
     assert run["accuracy_during"] < run["accuracy_before_drop"]
     assert run["serving_at_end"] == ["backup"] and control["serving_at_end"] == ["facts"]
     assert control["releases"] == 0
+
+
+def test_probes_score_serving_experts_on_validation_questions_never_shown(tmp_path):
+    """With probes_per_task 0.5, every second task the serving expert also answers a
+    validation question of its own skills (credit carries across batches): scored in its
+    window, never returned; a challenger on probation answers the same probes."""
+    from agents.free_agents_bench import _config, _items
+
+    validation, test = _items("validation", 6), _items("test", 5)  # per category
+    key = tmp_path / "key.jsonl"
+    key.write_text("".join(json.dumps(it.model_dump()) + "\n" for it in validation + test))
+    monitor = {"probes_per_task": 0.5, "window": 1000, "min_samples": 1000}
+    cfg = _config(key, tmp_path, 0, {"facts": 1.0, "backup": 1.0}, monitor)
+    validation_ids = {it.id for it in validation}
+    with Conclave(cfg) as c:
+        c.profile(validation, dataset="skillmix")
+        assert set(c.state.probes) == {"facts"}  # the router sends facts every question
+        facts = c.pool.backends["facts"]
+        before = len(facts.calls)
+        traces = [c.answer([it], "symbolic-moe")[0] for it in test]
+        assert [t.id for t in traces] == [it.id for it in test]  # probes never come back
+        asked = [i for call in facts.calls[before:] for i in call]
+        probes = [i.split("|")[0] for i in asked if i.startswith("probe")]
+        assert len(asked) == 15 and len(probes) == 5 == c.probes_asked
+        assert {p.split(":", 1)[1] for p in probes} <= validation_ids
+        assert len(c.monitor.windows["facts"]) == 15  # 10 tasks + 5 probes, all scored
+        # probation: the challenger shadows the probes as well as the tasks
+        # a release on the next task: every mean reward is below 2
+        c.monitor.settings = c.monitor.settings.model_copy(
+            update={"min_samples": 1, "release_below": 2.0}
+        )
+        c.answer([test[0]], "symbolic-moe")
+        assert "facts" in c.monitor.probations
+        backup = c.pool.backends["backup"]
+        before = len(backup.calls)
+        c.answer(test[:4], "symbolic-moe")
+        shadowed = [i for call in backup.calls[before:] for i in call]
+        assert sum(i.startswith("probe") for i in shadowed) == 2
+        assert len(shadowed) == 6
