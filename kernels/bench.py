@@ -1,8 +1,9 @@
 """`conclave bench moe`: the fused MoE path against a per-expert loop and the reference.
 
 For each token count, the same layer (same weights, routing included) runs through each
-backend, each timed in blocks of repeated calls, in three rounds of rotating order (see
-`_time_all`), so a machine whose speed drifts biases no backend. The fused path's
+backend, each timed in blocks of repeated calls, in six rounds of rotating order (see
+`_time_all`); times are medians over rounds, ratios the median of each round's ratio, so
+a machine whose speed drifts biases no backend. The fused path's
 achieved GFLOP/s counts useful FLOPs only (top_k experts per token: 6*K*N each, the
 gate/up and down projections) and is set next to a dense bf16 matmul doing the same
 FLOPs ([M*top_k, K] x [K, 2N] then [M*top_k, N] x [N, K]) on the same machine.
@@ -22,12 +23,13 @@ import torch
 from kernels.moe import MoEConfig, MoELayer
 
 
-def _time_all(fns: dict[str, Callable[[], Any]], min_s: float = 0.3, min_reps: int = 5,
-              blocks: int = 3) -> dict[str, float]:  # fmt: skip
-    """Seconds per call of each function: `blocks` rounds, each timing every function in a
-    block of its own (median of repeated calls, after a warm-up call), in a rotating
-    order; the median over rounds. Blocks keep each function's caches warm as in real use;
-    rotating rounds keep a machine whose speed drifts (a shared VM) from biasing one."""
+def _time_all(fns: dict[str, Callable[[], Any]], min_s: float = 0.15, min_reps: int = 5,
+              blocks: int = 6) -> dict[str, list[float]]:  # fmt: skip
+    """Seconds per call of each function in each of `blocks` rounds: a round times every
+    function in a block of its own (median of repeated calls, after a warm-up call), in a
+    rotating order. Blocks keep each function's caches warm as in real use; rounds give
+    paired figures: on a shared VM, neighbours slow compute-bound kernels by up to 2x for
+    seconds at a time, so ratios are taken within a round (see `_ratio`)."""
     per: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     for rnd in range(blocks):
@@ -42,7 +44,12 @@ def _time_all(fns: dict[str, Callable[[], Any]], min_s: float = 0.3, min_reps: i
                 fn()
                 times.append(time.perf_counter() - t0)
             per[k].append(statistics.median(times))
-    return {k: statistics.median(v) for k, v in per.items()}
+    return per
+
+
+def _ratio(slow: list[float], fast: list[float]) -> float:
+    """The median over rounds of slow/fast, each ratio from one round's adjacent blocks."""
+    return statistics.median(s / f for s, f in zip(slow, fast, strict=True))
 
 
 def _dense(
@@ -83,10 +90,10 @@ def run_moe_bench(
             fns = {b: call(layers[b]) for b in ("fused", "naive")}
             fns["dense"] = _dense(m * top_k, hidden, intermediate, dt, device, sync)
             t = _time_all(fns)
-            fused, naive, dense = t["fused"], t["naive"], t["dense"]
+            fused, naive, dense = (statistics.median(t[k]) for k in ("fused", "naive", "dense"))
             # the reference alone: its dense float32 work would evict the others' caches
             ref = (
-                _time_all({"r": call(layers["reference"])}, min_reps=3, blocks=1)["r"]
+                _time_all({"r": call(layers["reference"])}, min_reps=3, blocks=1)["r"][0]
                 if m <= reference_up_to
                 else None
             )
@@ -98,11 +105,11 @@ def run_moe_bench(
                 "fused_ms": round(1000 * fused, 4),
                 "naive_ms": round(1000 * naive, 4),
                 "reference_ms": round(1000 * ref, 4) if ref is not None else None,
-                "speedup_vs_naive": round(naive / fused, 2),
+                "speedup_vs_naive": round(_ratio(t["naive"], t["fused"]), 2),
                 "speedup_vs_reference": round(ref / fused, 2) if ref is not None else None,
                 "fused_gflops": round(flops / fused / 1e9, 1),
                 "dense_matmul_gflops": round(flops / dense / 1e9, 1),
-                "fused_vs_dense": round(dense / fused, 2),
+                "fused_vs_dense": round(_ratio(t["dense"], t["fused"]), 2),
                 "max_abs_error_vs_reference": round(err, 5),
             }
         )
