@@ -714,6 +714,8 @@ def _run_ensemble(conclave: Any, requests: list[ChatRequest]) -> list[dict[str, 
             "choice": tr.choice,
             "calls": tr.calls,
         }
-        tokens = tr.tokens
-        out.append(_completion(ENSEMBLE, text, "stop", tokens, 0, extra, task=tr.id))
+        prompt = tr.tokens - tr.completion_tokens  # every call of the ensemble counts
+        out.append(
+            _completion(ENSEMBLE, text, "stop", prompt, tr.completion_tokens, extra, task=tr.id)
+        )
     return out

@@ -91,6 +91,8 @@ def test_profile_learns_who_knows_what_and_routes_by_it():
             assert set(t.routing.chosen) == {next(n for n, k in KNOWS.items() if q.category in k)}
             # 2 keyword samples, 1 distinct expert (drawn k=3 times), 1 aggregator call
             assert t.calls == 4
+            # each call reads 10 tokens and writes 5
+            assert (t.tokens, t.completion_tokens) == (4 * 15, 4 * 5)
         # the vote and the trusting aggregator both beat one wrong-two-right mixes... the
         # benchmark has one right and two wrong answers: the vote follows the two wrong ones
         assert state.aggregator_scores["vote"] < 50
