@@ -235,13 +235,20 @@ def bench_gateway(
     vllm_concurrency: Annotated[
         str, typer.Option(help="Levels for the vLLM comparison.")
     ] = "1,4,16",
-    vllm_requests: Annotated[int, typer.Option(min=1, help="Requests per level, vLLM.")] = 192,
+    vllm_requests: Annotated[int, typer.Option(min=1, help="Requests per level, vLLM.")] = 384,
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per vLLM answer.")] = 16,
     batch_window_ms: Annotated[
         float, typer.Option(min=0, help="The gateway's micro-batch window.")
     ] = 5.0,
     vllm: Annotated[
         bool, typer.Option(help="Also compare passthrough with vLLM's own server.")
+    ] = True,
+    in_process: Annotated[
+        bool,
+        typer.Option(
+            help="The expert's engine core in its actor's process (the config default: "
+            "fast start); without, in a process of its own, as vLLM's server runs it."
+        ),
     ] = True,
     as_json: FiguresJson = False,
     output: FiguresOut = None,
@@ -259,6 +266,7 @@ def bench_gateway(
             max_tokens,
             batch_window_ms,
             with_vllm=vllm,
+            in_process=in_process,
         )
     except ConclaveError as e:
         raise _fail(e) from None
@@ -268,10 +276,10 @@ def bench_gateway(
     if "vllm" in res:
         runs += [("vLLM's own server", r) for r in res["vllm"]["vllm_server"]]
         runs += [("gateway -> vLLM", r) for r in res["vllm"]["gateway_passthrough"]]
-    keys = ("concurrency", "requests", "errors", "p50_ms", "p99_ms", "requests_per_s")
+    keys = ("concurrency", "requests", "errors", "p50_ms", "p90_ms", "p99_ms", "requests_per_s")
     _print_table(
         f"gateway on loopback ({res['machine']})",
-        ("server", "clients", "requests", "errors", "p50 ms", "p99 ms", "requests/s"),
+        ("server", "clients", "requests", "errors", "p50 ms", "p90 ms", "p99 ms", "requests/s"),
         ((name, *(r[k] for k in keys)) for name, r in runs),
     )
     for c, o in res.get("passthrough_overhead_pct", {}).items():

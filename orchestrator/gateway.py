@@ -20,6 +20,7 @@ the batch it rode in has finished (the pool does not stream tokens).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 import uuid
@@ -324,6 +325,10 @@ def create_app(  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         batcher.closed = False  # (re)started: take jobs
+        # what exists by now lives as long as the server: out of the collector's sight, a
+        # full collection no longer walks it mid-request (as vLLM does for its engine)
+        gc.collect()
+        gc.freeze()
         yield
         await batcher.drain()  # graceful: in-flight batches finish
 

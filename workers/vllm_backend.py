@@ -9,6 +9,7 @@ requires (a second engine in the same process fails for MoE models).
 from __future__ import annotations
 
 import difflib
+import gc
 import logging
 import os
 import queue
@@ -73,6 +74,8 @@ class EngineHost:
         self._inbox: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
         self._running: dict[str, tuple[_Call, int]] = {}  # engine request id -> its call
         self._broken: BaseException | None = None
+        gc.collect()  # the engine's objects live as long as the actor: keep full
+        gc.freeze()  # collections from walking them between two steps
         threading.Thread(target=self._loop, name="engine-steps", daemon=True).start()
 
     def info(self) -> dict[str, Any]:
