@@ -1,9 +1,10 @@
 """`conclave bench moe`: the fused MoE path against a per-expert loop and the reference.
 
 For each token count, the same layer (same weights, routing included) runs through each
-backend, each timed in blocks of repeated calls, in six rounds of rotating order (see
-`_time_all`); times are medians over rounds, ratios the median of each round's ratio, so
-a machine whose speed drifts biases no backend. The fused path's
+backend, each timed in blocks of repeated calls; twelve rounds each time every backend
+at every token count in rotating order (see `_time_all`); times are medians over rounds,
+ratios the median of each round's ratio, so a machine whose speed drifts biases no
+backend and no token count. The fused path's
 achieved GFLOP/s counts useful FLOPs only (top_k experts per token: 6*K*N each, the
 gate/up and down projections) and is set next to a dense bf16 matmul doing the same
 FLOPs ([M*top_k, K] x [K, 2N] then [M*top_k, N] x [N, K]) on the same machine.
@@ -23,8 +24,8 @@ import torch
 from kernels.moe import MoEConfig, MoELayer
 
 
-def _time_all(fns: dict[str, Callable[[], Any]], min_s: float = 0.15, min_reps: int = 5,
-              blocks: int = 6) -> dict[str, list[float]]:  # fmt: skip
+def _time_all(fns: dict[str, Callable[[], Any]], min_s: float = 0.1, min_reps: int = 5,
+              blocks: int = 12) -> dict[str, list[float]]:  # fmt: skip
     """Seconds per call of each function in each of `blocks` rounds: a round times every
     function in a block of its own (median of repeated calls, after a warm-up call), in a
     rotating order. Blocks keep each function's caches warm as in real use; rounds give
@@ -79,21 +80,30 @@ def run_moe_bench(
               for b in ("fused", "naive", "reference")}  # fmt: skip
     dt = getattr(torch, dtype)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    inputs = {
+        m: torch.randn(m, hidden, generator=torch.Generator().manual_seed(m)).to(device, dt)
+        for m in tokens
+    }
+
+    def call(layer: MoELayer, x: torch.Tensor) -> Callable[[], Any]:
+        return lambda: (layer(x), sync())
+
+    with torch.inference_mode():
+        # every token count in every round: a slow spell of the machine (seconds long)
+        # falls on a few rounds of each count instead of on all rounds of one
+        fns: dict[str, Callable[[], Any]] = {}
+        for m, x in inputs.items():
+            fns |= {f"{b}@{m}": call(layers[b], x) for b in ("fused", "naive")}
+            fns[f"dense@{m}"] = _dense(m * top_k, hidden, intermediate, dt, device, sync)
+        times = _time_all(fns)
     rows = []
-    for m in tokens:
-        x = torch.randn(m, hidden, generator=torch.Generator().manual_seed(m)).to(device, dt)
-
-        def call(layer: MoELayer, x: torch.Tensor = x) -> Callable[[], Any]:
-            return lambda: (layer(x), sync())
-
+    for m, x in inputs.items():
+        t = {b: times[f"{b}@{m}"] for b in ("fused", "naive", "dense")}
+        fused, naive, dense = (statistics.median(t[k]) for k in ("fused", "naive", "dense"))
         with torch.inference_mode():
-            fns = {b: call(layers[b]) for b in ("fused", "naive")}
-            fns["dense"] = _dense(m * top_k, hidden, intermediate, dt, device, sync)
-            t = _time_all(fns)
-            fused, naive, dense = (statistics.median(t[k]) for k in ("fused", "naive", "dense"))
             # the reference alone: its dense float32 work would evict the others' caches
             ref = (
-                _time_all({"r": call(layers["reference"])}, min_reps=3, blocks=1)["r"][0]
+                _time_all({"r": call(layers["reference"], x)}, min_reps=3, blocks=1)["r"][0]
                 if m <= reference_up_to
                 else None
             )

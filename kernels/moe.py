@@ -143,10 +143,13 @@ class MoELayer(torch.nn.Module):
         logits = (x @ self.router.t()).float()
         if self.cfg.masked:
             logits[:, list(self.cfg.masked)] = float("-inf")
-        probs = logits.softmax(dim=-1)
-        weights, ids = probs.topk(self.cfg.top_k, dim=-1)
+        # top-k of the logits is top-k of the softmax; the weights need only the chosen
+        # logits and, unless renormalised, the softmax's normaliser (fewer small ops)
+        top, ids = logits.topk(self.cfg.top_k, dim=-1)
         if self.cfg.renormalize:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+            weights = top.softmax(dim=-1)
+        else:
+            weights = (top - logits.logsumexp(dim=-1, keepdim=True)).exp()
         return weights, ids.to(torch.int32)
 
     def backend_for(self, x: torch.Tensor) -> str:
