@@ -13,8 +13,9 @@ Concurrent requests are micro-batched: a request waits up to `batch_window_ms` f
 then the batch goes to the facade (ensemble) or the pool (passthrough) in one call, so
 vLLM batches them. The queue is bounded: beyond `max_queue` waiting requests the gateway
 answers 429 with Retry-After. Every error is OpenAI's error JSON with the right status;
-no input produces a 500. Streaming (`stream: true`) sends the answer as OpenAI chunks once
-the batch it rode in has finished (the pool does not stream tokens).
+no input produces a 500. Streaming (`stream: true`) from a loaded vLLM expert sends the
+answer token by token as its engine generates it (`ExpertPool.stream`); from the routed
+ensemble or other engines, as OpenAI chunks once the batch it rode in has finished.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -147,7 +149,8 @@ class MicroBatcher:
         slots = CONTINUOUS_SLOTS if self.continuous(key) else 1
         return len(self._busy.get(key, ())) >= slots
 
-    async def submit(self, key: str, request: ChatRequest) -> dict[str, Any]:
+    def admit(self) -> None:
+        """Refuse new work while shutting down (503) or past `max_queue` (429)."""
         if self.closed:
             raise _shutting_down()
         if self.depth >= self.settings.max_queue:
@@ -158,6 +161,9 @@ class MicroBatcher:
                 "queue_full",
                 retry_after=1,
             )
+
+    async def submit(self, key: str, request: ChatRequest) -> dict[str, Any]:
+        self.admit()
         loop = asyncio.get_running_loop()
         job = _Job(key, request, loop.create_future())
         self.depth += 1
@@ -537,6 +543,12 @@ def create_app(  # type: ignore[no-untyped-def]
         if body.model == ENSEMBLE:
             _question(body)  # 400 before queueing
             check_routing()
+        if body.stream and continuous(body.model):
+            # token by token from the engine's running batch
+            batcher.admit()
+            return StreamingResponse(
+                _token_sse(conclave, body, batcher, metrics), media_type="text/event-stream"
+            )
         if body.stream:
             # the response starts now; the answer follows once its batch has run
             job = asyncio.ensure_future(batcher.submit(body.model, body))
@@ -616,6 +628,69 @@ async def _sse(
         job.cancel()  # a no-op once answered; frees a queued job if the client left
 
 
+async def _token_sse(
+    conclave: Any, body: ChatRequest, batcher: MicroBatcher, metrics: Any
+) -> AsyncIterator[bytes]:
+    """OpenAI chunks as the engine generates the answer (`pool.stream` in a worker thread,
+    handing each piece to this loop). A client that leaves stops the stream, and the
+    engine drops the request."""
+    base = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": body.model,
+    }
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue[Any] = asyncio.Queue()
+    left = threading.Event()
+    request = _passthrough_request(body.model, body, base["id"])
+
+    def produce() -> None:
+        events = conclave.pool.stream(request)
+        try:
+            for event in events:
+                loop.call_soon_threadsafe(pieces.put_nowait, event)
+                if left.is_set():
+                    break
+        except Exception as exc:  # a bug below: still an error event, not a crash
+            loop.call_soon_threadsafe(pieces.put_nowait, exc)
+        finally:
+            events.close()
+            loop.call_soon_threadsafe(pieces.put_nowait, None)
+
+    batcher.depth += 1
+    try:
+        yield _chunk(base, {"role": "assistant", "content": ""})
+        loop.run_in_executor(batcher._threads, produce)
+        while (event := await pieces.get()) is not None:
+            if isinstance(event, str):
+                yield _chunk(base, {"content": event})
+                continue
+            if isinstance(event, Exception) or not event.ok:
+                e = (
+                    _upstream_error(body.model, event)
+                    if not isinstance(event, Exception)
+                    else _as_gateway_error(event)
+                )
+                err = {"message": e.message, "type": e.type, "param": e.param, "code": e.code}
+                yield f"data: {json.dumps({'error': err})}\n\n".encode()
+                return
+            usage = {
+                "prompt_tokens": event.prompt_tokens,
+                "completion_tokens": event.completion_tokens,
+                "total_tokens": event.prompt_tokens + event.completion_tokens,
+            }
+            metrics.tokens(body.model, usage["total_tokens"])
+            choice = {"index": 0, "delta": {}, "finish_reason": event.finish_reason or "stop"}
+            tail = base | {"choices": [choice], "usage": usage, "conclave": {"expert": body.model}}
+            yield f"data: {json.dumps(tail)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+            return
+    finally:
+        left.set()  # the producer stops at its next piece; the engine drops the request
+        batcher.depth -= 1
+
+
 def _completion(
     model: str,
     text: str,
@@ -648,46 +723,49 @@ def _completion(
     return out
 
 
+def _passthrough_request(expert: str, r: ChatRequest, item_id: str) -> Any:
+    from workers.batch import GenerationRequest, Message
+
+    sampling = {
+        k: v
+        for k, v in (
+            ("temperature", r.temperature),
+            ("max_tokens", r.max_tokens),
+            ("top_p", r.top_p),
+        )
+        if v is not None
+    }
+    msgs = [
+        Message(
+            role=m.role if m.role in ("system", "user", "assistant") else "user", content=m.content
+        )
+        for m in r.messages
+    ]
+    return GenerationRequest(
+        item_id=item_id, expert=expert, messages=msgs, sampling=sampling or None
+    )
+
+
+def _upstream_error(expert: str, result: Any) -> GatewayError:
+    err = result.error
+    status = 504 if err and "Timeout" in err.type else 503 if err and err.retryable else 502
+    why = err.message if err else "no result"
+    return GatewayError(
+        status,
+        f"expert {expert!r} failed: {why}",
+        "upstream_error",
+        retry_after=5 if status == 503 else None,
+    )
+
+
 def _run_passthrough(
     conclave: Any, expert: str, requests: list[ChatRequest]
 ) -> list[dict[str, Any]]:
-    from workers.batch import GenerationRequest, Message
-
-    reqs = []
-    for i, r in enumerate(requests):
-        sampling = {
-            k: v
-            for k, v in (
-                ("temperature", r.temperature),
-                ("max_tokens", r.max_tokens),
-                ("top_p", r.top_p),
-            )
-            if v is not None
-        }
-        msgs = [
-            Message(
-                role=m.role if m.role in ("system", "user", "assistant") else "user",
-                content=m.content,
-            )
-            for m in r.messages
-        ]
-        reqs.append(
-            GenerationRequest(
-                item_id=str(i), expert=expert, messages=msgs, sampling=sampling or None
-            )
-        )
+    reqs = [_passthrough_request(expert, r, str(i)) for i, r in enumerate(requests)]
     out = []
     for r in conclave.pool.run(reqs):
         if not r.ok:
-            err = r.error
-            status = 504 if err and "Timeout" in err.type else 503 if err and err.retryable else 502
-            why = err.message if err else "no result"
-            raise GatewayError(
-                status,
-                f"expert {expert!r} failed: {why}",
-                "upstream_error",
-                retry_after=5 if status == 503 else None,
-            )
+            raise _upstream_error(expert, r)
         out.append(
             _completion(
                 expert,

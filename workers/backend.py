@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from orchestrator.errors import ConfigError
@@ -73,6 +74,14 @@ class ExpertBackend(ABC):
 
     @abstractmethod
     def unload(self) -> None: ...
+
+    def stream(self, request: GenerationRequest) -> Iterator[str | GenerationResult]:
+        """The answer's text in pieces as it is generated, then its result (which has the
+        whole text). By default one piece: the whole answer, once generated."""
+        (result,) = self.generate([request])
+        if result.text:
+            yield result.text
+        yield result
 
 
 BACKENDS: dict[str, str] = {

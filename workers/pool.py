@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -162,6 +163,36 @@ class ExpertPool:
                     results[i] = res
         assert all(r is not None for r in results), "a request got no result"
         return results  # type: ignore[return-value]
+
+    def stream(self, request: GenerationRequest) -> Iterator[str | GenerationResult]:
+        """One request's answer in pieces as its engine generates them, then its result.
+        An expert that is not loaded yet is loaded and asked through `run` (its answer then
+        comes in one piece); a failure comes back as a failed result, as from `run`."""
+        backend = self.backends.get(request.expert)
+        if backend is None or not backend.loaded:
+            (result,) = self.run([request])
+            if result.ok and result.text:
+                yield result.text
+            yield result
+            return
+        name, t0 = backend.name, time.perf_counter()
+        self._last_used[name] = time.monotonic()
+        result: GenerationResult | None = None
+        try:
+            for event in backend.stream(request):
+                if isinstance(event, GenerationResult):
+                    result = event
+                yield event
+        except Exception as exc:
+            err = (
+                exc
+                if isinstance(exc, ConclaveError)
+                else GenerationError(f"{type(exc).__name__}: {exc}", expert=name)
+            )
+            result = GenerationResult.failed(request, err)
+            yield result
+        if result is not None:
+            self.metrics.batch(name, [result], time.perf_counter() - t0)
 
     def status(self) -> list[ExpertStatus]:
         """Each expert's state now and its figures since the pool started."""

@@ -8,6 +8,7 @@ requires (a second engine in the same process fails for MoE models).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import gc
 import logging
@@ -15,8 +16,10 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.config import VLLMBackendConfig
@@ -72,7 +75,7 @@ class EngineHost:
         # seed, reproducible for the same batch in the same order
         self.request_seeds = not current_platform.is_cpu()
         self._inbox: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
-        self._running: dict[str, tuple[_Call, int]] = {}  # engine request id -> its call
+        self._running: dict[str, _Slot | _Stream] = {}  # engine request id -> its caller
         self._broken: BaseException | None = None
         gc.collect()  # the engine's objects live as long as the actor: keep full
         gc.freeze()  # collections from walking them between two steps
@@ -114,16 +117,17 @@ class EngineHost:
                 outputs = engine.step()
             except BaseException as exc:  # the engine is unusable: every caller hears why
                 self._broken = exc
-                for call, _ in self._running.values():
-                    if not call.future.done():
-                        call.future.set_exception(exc)
+                for owner in self._running.values():
+                    owner.fail(exc)
                 self._running.clear()
                 self._fail_inbox(exc)
                 return
             for ro in outputs:
-                if ro.finished and ro.request_id in self._running:
-                    call, i = self._running.pop(ro.request_id)
-                    call.finish(i, ro)
+                owner = self._running.get(ro.request_id)
+                if owner is not None:
+                    owner.update(ro)
+                    if ro.finished:
+                        del self._running[ro.request_id]
 
     def _fail_inbox(self, exc: BaseException) -> None:
         while True:
@@ -135,20 +139,21 @@ class EngineHost:
 
     # ---- calls ------------------------------------------------------------------------------
 
-    def generate(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Answer `items` (chat messages or raw prompts); they join the running batch."""
+    def _params(self, it: dict[str, Any]) -> Any:
         from vllm import SamplingParams
 
-        def params(it: dict[str, Any]) -> SamplingParams:
-            s = it["sampling"]
-            return SamplingParams(
-                temperature=s["temperature"],
-                top_p=s["top_p"],
-                max_tokens=s["max_tokens"],
-                seed=s["seed"] if self.request_seeds else None,
-                stop=s["stop"] or None,
-            )
+        s = it["sampling"]
+        return SamplingParams(
+            temperature=s["temperature"],
+            top_p=s["top_p"],
+            max_tokens=s["max_tokens"],
+            seed=s["seed"] if self.request_seeds else None,
+            stop=s["stop"] or None,
+        )
 
+    def generate(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Answer `items` (chat messages or raw prompts); they join the running batch."""
+        params = self._params
         call = _Call(len(items))
         chats = [i for i, it in enumerate(items) if it["messages"] is not None]
         raws = [i for i, it in enumerate(items) if it["messages"] is None]
@@ -169,11 +174,55 @@ class EngineHost:
                 )
             for rid, i in zip(ids, chats + raws, strict=True):
                 # add_request returns the engine's id ("<ours>-<random>"); outputs carry ours
-                self._running[rid.split("-", 1)[0]] = (call, i)
+                self._running[rid.split("-", 1)[0]] = _Slot(call, i)
 
         if items:
             self._on_engine(add)
         return call.future.result() if items else []
+
+    def stream(self, item: dict[str, Any], stream_id: str) -> Iterator[dict[str, Any]]:
+        """Answer one item token by token: {"delta": text} as the engine generates it,
+        then the result (as `generate` gives it). A Ray streaming generator; `abort` with
+        the same `stream_id` stops it and frees its place in the batch."""
+        from vllm.sampling_params import RequestOutputKind
+
+        params = self._params(item)
+        params.output_kind = RequestOutputKind.CUMULATIVE
+        if item["messages"] is not None:
+            # rendered here, in the caller's thread, as vLLM's chat() renders it: the
+            # template's text, tokenized without adding special tokens again
+            tok = self.llm.get_tokenizer()
+            text = tok.apply_chat_template(
+                item["messages"], add_generation_prompt=True, tokenize=False
+            )
+            prompt: Any = {"prompt_token_ids": tok.encode(text, add_special_tokens=False)}
+        else:
+            prompt = item["prompt"]
+        stream = _Stream()
+
+        def add() -> None:
+            self.llm.llm_engine.add_request(stream_id, prompt, params)
+            self._running[stream_id] = stream
+
+        self._on_engine(add)
+        while True:
+            event = stream.events.get()
+            if isinstance(event, BaseException):
+                raise event
+            if event is None:
+                return
+            yield event
+
+    def abort(self, stream_id: str) -> None:
+        """Stop a stream whose reader left: the engine drops the request."""
+
+        def drop() -> None:
+            owner = self._running.pop(stream_id, None)
+            if owner is not None:
+                self.llm.llm_engine.abort_request([stream_id])
+                owner.fail(None)
+
+        self._on_engine(drop)
 
     def expert_counts(self, items: list[dict[str, Any]]) -> list[list[int]]:
         """Generate `items`, counting per MoE layer the tokens (prompt and completion) the
@@ -189,6 +238,16 @@ class EngineHost:
         return counts[0]
 
 
+def _result(ro: Any) -> dict[str, Any]:
+    c = ro.outputs[0]
+    return {
+        "text": c.text,
+        "finish_reason": c.finish_reason,
+        "prompt_tokens": len(ro.prompt_token_ids or []),
+        "completion_tokens": len(c.token_ids),
+    }
+
+
 class _Call:
     """One `generate` call: its results fill in as the engine finishes its requests."""
 
@@ -198,16 +257,46 @@ class _Call:
         self.future: Future[list[dict[str, Any]]] = Future()
 
     def finish(self, i: int, ro: Any) -> None:
-        c = ro.outputs[0]
-        self.out[i] = {
-            "text": c.text,
-            "finish_reason": c.finish_reason,
-            "prompt_tokens": len(ro.prompt_token_ids or []),
-            "completion_tokens": len(c.token_ids),
-        }
+        self.out[i] = _result(ro)
         self.left -= 1
         if self.left == 0:
             self.future.set_result(self.out)  # type: ignore[arg-type]
+
+
+@dataclass
+class _Slot:
+    """One request of a `generate` call, as the engine loop sees it."""
+
+    call: _Call
+    index: int
+
+    def update(self, ro: Any) -> None:
+        if ro.finished:
+            self.call.finish(self.index, ro)
+
+    def fail(self, exc: BaseException | None) -> None:
+        if not self.call.future.done():
+            self.call.future.set_exception(exc or RuntimeError("request aborted"))
+
+
+class _Stream:
+    """A streamed request: each step's new text, then its result, then None."""
+
+    def __init__(self) -> None:
+        self.events: queue.SimpleQueue[dict[str, Any] | BaseException | None] = queue.SimpleQueue()
+        self.sent = 0
+
+    def update(self, ro: Any) -> None:
+        text = ro.outputs[0].text
+        if len(text) > self.sent:
+            self.events.put({"delta": text[self.sent :]})
+            self.sent = len(text)
+        if ro.finished:
+            self.events.put({"result": _result(ro)})
+            self.events.put(None)
+
+    def fail(self, exc: BaseException | None) -> None:
+        self.events.put(exc if exc is not None else None)
 
 
 def _install_expert_counters(model: Any) -> None:
@@ -386,6 +475,39 @@ class VLLMBackend(ExpertBackend):
             GenerationResult(item_id=r.item_id, expert=self.name, **o)
             for r, o in zip(requests, outs, strict=True)
         ]
+
+    def stream(self, request: GenerationRequest) -> Iterator[str | GenerationResult]:
+        """The answer's text as the engine generates it, then its result."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        if self._actor is None:
+            raise EngineDeadError("stream called on an unloaded expert", expert=self.name)
+        stream_id = f"stream-{uuid.uuid4().hex}"
+        actor = self._actor
+        gen = actor.stream.options(num_returns="streaming").remote(
+            self._payload([request])[0], stream_id
+        )
+        done = False
+        try:
+            for ref in gen:
+                event = ray.get(ref)
+                if "delta" in event:
+                    yield event["delta"]
+                else:
+                    done = True
+                    yield GenerationResult(
+                        item_id=request.item_id, expert=self.name, **event["result"]
+                    )
+        except RayActorError as exc:
+            self._actor = None
+            raise EngineDeadError(f"engine died: {_cause(exc)}", expert=self.name) from None
+        except RayTaskError as exc:
+            raise GenerationError(_cause(exc), expert=self.name) from None
+        finally:
+            if not done:  # the reader left (or failed): free the request's place
+                with contextlib.suppress(Exception):
+                    actor.abort.remote(stream_id)
 
     def expert_counts(self, requests: list[GenerationRequest]) -> list[list[int]]:
         """Tokens routed to each in-model expert, per MoE layer, answering `requests` as

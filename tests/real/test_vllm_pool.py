@@ -108,6 +108,22 @@ def test_a_request_joins_the_running_batch(pool):
     assert done["short"] < done["long"]
 
 
+def test_streaming_gives_the_answer_token_by_token_and_a_reader_can_leave(pool):
+    from workers.batch import GenerationResult
+
+    (whole,) = pool.run([chat(0, "a", sampling={"max_tokens": 12})])
+    events = list(pool.stream(chat(0, "a", sampling={"max_tokens": 12})))
+    pieces, result = events[:-1], events[-1]
+    assert isinstance(result, GenerationResult) and result.completion_tokens == 12
+    assert len(pieces) > 2 and "".join(pieces) == result.text == whole.text  # greedy
+    # a reader that leaves after two pieces: the engine drops the request and goes on
+    events = pool.stream(chat(1, "a", sampling={"max_tokens": 400}))
+    assert isinstance(next(events), str) and isinstance(next(events), str)
+    events.close()
+    (after,) = pool.run([chat(2, "a", sampling={"max_tokens": 3})])
+    assert after.ok and after.completion_tokens == 3
+
+
 def test_dead_engine_is_restarted_and_moe_expert_evicts_the_idle_one(pool, ray_cluster):
     import ray
 

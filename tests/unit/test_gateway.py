@@ -105,6 +105,48 @@ def test_openai_client_streaming(gw):
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+def test_streaming_from_a_continuous_engine_sends_each_piece_as_generated(gw):
+    """An engine that batches continuously streams through the pool piece by piece; a
+    failure mid-stream arrives as an OpenAI error event. (On `slow`: other tests of this
+    module count alpha's requests and errors.)"""
+    import openai
+
+    from workers.batch import GenerationResult
+
+    backend = gw.conclave.pool.backends["slow"]
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused")
+    msg = [{"role": "user", "content": Q}]
+    client.chat.completions.create(model="slow", messages=msg)  # loaded
+    words = ["The ", "answer ", "is (A)."]
+
+    def stream(request):
+        yield from words
+        text = "".join(words)
+        yield GenerationResult(
+            item_id=request.item_id, expert="slow", text=text, prompt_tokens=7, completion_tokens=5
+        )
+
+    def broken(request):
+        yield "The "
+        raise RuntimeError("engine fell over")
+
+    backend.continuous_batching = True
+    try:
+        backend.stream = stream
+        chunks = list(client.chat.completions.create(model="slow", messages=msg, stream=True))
+        assert [c.choices[0].delta.content for c in chunks[1:4]] == words
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        assert chunks[-1].usage.completion_tokens == 5
+        backend.stream = broken
+        body = {"model": "slow", "messages": msg, "stream": True}
+        with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body) as r:
+            lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+        assert '"content": "The "' in lines[1] and "engine fell over" in lines[-1]
+    finally:
+        backend.continuous_batching = False
+        del backend.stream
+
+
 def test_litellm_pointed_at_the_gateway(gw):
     import litellm
 
