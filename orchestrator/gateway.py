@@ -142,7 +142,8 @@ class MicroBatcher:
         self.depth = 0  # jobs queued or running
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._busy: dict[str, set[asyncio.Task[None]]] = {}  # the running batches, per key
-        self._threads = ThreadPoolExecutor(CONTINUOUS_SLOTS + 8, thread_name_prefix="gateway")
+        #: where batches (and token streams) run: blocking calls into the pool
+        self.threads = ThreadPoolExecutor(CONTINUOUS_SLOTS + 8, thread_name_prefix="gateway")
         self.closed = False
 
     def _full(self, key: str) -> bool:
@@ -232,7 +233,7 @@ class MicroBatcher:
     async def _run(self, key: str, jobs: list[_Job]) -> None:
         try:
             results = await asyncio.get_running_loop().run_in_executor(
-                self._threads, self.run_batch, key, [j.request for j in jobs]
+                self.threads, self.run_batch, key, [j.request for j in jobs]
             )
         except Exception as exc:  # the whole batch failed: every caller hears why
             for j in jobs:
@@ -584,6 +585,29 @@ async def _unless_disconnected(request: Request, work: Any) -> dict[str, Any]:
     return task.result()
 
 
+def _chunk_base(model: str) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+
+
+def _error_event(e: GatewayError) -> bytes:
+    """An error after the status line has gone: OpenAI's error JSON as an event."""
+    body = {"message": e.message, "type": e.type, "param": e.param, "code": e.code}
+    return f"data: {json.dumps({'error': body})}\n\n".encode()
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
 def _chunk(base: dict[str, Any], delta: dict[str, Any], finish: str | None = None) -> bytes:
     choice = {"index": 0, "delta": delta, "finish_reason": finish}
     return f"data: {json.dumps(base | {'choices': [choice]})}\n\n".encode()
@@ -595,19 +619,13 @@ async def _sse(
     """OpenAI chat.completion.chunk events: the role at once, the answer when its batch has
     run, then usage and [DONE]. If the client disconnects, Starlette cancels this
     generator, and with it the queued job."""
-    base = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-    }
+    base = _chunk_base(model)
     try:
         yield _chunk(base, {"role": "assistant", "content": ""})
         try:
             result = await job
         except GatewayError as e:  # the status line has gone: report it in the stream
-            body = {"message": e.message, "type": e.type, "param": e.param, "code": e.code}
-            yield f"data: {json.dumps({'error': body})}\n\n".encode()
+            yield _error_event(e)
             return
         metrics.tokens(model, result["usage"]["total_tokens"])
         base["id"] = result["id"]
@@ -634,12 +652,7 @@ async def _token_sse(
     """OpenAI chunks as the engine generates the answer (`pool.stream` in a worker thread,
     handing each piece to this loop). A client that leaves stops the stream, and the
     engine drops the request."""
-    base = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": body.model,
-    }
+    base = _chunk_base(body.model)
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[Any] = asyncio.Queue()
     left = threading.Event()
@@ -661,25 +674,18 @@ async def _token_sse(
     batcher.depth += 1
     try:
         yield _chunk(base, {"role": "assistant", "content": ""})
-        loop.run_in_executor(batcher._threads, produce)
+        loop.run_in_executor(batcher.threads, produce)
         while (event := await pieces.get()) is not None:
             if isinstance(event, str):
                 yield _chunk(base, {"content": event})
                 continue
-            if isinstance(event, Exception) or not event.ok:
-                e = (
-                    _upstream_error(body.model, event)
-                    if not isinstance(event, Exception)
-                    else _as_gateway_error(event)
-                )
-                err = {"message": e.message, "type": e.type, "param": e.param, "code": e.code}
-                yield f"data: {json.dumps({'error': err})}\n\n".encode()
+            if isinstance(event, Exception):
+                yield _error_event(_as_gateway_error(event))
                 return
-            usage = {
-                "prompt_tokens": event.prompt_tokens,
-                "completion_tokens": event.completion_tokens,
-                "total_tokens": event.prompt_tokens + event.completion_tokens,
-            }
+            if not event.ok:
+                yield _error_event(_upstream_error(body.model, event))
+                return
+            usage = _usage(event.prompt_tokens, event.completion_tokens)
             metrics.tokens(body.model, usage["total_tokens"])
             choice = {"index": 0, "delta": {}, "finish_reason": event.finish_reason or "stop"}
             tail = base | {"choices": [choice], "usage": usage, "conclave": {"expert": body.model}}
@@ -712,11 +718,7 @@ def _completion(
                 "finish_reason": finish,
             }
         ],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
+        "usage": _usage(prompt, completion),
     }
     if extra:
         out["conclave"] = extra

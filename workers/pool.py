@@ -184,12 +184,7 @@ class ExpertPool:
                     result = event
                 yield event
         except Exception as exc:
-            err = (
-                exc
-                if isinstance(exc, ConclaveError)
-                else GenerationError(f"{type(exc).__name__}: {exc}", expert=name)
-            )
-            result = GenerationResult.failed(request, err)
+            result = GenerationResult.failed(request, _as_error(exc, name))
             yield result
         if result is not None:
             self.metrics.batch(name, [result], time.perf_counter() - t0)
@@ -344,19 +339,13 @@ class ExpertPool:
                 self._load(backend)
                 out = self._checked(backend, group, backend.generate(group))
             except Exception as exc2:
-                err = (
-                    exc2
-                    if isinstance(exc2, ConclaveError)
-                    else GenerationError(f"{type(exc2).__name__}: {exc2}", expert=backend.name)
-                )
+                err = _as_error(exc2, backend.name)
                 return [GenerationResult.failed(r, err, attempts=2) for r in group]
             for r in out:
                 r.attempts += 1
             return out
-        except ConclaveError as exc:
-            return [GenerationResult.failed(r, exc) for r in group]
         except Exception as exc:
-            err = GenerationError(f"{type(exc).__name__}: {exc}", expert=backend.name)
+            err = _as_error(exc, backend.name)
             return [GenerationResult.failed(r, err) for r in group]
 
     @staticmethod
@@ -371,6 +360,14 @@ class ExpertPool:
                 expert=backend.name,
             )
         return out
+
+
+def _as_error(exc: Exception, expert: str) -> ConclaveError:
+    """A backend's exception as the pool reports it: ours as they are, any other (a
+    backend bug, a library error) as a GenerationError naming its type."""
+    if isinstance(exc, ConclaveError):
+        return exc
+    return GenerationError(f"{type(exc).__name__}: {exc}", expert=expert)
 
 
 def _advance(bar: _Progress, n: int, _fut: Future[list[GenerationResult]]) -> None:

@@ -296,7 +296,7 @@ class _Stream:
             self.events.put(None)
 
     def fail(self, exc: BaseException | None) -> None:
-        self.events.put(exc if exc is not None else None)
+        self.events.put(exc)  # None (an abort) ends the stream quietly
 
 
 def _install_expert_counters(model: Any) -> None:
