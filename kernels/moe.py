@@ -145,7 +145,7 @@ class MoELayer(torch.nn.Module):
             logits[:, list(self.cfg.masked)] = float("-inf")
         # top-k of the logits is top-k of the softmax; the weights need only the chosen
         # logits and, unless renormalised, the softmax's normaliser (fewer small ops)
-        top, ids = logits.topk(self.cfg.top_k, dim=-1)
+        top, ids = logits.topk(self.cfg.top_k, dim=-1, sorted=False)  # order is free
         if self.cfg.renormalize:
             weights = top.softmax(dim=-1)
         else:

@@ -107,3 +107,24 @@ def test_config_errors_name_the_problem():
         MoEConfig(hidden=32, intermediate=32, experts=2, masked=(5,))
     with pytest.raises(ValueError, match="top_k=2 but only 1"):
         MoEConfig(hidden=32, intermediate=32, experts=2, masked=(0,))
+
+
+def test_bench_moe_prints_paired_and_best_speedups_with_the_machine_drift():
+    import json
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "moe", "--tokens", "1,16", "--hidden", "128",
+                                   "--intermediate", "128", "--rounds", "2", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["fused_backend"] == "fused" and out["rounds"] == 2
+    assert [r["tokens"] for r in out["rows"]] == [1, 16]
+    for row in out["rows"]:
+        assert row["max_abs_error_vs_reference"] < 0.05
+        assert row["speedup_vs_naive"] > 0 and row["speedup_vs_naive_best"] > 0
+        assert row["machine_drift"] >= 1.0  # the median round against the fastest
+    bad = CliRunner().invoke(app, ["bench", "moe", "--tokens", "0,16"])
+    assert bad.exit_code != 0 and "positive integers" in bad.output
