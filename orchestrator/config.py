@@ -146,6 +146,9 @@ class FakeBackendConfig(_Strict):
     load_s: float = Field(0.0, ge=0.0, description="Simulated load time in seconds.")
     fail_load: bool = Field(False, description="Loading always fails (a bad path).")
     generate_s: float = Field(0.0, ge=0.0, description="Simulated time per generate call.")
+    max_prompt_chars: int | None = Field(
+        None, ge=1, description="Longer prompts are refused, one by one (a context limit)."
+    )
     die_on_calls: list[int] = Field(
         default_factory=list, description="Generate calls (0 = first) on which the engine dies."
     )

@@ -7,6 +7,7 @@
         ├── ModelLoadError          the model could not be loaded (bad path, out of memory)
         ├── EngineDeadError         the engine died mid-batch            [retryable]
         ├── GenerationError         the engine rejected or failed a request
+        │   └── RequestRejectedError    the engine refused it before running it (too long)
         └── RemoteError             a remote (litellm) endpoint failed
             ├── RemoteTimeoutError      no answer within the timeout     [retryable]
             ├── RateLimitedError        the provider asked us to slow down [retryable]
@@ -59,6 +60,11 @@ class EngineDeadError(PoolError):
 
 class GenerationError(PoolError):
     """The engine rejected or failed a request (for instance a prompt longer than the context)."""
+
+
+class RequestRejectedError(GenerationError):
+    """The engine refused this request before running it (a prompt longer than the model's
+    context, say); its other requests went on. Fix the request: retrying cannot help."""
 
 
 class RemoteError(PoolError):

@@ -113,7 +113,8 @@ CONTINUOUS_SLOTS = 32
 
 class MicroBatcher:
     """Batches jobs per key and runs each batch in a worker thread with
-    `run_batch(key, requests) -> results`.
+    `run_batch(key, requests) -> outcomes`: each job's response, or the GatewayError that
+    is its answer alone (a request its expert refused fails; its neighbours do not).
 
     A key whose engine batches only what it is given at once (remote APIs, the routed
     ensemble) runs one batch at a time: a job that finds it idle waits at most `window`
@@ -129,7 +130,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        run_batch: Callable[[str, list[ChatRequest]], list[dict[str, Any]]],
+        run_batch: Callable[[str, list[ChatRequest]], list[dict[str, Any] | GatewayError]],
         settings: GatewaySettings,
         continuous: Callable[[str], bool] = lambda _key: False,
     ) -> None:
@@ -241,7 +242,11 @@ class MicroBatcher:
                     j.future.set_exception(_as_gateway_error(exc))
             return
         for j, res in zip(jobs, results, strict=True):
-            if not j.future.done():
+            if j.future.done():
+                continue
+            if isinstance(res, GatewayError):
+                j.future.set_exception(res)
+            else:
                 j.future.set_result(res)
 
     async def drain(self) -> None:
@@ -298,7 +303,7 @@ def create_app(  # type: ignore[no-untyped-def]
     metrics = GatewayMetrics()
     experts = {e.name for e in conclave.config.pool.experts if Role.EXPERT in e.roles}
 
-    def run_batch(key: str, requests: list[ChatRequest]) -> list[dict[str, Any]]:
+    def run_batch(key: str, requests: list[ChatRequest]) -> list[dict[str, Any] | GatewayError]:
         if key == ENSEMBLE:
             return _run_ensemble(conclave, requests)
         return _run_passthrough(conclave, key, requests)
@@ -750,6 +755,8 @@ def _passthrough_request(expert: str, r: ChatRequest, item_id: str) -> Any:
 
 def _upstream_error(expert: str, result: Any) -> GatewayError:
     err = result.error
+    if err and err.type == "RequestRejectedError":  # the client's request, not the expert
+        return GatewayError(400, f"expert {expert!r} refused the request: {err.message}")
     status = 504 if err and "Timeout" in err.type else 503 if err and err.retryable else 502
     why = err.message if err else "no result"
     return GatewayError(
@@ -762,12 +769,13 @@ def _upstream_error(expert: str, result: Any) -> GatewayError:
 
 def _run_passthrough(
     conclave: Any, expert: str, requests: list[ChatRequest]
-) -> list[dict[str, Any]]:
+) -> list[dict[str, Any] | GatewayError]:
     reqs = [_passthrough_request(expert, r, str(i)) for i, r in enumerate(requests)]
-    out = []
+    out: list[dict[str, Any] | GatewayError] = []
     for r in conclave.pool.run(reqs):
-        if not r.ok:
-            raise _upstream_error(expert, r)
+        if not r.ok:  # this request's answer alone
+            out.append(_upstream_error(expert, r))
+            continue
         out.append(
             _completion(
                 expert,
@@ -781,7 +789,9 @@ def _run_passthrough(
     return out
 
 
-def _run_ensemble(conclave: Any, requests: list[ChatRequest]) -> list[dict[str, Any]]:
+def _run_ensemble(
+    conclave: Any, requests: list[ChatRequest]
+) -> list[dict[str, Any] | GatewayError]:
     from orchestrator.conclave import Item
 
     items = [Item(id=f"req-{uuid.uuid4().hex[:12]}", question=_question(r)) for r in requests]

@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from orchestrator.config import FakeBackendConfig
-from orchestrator.errors import EngineDeadError, ModelLoadError
+from orchestrator.errors import EngineDeadError, ModelLoadError, RequestRejectedError
 from workers.backend import ExpertBackend
 from workers.batch import GenerationRequest, GenerationResult
 
@@ -20,7 +20,8 @@ _ACTIVE_LOCK = threading.Lock()
 
 
 class FakeBackend(ExpertBackend):
-    """Answers `answer.format(expert=..., prompt=...)`; can fail to load or die on cue.
+    """Answers `answer.format(expert=..., prompt=...)`; can fail to load or die on cue,
+    and refuses prompts over `max_prompt_chars` one by one, as an engine's context limit.
 
     With an `answer_key` it knows the gold answers of a dataset and answers right with a
     set accuracy, which can drop after a number of requests (fault injection).
@@ -103,15 +104,16 @@ class FakeBackend(ExpertBackend):
         if call in self.spec.die_on_calls:
             self._unloaded()
             raise EngineDeadError("engine process exited (fake)", expert=self.name)
-        return [
-            GenerationResult(
-                item_id=r.item_id,
-                expert=self.name,
-                text=self._text(r.prompt_text()),
-                finish_reason="stop",
-            )
-            for r in requests
-        ]
+        return [self._answer(r) for r in requests]
+
+    def _answer(self, r: GenerationRequest) -> GenerationResult:
+        prompt, limit = r.prompt_text(), self.spec.max_prompt_chars
+        if limit is not None and len(prompt) > limit:
+            why = f"the prompt has {len(prompt)} characters; this model takes at most {limit}"
+            return GenerationResult.failed(r, RequestRejectedError(why, expert=self.name))
+        return GenerationResult(
+            item_id=r.item_id, expert=self.name, text=self._text(prompt), finish_reason="stop"
+        )
 
     def unload(self) -> None:
         self._unloaded()

@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.config import VLLMBackendConfig
-from orchestrator.errors import EngineDeadError, GenerationError, ModelLoadError
+from orchestrator.errors import (
+    EngineDeadError,
+    GenerationError,
+    ModelLoadError,
+    RequestRejectedError,
+)
 from workers.backend import ExpertBackend
 from workers.batch import GenerationRequest, GenerationResult
 from workers.cluster import ensure_ray
@@ -155,24 +160,21 @@ class EngineHost:
         """Answer `items` (chat messages or raw prompts); they join the running batch."""
         params = self._params
         call = _Call(len(items))
-        chats = [i for i, it in enumerate(items) if it["messages"] is not None]
-        raws = [i for i, it in enumerate(items) if it["messages"] is None]
 
         def add() -> None:
-            ids: list[str] = []
-            if chats:
-                ids += self.llm.enqueue_chat(
-                    [items[i]["messages"] for i in chats],
-                    sampling_params=[params(items[i]) for i in chats],
-                    use_tqdm=False,
-                )
-            if raws:
-                ids += self.llm.enqueue(
-                    [items[i]["prompt"] for i in raws],
-                    sampling_params=[params(items[i]) for i in raws],
-                    use_tqdm=False,
-                )
-            for rid, i in zip(ids, chats + raws, strict=True):
+            for i, it in enumerate(items):
+                try:
+                    if it["messages"] is not None:
+                        (rid,) = self.llm.enqueue_chat(
+                            [it["messages"]], sampling_params=[params(it)], use_tqdm=False
+                        )
+                    else:
+                        (rid,) = self.llm.enqueue(
+                            [it["prompt"]], sampling_params=[params(it)], use_tqdm=False
+                        )
+                except Exception as exc:  # vLLM refused this request (too long, say): the
+                    call.reject(i, str(exc))  # engine is fine, its other requests go on
+                    continue
                 # add_request returns the engine's id ("<ours>-<random>"); outputs carry ours
                 self._running[rid.split("-", 1)[0]] = _Slot(call, i)
 
@@ -200,11 +202,18 @@ class EngineHost:
             prompt = item["prompt"]
         stream = _Stream()
 
-        def add() -> None:
-            self.llm.llm_engine.add_request(stream_id, prompt, params)
+        def add() -> str | None:
+            try:
+                self.llm.llm_engine.add_request(stream_id, prompt, params)
+            except Exception as exc:  # refused (too long, say): the engine is fine
+                return str(exc)
             self._running[stream_id] = stream
+            return None
 
-        self._on_engine(add)
+        refused = self._on_engine(add)
+        if refused is not None:
+            yield {"error": refused}
+            return
         while True:
             event = stream.events.get()
             if isinstance(event, BaseException):
@@ -257,7 +266,14 @@ class _Call:
         self.future: Future[list[dict[str, Any]]] = Future()
 
     def finish(self, i: int, ro: Any) -> None:
-        self.out[i] = _result(ro)
+        self._done(i, _result(ro))
+
+    def reject(self, i: int, why: str) -> None:
+        """vLLM refused request `i` before it ran: its result is the reason."""
+        self._done(i, {"error": why})
+
+    def _done(self, i: int, out: dict[str, Any]) -> None:
+        self.out[i] = out
         self.left -= 1
         if self.left == 0:
             self.future.set_result(self.out)  # type: ignore[arg-type]
@@ -468,11 +484,14 @@ class VLLMBackend(ExpertBackend):
             self._actor = None
             raise EngineDeadError(f"engine died: {_cause(exc)}", expert=self.name) from None
         except RayTaskError as exc:
-            # an engine that raised mid-batch may keep the batch's requests: start afresh
+            # the engine itself failed (vLLM's refusals of single requests come back as
+            # their results): its state is unknown, so start afresh
             self.unload()
             raise GenerationError(_cause(exc), expert=self.name) from None
         return [
-            GenerationResult(item_id=r.item_id, expert=self.name, **o)
+            GenerationResult.failed(r, RequestRejectedError(o["error"], expert=self.name))
+            if "error" in o
+            else GenerationResult(item_id=r.item_id, expert=self.name, **o)
             for r, o in zip(requests, outs, strict=True)
         ]
 
@@ -494,6 +513,9 @@ class VLLMBackend(ExpertBackend):
                 event = ray.get(ref)
                 if "delta" in event:
                     yield event["delta"]
+                elif "error" in event:
+                    done = True  # never entered the engine
+                    raise RequestRejectedError(event["error"], expert=self.name)
                 else:
                     done = True
                     yield GenerationResult(

@@ -124,6 +124,35 @@ def test_streaming_gives_the_answer_token_by_token_and_a_reader_can_leave(pool):
     assert after.ok and after.completion_tokens == 3
 
 
+def test_a_request_the_engine_rejects_fails_alone(pool):
+    """A prompt longer than the model's context fails with the engine's reason; the other
+    requests of its batch, and one generating meanwhile, are answered by the same engine."""
+    import concurrent.futures as cf
+    import time
+
+    import ray
+
+    actor = ray.get_actor("expert:a", namespace="conclave")
+    pid, restarts = ray.get(actor.info.remote())["pid"], pool.stats.restarts
+    too_long = GenerationRequest(
+        item_id="long", expert="a", messages=[{"role": "user", "content": "word " * 2000}]
+    )
+    with cf.ThreadPoolExecutor(1) as ex:
+        running = ex.submit(pool.run, [chat(9, "a", sampling={"max_tokens": 200})])
+        time.sleep(0.5)  # generating when the bad batch arrives
+        results = pool.run([chat(0, "a"), too_long, chat(2, "a")])
+        (other,) = running.result()
+    assert [r.ok for r in results] == [True, False, True], [r.error for r in results]
+    bad = results[1].error
+    assert bad.type == "RequestRejectedError" and not bad.retryable and "[a]" in bad.message
+    assert "512" in bad.message  # the model's maximum length, from vLLM's message
+    *pieces, streamed = pool.stream(too_long)  # streaming: refused the same way
+    assert pieces == [] and streamed.error.type == "RequestRejectedError"
+    assert other.ok and other.completion_tokens == 200
+    assert pool.stats.restarts == restarts
+    assert ray.get(actor.info.remote())["pid"] == pid  # the same engine throughout
+
+
 def test_dead_engine_is_restarted_and_moe_expert_evicts_the_idle_one(pool, ray_cluster):
     import ray
 

@@ -17,6 +17,7 @@ EXPERTS = [
     {"name": "alpha", "backend": {"type": "fake", "answer": "The answer is (A)."}},
     {"name": "beta", "backend": {"type": "fake", "answer": "The answer is (B)."}},
     {"name": "slow", "backend": {"type": "fake", "answer": "slow says hi", "generate_s": 0.5}},
+    {"name": "short", "backend": {"type": "fake", "answer": "ok", "max_prompt_chars": 200}},
     {
         "name": "kw",
         "backend": {"type": "fake", "answer": "Keywords: arithmetic, math"},
@@ -89,7 +90,13 @@ def test_openai_client_ensemble_and_passthrough(gw):
     assert out.usage is not None
     one = client.chat.completions.create(model="alpha", messages=[{"role": "user", "content": Q}])
     assert one.choices[0].message.content == "The answer is (A)."
-    assert [m.id for m in client.models.list().data] == ["conclave", "alpha", "beta", "slow"]
+    assert [m.id for m in client.models.list().data] == [
+        "conclave",
+        "alpha",
+        "beta",
+        "short",
+        "slow",
+    ]
 
 
 def test_openai_client_streaming(gw):
@@ -428,3 +435,22 @@ def test_continuous_batching_keys_run_several_batches_at_once(continuous):
 
     assert asyncio.run(main()) == [{"ok": "first"}, {"ok": "second"}]
     assert peak == (2 if continuous else 1)
+
+
+def test_a_request_the_expert_refuses_gets_400_and_its_batch_neighbours_answers(gw):
+    """A prompt over the expert's context is the client's error (400, the engine's reason),
+    not the expert's (502); requests batched with it are answered."""
+    import concurrent.futures as cf
+
+    def ask(text):
+        body = {"model": "short", "messages": [{"role": "user", "content": text}]}
+        return httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=30)
+
+    with cf.ThreadPoolExecutor(3) as ex:  # within one batch window
+        long, short1, short2 = ex.map(ask, ["x" * 300, "hi", "hello"])
+    assert long.status_code == 400, long.text
+    err = long.json()["error"]
+    assert err["type"] == "invalid_request_error" and "at most 200" in err["message"]
+    assert "'short' refused the request" in err["message"]
+    assert short1.status_code == short2.status_code == 200, (short1.text, short2.text)
+    assert short1.json()["choices"][0]["message"]["content"] == "ok"
