@@ -26,6 +26,7 @@ import json
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -552,9 +553,7 @@ def create_app(  # type: ignore[no-untyped-def]
         if body.stream and continuous(body.model):
             # token by token from the engine's running batch
             batcher.admit()
-            return StreamingResponse(
-                _token_sse(conclave, body, batcher, metrics), media_type="text/event-stream"
-            )
+            return await _token_stream(conclave, body, batcher, metrics)
         if body.stream:
             # the response starts now; the answer follows once its batch has run
             job = asyncio.ensure_future(batcher.submit(body.model, body))
@@ -651,12 +650,13 @@ async def _sse(
         job.cancel()  # a no-op once answered; frees a queued job if the client left
 
 
-async def _token_sse(
+async def _token_stream(
     conclave: Any, body: ChatRequest, batcher: MicroBatcher, metrics: Any
-) -> AsyncIterator[bytes]:
+) -> StreamingResponse:
     """OpenAI chunks as the engine generates the answer (`pool.stream` in a worker thread,
-    handing each piece to this loop). A client that leaves stops the stream, and the
-    engine drops the request."""
+    handing each piece to this loop). The response starts with the engine's first event,
+    as vLLM's server does, so a request the engine refuses (too long) is a 400, not a
+    stream that fails. A client that leaves stops the stream; the engine drops the request."""
     base = _chunk_base(body.model)
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[Any] = asyncio.Queue()
@@ -678,22 +678,49 @@ async def _token_sse(
 
     batcher.depth += 1
     try:
-        yield _chunk(base, {"role": "assistant", "content": ""})
         loop.run_in_executor(batcher.threads, produce)
-        while (event := await pieces.get()) is not None:
+        first = await pieces.get()
+    except BaseException:
+        left.set()
+        raise
+    finally:
+        batcher.depth -= 1  # the stream counts itself while it runs
+    refused = getattr(first, "error", None)
+    if refused is not None and refused.type == "RequestRejectedError":
+        raise _upstream_error(body.model, first)  # 400: nothing was sent yet
+    sse = _token_sse(base, first, pieces, left, body.model, batcher, metrics)
+    weakref.finalize(sse, left.set)  # a response never started still frees the engine
+    return StreamingResponse(sse, media_type="text/event-stream")
+
+
+async def _token_sse(
+    base: dict[str, Any],
+    first: Any,
+    pieces: asyncio.Queue[Any],
+    left: threading.Event,
+    model: str,
+    batcher: MicroBatcher,
+    metrics: Any,
+) -> AsyncIterator[bytes]:
+    batcher.depth += 1
+    try:
+        yield _chunk(base, {"role": "assistant", "content": ""})
+        event = first
+        while event is not None:
             if isinstance(event, str):
                 yield _chunk(base, {"content": event})
+                event = await pieces.get()
                 continue
             if isinstance(event, Exception):
                 yield _error_event(_as_gateway_error(event))
                 return
             if not event.ok:
-                yield _error_event(_upstream_error(body.model, event))
+                yield _error_event(_upstream_error(model, event))
                 return
             usage = _usage(event.prompt_tokens, event.completion_tokens)
-            metrics.tokens(body.model, usage["total_tokens"])
+            metrics.tokens(model, usage["total_tokens"])
             choice = {"index": 0, "delta": {}, "finish_reason": event.finish_reason or "stop"}
-            tail = base | {"choices": [choice], "usage": usage, "conclave": {"expert": body.model}}
+            tail = base | {"choices": [choice], "usage": usage, "conclave": {"expert": model}}
             yield f"data: {json.dumps(tail)}\n\n".encode()
             yield b"data: [DONE]\n\n"
             return

@@ -205,6 +205,11 @@ def test_gateway_serves_the_reduced_zoo_to_the_openai_client(zoo, ray_cluster):
         # same answer
         assert len(pieces) > 2 and "".join(pieces) == one.choices[0].message.content
         assert chunks[-1].usage.completion_tokens == one.usage.completion_tokens
+        # a prompt past the model's context: 400 with vLLM's reason, streamed or not
+        huge = [{"role": "user", "content": "word " * 5000}]
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError, match="context length"):
+                client.chat.completions.create(model="facts-mini", messages=huge, stream=stream)
     finally:
         server.should_exit = True
         thread.join(timeout=30)

@@ -137,6 +137,12 @@ def test_streaming_from_a_continuous_engine_sends_each_piece_as_generated(gw):
         yield "The "
         raise RuntimeError("engine fell over")
 
+    def refused(request):
+        from orchestrator.errors import RequestRejectedError
+
+        err = RequestRejectedError("this model's maximum context length is 512", expert="slow")
+        yield GenerationResult.failed(request, err)
+
     backend.continuous_batching = True
     try:
         backend.stream = stream
@@ -149,6 +155,13 @@ def test_streaming_from_a_continuous_engine_sends_each_piece_as_generated(gw):
         with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body) as r:
             lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
         assert '"content": "The "' in lines[1] and "engine fell over" in lines[-1]
+        # a request the engine refuses before running it: a 400 before any chunk
+        backend.stream = refused
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 400, r.text
+        assert "refused the request" in r.json()["error"]["message"]
+        assert "maximum context length" in r.json()["error"]["message"]
+        assert gw.conclave.pool.backends["slow"].loaded  # the engine goes on
     finally:
         backend.continuous_batching = False
         del backend.stream
