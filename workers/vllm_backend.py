@@ -524,7 +524,9 @@ class VLLMBackend(ExpertBackend):
         except RayActorError as exc:
             self._actor = None
             raise EngineDeadError(f"engine died: {_cause(exc)}", expert=self.name) from None
-        except RayTaskError as exc:
+        except RayTaskError as exc:  # the engine failed (refusals came as events): restart
+            done = True
+            self.unload()
             raise GenerationError(_cause(exc), expert=self.name) from None
         finally:
             if not done:  # the reader left (or failed): free the request's place
