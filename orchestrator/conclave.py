@@ -65,6 +65,7 @@ class ExpertAnswer(BaseModel):
     choice: str | None = None
     weight: float = Field(1.0, description="Times the router drew this expert.")
     error: str | None = None
+    error_type: str | None = Field(None, description="The error's class (orchestrator.errors).")
     tokens: int = Field(0, description="Prompt + completion tokens of the call.")
     completion_tokens: int = Field(0, description="Of those, the tokens it generated.")
     cached: bool = Field(False, description="Reused from an identical greedy call earlier.")
@@ -252,6 +253,7 @@ class Conclave:
                 text=r.text,
                 choice=extract_answer(r.text, it.question, it.answer_type) if r.ok else None,
                 error=None if r.ok else r.error.message if r.error else "failed",
+                error_type=r.error.type if r.error else None,
                 tokens=r.prompt_tokens + r.completion_tokens,
                 completion_tokens=r.completion_tokens,
             )

@@ -794,6 +794,15 @@ def _upstream_error(expert: str, result: Any) -> GatewayError:
     )
 
 
+def _ensemble_failed(answers: list[Any]) -> GatewayError:
+    """Every expert the router chose failed: 400 when they all refused the question (too
+    long for their context), else 502 with each one's reason."""
+    why = "; ".join(a.error for a in answers)  # each names its expert
+    if all(a.error_type == "RequestRejectedError" for a in answers):
+        return GatewayError(400, f"the experts refused the question: {why}")
+    return GatewayError(502, f"every expert the router chose failed: {why}", "upstream_error")
+
+
 def _run_passthrough(
     conclave: Any, expert: str, requests: list[ChatRequest]
 ) -> list[dict[str, Any] | GatewayError]:
@@ -823,8 +832,11 @@ def _run_ensemble(
 
     items = [Item(id=f"req-{uuid.uuid4().hex[:12]}", question=_question(r)) for r in requests]
     traces = conclave.answer(items, "symbolic-moe")
-    out = []
+    out: list[dict[str, Any] | GatewayError] = []
     for tr in traces:
+        if tr.answers and all(a.error for a in tr.answers):  # nothing to vote on
+            out.append(_ensemble_failed(tr.answers))
+            continue
         text = tr.aggregator_text or next((a.text for a in tr.answers if a.text), "") or ""
         if tr.choice and tr.aggregator in (None, "vote"):
             text = f"The answer is ({tr.choice})."

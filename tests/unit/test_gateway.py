@@ -37,13 +37,18 @@ def _free_port() -> int:
 
 class Served:
     def __init__(
-        self, settings: GatewaySettings, profile: bool = True, ensemble: bool = True
+        self,
+        settings: GatewaySettings,
+        profile: bool = True,
+        ensemble: bool = True,
+        experts: list[dict] | None = None,
     ) -> None:
         import uvicorn
 
         from evals.harness import eval_items
 
-        cfg = parse_config({"pool": {"experts": EXPERTS}, "routing": {"embedder": "ngram"}})
+        pool = {"experts": experts or EXPERTS}
+        cfg = parse_config({"pool": pool, "routing": {"embedder": "ngram"}})
         self.conclave = Conclave(cfg)
         if profile:
             self.conclave.profile(eval_items("skillmix", limit=1), dataset="skillmix")
@@ -467,3 +472,25 @@ def test_a_request_the_expert_refuses_gets_400_and_its_batch_neighbours_answers(
     assert "'short' refused the request" in err["message"]
     assert short1.status_code == short2.status_code == 200, (short1.text, short2.text)
     assert short1.json()["choices"][0]["message"]["content"] == "ok"
+
+
+def test_an_ensemble_whose_experts_all_fail_says_so():
+    """The routed ensemble with nothing to vote on is an error, not an empty answer: 400
+    when every chosen expert refused the question (too long), else 502 naming each."""
+    limit = {"max_prompt_chars": 3000}
+    experts = [dict(e, backend=e["backend"] | limit) for e in EXPERTS if e["name"] != "short"]
+    s = Served(GatewaySettings(batch_window_ms=1), experts=experts)
+    try:
+
+        def ask(question):
+            body = {"model": "conclave", "messages": [{"role": "user", "content": question}]}
+            return httpx.post(f"{s.url}/v1/chat/completions", json=body, timeout=30)
+
+        ok = ask(Q)
+        assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
+        long = ask(Q + " and more" * 400)
+        assert long.status_code == 400, long.text
+        msg = long.json()["error"]["message"]
+        assert msg.startswith("the experts refused the question") and "at most 3000" in msg
+    finally:
+        s.close()
