@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -76,8 +77,8 @@ class EngineHost:
         from vllm.platforms import current_platform
 
         # vLLM's CPU sampler cannot honour per-request seeds ("CPU Generator does not use
-        # offset", and the engine is left stuck): on CPU, sampling follows the engine's own
-        # seed, reproducible for the same batch in the same order
+        # offset", and the engine is left stuck): on CPU, a call on an idle engine seeds
+        # the sampler from its requests' seeds instead (`_reseed`)
         self.request_seeds = not current_platform.is_cpu()
         self._inbox: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
         self._running: dict[str, _Slot | _Stream] = {}  # engine request id -> its caller
@@ -156,12 +157,25 @@ class EngineHost:
             stop=s["stop"] or None,
         )
 
+    def _reseed(self, items: list[dict[str, Any]]) -> None:
+        """On the engine thread, before adding `items`: where the engine cannot seed each
+        request (the CPU build), seed its sampler from their seeds when nothing else runs,
+        so a call on an idle engine samples the same whatever the engine answered before
+        (an eval reusing a cached profile draws the keywords a fresh one drew)."""
+        seeds = [it["sampling"]["seed"] for it in items]
+        if self.request_seeds or self._running or None in seeds:
+            return
+        import torch
+
+        torch.manual_seed(zlib.crc32(repr(seeds).encode()))
+
     def generate(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Answer `items` (chat messages or raw prompts); they join the running batch."""
         params = self._params
         call = _Call(len(items))
 
         def add() -> None:
+            self._reseed(items)
             for i, it in enumerate(items):
                 try:
                     if it["messages"] is not None:
@@ -203,6 +217,7 @@ class EngineHost:
         stream = _Stream()
 
         def add() -> str | None:
+            self._reseed([item])
             try:
                 self.llm.llm_engine.add_request(stream_id, prompt, params)
             except Exception as exc:  # refused (too long, say): the engine is fine

@@ -124,6 +124,26 @@ def test_streaming_gives_the_answer_token_by_token_and_a_reader_can_leave(pool):
     assert after.ok and after.completion_tokens == 3
 
 
+def test_seeded_sampling_repeats_on_an_idle_engine_whatever_ran_before(pool):
+    """The CPU build cannot seed requests one by one; a call on an idle engine seeds the
+    sampler from its requests' seeds, so a sampled batch repeats after other sampled work
+    (an eval reusing its cached profile draws the keywords a fresh one drew)."""
+
+    def batch(seed):
+        return [
+            chat(i, "a", sampling={"temperature": 1.0, "max_tokens": 12, "seed": seed + i})
+            for i in range(3)
+        ]
+
+    first = [r.text for r in pool.run(batch(7))]
+    unseeded = {"temperature": 1.0, "max_tokens": 20}
+    pool.run([chat(5, "a", sampling=unseeded)])  # moves the engine's random state on
+    again = [r.text for r in pool.run(batch(7))]
+    other = [r.text for r in pool.run(batch(1000))]
+    assert all(first) and first == again
+    assert other != first  # the seeds decide
+
+
 def test_a_request_the_engine_rejects_fails_alone(pool):
     """A prompt longer than the model's context fails with the engine's reason; the other
     requests of its batch, and one generating meanwhile, are answered by the same engine."""
