@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import gc
 import logging
 import os
@@ -35,6 +36,18 @@ from workers.batch import GenerationRequest, GenerationResult
 from workers.cluster import ensure_ray
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _refusals() -> tuple[type[BaseException], ...]:
+    """What vLLM raises for a request it will not run (its client errors, and the
+    ValueError/TypeError of its older validation); anything else is the engine's fault."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:  # vLLM not installed here, or a version without the split
+        return (ValueError, TypeError)
+    return (ValueError, TypeError, VLLMClientError)
+
 
 #: Calls an engine actor takes at once (each waits in a thread of its own while the
 #: engine batches their requests together).
@@ -186,7 +199,7 @@ class EngineHost:
                         (rid,) = self.llm.enqueue(
                             [it["prompt"]], sampling_params=[params(it)], use_tqdm=False
                         )
-                except Exception as exc:  # vLLM refused this request (too long, say): the
+                except _refusals() as exc:  # vLLM refused this request (too long, say): the
                     call.reject(i, str(exc))  # engine is fine, its other requests go on
                     continue
                 # add_request returns the engine's id ("<ours>-<random>"); outputs carry ours
@@ -220,7 +233,7 @@ class EngineHost:
             self._reseed([item])
             try:
                 self.llm.llm_engine.add_request(stream_id, prompt, params)
-            except Exception as exc:  # refused (too long, say): the engine is fine
+            except _refusals() as exc:  # refused (too long, say): the engine is fine
                 return str(exc)
             self._running[stream_id] = stream
             return None
