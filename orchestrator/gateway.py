@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.config import GatewaySettings, Role
-from orchestrator.errors import ConclaveError, ConfigError
+from orchestrator.errors import ConclaveError, ConfigError, RequestRejectedError
 
 ENSEMBLE = "conclave"
 
@@ -685,9 +685,10 @@ async def _token_stream(
         raise
     finally:
         batcher.depth -= 1  # the stream counts itself while it runs
-    refused = getattr(first, "error", None)
-    if refused is not None and refused.type == "RequestRejectedError":
-        raise _upstream_error(body.model, first)  # 400: nothing was sent yet
+    if getattr(first, "ok", True) is False:  # a failed result before any text
+        err = _upstream_error(body.model, first)
+        if err.status == 400:  # refused: nothing was sent yet, so a plain 400
+            raise err
     sse = _token_sse(base, first, pieces, left, body.model, batcher, metrics)
     weakref.finalize(sse, left.set)  # a response never started still frees the engine
     return StreamingResponse(sse, media_type="text/event-stream")
@@ -706,24 +707,23 @@ async def _token_sse(
     try:
         yield _chunk(base, {"role": "assistant", "content": ""})
         event = first
-        while event is not None:
-            if isinstance(event, str):
-                yield _chunk(base, {"content": event})
-                event = await pieces.get()
-                continue
-            if isinstance(event, Exception):
-                yield _error_event(_as_gateway_error(event))
-                return
-            if not event.ok:
-                yield _error_event(_upstream_error(model, event))
-                return
-            usage = _usage(event.prompt_tokens, event.completion_tokens)
-            metrics.tokens(model, usage["total_tokens"])
-            choice = {"index": 0, "delta": {}, "finish_reason": event.finish_reason or "stop"}
-            tail = base | {"choices": [choice], "usage": usage, "conclave": {"expert": model}}
-            yield f"data: {json.dumps(tail)}\n\n".encode()
-            yield b"data: [DONE]\n\n"
+        while isinstance(event, str):  # the text, piece by piece
+            yield _chunk(base, {"content": event})
+            event = await pieces.get()
+        if event is None:
             return
+        if isinstance(event, Exception):
+            yield _error_event(_as_gateway_error(event))
+            return
+        if not event.ok:
+            yield _error_event(_upstream_error(model, event))
+            return
+        usage = _usage(event.prompt_tokens, event.completion_tokens)
+        metrics.tokens(model, usage["total_tokens"])
+        choice = {"index": 0, "delta": {}, "finish_reason": event.finish_reason or "stop"}
+        tail = base | {"choices": [choice], "usage": usage, "conclave": {"expert": model}}
+        yield f"data: {json.dumps(tail)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
     finally:
         left.set()  # the producer stops at its next piece; the engine drops the request
         batcher.depth -= 1
@@ -782,7 +782,7 @@ def _passthrough_request(expert: str, r: ChatRequest, item_id: str) -> Any:
 
 def _upstream_error(expert: str, result: Any) -> GatewayError:
     err = result.error
-    if err and err.type == "RequestRejectedError":  # the client's request, not the expert
+    if err and err.type == RequestRejectedError.__name__:  # the client's request
         return GatewayError(400, f"expert {expert!r} refused the request: {err.message}")
     status = 504 if err and "Timeout" in err.type else 503 if err and err.retryable else 502
     why = err.message if err else "no result"
@@ -798,7 +798,7 @@ def _ensemble_failed(answers: list[Any]) -> GatewayError:
     """Every expert the router chose failed: 400 when they all refused the question (too
     long for their context), else 502 with each one's reason."""
     why = "; ".join(a.error for a in answers)  # each names its expert
-    if all(a.error_type == "RequestRejectedError" for a in answers):
+    if all(a.error_type == RequestRejectedError.__name__ for a in answers):
         return GatewayError(400, f"the experts refused the question: {why}")
     return GatewayError(502, f"every expert the router chose failed: {why}", "upstream_error")
 
