@@ -8,6 +8,8 @@ The vote is also an aggregator of its own, with no LLM call.
 
 from __future__ import annotations
 
+import math
+import random
 import re
 from collections.abc import Sequence
 
@@ -54,16 +56,20 @@ def weighted_vote(
     answer_type: str = "choice",
 ) -> str | None:
     """The answer with the most weight among the answers' choices (a letter, or an integer
-    for `answer_type` 'integer'; ties: the earliest answer's); None when none states one."""
+    for `answer_type` 'integer'); None when none states one. A tie is a fair coin seeded
+    by the question and the tied choices, not the answer that came first: the outcome
+    does not depend on the order the experts are listed in (with unit weights on skillmix,
+    first-come ties moved majority vote by 27 points between two orders of the same zoo)."""
     weights = list(weights) if weights is not None else [1.0] * len(answers)
     totals: dict[str, float] = {}
-    first: dict[str, int] = {}
-    for i, (text, w) in enumerate(zip(answers, weights, strict=True)):
+    for text, w in zip(answers, weights, strict=True):
         choice = extract_answer(text, question, answer_type)
-        if choice is None:
-            continue
-        totals[choice] = totals.get(choice, 0.0) + w
-        first.setdefault(choice, i)
+        if choice is not None:
+            totals[choice] = totals.get(choice, 0.0) + w
     if not totals:
         return None
-    return max(totals, key=lambda c: (totals[c], -first[c]))
+    top = max(totals.values())
+    tied = sorted(c for c, t in totals.items() if math.isclose(t, top, rel_tol=1e-9))
+    if len(tied) == 1:
+        return tied[0]
+    return random.Random("|".join([question, *tied])).choice(tied)

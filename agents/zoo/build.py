@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agents.zoo.train import SKILL_KEYWORDS, TRAINING_VERSION, TrainSpec
 from evals.skillmix import CATEGORIES, Question
@@ -112,7 +112,27 @@ class ZooManifest(BaseModel):
     format: int = Field(ZOO_FORMAT, description="Manifest format version.")
     updated: str = Field(..., description="When it was last written (UTC, ISO 8601).")
     skillmix_seed: int = Field(..., description="Seed of the skillmix splits used.")
-    entries: dict[str, ZooEntry] = Field(default_factory=dict, description="Models by name.")
+    entries: dict[str, ZooEntry] = Field(
+        default_factory=dict, description="Models by name, in the profiles' order."
+    )
+
+    @model_validator(mode="after")
+    def _in_profile_order(self) -> ZooManifest:
+        self.put()
+        return self
+
+    def put(self, *entries: ZooEntry) -> None:
+        """Record `entries`, keeping every entry in the profiles' order (then by name),
+        whatever order they were built in: the pool serves the zoo in this order, and
+        the order decides seeded choices (random-k's experts) and so which requests an
+        engine batches together, which moves greedy answers on the CPU build."""
+        merged = self.entries | {e.name: e for e in entries}
+        self.entries = {n: merged[n] for n in sorted(merged, key=_profile_position)}
+
+
+def _profile_position(name: str) -> tuple[int, str]:
+    order = [s.name for specs in PROFILES.values() for s in specs]
+    return (order.index(name) if name in order else len(order), name)
 
 
 def _hash_file(path: Path) -> str:
@@ -220,7 +240,7 @@ class ZooBuilder:
                 todo.append((spec, fp))
         built = []
         for entry in self._build_all(todo):
-            manifest.entries[entry.name] = entry
+            manifest.put(entry)
             manifest.updated = _now()
             atomic_write_text(self.root / "manifest.json", manifest.model_dump_json(indent=2))
             built.append(entry.name)

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import json
+
+from agents.zoo.build import PROFILES, ZooEntry, ZooManifest, load_manifest
+from agents.zoo.evaluate import zoo_config
+
+
+def _entry(name: str) -> ZooEntry:
+    return ZooEntry(
+        name=name,
+        kind="trained",
+        architecture="LlamaForCausalLM",
+        source="conclave training",
+        spec={},
+        fingerprint="f",
+        roles=["expert"],
+        size_bytes=1,
+        files={},
+        build_s=0.0,
+    )
+
+
+FULL = [s.name for s in PROFILES["full"]]
+
+
+def test_entries_keep_the_profile_order_whatever_order_they_were_built_in():
+    m = ZooManifest(updated="now", skillmix_seed=0)
+    for name in reversed(FULL):  # models finish building in any order
+        m.put(_entry(name))
+    m.put(_entry("my-extra"), _entry("facts"))  # an outside model goes last; facts stays
+    assert list(m.entries) == [*FULL, "my-extra"]
+
+
+def test_a_manifest_written_in_another_order_loads_in_the_profile_order(tmp_path):
+    shuffled = FULL[::2] + FULL[1::2]
+    m = ZooManifest(updated="now", skillmix_seed=0)
+    raw = json.loads(m.model_dump_json())
+    raw["entries"] = {n: json.loads(_entry(n).model_dump_json()) for n in shuffled}
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    loaded = load_manifest(tmp_path, seed=0)
+    assert list(loaded.entries) == FULL
+    # the pool serves the zoo in that order, so seeded choices over experts repeat
+    names = [e.name for e in zoo_config(tmp_path, loaded).pool.experts]
+    assert names == FULL
