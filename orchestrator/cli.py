@@ -623,12 +623,16 @@ def eval_cmd(
 def _print_summary(res: dict) -> None:  # type: ignore[type-arg]
     table = Table(
         title=f"{res['dataset']} {res['split']}: {res['questions']} questions "
-        f"({res['wall_s']} s, {res['machine']})"
+        f"({res['wall_s']} s, {res['machine']})",
+        caption="calls, experts, reused answers and tokens are per question",
+        box=box.SIMPLE_HEAD,  # fits 80 columns without truncating a header
+        pad_edge=False,
+        collapse_padding=True,
     )
-    cols = ("strategy", "acc %", "calls/q", "experts/q", "reused/q", "tokens/q", "wall s", "loads")
+    cols = ("strategy", "acc %", "calls", "experts", "reused", "tokens", "wall s", "loads")
     for col in cols:
         left = col == "strategy"
-        table.add_column(col, justify="left" if left else "right", no_wrap=left)
+        table.add_column(col, justify="left" if left else "right", no_wrap=True)
     for name, s in res["strategies"].items():
         style = "bold" if name == "symbolic-moe" else "dim" if s.get("derived") else ""
         table.add_row(
