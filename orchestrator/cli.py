@@ -58,9 +58,9 @@ def _print_table(
     """A figures table: the first column names the row, the others are right-aligned; a
     table with a caption (the wide ones) drops its inner borders to fit 80 columns."""
     table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD if caption else box.HEAVY_HEAD,
-                  pad_edge=not caption)  # fmt: skip
+                  pad_edge=not caption, collapse_padding=bool(caption))  # fmt: skip
     for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i == 0 else "right",
+        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=i == 0,
                          min_width=max(len(w) for w in col.split()))  # fmt: skip
     for row in rows:
         table.add_row(*(str(x) for x in row))
@@ -1015,10 +1015,11 @@ def kernels_mask(
         print(json.dumps(res, indent=2))
         return
     cats = sorted(next(iter(res["accuracy"].values())))
-    _print_table(
-        f"per-skill accuracy % with experts switched off ({model})",
-        ("variant", *cats),
+    _print_table(  # skills cut to six letters, as in `zoo eval`: the table fits 80 columns
+        "per-skill accuracy % with in-model experts switched off",
+        ("variant", *(c[:6] for c in cats)),
         ((v, *(f"{acc[c]:g}" for c in cats)) for v, acc in res["accuracy"].items()),
+        caption=f"model: {model}",
     )
 
 
