@@ -134,13 +134,15 @@ def run_moe_bench(
                 "machine_drift": round(dense / min(t["dense"]), 2),
             }
         )
-    fused_backend = layers["fused"].backend_for(torch.zeros(1, hidden, device=device, dtype=dt))
+    probe = torch.zeros(1, hidden, device=device, dtype=dt)
+    fused_backend = layers["fused"].backend_for(probe)
     return {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads "
         f"{torch.get_num_threads()}",
         "device": device if device == "cpu" else torch.cuda.get_device_name(),
         "config": cfg.model_dump(exclude={"backend"}),
         "fused_backend": fused_backend,
+        "fused_kernel": layers["fused"].kernel_for(probe),
         "rounds": rounds,
         "rows": rows,
     }

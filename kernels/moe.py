@@ -165,6 +165,16 @@ class MoELayer(torch.nn.Module):
             )
         return "fused" if can else "naive"
 
+    def kernel_for(self, x: torch.Tensor) -> str:
+        """The kernel that runs `x`, for reports: "cpu_fused_moe (amx)", "fused_experts
+        (Triton)", "per-expert loop" or "float32 reference"."""
+        backend = self.backend_for(x)
+        if backend == "fused":
+            if x.device.type == "cuda":
+                return "fused_experts (Triton)"
+            return f"cpu_fused_moe ({cpu_isa(self.cfg, x.dtype)})"
+        return "per-expert loop" if backend == "naive" else "float32 reference"
+
     def _fused_reason(self, x: torch.Tensor) -> str | None:
         if x.device.type == "cuda":
             try:

@@ -378,7 +378,7 @@ def bench_moe(
                 f"{r['max_abs_error_vs_reference']:.3f}", r["machine_drift"])  # fmt: skip
 
     _print_table(
-        f"MoE layer ({res['device']}, fused = {res['fused_backend']}, {res['rounds']} rounds)",
+        f"MoE layer ({res['device']}, fused = {res['fused_kernel']}, {res['rounds']} rounds)",
         ("tokens", "fused\nms", "loop\nms", "x\nloop", "x\nbest", "x\nref", "fused\nGFLOP/s",
          "dense\nGFLOP/s", "error", "drift"),
         (cells(r) for r in res["rows"]),

@@ -93,7 +93,7 @@ def test_weights_are_prepacked_once_and_again_only_when_they_change():
 def test_an_unsupported_combination_falls_back_or_says_why():
     x = torch.randn(4, 48).half()  # float16, and 48 is not a multiple of 32
     auto = MoELayer(MoEConfig(hidden=48, intermediate=64, experts=2, dtype="float16"))
-    assert auto.backend_for(x) == "naive"
+    assert auto.backend_for(x) == "naive" and auto.kernel_for(x) == "per-expert loop"
     _close(auto(x), auto.reference(x), "bfloat16")
     fused = MoELayer(
         MoEConfig(hidden=48, intermediate=64, experts=2, dtype="float16", backend="fused")
@@ -121,6 +121,7 @@ def test_bench_moe_prints_paired_and_best_speedups_with_the_machine_drift():
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["fused_backend"] == "fused" and out["rounds"] == 2
+    assert out["fused_kernel"] in ("cpu_fused_moe (amx)", "cpu_fused_moe (vec)")
     assert [r["tokens"] for r in out["rows"]] == [1, 16]
     for row in out["rows"]:
         assert row["max_abs_error_vs_reference"] < 0.05
