@@ -554,12 +554,14 @@ def create_app(  # type: ignore[no-untyped-def]
             # token by token from the engine's running batch
             batcher.admit()
             return await _token_stream(conclave, body, batcher, metrics)
-        if body.stream:
-            # the response starts now; the answer follows once its batch has run
-            job = asyncio.ensure_future(batcher.submit(body.model, body))
-            return StreamingResponse(_sse(body.model, job, metrics), media_type="text/event-stream")
         result = await _unless_disconnected(request, batcher.submit(body.model, body))
         metrics.tokens(body.model, result["usage"]["total_tokens"])
+        if body.stream:
+            # an answer that comes in one piece (the routed ensemble votes on whole answers;
+            # an expert still loading answers through its batch): the stream starts once it
+            # is ready, so a failure is an HTTP status that clients retry on, as for a
+            # request that does not stream, not an error event in a 200 stream
+            return StreamingResponse(_sse(body.model, result), media_type="text/event-stream")
         return result
 
     @app.get("/metrics")
@@ -617,37 +619,24 @@ def _chunk(base: dict[str, Any], delta: dict[str, Any], finish: str | None = Non
     return f"data: {json.dumps(base | {'choices': [choice]})}\n\n".encode()
 
 
-async def _sse(
-    model: str, job: asyncio.Future[dict[str, Any]], metrics: Any
-) -> AsyncIterator[bytes]:
-    """OpenAI chat.completion.chunk events: the role at once, the answer when its batch has
-    run, then usage and [DONE]. If the client disconnects, Starlette cancels this
-    generator, and with it the queued job."""
-    base = _chunk_base(model)
-    try:
-        yield _chunk(base, {"role": "assistant", "content": ""})
-        try:
-            result = await job
-        except GatewayError as e:  # the status line has gone: report it in the stream
-            yield _error_event(e)
-            return
-        metrics.tokens(model, result["usage"]["total_tokens"])
-        base["id"] = result["id"]
-        text = result["choices"][0]["message"]["content"] or ""
-        for i in range(0, len(text), 32):
-            yield _chunk(base, {"content": text[i : i + 32]})
-        tail = base | {
-            "choices": [
-                {"index": 0, "delta": {}, "finish_reason": result["choices"][0]["finish_reason"]}
-            ],
-            "usage": result["usage"],
-        }
-        if "conclave" in result:
-            tail["conclave"] = result["conclave"]
-        yield f"data: {json.dumps(tail)}\n\n".encode()
-        yield b"data: [DONE]\n\n"
-    finally:
-        job.cancel()  # a no-op once answered; frees a queued job if the client left
+async def _sse(model: str, result: dict[str, Any]) -> AsyncIterator[bytes]:
+    """A ready answer as OpenAI chat.completion.chunk events: the role, the text in
+    pieces, the finish reason with usage, then [DONE]."""
+    base = _chunk_base(model) | {"id": result["id"]}
+    yield _chunk(base, {"role": "assistant", "content": ""})
+    text = result["choices"][0]["message"]["content"] or ""
+    for i in range(0, len(text), 32):
+        yield _chunk(base, {"content": text[i : i + 32]})
+    tail = base | {
+        "choices": [
+            {"index": 0, "delta": {}, "finish_reason": result["choices"][0]["finish_reason"]}
+        ],
+        "usage": result["usage"],
+    }
+    if "conclave" in result:
+        tail["conclave"] = result["conclave"]
+    yield f"data: {json.dumps(tail)}\n\n".encode()
+    yield b"data: [DONE]\n\n"
 
 
 async def _token_stream(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
@@ -205,11 +206,17 @@ def test_gateway_serves_the_reduced_zoo_to_the_openai_client(zoo, ray_cluster):
         # same answer
         assert len(pieces) > 2 and "".join(pieces) == one.choices[0].message.content
         assert chunks[-1].usage.completion_tokens == one.usage.completion_tokens
-        # a prompt past the model's context: 400 with vLLM's reason, streamed or not
+        # the routed ensemble streams its voted answer once the vote is done
+        voted = list(client.chat.completions.create(model="conclave", messages=msg, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in voted if c.choices).strip()
+        chosen = set(voted[-1].model_extra["conclave"]["experts"])
+        assert chosen <= {"facts-mini", "numbers-moe-mini"}
+        # a prompt past the model's context: 400 with vLLM's reason, streamed or not, from
+        # an expert and from the ensemble (every expert it chose refused it)
         huge = [{"role": "user", "content": "word " * 5000}]
-        for stream in (False, True):
+        for model, stream in itertools.product(("facts-mini", "conclave"), (False, True)):
             with pytest.raises(openai.BadRequestError, match="context length"):
-                client.chat.completions.create(model="facts-mini", messages=huge, stream=stream)
+                client.chat.completions.create(model=model, messages=huge, stream=stream)
     finally:
         server.should_exit = True
         thread.join(timeout=30)

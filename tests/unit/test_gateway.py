@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -329,9 +330,9 @@ def test_a_client_that_leaves_while_queued_frees_its_work():
         with cf.ThreadPoolExecutor(2) as ex:
             first = ex.submit(httpx.post, url, json=body, timeout=10)  # runs for 0.5 s
             time.sleep(0.15)
-            with httpx.Client() as c, c.stream("POST", url, json={**body, "stream": True}) as r:
-                assert r.status_code == 200
-                assert "assistant" in next(r.iter_lines())  # the role chunk comes at once
+            with pytest.raises(httpx.ReadTimeout):  # a stream that gives up while queued
+                with httpx.stream("POST", url, json={**body, "stream": True}, timeout=0.1) as r:
+                    r.read()
             with pytest.raises(httpx.ReadTimeout):  # a plain request that gives up
                 httpx.post(url, json=body, timeout=0.1)
             last = ex.submit(httpx.post, url, json=body, timeout=10)
@@ -482,15 +483,24 @@ def test_an_ensemble_whose_experts_all_fail_says_so():
     s = Served(GatewaySettings(batch_window_ms=1), experts=experts)
     try:
 
-        def ask(question):
-            body = {"model": "conclave", "messages": [{"role": "user", "content": question}]}
+        def ask(question, stream=False):
+            body = {"model": "conclave", "messages": [{"role": "user", "content": question}],
+                    "stream": stream}  # fmt: skip
             return httpx.post(f"{s.url}/v1/chat/completions", json=body, timeout=30)
 
         ok = ask(Q)
         assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
-        long = ask(Q + " and more" * 400)
-        assert long.status_code == 400, long.text
-        msg = long.json()["error"]["message"]
-        assert msg.startswith("the experts refused the question") and "at most 3000" in msg
+        for stream in (False, True):  # a stream starts once the vote is done: a status too
+            long = ask(Q + " and more" * 400, stream)
+            assert long.status_code == 400, long.text
+            msg = long.json()["error"]["message"]
+            assert msg.startswith("the experts refused the question") and "at most 3000" in msg
+        streamed = ask(Q, stream=True)
+        assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+        events = [json.loads(line[6:]) for line in streamed.text.splitlines()
+                  if line.startswith("data: {")]  # fmt: skip
+        text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+        assert text == ok.json()["choices"][0]["message"]["content"]
+        assert events[-1]["conclave"]["experts"] and "total_tokens" in events[-1]["usage"]
     finally:
         s.close()
