@@ -13,9 +13,11 @@ times a*x + b*v with [a, b] = softmax(W x) and a learnt vector v. Shared experts
 
 Backends (`MoEConfig.backend`), all behind `MoELayer.forward`:
 - "fused": vLLM's fused MoE. On the CPU, `cpu_fused_moe` with weights prepacked once per
-  layer (re-packed only when the weights change): isa "amx" for bfloat16 on AMX CPUs
-  with dimensions divisible by 32, else the portable "vec" kernel. On a GPU, vLLM's
-  Triton `fused_experts`.
+  layer (re-packed only when the weights change): isa "amx" for bfloat16 on AMX CPUs,
+  else the portable "vec" kernel. Both need the hidden width divisible by 32; an
+  intermediate width that is not is zero-padded to the next multiple of 32 when packing,
+  as vLLM's own CPU MoE layer does (exact: a zero gate row gives silu(0) * 0 = 0). On a
+  GPU, vLLM's Triton `fused_experts`.
 - "naive": a per-expert loop (gather the tokens routed to each expert, run it, scatter).
 - "reference": every expert on every token in float32, then the routing weights: the
   ground truth the others are tested against.
@@ -98,18 +100,30 @@ def cpu_isa(cfg: MoEConfig, dtype: torch.dtype) -> str | None:
     """The `cpu_fused_moe` isa for this layer, or None when the op cannot run it."""
     if not _cpu_isa_ok():
         return None
-    if dtype == torch.bfloat16 and torch.cpu._is_amx_tile_supported():
-        if cfg.hidden % 32 == 0 and cfg.intermediate % 32 == 0:
-            return "amx"
-    if cfg.hidden % 32 == 0 and cfg.intermediate % 32 == 0 and dtype != torch.float16:
-        return "vec"
-    return None
+    if cfg.hidden % 32 or dtype == torch.float16:  # (the intermediate width is padded)
+        return None
+    return "amx" if dtype == torch.bfloat16 and torch.cpu._is_amx_tile_supported() else "vec"
 
 
 def _swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
     """x [M,K], w13 [2N,K] (gate rows, then up rows), w2 [K,N] -> [M,K]."""
     gate, up = (x @ w13.t()).chunk(2, dim=-1)
     return (F.silu(gate) * up) @ w2.t()
+
+
+def _padded(
+    w13: torch.Tensor, w2: torch.Tensor, multiple: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """w13 [E,2N,K], w2 [E,K,N] with N zero-padded to a multiple of `multiple`: zero gate
+    and up rows make the extra units' output silu(0) * 0 = 0, and zero down columns add
+    nothing, so the FFN is unchanged."""
+    n = w2.shape[-1]
+    pad = -n % multiple
+    if not pad:
+        return w13, w2
+    gate, up = w13.split(n, dim=1)
+    w13 = torch.cat([F.pad(gate, (0, 0, 0, pad)), F.pad(up, (0, 0, 0, pad))], dim=1)
+    return w13, F.pad(w2, (0, pad))
 
 
 class MoELayer(torch.nn.Module):
@@ -186,8 +200,8 @@ class MoELayer(torch.nn.Module):
             return f"no fused MoE kernel for device {x.device.type!r}"
         if cpu_isa(self.cfg, x.dtype) is None:
             return (
-                f"vLLM's cpu_fused_moe needs bfloat16 or float32 and hidden/intermediate "
-                f"divisible by 32 (got {x.dtype}, {self.cfg.hidden}/{self.cfg.intermediate})"
+                f"vLLM's cpu_fused_moe needs bfloat16 or float32 and a hidden width "
+                f"divisible by 32 (got {x.dtype}, hidden {self.cfg.hidden})"
             )
         return None
 
@@ -245,8 +259,9 @@ class MoELayer(torch.nn.Module):
         if self._packed is None or self._packed[:3] != key:
             import vllm._custom_ops as ops
 
-            w13 = ops.cpu_prepack_moe_weight(self.w13.data.to(dtype).contiguous(), isa)
-            w2 = ops.cpu_prepack_moe_weight(self.w2.data.to(dtype).contiguous(), isa)
+            w13, w2 = _padded(self.w13.data.to(dtype), self.w2.data.to(dtype), multiple=32)
+            w13 = ops.cpu_prepack_moe_weight(w13.contiguous(), isa)
+            w2 = ops.cpu_prepack_moe_weight(w2.contiguous(), isa)
             self._packed = (*key, w13, w2)
             self.packs += 1
         return self._packed[3], self._packed[4]

@@ -29,7 +29,7 @@ def configs(draw: st.DrawFn) -> tuple[MoEConfig, int]:
     top_k = draw(st.integers(1, min(4, routable - len(masked))))
     cfg = MoEConfig(
         hidden=draw(st.sampled_from([32, 64, 128])),
-        intermediate=draw(st.sampled_from([32, 64, 96])),
+        intermediate=draw(st.sampled_from([32, 64, 96, 24, 72])),  # 24, 72: padded to 32s
         experts=experts,
         top_k=top_k,
         renormalize=draw(st.booleans()),
@@ -88,6 +88,15 @@ def test_weights_are_prepacked_once_and_again_only_when_they_change():
     assert layer.packs == 2
     _close(second, layer.reference(x), "bfloat16")
     assert not torch.equal(first, second)
+
+
+def test_an_intermediate_width_off_the_kernels_multiple_is_padded_exactly():
+    for dtype in ("bfloat16", "float32"):
+        cfg = MoEConfig(hidden=64, intermediate=40, experts=4, top_k=2, dtype=dtype)
+        layer = MoELayer(cfg.model_copy(update={"backend": "fused"}), seed=1)
+        x = torch.randn(16, 64, generator=torch.Generator().manual_seed(1)).to(layer.w13.dtype)
+        assert layer.kernel_for(x).startswith("cpu_fused_moe")
+        _close(layer(x), layer.reference(x), dtype)
 
 
 def test_an_unsupported_combination_falls_back_or_says_why():
