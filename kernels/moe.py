@@ -127,28 +127,89 @@ def _padded(
 
 
 class MoELayer(torch.nn.Module):
-    def __init__(self, cfg: MoEConfig, device: torch.device | str = "cpu", seed: int = 0) -> None:
+    def __init__(
+        self,
+        cfg: MoEConfig,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        weights: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Random weights drawn from `seed`, except those given in `weights` (by attribute
+        name: router, w13, w2, ...; see `from_weights`)."""
         super().__init__()
         self.cfg = cfg
         dtype = getattr(torch, cfg.dtype)
         g = torch.Generator().manual_seed(seed)
         k, n, e = cfg.hidden, cfg.intermediate, cfg.experts
+        given = dict(weights or {})
 
-        def param(*shape: int, scale: float) -> torch.nn.Parameter:
-            t = torch.randn(*shape, generator=g) * scale
-            return torch.nn.Parameter(t.to(device=device, dtype=dtype), requires_grad=False)
+        def param(key: str, *shape: int, scale: float) -> torch.nn.Parameter:
+            t = given.pop(key, None)
+            if t is None:
+                t = torch.randn(*shape, generator=g) * scale
+            elif tuple(t.shape) != shape:
+                raise ValueError(f"{key} has shape {list(t.shape)}; this layer needs {list(shape)}")
+            return torch.nn.Parameter(
+                t.detach().to(device=device, dtype=dtype), requires_grad=False
+            )
 
-        self.router = param(cfg.routable, k, scale=k**-0.5)
-        self.w13 = param(e, 2 * n, k, scale=k**-0.5)
-        self.w2 = param(e, k, n, scale=n**-0.5)
+        self.router = param("router", cfg.routable, k, scale=k**-0.5)
+        self.w13 = param("w13", e, 2 * n, k, scale=k**-0.5)
+        self.w2 = param("w2", e, k, n, scale=n**-0.5)
         s = cfg.shared_experts
-        self.shared_w13 = param(s, 2 * n, k, scale=k**-0.5) if s else None
-        self.shared_w2 = param(s, k, n, scale=n**-0.5) if s else None
+        self.shared_w13 = param("shared_w13", s, 2 * n, k, scale=k**-0.5) if s else None
+        self.shared_w2 = param("shared_w2", s, k, n, scale=n**-0.5) if s else None
         c = cfg.constant_experts
-        self.const_v = param(c, k, scale=1.0) if c else None
-        self.const_gate = param(c, 2, k, scale=k**-0.5) if c else None
+        self.const_v = param("const_v", c, k, scale=1.0) if c else None
+        self.const_gate = param("const_gate", c, 2, k, scale=k**-0.5) if c else None
+        if given:
+            raise ValueError(
+                f"unknown weights {sorted(given)}, or weights this config has no use for"
+            )
         self._packed: tuple[int, int, str, torch.Tensor, torch.Tensor] | None = None
         self.packs = 0  # how many times the weights were prepacked (tests check: once)
+
+    @classmethod
+    def from_weights(
+        cls,
+        router: torch.Tensor,
+        w13: torch.Tensor,
+        w2: torch.Tensor,
+        top_k: int,
+        renormalize: bool = True,
+        backend: Backend = "auto",
+        masked: tuple[int, ...] = (),
+    ) -> MoELayer:
+        """A layer on existing weights: router [E,K], w13 [E,2N,K] (each expert's gate rows,
+        then its up rows) and w2 [E,K,N], the layout of Hugging Face's Mixtral experts
+        (`gate_up_proj`, `down_proj`) and of vLLM's FusedMoE. The dtype is w13's."""
+        dtypes = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}
+        if w13.dtype not in dtypes:
+            raise ValueError(f"weights of dtype {w13.dtype}: use bfloat16, float32 or float16")
+        if router.dim() != 2 or w13.dim() != 3 or w2.dim() != 3 or w13.shape[1] % 2:
+            raise ValueError(
+                f"expected router [E,K], w13 [E,2N,K], w2 [E,K,N]; got {list(router.shape)}, "
+                f"{list(w13.shape)}, {list(w2.shape)}"
+            )
+        e, k = router.shape
+        cfg = MoEConfig(hidden=k, intermediate=w13.shape[1] // 2, experts=e, top_k=top_k,
+                        renormalize=renormalize, masked=masked, dtype=dtypes[w13.dtype],
+                        backend=backend)  # fmt: skip
+        return cls(cfg, device=w13.device, weights={"router": router, "w13": w13, "w2": w2})
+
+    @classmethod
+    def from_mixtral(cls, block: torch.nn.Module, backend: Backend = "auto") -> MoELayer:
+        """The layer of a Hugging Face `MixtralSparseMoeBlock` (transformers 5: fused
+        `experts.gate_up_proj` / `experts.down_proj`, router `gate.weight`; Mixtral keeps
+        its top-k weights renormalised)."""
+        try:
+            router, experts, top_k = block.gate.weight, block.experts, int(block.top_k)
+            w13, w2 = experts.gate_up_proj, experts.down_proj
+        except AttributeError as exc:
+            raise ValueError(
+                f"not a transformers 5 MixtralSparseMoeBlock ({exc}); use MoELayer.from_weights"
+            ) from None
+        return cls.from_weights(router, w13, w2, top_k, renormalize=True, backend=backend)
 
     # ---- routing ------------------------------------------------------------------------
 

@@ -138,3 +138,30 @@ def test_bench_moe_prints_paired_and_best_speedups_with_the_machine_drift():
         assert row["machine_drift"] >= 1.0  # the median round against the fastest
     bad = CliRunner().invoke(app, ["bench", "moe", "--tokens", "0,16"])
     assert bad.exit_code != 0 and "positive integers" in bad.output
+
+
+def test_a_hugging_face_mixtral_block_runs_on_the_fused_kernel_with_its_weights():
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    torch.manual_seed(0)
+    hf_cfg = MixtralConfig(hidden_size=64, intermediate_size=96, num_local_experts=4,
+                           num_experts_per_tok=2)  # fmt: skip
+    block = MixtralSparseMoeBlock(hf_cfg).eval()
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(1, 24, 64)
+    with torch.no_grad():
+        want = block(x)[0]
+        for dtype in ("float32", "bfloat16"):
+            layer = MoELayer.from_mixtral(block.to(getattr(torch, dtype)))
+            assert layer.cfg.top_k == 2 and layer.backend_for(x[0]) == "fused"
+            assert layer.w13.data_ptr() == block.experts.gate_up_proj.data_ptr()  # no copy
+            _close(layer(x[0].to(layer.w13.dtype)), want, dtype)
+            block.float()
+    with pytest.raises(
+        ValueError, match=r"w2 has shape \[4, 64, 8\]; this layer needs \[4, 64, 48\]"
+    ):
+        MoELayer.from_weights(torch.zeros(4, 64), torch.zeros(4, 96, 64), torch.zeros(4, 64, 8), 2)
+    with pytest.raises(ValueError, match="MixtralSparseMoeBlock"):
+        MoELayer.from_mixtral(torch.nn.Linear(4, 4))
