@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -427,7 +428,6 @@ def zoo_build(
     seed: Annotated[int, typer.Option(help="skillmix seed of the training data.")] = 0,
 ) -> None:
     """Build (or verify) the zoo: convert the registry LLMs, train the specialists."""
-    import time
 
     from agents.zoo.build import PROFILES
 
@@ -777,11 +777,19 @@ def serve_cmd(
             "binds host:port; the Serve tab of the Ray dashboard shows it).",
         ),
     ] = False,
+    preload: Annotated[
+        bool | None,
+        typer.Option(
+            "--preload/--no-preload",
+            help="Load the experts that fit before serving (config: gateway.preload, on).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible REST gateway (model 'conclave' or an expert's name).
 
-    Loads the cached routing profile (profiling first if there is none), then serves
-    /v1/chat/completions, /v1/models, /v1/route, /healthz, /readyz and /metrics.
+    Loads the cached routing profile (profiling first if there is none) and the experts
+    that fit side by side, then serves /v1/chat/completions, /v1/models, /v1/route,
+    /healthz, /readyz and /metrics.
     """
     import uvicorn
 
@@ -791,9 +799,8 @@ def serve_cmd(
 
     try:
         cfg = _config(config, zoo, zoo_dir)
-        settings = cfg.gateway.model_copy(
-            update={k: v for k, v in (("host", host), ("port", port)) if v is not None}
-        )
+        given = (("host", host), ("port", port), ("preload", preload))
+        settings = cfg.gateway.model_copy(update={k: v for k, v in given if v is not None})
         conclave = Conclave(cfg)
         if not passthrough_only:
             ensure_profile(
@@ -812,8 +819,10 @@ def serve_cmd(
         err.print(f"deploying on Ray Serve at {where} ({auth}); Ctrl-C stops")
         run_on_ray_serve(cfg, not passthrough_only, data, settings.host, settings.port, True)
         return
-    err.print(f"serving on {where} ({auth}); Ctrl-C stops")
     try:
+        if settings.preload:
+            _preload(conclave)
+        err.print(f"serving on {where} ({auth}); Ctrl-C stops")
         uvicorn.run(
             create_app(conclave, settings, ensemble=not passthrough_only),
             host=settings.host,
@@ -823,6 +832,17 @@ def serve_cmd(
         )
     finally:
         conclave.close()
+
+
+def _preload(conclave: Any) -> None:
+    """The experts that fit, loaded before serving; one line says what was not."""
+    t0 = time.perf_counter()
+    outcome = conclave.pool.preload(progress=True)
+    loaded = [n for n, o in outcome.items() if o in ("loaded", "resident")]
+    err.print(f"{len(loaded)} of {len(outcome)} experts loaded ({time.perf_counter() - t0:.0f} s)")
+    for name, what in outcome.items():
+        if name not in loaded:
+            err.print(f"  {name}: {what} (loads on demand)", highlight=False)
 
 
 experts_app = typer.Typer(help="The experts of a config or the embedded zoo.", no_args_is_help=True)

@@ -308,6 +308,11 @@ class GatewaySettings(_Strict):
     max_queue: int = Field(256, ge=1, description="Waiting requests before 429.")
     max_body_bytes: int = Field(1_000_000, ge=1_024, description="Larger bodies get 413.")
     request_timeout_s: float = Field(300.0, gt=0, description="Longer waits get 504.")
+    preload: bool = Field(
+        True,
+        description="Load the experts that fit side by side before serving, so first answers "
+        "wait for no model load; the others load on demand.",
+    )
 
     def keys(self) -> set[str]:
         env = os.environ.get("CONCLAVE_API_KEYS", "")

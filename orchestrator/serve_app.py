@@ -26,6 +26,8 @@ def build_gateway(config: dict[str, Any], ensemble: bool, data: str) -> Any:
     conclave = Conclave(cfg)
     if ensemble:
         ensure_profile(conclave, eval_items(data), data, cfg.resolved_cache_dir())
+    if cfg.gateway.preload:
+        conclave.pool.preload()
     return create_app(conclave, cfg.gateway, ensemble=ensemble)
 
 

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -164,6 +164,53 @@ class ExpertPool:
         assert all(r is not None for r in results), "a request got no result"
         return results  # type: ignore[return-value]
 
+    def preload(self, names: Sequence[str] | None = None, progress: bool = False) -> dict[str, str]:
+        """Load the experts (all, or `names`, in that order) that fit side by side, evicting
+        none: a server's first answers then wait for no model load, and an expert that does
+        not fit next to the ones before it loads on demand later. Loads run concurrently,
+        each in its own actor. Returns each expert's outcome: "loaded", "resident",
+        "skipped: <what it lacks>" or "failed: <why>"."""
+        chosen = list(self.backends) if names is None else list(names)
+        unknown = [n for n in chosen if n not in self.backends]
+        if unknown:
+            known = ", ".join(sorted(self.backends))
+            raise UnknownExpertError(f"no expert named {unknown[0]!r} in the pool; known: {known}")
+        outcome: dict[str, str] = {}
+        loading: dict[str, Future[None]] = {}
+        bar = _Progress(len(chosen), enabled=progress)
+        with bar:
+            for name in chosen:
+                backend = self.backends[name]
+                if backend.loaded:
+                    outcome[name] = "resident"
+                    continue
+                try:
+                    backend.prepare()
+                    why = self._shortfall(backend)
+                except ConclaveError as exc:
+                    outcome[name] = f"failed: {exc}"
+                    continue
+                if why is not None:
+                    outcome[name] = f"skipped: does not fit next to the others: {why}"
+                    continue
+                with self._lock:
+                    self._held[name] = self._needs(backend)
+                bar.describe(f"loading {name}")
+                loading[name] = self._executor.submit(self._load, backend)
+                loading[name].add_done_callback(lambda _f: bar.advance(1))
+            bar.advance(len(chosen) - len(loading))
+            for name, fut in loading.items():
+                try:
+                    fut.result()
+                except ConclaveError as exc:
+                    with self._lock:
+                        self._held.pop(name, None)
+                    outcome[name] = f"failed: {exc}"
+                    continue
+                self._last_used[name] = time.monotonic()
+                outcome[name] = "loaded"
+        return {n: outcome[n] for n in chosen}
+
     def stream(self, request: GenerationRequest) -> Iterator[str | GenerationResult]:
         """One request's answer in pieces as its engine generates them, then its result.
         An expert that is not loaded yet is loaded and asked through `run` (its answer then
@@ -230,6 +277,18 @@ class ExpertPool:
         """What a loaded model holds: memory (for the budget) and its actor's resources."""
         return {"memory_gb": backend.memory_gb, **backend.actor_resources()}
 
+    def _shortfall(self, backend: ExpertBackend) -> str | None:
+        """What `backend` lacks to load next to the models held now (the memory budget,
+        the cluster's CPUs and GPUs), or None when it fits."""
+        needs = {k: v for k, v in self._needs(backend).items() if v > 0}
+        budget = self.config.pool.memory_budget_gb
+        limits = {**backend.cluster_capacity(), "memory_gb": budget or float("inf")}
+        held = self._held_total(excluding=backend.name)
+        for k, need in needs.items():
+            if held[k] + need > limits.get(k, float("inf")) + 1e-9:
+                return f"{k} (holds {held[k]:g} + needs {need:g} > {limits[k]:g})"
+        return None
+
     def _make_room(
         self,
         backend: ExpertBackend,
@@ -239,24 +298,15 @@ class ExpertPool:
     ) -> None:
         """Evict resident models until `backend` fits: the memory budget, and the
         cluster's CPUs and GPUs (an actor that cannot be placed would wait forever)."""
-        needs = {k: v for k, v in self._needs(backend).items() if v > 0}
         budget = self.config.pool.memory_budget_gb
-        limits = {**backend.cluster_capacity(), "memory_gb": budget or float("inf")}
-        if budget is not None and needs.get("memory_gb", 0) > budget:
+        need = self._needs(backend).get("memory_gb", 0)
+        if budget is not None and need > budget:
             raise ModelLoadError(
-                f"needs {needs['memory_gb']} GB (resources.memory_gb) but "
+                f"needs {need} GB (resources.memory_gb) but "
                 f"pool.memory_budget_gb is {budget}; raise the budget or lower the estimate",
                 expert=backend.name,
             )
-
-        def short() -> str | None:
-            held = self._held_total(excluding=backend.name)
-            for k, need in needs.items():
-                if held[k] + need > limits.get(k, float("inf")) + 1e-9:
-                    return f"{k} (holds {held[k]:g} + needs {need:g} > {limits[k]:g})"
-            return None
-
-        while (why := short()) is not None:
+        while (why := self._shortfall(backend)) is not None:
             with self._lock:
                 victims = [self.backends[n] for n in self._held if n != backend.name]
             if not victims:

@@ -417,6 +417,39 @@ def test_serve_help_is_light_and_binds_loopback_by_default():
     assert res.exit_code == 0 and "OpenAI-compatible" in res.output
 
 
+@pytest.mark.parametrize("flag", [None, "--no-preload"])
+def test_serve_loads_the_experts_that_fit_before_serving(flag, tmp_path, monkeypatch):
+    """`conclave serve` preloads (gateway.preload, on by default): by the time uvicorn
+    starts, every expert that fits is loaded, so no first answer waits for a load."""
+    import json
+
+    import uvicorn
+    from starlette.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    big = {"name": "big", "backend": {"type": "fake"}, "resources": {"memory_gb": 2}}
+    cfg = tmp_path / "conclave.json"
+    cfg.write_text(json.dumps({"pool": {"experts": [*EXPERTS, big], "memory_budget_gb": 5}}))
+    seen = {}
+
+    def run(asgi, **_kw):  # instead of serving: what would the first client see?
+        with TestClient(asgi) as client:
+            seen.update({e["name"]: e["loaded"] for e in client.get("/v1/experts").json()["data"]})
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    args = ["serve", "--config", str(cfg), "--passthrough-only", *([flag] if flag else [])]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    if flag:
+        assert not any(seen.values()) and "loaded" not in res.output
+    else:  # five 1 GB experts fill the budget; big does not fit next to them
+        assert seen == {**dict.fromkeys((e["name"] for e in EXPERTS), True), "big": False}
+        assert "5 of 6 experts loaded" in res.output
+        assert "big: skipped: does not fit next to the others: memory_gb" in res.output
+
+
 @pytest.mark.parametrize("continuous", [False, True])
 def test_continuous_batching_keys_run_several_batches_at_once(continuous):
     """A key whose engine batches continuously takes a new batch while one runs (the

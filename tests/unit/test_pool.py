@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.config import parse_config
+from orchestrator.errors import UnknownExpertError
 from workers.batch import GenerationRequest
 from workers.pool import ExpertPool
 
@@ -207,3 +208,20 @@ def test_models_whose_actors_exceed_the_cluster_cpus_are_evicted_not_left_waitin
     pool = ExpertPool(big, {"big": Huge(big.pool.experts[0], big)})
     (r,) = pool.run([req(0, "big")])
     assert not r.ok and "CPU" in r.error.message
+
+
+def test_preload_loads_what_fits_side_by_side_and_evicts_nothing():
+    pool = make_pool({"a": {}, "b": {}, "bad": {"fail_load": True}, "c": {}}, budget=3.0)
+    pool.run([req(0, "b")])  # b is already resident
+    outcome = pool.preload()
+    assert outcome["a"] == "loaded" and outcome["b"] == "resident"
+    assert outcome["bad"].startswith("failed:") and "does not exist" in outcome["bad"]
+    assert outcome["c"].startswith("skipped: does not fit next to the others: memory_gb")
+    assert sorted(pool.resident) == ["a", "b"] and pool.stats.evictions == 0
+    # a preloaded expert answers without a load; one skipped still loads on demand
+    loads = pool.stats.loads
+    assert all(r.ok for r in pool.run([req(1, "a"), req(2, "b")]))
+    assert pool.stats.loads == loads
+    assert pool.run([req(3, "c")])[0].ok and pool.stats.loads == loads + 1
+    with pytest.raises(UnknownExpertError, match="'nope'.*known: a, b, bad, c"):
+        pool.preload(["nope"])
