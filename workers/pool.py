@@ -102,11 +102,7 @@ class ExpertPool:
             if req.expert in self.backends:
                 groups[req.expert].append(i)
             else:
-                known = ", ".join(sorted(self.backends))
-                exc = UnknownExpertError(
-                    f"no expert named {req.expert!r} in the pool; known: {known}"
-                )
-                results[i] = GenerationResult.failed(req, exc)
+                results[i] = GenerationResult.failed(req, self._unknown(req.expert))
 
         if len(groups) == 1 and not progress:
             # One loaded expert (a gateway's passthrough batch): run it on this thread, so
@@ -173,8 +169,7 @@ class ExpertPool:
         chosen = list(self.backends) if names is None else list(names)
         unknown = [n for n in chosen if n not in self.backends]
         if unknown:
-            known = ", ".join(sorted(self.backends))
-            raise UnknownExpertError(f"no expert named {unknown[0]!r} in the pool; known: {known}")
+            raise self._unknown(unknown[0])
         outcome: dict[str, str] = {}
         loading: dict[str, Future[None]] = {}
         bar = _Progress(len(chosen), enabled=progress)
@@ -186,7 +181,7 @@ class ExpertPool:
                     continue
                 try:
                     backend.prepare()
-                    why = self._shortfall(backend)
+                    why = self._shortfall(backend, self._limits(backend))
                 except ConclaveError as exc:
                     outcome[name] = f"failed: {exc}"
                     continue
@@ -277,12 +272,20 @@ class ExpertPool:
         """What a loaded model holds: memory (for the budget) and its actor's resources."""
         return {"memory_gb": backend.memory_gb, **backend.actor_resources()}
 
-    def _shortfall(self, backend: ExpertBackend) -> str | None:
-        """What `backend` lacks to load next to the models held now (the memory budget,
-        the cluster's CPUs and GPUs), or None when it fits."""
-        needs = {k: v for k, v in self._needs(backend).items() if v > 0}
+    def _unknown(self, name: str) -> UnknownExpertError:
+        known = ", ".join(sorted(self.backends))
+        return UnknownExpertError(f"no expert named {name!r} in the pool; known: {known}")
+
+    def _limits(self, backend: ExpertBackend) -> dict[str, float]:
+        """What the pool may hold at once: the memory budget and the cluster's CPUs and
+        GPUs (one query of the cluster)."""
         budget = self.config.pool.memory_budget_gb
-        limits = {**backend.cluster_capacity(), "memory_gb": budget or float("inf")}
+        return {**backend.cluster_capacity(), "memory_gb": budget or float("inf")}
+
+    def _shortfall(self, backend: ExpertBackend, limits: dict[str, float]) -> str | None:
+        """What `backend` lacks to load next to the models held now within `limits`, or
+        None when it fits."""
+        needs = {k: v for k, v in self._needs(backend).items() if v > 0}
         held = self._held_total(excluding=backend.name)
         for k, need in needs.items():
             if held[k] + need > limits.get(k, float("inf")) + 1e-9:
@@ -306,7 +309,8 @@ class ExpertPool:
                 f"pool.memory_budget_gb is {budget}; raise the budget or lower the estimate",
                 expert=backend.name,
             )
-        while (why := self._shortfall(backend)) is not None:
+        limits = self._limits(backend)
+        while (why := self._shortfall(backend, limits)) is not None:
             with self._lock:
                 victims = [self.backends[n] for n in self._held if n != backend.name]
             if not victims:

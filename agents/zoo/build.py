@@ -130,9 +130,14 @@ class ZooManifest(BaseModel):
         self.entries = {n: merged[n] for n in sorted(merged, key=_profile_position)}
 
 
+@functools.cache
+def _profile_order() -> dict[str, int]:
+    return {s.name: i for i, s in enumerate(s for specs in PROFILES.values() for s in specs)}
+
+
 def _profile_position(name: str) -> tuple[int, str]:
-    order = [s.name for specs in PROFILES.values() for s in specs]
-    return (order.index(name) if name in order else len(order), name)
+    order = _profile_order()
+    return (order.get(name, len(order)), name)
 
 
 def _hash_file(path: Path) -> str:
