@@ -13,8 +13,8 @@ import random
 import re
 from collections.abc import Sequence
 
-from evals.grading import extract_answer
-from evals.prompts import instruction_for
+from orchestrator.answers import extract_answer
+from orchestrator.prompts import instruction_for
 from workers.batch import Message
 
 MOA_SYSTEM = (

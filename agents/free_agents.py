@@ -47,7 +47,7 @@ from orchestrator.config import FreeAgentSettings, RewardWeights
 from orchestrator.files import append_jsonl, read_jsonl
 
 if TYPE_CHECKING:
-    from orchestrator.conclave import ExpertAnswer, Trace
+    from orchestrator.types import ExpertAnswer, Trace
 
 Event = Literal["release", "probation_start", "promotion", "rejection", "no_replacement"]
 
@@ -259,10 +259,12 @@ class FreeAgentMonitor:
             rows = []
             for agent, win in self.windows.items():
                 state = (
-                    "probation" if agent in shadows
-                    else "serving" if agent in self.serving
+                    "probation"
+                    if agent in shadows
+                    else "serving"
+                    if agent in self.serving
                     else "free agent"
-                )  # fmt: skip
+                )
                 rows.append(
                     {
                         "agent": agent,
@@ -282,8 +284,9 @@ class FreeAgentMonitor:
             self.windows[agent].append(r)
             self.metrics.reward(agent, r)
 
-    def _entry(self, event: Event, agent: str, incumbent: str | None, reason: str,
-               **figures: float) -> AuditEntry:  # fmt: skip
+    def _entry(
+        self, event: Event, agent: str, incumbent: str | None, reason: str, **figures: float
+    ) -> AuditEntry:
         self.metrics.decision(event, agent)
         return AuditEntry(
             task=self.tasks,
@@ -313,12 +316,15 @@ class FreeAgentMonitor:
                     f"{s.release_below}",
                     mean_reward=mean,
                     samples=len(win),
-                )  # fmt: skip
+                )
             )
             challenger = self._best_free()
             if challenger is None:
-                out.append(self._entry("no_replacement", agent, None,
-                                       "no free agent waiting: it keeps serving"))  # fmt: skip
+                out.append(
+                    self._entry(
+                        "no_replacement", agent, None, "no free agent waiting: it keeps serving"
+                    )
+                )
                 win.clear()  # ask again after a fresh window
                 continue
             self.free.remove(challenger)
@@ -326,7 +332,7 @@ class FreeAgentMonitor:
             out.append(
                 self._entry(
                     "probation_start", challenger, agent, f"shadows {agent} on every task it takes"
-                )  # fmt: skip
+                )
             )
         for incumbent, p in list(self.probations.items()):
             n = len(p.pairs)
@@ -335,17 +341,30 @@ class FreeAgentMonitor:
             diffs = [c - i for i, c in p.pairs.values()]
             d, d_lo, d_hi = _bounds(diffs, s.confidence_z)
             c_mean, c_lo, _ = _bounds([c for _, c in p.pairs.values()], s.confidence_z)
-            figures = {"tasks": n, "diff": d, "diff_lower": d_lo, "diff_upper": d_hi,
-                       "challenger_mean": c_mean, "challenger_lower": c_lo}  # fmt: skip
+            figures = {
+                "tasks": n,
+                "diff": d,
+                "diff_lower": d_lo,
+                "diff_upper": d_hi,
+                "challenger_mean": c_mean,
+                "challenger_lower": c_lo,
+            }
             if d_lo > s.promote_margin or c_lo >= s.release_below:
                 why = (
-                    f"beats {incumbent} by {d:.3f} (lower bound {d_lo:.3f} > "
-                    f"{s.promote_margin})" if d_lo > s.promote_margin
+                    f"beats {incumbent} by {d:.3f} (lower bound {d_lo:.3f} > {s.promote_margin})"
+                    if d_lo > s.promote_margin
                     else f"its mean reward's lower bound {c_lo:.3f} clears {s.release_below}"
-                )  # fmt: skip
+                )
                 self._swap(p)
-                out.append(self._entry("promotion", p.challenger, incumbent,
-                                       f"after {n} shadow tasks it {why}", **figures))  # fmt: skip
+                out.append(
+                    self._entry(
+                        "promotion",
+                        p.challenger,
+                        incumbent,
+                        f"after {n} shadow tasks it {why}",
+                        **figures,
+                    )
+                )
             elif d_hi < s.promote_margin or n >= s.probation_max:
                 why = (
                     f"it trails {incumbent} (upper bound {d_hi:.3f} < {s.promote_margin})"

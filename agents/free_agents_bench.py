@@ -30,7 +30,7 @@ CATEGORIES = ("geography", "chemistry")
 
 def _items(split: str, per_category: int) -> list[Any]:
     from evals.skillmix import generate
-    from orchestrator.conclave import Item
+    from orchestrator.types import Item
 
     return [
         Item(id=q.id, question=q.question, gold_answer=q.gold_answer, category=q.category)
@@ -42,8 +42,13 @@ def _config(
     key: Path, folder: Path, seed: int, accuracies: dict[str, float], monitor: dict[str, Any]
 ) -> Any:
     def expert(name: str, accuracy: float) -> dict[str, Any]:
-        backend = {"type": "fake", "answer": "The answer is ({letter}).", "answer_key": str(key),
-                   "accuracy": accuracy, "seed": seed}  # fmt: skip
+        backend = {
+            "type": "fake",
+            "answer": "The answer is ({letter}).",
+            "answer_key": str(key),
+            "accuracy": accuracy,
+            "seed": seed,
+        }
         return {"name": name, "backend": backend}
 
     return parse_config(
@@ -58,7 +63,7 @@ def _config(
                             "type": "fake",
                             "answer": "Keywords: {category}, facts",
                             "answer_key": str(key),
-                        },  # fmt: skip
+                        },
                     },
                 ]
             },
@@ -123,11 +128,15 @@ def run_stream(
 
     def first(event: str, after: int = 0) -> int | None:
         return next(
-            (e["request"] for e in events
-             if e["event"] == event and e["request"] >= after
-             and "facts" in (e["agent"], e["incumbent"])),
+            (
+                e["request"]
+                for e in events
+                if e["event"] == event
+                and e["request"] >= after
+                and "facts" in (e["agent"], e["incumbent"])
+            ),
             None,
-        )  # fmt: skip
+        )
 
     def acc(lo: int, hi: int) -> float | None:
         part = served[lo:hi]

@@ -39,7 +39,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.conclave import STRATEGIES, Conclave, Item, Trace
+from orchestrator.conclave import STRATEGIES, Conclave
 from orchestrator.config import ConclaveConfig
 from orchestrator.errors import ConfigError
 from orchestrator.files import (
@@ -49,6 +49,7 @@ from orchestrator.files import (
     atomic_write_text,
     read_jsonl,
 )
+from orchestrator.types import Item, Trace
 
 DEFAULT_STRATEGIES = ("best-single", "random-k", "majority", "moa", "symbolic-moe")
 CHUNK = 32  # questions per resumable chunk
@@ -124,7 +125,7 @@ def profile_key(config: ConclaveConfig, items: Sequence[Item], dataset: str) -> 
             "routing": config.routing.model_dump(mode="json"),
             "dataset": dataset,
             "rows": rows,
-        }  # fmt: skip
+        }
     )
 
 
@@ -171,7 +172,7 @@ def _row(item: Item, tr: Trace, seconds: float, loads: int) -> dict[str, Any]:
                 "text": a.text,
                 "error": a.error,
                 "tokens": a.tokens,
-            }  # fmt: skip
+            }
             for a in tr.answers
         ],
         "aggregator": tr.aggregator,
@@ -331,8 +332,13 @@ def chart_png(summary: dict[str, Any], title: str) -> bytes:
             s=60,
             color="tab:red" if name == "symbolic-moe" else "tab:gray" if derived else "tab:blue",
         )
-        ax.annotate(name, (s["calls_per_question"], s["accuracy"]), fontsize=8,
-                    xytext=(4, 3), textcoords="offset points")  # fmt: skip
+        ax.annotate(
+            name,
+            (s["calls_per_question"], s["accuracy"]),
+            fontsize=8,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
     ax.set_xlabel("LLM calls per question")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=10)

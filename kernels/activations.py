@@ -28,7 +28,7 @@ def activation_profile(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Serve `model`, answer `items` one category at a time, and count its routing."""
-    from evals.prompts import messages_for
+    from orchestrator.prompts import messages_for
     from workers.batch import GenerationRequest
     from workers.pool import ExpertPool
 
@@ -71,12 +71,16 @@ def summarize(
     layers = max(len(c) for c in counts.values())
     experts = max(len(row) for c in counts.values() for row in c)
     totals = {
-        cat: [[(c[layer][e] if layer < len(c) and e < len(c[layer]) else 0)
-               for e in range(experts)] for layer in range(layers)]
+        cat: [
+            [(c[layer][e] if layer < len(c) and e < len(c[layer]) else 0) for e in range(experts)]
+            for layer in range(layers)
+        ]
         for cat, c in sorted(counts.items())
-    }  # fmt: skip
-    overall = [[sum(t[layer][e] for t in totals.values()) for e in range(experts)]
-               for layer in range(layers)]  # fmt: skip
+    }
+    overall = [
+        [sum(t[layer][e] for t in totals.values()) for e in range(experts)]
+        for layer in range(layers)
+    ]
 
     def shares(rows: list[list[int]]) -> list[list[float]]:
         return [[round(n / max(1, sum(r)), 4) for n in r] for r in rows]
@@ -91,7 +95,7 @@ def summarize(
             )
             / layers,
             4,
-        )  # fmt: skip
+        )
         for cat, s in by_cat.items()
     }
     return {
@@ -105,7 +109,7 @@ def summarize(
         "top_expert": {
             cat: [max(range(experts), key=lambda e: row[e]) for row in s]
             for cat, s in by_cat.items()
-        },  # fmt: skip
+        },
     }
 
 

@@ -30,8 +30,9 @@ import torch
 from kernels.moe import MoEConfig, MoELayer
 
 
-def _time_all(fns: dict[str, Callable[[], Any]], min_s: float = 0.1, min_reps: int = 5,
-              blocks: int = 12) -> dict[str, list[float]]:  # fmt: skip
+def _time_all(
+    fns: dict[str, Callable[[], Any]], min_s: float = 0.1, min_reps: int = 5, blocks: int = 12
+) -> dict[str, list[float]]:
     """Seconds per call of each function in each of `blocks` rounds: a round times every
     function in a block of its own (median of repeated calls, after a warm-up call), in a
     rotating order. Blocks keep each function's caches warm as in real use; rounds give
@@ -45,8 +46,9 @@ def _time_all(fns: dict[str, Callable[[], Any]], min_s: float = 0.1, min_reps: i
             fn()
             times: list[float] = []
             start = time.perf_counter()
-            while len(times) < min_reps or (time.perf_counter() - start < min_s
-                                            and len(times) < 200):  # fmt: skip
+            while len(times) < min_reps or (
+                time.perf_counter() - start < min_s and len(times) < 200
+            ):
                 t0 = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - t0)
@@ -83,10 +85,13 @@ def run_moe_bench(
 ) -> dict[str, Any]:
     if rounds < 1:
         raise ValueError(f"rounds={rounds}: give at least 1")
-    cfg = MoEConfig(hidden=hidden, intermediate=intermediate, experts=experts, top_k=top_k,
-                    dtype=dtype)  # fmt: skip
-    layers = {b: MoELayer(cfg.model_copy(update={"backend": b}), device=device)
-              for b in ("fused", "naive", "reference")}  # fmt: skip
+    cfg = MoEConfig(
+        hidden=hidden, intermediate=intermediate, experts=experts, top_k=top_k, dtype=dtype
+    )
+    layers = {
+        b: MoELayer(cfg.model_copy(update={"backend": b}), device=device)
+        for b in ("fused", "naive", "reference")
+    }
     dt = getattr(torch, dtype)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     inputs = {

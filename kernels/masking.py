@@ -95,10 +95,10 @@ def masking_study(
 ) -> dict[str, Any]:
     """Per-category accuracy of the original, the variant without `masked`, and
     `random_trials` variants without as many random experts, served side by side."""
-    from evals.grading import extract_answer
-    from evals.prompts import messages_for
     from kernels.activations import SERVE_ARGS
+    from orchestrator.answers import extract_answer
     from orchestrator.config import parse_config
+    from orchestrator.prompts import messages_for
     from workers.batch import GenerationRequest
     from workers.pool import ExpertPool
 
@@ -107,8 +107,11 @@ def masking_study(
     variants: dict[str, Path] = {"original": model}
     variants[f"masked {sorted(masked)}"] = mask_checkpoint(model, folder / "chosen", masked)
     # distinct random picks, none the chosen set (while enough combinations remain)
-    combos = [list(c) for c in itertools.combinations(range(n), len(set(masked)))
-              if sorted(c) != sorted(set(masked))]  # fmt: skip
+    combos = [
+        list(c)
+        for c in itertools.combinations(range(n), len(set(masked)))
+        if sorted(c) != sorted(set(masked))
+    ]
     for t, pick in enumerate(rng.sample(combos, min(random_trials, len(combos)))):
         variants[f"random {pick}"] = mask_checkpoint(model, folder / f"random{t}", pick)
     names = {v: f"v{i}" for i, v in enumerate(variants)}
@@ -126,13 +129,15 @@ def masking_study(
                 ],
                 "max_parallel_groups": 1,
             },
-        }  # fmt: skip
+        }
     )
     reqs = [
-        GenerationRequest(item_id=f"{it.id}|{names[v]}", expert=names[v],
-                          messages=messages_for(it.question))
-        for v in variants for it in items
-    ]  # fmt: skip
+        GenerationRequest(
+            item_id=f"{it.id}|{names[v]}", expert=names[v], messages=messages_for(it.question)
+        )
+        for v in variants
+        for it in items
+    ]
     with ExpertPool(cfg) as pool:
         results = {r.item_id: r for r in pool.run(reqs, progress=progress)}
     cats = sorted({it.category for it in items})

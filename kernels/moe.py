@@ -192,9 +192,16 @@ class MoELayer(torch.nn.Module):
                 f"{list(w13.shape)}, {list(w2.shape)}"
             )
         e, k = router.shape
-        cfg = MoEConfig(hidden=k, intermediate=w13.shape[1] // 2, experts=e, top_k=top_k,
-                        renormalize=renormalize, masked=masked, dtype=dtypes[w13.dtype],
-                        backend=backend)  # fmt: skip
+        cfg = MoEConfig(
+            hidden=k,
+            intermediate=w13.shape[1] // 2,
+            experts=e,
+            top_k=top_k,
+            renormalize=renormalize,
+            masked=masked,
+            dtype=dtypes[w13.dtype],
+            backend=backend,
+        )
         return cls(cfg, device=w13.device, weights={"router": router, "w13": w13, "w2": w2})
 
     @classmethod
@@ -307,9 +314,17 @@ class MoELayer(torch.nn.Module):
         w13, w2 = self.prepacked(isa, x.dtype)
         out = torch.empty_like(x)
         ops.cpu_fused_moe(
-            out, x.contiguous(), w13, w2, None, None, w.float().contiguous(),
-            ids.to(torch.int32).contiguous(), "silu", isa,
-        )  # fmt: skip
+            out,
+            x.contiguous(),
+            w13,
+            w2,
+            None,
+            None,
+            w.float().contiguous(),
+            ids.to(torch.int32).contiguous(),
+            "silu",
+            isa,
+        )
         return out
 
     def prepacked(self, isa: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -58,11 +58,20 @@ def _print_table(
 ) -> None:
     """A figures table: the first column names the row, the others are right-aligned; a
     table with a caption (the wide ones) drops its inner borders to fit 80 columns."""
-    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD if caption else box.HEAVY_HEAD,
-                  pad_edge=not caption, collapse_padding=bool(caption))  # fmt: skip
+    table = Table(
+        title=title,
+        caption=caption,
+        box=box.SIMPLE_HEAD if caption else box.HEAVY_HEAD,
+        pad_edge=not caption,
+        collapse_padding=bool(caption),
+    )
     for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=i == 0,
-                         min_width=max(len(w) for w in col.split()))  # fmt: skip
+        table.add_column(
+            col,
+            justify="left" if i == 0 else "right",
+            no_wrap=i == 0,
+            min_width=max(len(w) for w in col.split()),
+        )
     for row in rows:
         table.add_row(*(str(x) for x in row))
     out.print(table)
@@ -321,20 +330,46 @@ def bench_free_agents(
         if not 0 <= v <= 1:
             raise _fail(ValueError(f"--{name} {v} is not an accuracy between 0 and 1"))
     res = run_free_agents_bench(
-        seeds, requests, drop_at, incumbent, degraded, free_agent, probes, window,
+        seeds,
+        requests,
+        drop_at,
+        incumbent,
+        degraded,
+        free_agent,
+        probes,
+        window,
         progress=not as_json,
-    )  # fmt: skip
+    )
     if _emit_json(res, output, as_json):
         return
     _print_table(
         f"free agents: fault at request {drop_at} of {requests}",
-        ("seed", "detected after", "probation", "acc before %", "during %", "after swap %",
-         "lost", "control releases", "probes"),
-        ((r["seed"], r["detected_after"], r["probation_requests"], r["accuracy_before_drop"],
-          r["accuracy_during"], r["accuracy_after_swap"], r["lost"] + c["lost"], c["releases"],
-          r["probes_asked"])
-         for r, c in zip(res["runs"], res["controls"], strict=True)),
-    )  # fmt: skip
+        (
+            "seed",
+            "detected after",
+            "probation",
+            "acc before %",
+            "during %",
+            "after swap %",
+            "lost",
+            "control releases",
+            "probes",
+        ),
+        (
+            (
+                r["seed"],
+                r["detected_after"],
+                r["probation_requests"],
+                r["accuracy_before_drop"],
+                r["accuracy_during"],
+                r["accuracy_after_swap"],
+                r["lost"] + c["lost"],
+                c["releases"],
+                r["probes_asked"],
+            )
+            for r, c in zip(res["runs"], res["controls"], strict=True)
+        ),
+    )
     out.print(res["summary"])
 
 
@@ -364,8 +399,9 @@ def bench_moe(
     if device not in ("cpu", "cuda"):
         raise _fail(ValueError(f"--device {device!r}: use cpu or cuda"))
     try:
-        res = run_moe_bench(_levels(tokens), hidden, experts, top_k, intermediate, dtype, device,
-                            rounds=rounds)  # fmt: skip
+        res = run_moe_bench(
+            _levels(tokens), hidden, experts, top_k, intermediate, dtype, device, rounds=rounds
+        )
     except (ValueError, RuntimeError) as e:
         raise _fail(e) from None
     if _emit_json(res, output, as_json):
@@ -373,19 +409,37 @@ def bench_moe(
 
     def cells(r: dict[str, Any]) -> tuple[object, ...]:
         ref = r["speedup_vs_reference"]
-        return (r["tokens"], f"{r['fused_ms']:.2f}", f"{r['naive_ms']:.2f}",
-                r["speedup_vs_naive"], r["speedup_vs_naive_best"], f"{ref:.0f}" if ref else "-",
-                round(r["fused_gflops"]), round(r["dense_matmul_gflops"]),
-                f"{r['max_abs_error_vs_reference']:.3f}", r["machine_drift"])  # fmt: skip
+        return (
+            r["tokens"],
+            f"{r['fused_ms']:.2f}",
+            f"{r['naive_ms']:.2f}",
+            r["speedup_vs_naive"],
+            r["speedup_vs_naive_best"],
+            f"{ref:.0f}" if ref else "-",
+            round(r["fused_gflops"]),
+            round(r["dense_matmul_gflops"]),
+            f"{r['max_abs_error_vs_reference']:.3f}",
+            r["machine_drift"],
+        )
 
     _print_table(
         f"MoE layer ({res['device']}, fused = {res['fused_kernel']}, {res['rounds']} rounds)",
-        ("tokens", "fused\nms", "loop\nms", "x\nloop", "x\nbest", "x\nref", "fused\nGFLOP/s",
-         "dense\nGFLOP/s", "error", "drift"),
+        (
+            "tokens",
+            "fused\nms",
+            "loop\nms",
+            "x\nloop",
+            "x\nbest",
+            "x\nref",
+            "fused\nGFLOP/s",
+            "dense\nGFLOP/s",
+            "error",
+            "drift",
+        ),
         (cells(r) for r in res["rows"]),
         caption="x loop: median of the rounds' paired ratios; x best: the loop's fastest round "
         "over the fused path's; drift: the dense matmul's median round over its fastest",
-    )  # fmt: skip
+    )
 
 
 def _zoo_root(directory: Path | None) -> Path:
@@ -723,7 +777,8 @@ def route_cmd(
     weight. Only the keyword model runs; the profile is the cached one.
     """
     from evals.harness import ensure_profile, eval_items
-    from orchestrator.conclave import Conclave, Item
+    from orchestrator.conclave import Conclave
+    from orchestrator.types import Item
 
     try:
         cfg = _config(config, zoo, zoo_dir)
@@ -748,9 +803,12 @@ def route_cmd(
             table.add_column(col, justify="left" if col == "expert" else "right")
         for sc in sorted(d.scores, key=lambda x: -x.weight):
             table.add_row(
-                sc.expert, f"{sc.local:g}", f"{sc.global_:.3f}", f"{sc.weight:.3f}",
+                sc.expert,
+                f"{sc.local:g}",
+                f"{sc.global_:.3f}",
+                f"{sc.weight:.3f}",
                 str(d.chosen.count(sc.expert)) if sc.expert in d.chosen else "",
-            )  # fmt: skip
+            )
         out.print(table)
 
 
@@ -804,9 +862,13 @@ def serve_cmd(
         conclave = Conclave(cfg)
         if not passthrough_only:
             ensure_profile(
-                conclave, eval_items(data), data, cfg.resolved_cache_dir(), progress=True,
+                conclave,
+                eval_items(data),
+                data,
+                cfg.resolved_cache_dir(),
+                progress=True,
                 on_event=err.print,
-            )  # fmt: skip
+            )
     except ConclaveError as e:
         raise _fail(e) from None
     auth = "API keys required" if settings.keys() else "no API keys configured"
@@ -914,14 +976,24 @@ def experts_list(
     for r in rows:
         lv = r["live"]
         figures = (
-            ["loaded" if lv["loaded"] else "not loaded", str(lv["requests"]), str(lv["errors"]),
-             str(lv["mean_batch_seconds"] or "-")]
-            if lv else ["-"] * 4
-        )  # fmt: skip
+            [
+                "loaded" if lv["loaded"] else "not loaded",
+                str(lv["requests"]),
+                str(lv["errors"]),
+                str(lv["mean_batch_seconds"] or "-"),
+            ]
+            if lv
+            else ["-"] * 4
+        )
         table.add_row(
-            r["name"], r["backend"], r["architecture"] or str(r["model"]), ", ".join(r["roles"]),
-            ", ".join(r["trained_on"] or []) or "-", f"{r['memory_gb']:g}", *figures,
-        )  # fmt: skip
+            r["name"],
+            r["backend"],
+            r["architecture"] or str(r["model"]),
+            ", ".join(r["roles"]),
+            ", ".join(r["trained_on"] or []) or "-",
+            f"{r['memory_gb']:g}",
+            *figures,
+        )
     out.print(table)
 
 
@@ -979,10 +1051,15 @@ def kernels_profile(
         _print_table(
             f"layer {layer}: % of each skill's tokens per in-model expert",
             ("skill", *(f"e{e}" for e in range(res["experts"])), "distance"),
-            ((cat, *(f"{100 * v:.0f}" for v in s[layer]),
-              f"{res['distance_from_overall'][cat]:.3f}")
-             for cat, s in res["shares"].items()),
-        )  # fmt: skip
+            (
+                (
+                    cat,
+                    *(f"{100 * v:.0f}" for v in s[layer]),
+                    f"{res['distance_from_overall'][cat]:.3f}",
+                )
+                for cat, s in res["shares"].items()
+            ),
+        )
     out.print(f"plot: {png}")
 
 
@@ -1026,9 +1103,14 @@ def kernels_mask(
         folder = out_dir or default_cache_dir() / "kernels" / "masked"
         folder.mkdir(parents=True, exist_ok=True)
         res = masking_study(
-            model, chosen, eval_items("skillmix", "test", limit=per_category), folder,
-            random_trials=trials, seed=seed, progress=not as_json,
-        )  # fmt: skip
+            model,
+            chosen,
+            eval_items("skillmix", "test", limit=per_category),
+            folder,
+            random_trials=trials,
+            seed=seed,
+            progress=not as_json,
+        )
     except (ConclaveError, ValueError, RuntimeError) as e:
         raise _fail(e) from None
     if as_json:

@@ -338,8 +338,9 @@ class FreeAgentSettings(_Strict):
     """The free-agent monitor (RLFA): score agents, release persistent underperformers,
     try a free agent in shadow mode, promote it on evidence."""
 
-    enabled: bool = Field(False, description="Score agents and swap them (also on when "
-                          "`free_agents` names any).")  # fmt: skip
+    enabled: bool = Field(
+        False, description="Score agents and swap them (also on when `free_agents` names any)."
+    )
     free_agents: list[str] = Field(
         default_factory=list,
         description="Experts that wait in the free-agent pool: never routed until promoted.",

@@ -527,7 +527,7 @@ def create_app(  # type: ignore[no-untyped-def]
     @app.post("/v1/route")
     async def route(body: RouteRequest) -> dict[str, Any]:
         check_routing()
-        from orchestrator.conclave import Item
+        from orchestrator.types import Item
 
         decision = await asyncio.to_thread(
             lambda: conclave.route(
@@ -817,7 +817,7 @@ def _run_passthrough(
 def _run_ensemble(
     conclave: Any, requests: list[ChatRequest]
 ) -> list[dict[str, Any] | GatewayError]:
-    from orchestrator.conclave import Item
+    from orchestrator.types import Item
 
     items = [Item(id=f"req-{uuid.uuid4().hex[:12]}", question=_question(r)) for r in requests]
     traces = conclave.answer(items, "symbolic-moe")

@@ -157,9 +157,16 @@ def _serve_cmd(config: dict[str, Any], folder: Path, port: int) -> list[str]:
     path = folder / "config.json"
     path.write_text(json.dumps(config))
     return [
-        sys.executable, "-m", "orchestrator.cli", "serve", "--config", str(path),
-        "--port", str(port), "--passthrough-only",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "serve",
+        "--config",
+        str(path),
+        "--port",
+        str(port),
+        "--passthrough-only",
+    ]
 
 
 def run_fake(
@@ -208,9 +215,19 @@ def run_vllm(
         elif v is not False:
             flags += [flag, str(v)]
     cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-        "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), *flags,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        "tiny",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *flags,
+    ]
     vllm_base = f"http://127.0.0.1:{port}"
     port = free_port()
     config = {
@@ -266,8 +283,8 @@ def run_gateway_bench(
         res["fake_expert"] = fake
         res["fake_peak_requests_per_s"] = max(r["requests_per_s"] for r in fake)
         if with_vllm:
+            from agents.zoo.tiny import TINY_ENGINE_ARGS
             from workers.bench import build_tiny_zoo
-            from workers.tiny import TINY_ENGINE_ARGS
 
             model = build_tiny_zoo(1, cache_dir)[0]
             vl = run_vllm(

@@ -17,37 +17,10 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Mapping, Sequence
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.config import RouterSettings
 from orchestrator.errors import ConfigError
-
-
-class ExpertScore(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    expert: str
-    local: float = Field(..., description="S(m, q), after the shift if one was applied.")
-    global_: float = Field(..., alias="global", description="g(m), a probability.")
-    weight: float = Field(..., description="Normalised draw probability.")
-
-
-class RoutingDecision(BaseModel):
-    """Why a question got its experts: enough to explain or replay the choice."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    item_id: str
-    keywords: list[str] = Field(default_factory=list, description="The question's keywords.")
-    skills: list[str] = Field(default_factory=list, description="Inventory skills they map to.")
-    rule: Literal["weighted", "shifted", "random"] = Field(
-        ...,
-        description="weighted: S>0 experts; shifted: no S>0, all S shifted; random: no keywords.",
-    )
-    scores: list[ExpertScore] = Field(default_factory=list, description="Every expert's S, g, w.")
-    chosen: list[str] = Field(..., description="The experts drawn (may repeat).")
+from orchestrator.types import ExpertScore, RoutingDecision
 
 
 def global_competence(totals: Mapping[str, float], temperature: float) -> dict[str, float]:

@@ -18,12 +18,37 @@ from orchestrator.config import RouterSettings
 from orchestrator.router import SkillRouter
 
 SUBJECTS = [
-    "algebra", "geometry", "arithmetic", "calculus", "statistics", "probability", "physics",
-    "chemistry", "biology", "genetics", "medicine", "anatomy", "law", "economics", "finance",
-    "history", "geography", "philosophy", "psychology", "engineering", "computer science",
-    "programming", "linguistics", "grammar", "spelling", "dates", "calendars", "units",
-    "measurement", "astronomy",
-]  # fmt: skip
+    "algebra",
+    "geometry",
+    "arithmetic",
+    "calculus",
+    "statistics",
+    "probability",
+    "physics",
+    "chemistry",
+    "biology",
+    "genetics",
+    "medicine",
+    "anatomy",
+    "law",
+    "economics",
+    "finance",
+    "history",
+    "geography",
+    "philosophy",
+    "psychology",
+    "engineering",
+    "computer science",
+    "programming",
+    "linguistics",
+    "grammar",
+    "spelling",
+    "dates",
+    "calendars",
+    "units",
+    "measurement",
+    "astronomy",
+]
 QUALIFIERS = ["", "basic ", "advanced ", "applied ", "theoretical ", "modern "]
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
-from orchestrator.router import RoutingDecision
+from orchestrator.types import RoutingDecision
 from workers.metrics import ExpertStatus
 
 

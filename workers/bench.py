@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agents.zoo.tiny import TINY_ENGINE_ARGS, build_tiny_model
 from orchestrator.config import ConclaveConfig, default_cache_dir, parse_config
 from workers.batch import GenerationRequest
 from workers.pool import ExpertPool
-from workers.tiny import TINY_ENGINE_ARGS, build_tiny_model
 
 TOPICS = ["arithmetic", "dates", "units", "chemistry", "geography", "strings", "law", "history"]
 

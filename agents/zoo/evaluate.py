@@ -9,9 +9,9 @@ from typing import Any
 
 from agents.zoo.build import ZooManifest
 from evals.grading import is_correct
-from evals.prompts import mc_messages
 from evals.skillmix import CATEGORIES, generate
 from orchestrator.config import ConclaveConfig, Role, parse_config
+from orchestrator.prompts import mc_messages
 
 #: Answer lengths on the CPU default: SmolLM2 reasons briefly and states a letter within
 #: ~150 tokens; Gemma 3 270M is a base model that repeats the prompt, so more tokens only

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from evals.grading import options_of
-from evals.prompts import mc_messages
 from evals.skillmix import CATEGORIES, Question
+from orchestrator.answers import options_of
+from orchestrator.prompts import mc_messages
 
 #: Bump when a change here makes the same spec train a different model: the zoo rebuilds.
 TRAINING_VERSION = 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.tiny import build_tiny_model
+from agents.zoo.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="session")

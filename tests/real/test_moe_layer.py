@@ -22,8 +22,9 @@ def _close(y: torch.Tensor, ref: torch.Tensor, dtype: str) -> None:
 @st.composite
 def configs(draw: st.DrawFn) -> tuple[MoEConfig, int]:
     experts = draw(st.integers(1, 8))
-    kinds = {k: draw(st.integers(0, 2)) for k in ("zero_experts", "copy_experts",
-                                                   "constant_experts")}  # fmt: skip
+    kinds = {
+        k: draw(st.integers(0, 2)) for k in ("zero_experts", "copy_experts", "constant_experts")
+    }
     routable = experts + sum(kinds.values())
     masked = draw(st.sets(st.integers(0, routable - 1), max_size=routable - 1))
     top_k = draw(st.integers(1, min(4, routable - len(masked))))
@@ -55,8 +56,16 @@ def test_fused_and_naive_match_the_reference(case, seed):
 
 
 def test_a_token_routed_only_to_null_experts_gets_only_the_shared_experts():
-    cfg = MoEConfig(hidden=64, intermediate=64, experts=4, top_k=2, zero_experts=2,
-                    shared_experts=1, masked=(0, 1, 2, 3), backend="fused")  # fmt: skip
+    cfg = MoEConfig(
+        hidden=64,
+        intermediate=64,
+        experts=4,
+        top_k=2,
+        zero_experts=2,
+        shared_experts=1,
+        masked=(0, 1, 2, 3),
+        backend="fused",
+    )
     layer = MoELayer(cfg)
     x = torch.randn(8, 64).bfloat16()
     weights, ids = layer.route(x)
@@ -67,8 +76,14 @@ def test_a_token_routed_only_to_null_experts_gets_only_the_shared_experts():
 
 
 def test_all_experts_masked_but_one_routes_every_token_to_it():
-    cfg = MoEConfig(hidden=64, intermediate=64, experts=8, top_k=1,
-                    masked=(0, 1, 2, 3, 5, 6, 7), backend="fused")  # fmt: skip
+    cfg = MoEConfig(
+        hidden=64,
+        intermediate=64,
+        experts=8,
+        top_k=1,
+        masked=(0, 1, 2, 3, 5, 6, 7),
+        backend="fused",
+    )
     layer = MoELayer(cfg)
     x = torch.randn(16, 64).bfloat16()
     _, ids = layer.route(x)
@@ -125,8 +140,22 @@ def test_bench_moe_prints_paired_and_best_speedups_with_the_machine_drift():
 
     from orchestrator.cli import app
 
-    res = CliRunner().invoke(app, ["bench", "moe", "--tokens", "1,16", "--hidden", "128",
-                                   "--intermediate", "128", "--rounds", "2", "--json"])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "moe",
+            "--tokens",
+            "1,16",
+            "--hidden",
+            "128",
+            "--intermediate",
+            "128",
+            "--rounds",
+            "2",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["fused_backend"] == "fused" and out["rounds"] == 2
@@ -145,8 +174,9 @@ def test_a_hugging_face_mixtral_block_runs_on_the_fused_kernel_with_its_weights(
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
     torch.manual_seed(0)
-    hf_cfg = MixtralConfig(hidden_size=64, intermediate_size=96, num_local_experts=4,
-                           num_experts_per_tok=2)  # fmt: skip
+    hf_cfg = MixtralConfig(
+        hidden_size=64, intermediate_size=96, num_local_experts=4, num_experts_per_tok=2
+    )
     block = MixtralSparseMoeBlock(hf_cfg).eval()
     for p in block.parameters():
         torch.nn.init.normal_(p, std=0.1)

@@ -25,8 +25,11 @@ def test_summarize_shares_and_distance_on_hand_made_counts():
 
 
 def test_activation_profile_of_a_served_moe_model(tiny_models, ray_cluster):
-    items = [it for it in eval_items("skillmix", "test", limit=3)
-             if it.category in ("geography", "arithmetic")]  # fmt: skip
+    items = [
+        it
+        for it in eval_items("skillmix", "test", limit=3)
+        if it.category in ("geography", "arithmetic")
+    ]
     prof = activation_profile(tiny_models["moe"], items, max_tokens=4)
     cfg = json.loads((tiny_models["moe"] / "config.json").read_text())
     assert prof["layers"] == cfg["num_hidden_layers"] and prof["experts"] == 4
@@ -36,8 +39,9 @@ def test_activation_profile_of_a_served_moe_model(tiny_models, ray_cluster):
             assert sum(row) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_masked_checkpoint_equals_forcing_router_logits_and_serves(tiny_models, tmp_path,
-                                                                   ray_cluster):  # fmt: skip
+def test_masked_checkpoint_equals_forcing_router_logits_and_serves(
+    tiny_models, tmp_path, ray_cluster
+):
     from transformers import AutoModelForCausalLM
 
     src = tiny_models["moe"]

@@ -20,12 +20,25 @@ def vllm_server(tiny_models, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "vllm.log"
     cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(tiny_models["llama-b"]), "--served-model-name", "tiny",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "bfloat16", "--enforce-eager", "--max-model-len", "512",
-        "--kv-cache-memory-bytes", str(32 * 2**20),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(tiny_models["llama-b"]),
+        "--served-model-name",
+        "tiny",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "bfloat16",
+        "--enforce-eager",
+        "--max-model-len",
+        "512",
+        "--kv-cache-memory-bytes",
+        str(32 * 2**20),
+    ]
     base = f"http://127.0.0.1:{port}"
     with server(cmd, f"{base}/v1/models", log, timeout_s=240):
         yield f"{base}/v1"

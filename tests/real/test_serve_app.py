@@ -19,7 +19,7 @@ EXPERTS = [
         "name": "kw",
         "backend": {"type": "fake", "answer": "Keywords: arithmetic, math"},
         "roles": ["keywords"],
-    },  # fmt: skip
+    },
 ]
 
 

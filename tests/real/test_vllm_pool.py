@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+from agents.zoo.tiny import TINY_ENGINE_ARGS
 from orchestrator.config import parse_config
 from workers.batch import GenerationRequest
 from workers.pool import ExpertPool
-from workers.tiny import TINY_ENGINE_ARGS
 
 pytestmark = pytest.mark.real
 

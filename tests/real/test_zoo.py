@@ -11,8 +11,8 @@ import pytest
 from agents.zoo.build import ZooBuilder, load_manifest
 from agents.zoo.evaluate import zoo_config
 from agents.zoo.train import SKILL_KEYWORDS
-from evals.prompts import mc_messages
 from evals.skillmix import generate
+from orchestrator.prompts import mc_messages
 
 pytestmark = pytest.mark.real
 
@@ -103,7 +103,8 @@ def test_every_model_loads_in_vllm_and_answers_in_format(zoo, ray_cluster):
 def test_symbolic_moe_end_to_end_through_vllm(zoo, ray_cluster):
     """Profile and answer through real vLLM engines: keywords (the zoo's trained keyword
     model), experts and aggregator run as batched stages, each model loaded once."""
-    from orchestrator.conclave import Conclave, Item
+    from orchestrator.conclave import Conclave
+    from orchestrator.types import Item
 
     config = zoo_config(zoo, load_manifest(zoo, seed=0))
     cats = ("geography", "units")
@@ -136,8 +137,22 @@ def test_conclave_eval_on_the_reduced_zoo(zoo, ray_cluster, tmp_path, monkeypatc
 
     monkeypatch.setenv("CONCLAVE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    args = ["eval", "--zoo", "reduced", "--dir", str(zoo), "--limit", "2", "--out", str(out),
-            "--category", "geography", "--category", "units", "--json"]  # fmt: skip
+    args = [
+        "eval",
+        "--zoo",
+        "reduced",
+        "--dir",
+        str(zoo),
+        "--limit",
+        "2",
+        "--out",
+        str(out),
+        "--category",
+        "geography",
+        "--category",
+        "units",
+        "--json",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
@@ -168,8 +183,9 @@ def test_gateway_serves_the_reduced_zoo_to_the_openai_client(zoo, ray_cluster):
     import openai
     import uvicorn
 
-    from orchestrator.conclave import Conclave, Item
+    from orchestrator.conclave import Conclave
     from orchestrator.gateway import create_app
+    from orchestrator.types import Item
 
     config = zoo_config(zoo, load_manifest(zoo, seed=0))
     conclave = Conclave(config)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from evals.grading import options_of
 from evals.skillmix import generate
-from orchestrator.conclave import Conclave, Item
+from orchestrator.answers import options_of
+from orchestrator.conclave import Conclave
 from orchestrator.config import parse_config
 from orchestrator.errors import ConfigError
+from orchestrator.types import Item
 from skills.inventory import NgramEmbedder
 from workers.backend import ExpertBackend
 from workers.batch import GenerationResult
@@ -79,8 +80,12 @@ def items(split: str) -> list[Item]:
 def test_profile_learns_who_knows_what_and_routes_by_it():
     with make() as c:
         state = c.profile(items("validation"), dataset="skillmix")
-        assert state.accuracy == {"geo": pytest.approx(33.33), "num": pytest.approx(33.33),
-                                  "cal": pytest.approx(33.33), "dud": 0.0}  # fmt: skip
+        assert state.accuracy == {
+            "geo": pytest.approx(33.33),
+            "num": pytest.approx(33.33),
+            "cal": pytest.approx(33.33),
+            "dud": 0.0,
+        }
         assert c.profiles.profiles["geo"].skills["geography"] == 12
         assert c.profiles.profiles["geo"].skills["arithmetic"] == -12
         traces = c.answer(items("test"), "symbolic-moe")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from evals.datasets import DatasetError, load_dataset, load_file
-from evals.grading import options_of
+from evals.datasets import load_dataset
+from orchestrator.answers import options_of
+from orchestrator.formats import DatasetError, load_file
 
 SHARED = Path(__file__).parents[3] / "shared/data/symbolic-moe"
 
@@ -48,7 +49,7 @@ def test_upstream_formats_jsonl(tmp_path):
             "opd": "bone",
             "cop": 2,
             "subject_name": "Anatomy",
-        },  # fmt: skip
+        },
         {
             "Question": "Which particle?",
             "Correct Answer": "muon",
@@ -56,7 +57,7 @@ def test_upstream_formats_jsonl(tmp_path):
             "Incorrect Answer 2": "b",
             "Incorrect Answer 3": "c",
             "Subdomain": "Physics",
-        },  # fmt: skip
+        },
         {"problem": "Find n.", "answer": "042"},
     ]
     items = load_file(_jsonl(tmp_path / "mixed.jsonl", rows))
@@ -77,7 +78,7 @@ def test_gpqa_shuffle_is_seeded_and_not_always_first(tmp_path):
             "Incorrect Answer 1": "w1",
             "Incorrect Answer 2": "w2",
             "Incorrect Answer 3": "w3",
-        }  # fmt: skip
+        }
         for i in range(20)
     ]
     path = _jsonl(tmp_path / "gpqa.jsonl", rows)
@@ -123,7 +124,7 @@ def test_parquet(tmp_path):
             '{"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 7}\n',
             "med.jsonl",
             "'cop' must be 0-3",
-        ),  # fmt: skip
+        ),
         ('[{"question": "q", "options": ["a"], "answer": "A"}]', "one.json", "row 1: field"),
         ('{"rows": 3}', "notalist.json", "expected a JSON list"),
         ("a,b\n1,2\n", "table.csv", "unknown file type '.csv'"),

@@ -62,7 +62,7 @@ def _eval(config_path, out, *extra):
             "--json",
             *(a for c in CATS for a in ("--category", c)),
             *extra,
-        ],  # fmt: skip
+        ],
     )
 
 
@@ -203,7 +203,7 @@ def test_profile_route_and_experts_commands(config_path):
             "--json",
             "--explain",
             "What is 3 + 4? The options are: (A) 7 (B) 8",
-        ],  # fmt: skip
+        ],
     )
     assert res.exit_code == 0, res.output
     (decision,) = json.loads(res.stdout)
@@ -258,7 +258,7 @@ def test_eval_profile_and_route_share_one_cached_profile(config_path, tmp_path):
             "--out",
             str(tmp_path / "r"),
             "--json",
-        ],  # fmt: skip
+        ],
     )
     assert json.loads(ev.stdout)["profile"].startswith("reused")
     route = runner.invoke(app, ["route", "-c", str(config_path), "-q", "What is 2+2?"])

@@ -8,9 +8,9 @@ import random
 import pytest
 
 from agents.free_agents import AuditLog, FreeAgentMonitor, TaskOutcome, reward
-from orchestrator.conclave import ExpertAnswer, Trace
 from orchestrator.config import FreeAgentSettings, RewardWeights, parse_config
 from orchestrator.errors import ConfigError
+from orchestrator.types import ExpertAnswer, Trace
 
 W = RewardWeights(accuracy=1.0, synergy=0.25, efficiency=0.05, penalty=1.0, token_budget=100)
 
@@ -38,8 +38,14 @@ def _trace(i: int, right: dict[str, bool], shadow_right: bool | None = None) -> 
     """One task answered by the agents in `right` (True: the gold 'A'); the final answer is
     the first agent's. With `shadow_right`, the challenger 'free' answered too."""
     answers = [ExpertAnswer(expert=a, choice="A" if ok else "B") for a, ok in right.items()]
-    tr = Trace(id=f"q{i}", strategy="symbolic-moe", answers=answers, gold="A",
-               choice=answers[0].choice, keywords=["geography"])  # fmt: skip
+    tr = Trace(
+        id=f"q{i}",
+        strategy="symbolic-moe",
+        answers=answers,
+        gold="A",
+        choice=answers[0].choice,
+        keywords=["geography"],
+    )
     shadow = []
     if shadow_right is not None:
         shadow = [("inc", ExpertAnswer(expert="free", choice="A" if shadow_right else "B"))]
@@ -124,9 +130,11 @@ def test_feedback_scores_the_agents_that_agreed(tmp_path):
     mon.observe([tr])
     assert len(mon.windows["inc"]) == 1
     assert mon.feedback("t1", correct=False) == 1  # only 'inc' agreed: it was wrong
-    assert mon.windows["inc"][-1] == pytest.approx(reward(
-        TaskOutcome(agent="inc", task="t1", correct=False, agreed=True), mon.settings.weights
-    ))  # fmt: skip
+    assert mon.windows["inc"][-1] == pytest.approx(
+        reward(
+            TaskOutcome(agent="inc", task="t1", correct=False, agreed=True), mon.settings.weights
+        )
+    )
     assert mon.feedback("t1", correct=True) == 2
     with pytest.raises(KeyError):
         mon.feedback("nope", correct=True)

@@ -12,8 +12,8 @@ import httpx
 import uvicorn
 from typer.testing import CliRunner
 
-from evals.grading import extract_choice
 from evals.skillmix import generate
+from orchestrator.answers import extract_choice
 from orchestrator.cli import app
 from orchestrator.conclave import Conclave
 from orchestrator.config import parse_config
@@ -49,8 +49,13 @@ def test_live_swap_under_concurrent_traffic_loses_and_duplicates_nothing(tmp_pat
     gold = {r.question: r.gold_answer for r in rows}
 
     def fake(accuracy: float) -> dict:
-        return {"type": "fake", "answer": "The answer is ({letter}).", "answer_key": str(key),
-                "accuracy": accuracy, "generate_s": 0.002}  # fmt: skip
+        return {
+            "type": "fake",
+            "answer": "The answer is ({letter}).",
+            "answer_key": str(key),
+            "accuracy": accuracy,
+            "generate_s": 0.002,
+        }
 
     cfg = parse_config(
         {
@@ -67,7 +72,7 @@ def test_live_swap_under_concurrent_traffic_loses_and_duplicates_nothing(tmp_pat
                         "roles": ["keywords"],
                         "backend": {"type": "fake", "answer": "Keywords: geography, capitals"},
                     },
-                ]  # fmt: skip
+                ]
             },
             "routing": {"embedder": "ngram", "aggregator": "vote"},
             "free_agents": {
@@ -77,7 +82,7 @@ def test_live_swap_under_concurrent_traffic_loses_and_duplicates_nothing(tmp_pat
                 "probation_min": 20,
                 "audit_log": str(tmp_path / "audit.jsonl"),
             },
-        }  # fmt: skip
+        }
     )
     conclave = Conclave(cfg)
     from evals.harness import eval_items
@@ -137,9 +142,8 @@ def test_live_swap_under_concurrent_traffic_loses_and_duplicates_nothing(tmp_pat
 def test_bench_free_agents_replays_the_scenario_through_the_facade():
     res = CliRunner().invoke(
         app,
-        ["bench", "free-agents", "--seeds", "1", "--requests", "400", "--drop-at", "150",
-         "--json"],
-    )  # fmt: skip
+        ["bench", "free-agents", "--seeds", "1", "--requests", "400", "--drop-at", "150", "--json"],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     (run,), (control,) = out["runs"], out["controls"]

@@ -23,7 +23,7 @@ EXPERTS = [
         "name": "kw",
         "backend": {"type": "fake", "answer": "Keywords: arithmetic, math"},
         "roles": ["keywords"],
-    },  # fmt: skip
+    },
 ]
 Q = "What is 2 + 2? The options are: (A) 4 (B) 5"
 
@@ -218,12 +218,13 @@ def test_concurrent_requests_are_batched_per_expert(gw):
             + b'"}]}',
             413,
             "limit",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_bad_requests_get_openai_errors(gw, body, status, text):
-    r = httpx.post(f"{gw.url}/v1/chat/completions", content=body,
-                   headers={"content-type": "application/json"})  # fmt: skip
+    r = httpx.post(
+        f"{gw.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert text in err["message"] and err["type"]
@@ -234,8 +235,11 @@ def test_a_chunked_body_over_the_limit_gets_413(gw):
         for _ in range(10):
             yield b'{"model": "alpha", "messages": [' + b" " * 1000
 
-    r = httpx.post(f"{gw.url}/v1/chat/completions", content=chunks(),
-                   headers={"content-type": "application/json"})  # fmt: skip
+    r = httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+    )
     assert "content-length" not in r.request.headers  # sent chunked
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
 
@@ -267,8 +271,9 @@ def test_auth_overload_and_readiness():
         import concurrent.futures as cf
 
         with cf.ThreadPoolExecutor(8) as ex:
-            codes = list(ex.map(lambda _: httpx.post(url, json=body, headers=ok, timeout=10),
-                                range(8)))  # fmt: skip
+            codes = list(
+                ex.map(lambda _: httpx.post(url, json=body, headers=ok, timeout=10), range(8))
+            )
         statuses = sorted(c.status_code for c in codes)
         assert 200 in statuses and 429 in statuses and set(statuses) <= {200, 429}
         limited = next(c for c in codes if c.status_code == 429)
@@ -383,8 +388,8 @@ def test_passthrough_only_is_ready_without_a_profile():
 def test_sdk_clients_sync_and_async(gw):
     import asyncio
 
-    from orchestrator.router import RoutingDecision
     from orchestrator.sdk import AsyncConclaveClient, ConclaveClient, GatewayClientError
+    from orchestrator.types import RoutingDecision
 
     with ConclaveClient(gw.url) as c:
         reply = c.chat(Q)
@@ -517,8 +522,11 @@ def test_an_ensemble_whose_experts_all_fail_says_so():
     try:
 
         def ask(question, stream=False):
-            body = {"model": "conclave", "messages": [{"role": "user", "content": question}],
-                    "stream": stream}  # fmt: skip
+            body = {
+                "model": "conclave",
+                "messages": [{"role": "user", "content": question}],
+                "stream": stream,
+            }
             return httpx.post(f"{s.url}/v1/chat/completions", json=body, timeout=30)
 
         ok = ask(Q)
@@ -530,8 +538,11 @@ def test_an_ensemble_whose_experts_all_fail_says_so():
             assert msg.startswith("the experts refused the question") and "at most 3000" in msg
         streamed = ask(Q, stream=True)
         assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
-        events = [json.loads(line[6:]) for line in streamed.text.splitlines()
-                  if line.startswith("data: {")]  # fmt: skip
+        events = [
+            json.loads(line[6:])
+            for line in streamed.text.splitlines()
+            if line.startswith("data: {")
+        ]
         text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
         assert text == ok.json()["choices"][0]["message"]["content"]
         assert events[-1]["conclave"]["experts"] and "total_tokens" in events[-1]["usage"]

@@ -1,4 +1,5 @@
-from evals.grading import extract_choice, is_correct, options_of
+from evals.grading import is_correct
+from orchestrator.answers import extract_choice, options_of
 
 
 def test_last_answer_is_wins():
@@ -58,7 +59,7 @@ def test_real_model_outputs_on_mmlu_pro_and_aime():
     import json
     from pathlib import Path
 
-    from evals.grading import extract_answer
+    from orchestrator.answers import extract_answer
 
     rows = json.loads((Path(__file__).parents[1] / "data/real_outputs.json").read_text())
     got = [extract_answer(r["output"], r["question"], r["answer_type"]) for r in rows]
@@ -72,7 +73,8 @@ def test_real_model_outputs_on_mmlu_pro_and_aime():
 
 
 def test_integer_answers():
-    from evals.grading import extract_integer, is_correct
+    from evals.grading import is_correct
+    from orchestrator.answers import extract_integer
 
     assert extract_integer("so the total is \\boxed{33}.") == "33"
     assert extract_integer("The answer is \\boxed{ 1,024 }") == "1024"

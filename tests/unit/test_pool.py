@@ -192,8 +192,9 @@ def test_models_whose_actors_exceed_the_cluster_cpus_are_evicted_not_left_waitin
             return {"CPU": 2.0}
 
     names = [f"m{i}" for i in range(9)]
-    cfg = parse_config({"pool": {"experts": [{"name": n, "backend": {"type": "fake"}}
-                                             for n in names]}})  # fmt: skip
+    cfg = parse_config(
+        {"pool": {"experts": [{"name": n, "backend": {"type": "fake"}} for n in names]}}
+    )
     pool = ExpertPool(cfg, {e.name: CpuBound(e, cfg) for e in cfg.pool.experts})
     results = pool.run([req(i, n) for i, n in enumerate(names)])
     assert all(r.ok for r in results)

@@ -32,8 +32,11 @@ def test_keywords_need_two_samples():
     samples = ["Keywords: geography, capitals", "Keywords: Geography, europe", None, "maps"]
     assert combine_samples(samples, s) == ["geography"]
     assert combine_samples(samples, s.model_copy(update={"min_samples": 1})) == [
-        "geography", "capitals", "europe", "maps"
-    ]  # fmt: skip
+        "geography",
+        "capitals",
+        "europe",
+        "maps",
+    ]
 
 
 def test_keyword_requests_and_collection_round_trip():
@@ -55,8 +58,10 @@ def test_keyword_requests_and_collection_round_trip():
 def test_inventory_maps_to_nearest_and_round_trips(tmp_path):
     inv = SkillInventory.build(["linear algebra", "geography", "chemistry"], NgramEmbedder())
     assert inv.map(["geography", "algebra", "chemical symbols"]) == [
-        "geography", "linear algebra", "chemistry"
-    ]  # fmt: skip
+        "geography",
+        "linear algebra",
+        "chemistry",
+    ]
     ((_, sim),) = inv.map_scored(["geography"])
     assert sim == 1.0
     inv.save(tmp_path / "inv")
