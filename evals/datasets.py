@@ -4,7 +4,7 @@ with category and size filters."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from orchestrator.formats import DatasetError, load_file
 from orchestrator.types import Item
@@ -48,3 +48,24 @@ def load_dataset(
             )
         items = [i for i in items if i.category in cats]
     return items[:limit] if limit else items
+
+
+#: skillmix questions per category by default: 80 test and 80 validation questions keep
+#: a first run of the embedded default within minutes on two cores
+SKILLMIX_LIMIT = 10
+
+
+def eval_items(
+    dataset: str,
+    split: str = "validation",
+    limit: int | None = None,
+    categories: Sequence[str] | None = None,
+    seed: int = 0,
+) -> list[Item]:
+    """The items of `dataset` with the defaults every command shares (skillmix: 10 per
+    category): `eval`'s test and validation sets, and the validation set `profile`,
+    `route` and `serve` build or reuse the same cached profile from."""
+    default = SKILLMIX_LIMIT if dataset == "skillmix" else None
+    return load_dataset(
+        dataset, split, limit=limit or default, categories=categories or [], seed=seed
+    )

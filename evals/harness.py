@@ -27,7 +27,6 @@ strategy.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -39,6 +38,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from evals.datasets import SKILLMIX_LIMIT, eval_items
 from orchestrator.conclave import STRATEGIES, Conclave
 from orchestrator.config import ConclaveConfig
 from orchestrator.errors import ConfigError
@@ -49,13 +49,11 @@ from orchestrator.files import (
     atomic_write_text,
     read_jsonl,
 )
+from orchestrator.profiling import ensure_profile
 from orchestrator.types import Item, Trace
 
 DEFAULT_STRATEGIES = ("best-single", "random-k", "majority", "moa", "symbolic-moe")
 CHUNK = 32  # questions per resumable chunk
-#: skillmix questions per category by default: 80 test and 80 validation questions keep
-#: a first run of the embedded default within minutes on two cores
-SKILLMIX_LIMIT = 10
 
 
 class EvalSpec(BaseModel):
@@ -100,57 +98,6 @@ class StrategySummary(BaseModel):
     model_loads: int
     by_category: dict[str, float] = Field(default_factory=dict)
     derived: str | None = Field(None, description="How a row without its own run was derived.")
-
-
-def _hash(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _model_files(model: str) -> list[tuple[str, int, int]] | str:
-    p = Path(model)
-    if not p.is_dir():
-        return model  # a hub id or remote name: its name is all we know
-    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir())]
-
-
-def profile_key(config: ConclaveConfig, items: Sequence[Item], dataset: str) -> str:
-    experts = [
-        {**e.model_dump(mode="json"), "files": _model_files(getattr(e.backend, "model", ""))}
-        for e in config.pool.experts
-    ]
-    rows = [(i.id, i.question, i.gold_answer, i.answer_type) for i in items]
-    return _hash(
-        {
-            "experts": experts,
-            "routing": config.routing.model_dump(mode="json"),
-            "dataset": dataset,
-            "rows": rows,
-        }
-    )
-
-
-def ensure_profile(
-    conclave: Conclave,
-    items: Sequence[Item],
-    dataset: str,
-    cache_dir: Path,
-    progress: bool = False,
-    on_event: Callable[[str], None] = lambda _: None,
-) -> tuple[Path, bool]:
-    """Load the cached profile for these experts and items, or profile and cache it.
-    Returns the folder and whether it was reused."""
-    folder = cache_dir / "profiles" / profile_key(conclave.config, items, dataset)
-    if (folder / "routing.json").exists():
-        try:
-            conclave.load_state(folder)
-            on_event(f"profile reused from {folder}")
-            return folder, True
-        except ConfigError as e:  # corrupt cache: profile again
-            on_event(f"cached profile unusable ({e}); profiling again")
-    on_event(f"profiling {len(conclave.experts)} experts on {len(items)} validation questions")
-    conclave.profile(items, dataset=dataset, progress=progress)
-    conclave.save_state(folder)
-    return folder, False
 
 
 # ---- results.jsonl ------------------------------------------------------------------------
@@ -408,24 +355,6 @@ def check_strategies(strategies: Sequence[str]) -> None:
     if bad:
         allowed = ", ".join(s for s in STRATEGIES if s != "single")
         raise ConfigError(f"unknown strategies {bad}; choose from {allowed}")
-
-
-def eval_items(
-    dataset: str,
-    split: str = "validation",
-    limit: int | None = None,
-    categories: Sequence[str] | None = None,
-    seed: int = 0,
-) -> list[Item]:
-    """The items of `dataset` with the defaults every command shares (skillmix: 10 per
-    category): `eval`'s test and validation sets, and the validation set `profile`,
-    `route` and `serve` build or reuse the same cached profile from."""
-    from evals.datasets import load_dataset
-
-    default = SKILLMIX_LIMIT if dataset == "skillmix" else None
-    return load_dataset(
-        dataset, split, limit=limit or default, categories=categories or [], seed=seed
-    )
 
 
 def machine() -> str:

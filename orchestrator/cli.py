@@ -724,8 +724,9 @@ def profile_cmd(
     Keywords per question, +1/-1 per keyword per expert, the skill inventory, and the
     aggregator chosen on the aggregation benchmark.
     """
-    from evals.harness import ensure_profile, eval_items
+    from evals.datasets import eval_items
     from orchestrator.conclave import Conclave
+    from orchestrator.profiling import ensure_profile
 
     try:
         cfg = _config(config, zoo, zoo_dir)
@@ -776,8 +777,9 @@ def route_cmd(
     Prints the question's keywords, their inventory skills, and each expert's S, g and
     weight. Only the keyword model runs; the profile is the cached one.
     """
-    from evals.harness import ensure_profile, eval_items
+    from evals.datasets import eval_items
     from orchestrator.conclave import Conclave
+    from orchestrator.profiling import ensure_profile
     from orchestrator.types import Item
 
     try:
@@ -851,9 +853,10 @@ def serve_cmd(
     """
     import uvicorn
 
-    from evals.harness import ensure_profile, eval_items
+    from evals.datasets import eval_items
     from orchestrator.conclave import Conclave
     from orchestrator.gateway import create_app
+    from orchestrator.profiling import ensure_profile
 
     try:
         cfg = _config(config, zoo, zoo_dir)
@@ -1032,7 +1035,7 @@ def kernels_profile(
 ) -> None:
     """Which in-model experts fire for which skills: an MoE model served by vLLM answers
     skillmix, and the tokens each expert took are counted per category and layer."""
-    from evals.harness import eval_items
+    from evals.datasets import eval_items
     from kernels.activations import activation_profile, plot
     from orchestrator.config import default_cache_dir
 
@@ -1093,7 +1096,7 @@ def kernels_mask(
 ) -> None:
     """Serve a variant of an MoE checkpoint whose router never selects the chosen experts,
     and compare its per-skill accuracy with the original and with random maskings."""
-    from evals.harness import eval_items
+    from evals.datasets import eval_items
     from kernels.masking import masking_study
     from orchestrator.config import default_cache_dir
 

@@ -18,9 +18,10 @@ APP_NAME = "conclave"
 
 def build_gateway(config: dict[str, Any], ensemble: bool, data: str) -> Any:
     """Runs in the replica: the facade over the config's pool, its profile, the app."""
-    from evals.harness import ensure_profile, eval_items
+    from evals.datasets import eval_items
     from orchestrator.conclave import Conclave
     from orchestrator.gateway import create_app
+    from orchestrator.profiling import ensure_profile
 
     cfg = parse_config(config)
     conclave = Conclave(cfg)

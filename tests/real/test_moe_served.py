@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evals.harness import eval_items
+from evals.datasets import eval_items
 from kernels.activations import activation_profile, summarize
 from kernels.masking import mask_checkpoint
 

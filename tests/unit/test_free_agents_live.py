@@ -85,7 +85,7 @@ def test_live_swap_under_concurrent_traffic_loses_and_duplicates_nothing(tmp_pat
         }
     )
     conclave = Conclave(cfg)
-    from evals.harness import eval_items
+    from evals.datasets import eval_items
 
     conclave.profile(
         [it for it in eval_items("skillmix", limit=10) if it.category == "geography"],

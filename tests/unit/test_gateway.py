@@ -46,7 +46,7 @@ class Served:
     ) -> None:
         import uvicorn
 
-        from evals.harness import eval_items
+        from evals.datasets import eval_items
 
         pool = {"experts": experts or EXPERTS}
         cfg = parse_config({"pool": pool, "routing": {"embedder": "ngram"}})

@@ -16,7 +16,7 @@ EXPERTS = [
 
 
 def _app():  # type: ignore[no-untyped-def]
-    from evals.harness import eval_items
+    from evals.datasets import eval_items
 
     cfg = parse_config({"pool": {"experts": EXPERTS}, "routing": {"embedder": "ngram"}})
     conclave = Conclave(cfg)
