@@ -32,8 +32,13 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not real"
 
+# The gates CI runs before the tests: lint, format, types, and the one-way import layers
+# (pyproject.toml's [tool.importlinter]).
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -5,7 +5,8 @@ answer or a user's feedback is known, synergy (its answer agreed with the final 
 efficiency (tokens), minus a penalty for errors and unparsable output. Each serving
 expert keeps its last `window` rewards.
 
-The rules, all in `FreeAgentSettings`:
+The rules, all in `FreeAgentSettings`; the built-in swap rule (`agents.swap_rules`,
+`window-mean`) judges releases and probations, another registered rule may replace it:
 
 - **release**: a serving expert with at least `min_samples` rewards in its window and a
   window mean below `release_below` is released. One bad answer cannot do it: it needs a
@@ -31,7 +32,6 @@ lines, one fsynced write each) and counted in the Ray metrics.
 
 from __future__ import annotations
 
-import math
 import statistics
 import threading
 import time
@@ -150,13 +150,6 @@ class Probation:
     graded: list[tuple[list[str], bool]] = field(default_factory=list)  # for its profile
 
 
-def _bounds(xs: Sequence[float], z: float) -> tuple[float, float, float]:
-    """(mean, lower, upper) one-sided bounds at z standard errors."""
-    m = statistics.fmean(xs)
-    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else math.inf
-    return m, m - z * se, m + z * se
-
-
 class FreeAgentMonitor:
     """Scores agents, releases underperformers, runs probations, promotes on evidence."""
 
@@ -169,6 +162,10 @@ class FreeAgentMonitor:
     ) -> None:
         self.settings = settings
         self.log = log
+        from agents.swap_rules import SWAP_RULES
+
+        #: judges releases and probations (`free_agents.swap_rule`)
+        self.rule = SWAP_RULES.get(settings.swap_rule)
         #: validation accuracy per expert, when profiled: picks the best free agent
         self.record = dict(record or {})
         self.free: list[str] = [e for e in settings.free_agents if e in experts]
@@ -298,26 +295,14 @@ class FreeAgentMonitor:
         )
 
     def _decide(self) -> list[AuditEntry]:
-        s = self.settings
         out: list[AuditEntry] = []
         for agent in list(self.serving):
-            win = self.windows[agent]
-            if agent in self.probations or len(win) < s.min_samples:
+            if agent in self.probations:
                 continue
-            mean = statistics.fmean(win)
-            if mean >= s.release_below:
+            release = self.rule.release(list(self.windows[agent]), self.settings)
+            if release is None:
                 continue
-            out.append(
-                self._entry(
-                    "release",
-                    agent,
-                    None,
-                    f"mean reward {mean:.3f} over its last {len(win)} tasks is below "
-                    f"{s.release_below}",
-                    mean_reward=mean,
-                    samples=len(win),
-                )
-            )
+            out.append(self._entry("release", agent, None, release.reason, **release.figures))
             challenger = self._best_free()
             if challenger is None:
                 out.append(
@@ -325,7 +310,7 @@ class FreeAgentMonitor:
                         "no_replacement", agent, None, "no free agent waiting: it keeps serving"
                     )
                 )
-                win.clear()  # ask again after a fresh window
+                self.windows[agent].clear()  # ask again after a fresh window
                 continue
             self.free.remove(challenger)
             self.probations[agent] = Probation(challenger, agent, self.tasks)
@@ -335,46 +320,20 @@ class FreeAgentMonitor:
                 )
             )
         for incumbent, p in list(self.probations.items()):
-            n = len(p.pairs)
-            if n < s.probation_min:
+            verdict = self.rule.verdict(list(p.pairs.values()), incumbent, self.settings)
+            if verdict is None:
                 continue
-            diffs = [c - i for i, c in p.pairs.values()]
-            d, d_lo, d_hi = _bounds(diffs, s.confidence_z)
-            c_mean, c_lo, _ = _bounds([c for _, c in p.pairs.values()], s.confidence_z)
-            figures = {
-                "tasks": n,
-                "diff": d,
-                "diff_lower": d_lo,
-                "diff_upper": d_hi,
-                "challenger_mean": c_mean,
-                "challenger_lower": c_lo,
-            }
-            if d_lo > s.promote_margin or c_lo >= s.release_below:
-                why = (
-                    f"beats {incumbent} by {d:.3f} (lower bound {d_lo:.3f} > {s.promote_margin})"
-                    if d_lo > s.promote_margin
-                    else f"its mean reward's lower bound {c_lo:.3f} clears {s.release_below}"
-                )
+            if verdict.event == "promotion":
                 self._swap(p)
-                out.append(
-                    self._entry(
-                        "promotion",
-                        p.challenger,
-                        incumbent,
-                        f"after {n} shadow tasks it {why}",
-                        **figures,
-                    )
-                )
-            elif d_hi < s.promote_margin or n >= s.probation_max:
-                why = (
-                    f"it trails {incumbent} (upper bound {d_hi:.3f} < {s.promote_margin})"
-                    if d_hi < s.promote_margin
-                    else f"no verdict after {n} tasks (probation_max)"
-                )
+            else:
                 del self.probations[incumbent]
                 self.free.append(p.challenger)
                 self.windows[incumbent].clear()
-                out.append(self._entry("rejection", p.challenger, incumbent, why, **figures))
+            out.append(
+                self._entry(
+                    verdict.event, p.challenger, incumbent, verdict.reason, **verdict.figures
+                )
+            )
         return out
 
     def _swap(self, p: Probation) -> None:

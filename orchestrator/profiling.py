@@ -1,4 +1,11 @@
-"""The profile cache: a pool's routing state, learnt once per (experts, routing settings,
+"""Profiling a pool, and the profile cache.
+
+`profile` (what `Conclave.profile` runs): keywords for every validation item, every expert
+on every item, profiles (+1/-1 per keyword), the skill inventory, each expert's accuracy,
+the aggregator chosen on the aggregation benchmark, and the probes the router would send
+each expert.
+
+The cache: a pool's routing state is learnt once per (experts, routing settings,
 validation items) and reused by `eval`, `profile`, `route` and `serve`.
 
 The key hashes the experts' configs (and their model files' names, sizes and times), the
@@ -10,13 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.config import ConclaveConfig
+from orchestrator.config import ConclaveConfig, Role
 from orchestrator.errors import ConfigError
-from orchestrator.types import Item
+from orchestrator.types import ExpertAnswer, Item, Probe, RoutingState
 
 if TYPE_CHECKING:
     from orchestrator.conclave import Conclave
@@ -71,3 +79,102 @@ def ensure_profile(
     conclave.profile(items, dataset=dataset, progress=progress)
     conclave.save_state(folder)
     return folder, False
+
+
+def profile(
+    conclave: Conclave,
+    items: Sequence[Item],
+    dataset: str,
+    split: str = "validation",
+    progress: bool = False,
+) -> RoutingState:
+    """Learn the pool's routing state from graded `items`; sets the facade's profiles,
+    inventory and state, and returns the state."""
+    from agents.aggregators import get_aggregator
+    from skills.inventory import SkillInventory
+    from skills.profiles import ProfileSet
+
+    if any(i.gold_answer is None for i in items):
+        raise ConfigError("profiling needs graded items: every item must have gold_answer")
+    kws = conclave.keywords(items, progress)
+    experts = conclave.experts
+    answers = conclave.ask([(it, ex) for it in items for ex in experts], progress)
+    per_item = [answers[i * len(experts) : (i + 1) * len(experts)] for i in range(len(items))]
+    graded = [
+        (a.expert, kws[it.id][0], a.choice == it.gold_answer)
+        for it, ans in zip(items, per_item, strict=True)
+        for a in ans
+    ]
+    conclave.profiles = ProfileSet().update(graded, dataset=dataset, split=split)
+    inventory = SkillInventory.build(
+        (k for it in items for k in kws[it.id][0]), conclave.embedder()
+    )
+    conclave.inventory = inventory
+    acc = {
+        ex: round(
+            100
+            * sum(a.choice == it.gold_answer for it, a in zip(items, col, strict=True))
+            / len(items),
+            2,
+        )
+        for ex, col in zip(experts, zip(*per_item, strict=True), strict=True)
+    }
+    best = max(experts, key=lambda e: acc[e])
+    scores = aggregation_benchmark(conclave, items, per_item, progress)
+    choice = conclave.config.routing.aggregator
+    if choice == "auto":
+        choice = max(scores, key=lambda c: (scores[c], c == "vote"))
+    else:  # fail here, before any answer, on a name that is neither kind
+        get_aggregator(choice, conclave.with_role(Role.AGGREGATOR))
+    state = RoutingState(
+        dataset=dataset,
+        experts=experts,
+        best_single=best,
+        accuracy=acc,
+        aggregator=choice,
+        aggregator_scores=scores,
+    )
+    conclave.state = state
+    probes: dict[str, list[Probe]] = {}
+    router = conclave.router()
+    for it in items:
+        words = kws[it.id][0]
+        for ex in router.select(it.id, inventory.map(words), keywords=words).chosen:
+            probes.setdefault(ex, []).append(Probe(item=it, keywords=words))
+    state.probes = probes
+    if conclave.monitor is not None:  # picks the free agent with the best validation record
+        conclave.monitor.record = dict(acc)
+    return state
+
+
+def aggregation_benchmark(
+    conclave: Conclave,
+    items: Sequence[Item],
+    per_item: Sequence[list[ExpertAnswer]],
+    progress: bool,
+) -> dict[str, float]:
+    """Per question with at least one right and two wrong answers: one right and two
+    wrong, shuffled; every aggregator candidate (the vote and each aggregator expert)
+    answers; accuracy (%) per candidate."""
+    rng = random.Random(0)
+    bench_items, bench_answers = [], []
+    for it, ans in zip(items, per_item, strict=True):
+        right = [a for a in ans if a.choice == it.gold_answer]
+        wrong = [a for a in ans if a.choice is not None and a.choice != it.gold_answer]
+        if right and len(wrong) >= 2:
+            picked = [rng.choice(right), *rng.sample(wrong, 2)]
+            rng.shuffle(picked)
+            bench_items.append(it)
+            bench_answers.append(picked)
+    if not bench_items:
+        return {"vote": 0.0}
+    scores = {}
+    for cand in ["vote", *conclave.with_role(Role.AGGREGATOR)]:
+        outs = conclave.aggregate(bench_items, bench_answers, cand, progress)
+        scores[cand] = round(
+            100
+            * sum(o.choice == it.gold_answer for o, it in zip(outs, bench_items, strict=True))
+            / len(bench_items),
+            2,
+        )
+    return scores

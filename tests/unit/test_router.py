@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.config import RouterSettings
 from orchestrator.errors import ConfigError
-from orchestrator.router import SkillRouter, global_competence
+from skills.router import SkillRouter, global_competence
 
 PROFILES = {"a": {"x": 2, "y": -1}, "b": {"x": -1, "y": 3}, "c": {"x": 0}}
 

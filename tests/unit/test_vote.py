@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import itertools
 
-from agents.aggregate import weighted_vote
+from agents.aggregators import weighted_vote
 
 
 def _q(i: int) -> str:

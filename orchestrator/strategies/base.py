@@ -1,0 +1,93 @@
+"""The strategy contract: plan -> ask -> combine.
+
+    class Strategy:
+        name, description               what `conclave eval` and reports show
+        needs_profile, needs_expert     what it needs before it can run
+        asks_every_expert, featured     what the harness may read from its traces
+        plan(ctx, items)   -> a Plan per item: the experts to ask (a repeat is a weight)
+        combiner(ctx)      -> the aggregator that combines their answers, or None to
+                              take the one expert's answer as it is
+
+The facade (`Conclave.answer`) runs every strategy the same way: plan all items, ask
+every distinct (item, expert) pair in one pool batch (grouped by model), then combine
+each item's answers with the strategy's aggregator in one more batch. A strategy never
+calls the pool itself, so batching, answer reuse, probes and shadowing apply to all.
+
+Built in (`orchestrator.strategies.builtin`): `single`, `best-single`, `random-k`,
+`majority`, `moa`, `symbolic-moe`. Register your own with `STRATEGIES.add(name, obj)`;
+from YAML-driven runs, list its module under `plugins`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from orchestrator.registry import Registry
+from orchestrator.types import Item, RoutingDecision, Usage
+
+if TYPE_CHECKING:
+    from orchestrator.conclave import Conclave
+
+
+@dataclass
+class Plan:
+    """Which experts answer one item. An expert listed n times answers once and weighs n
+    in the vote (the router may draw one twice). `routing` and `keywords` are what a
+    routed strategy learnt on the way; `calls`/`usage` count the LLM calls planning made
+    (the keyword model's), so traces show a strategy's whole cost."""
+
+    experts: list[str]
+    keywords: list[str] = field(default_factory=list)
+    routing: RoutingDecision | None = None
+    calls: int = 0
+    usage: Usage = Usage()
+
+
+@dataclass
+class StrategyContext:
+    """What a strategy may read while planning: the facade, the experts serving in this
+    batch (free agents waiting are not among them), and the caller's options."""
+
+    conclave: Conclave
+    experts: list[str]
+    expert: str | None = None
+    progress: bool = False
+
+
+class Strategy(Protocol):
+    """One way to answer. Implementations are small classes with these attributes."""
+
+    #: the registry name (`conclave eval --strategy NAME`)
+    name: ClassVar[str]
+    #: one line for `--help`, reports and errors
+    description: ClassVar[str]
+    #: reads the routing state `profile` learns (best single expert, aggregator, profiles)
+    needs_profile: ClassVar[bool]
+    #: needs the caller to name one expert (`answer(..., expert=NAME)`); evals skip it
+    needs_expert: ClassVar[bool]
+    #: asks every serving expert every question, so each expert alone (and the
+    #: per-category oracle) can be read from its traces at no extra cost
+    asks_every_expert: ClassVar[bool]
+    #: the product's own strategy: reports draw it apart from the baselines
+    featured: ClassVar[bool]
+    #: watched by the free-agent monitor (probes, shadow answers, rewards)
+    monitored: ClassVar[bool]
+
+    def plan(self, ctx: StrategyContext, items: Sequence[Item]) -> list[Plan]: ...
+
+    def combiner(self, ctx: StrategyContext) -> str | None:
+        """The aggregator's name ('vote', a registered aggregator, or an aggregator
+        expert), or None: the single planned expert's answer is final."""
+        ...
+
+
+STRATEGIES: Registry[Strategy] = Registry("strategy", "--strategy / Conclave.answer")
+
+
+def get_strategy(name: str) -> Strategy:
+    """The registered strategy called `name` (built-ins load on first use)."""
+    from orchestrator.strategies import builtin  # noqa: F401  (registers the built-ins)
+
+    return STRATEGIES.get(name)
