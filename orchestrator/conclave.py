@@ -46,6 +46,7 @@ class Conclave:
         embedder: Embedder | None = None,
         reuse_answers: bool = False,
     ) -> None:
+        check_extensions(config)
         self.config = config
         #: reuse greedy experts' answers to questions they already answered (evals)
         self.reuse_answers = reuse_answers
@@ -394,6 +395,23 @@ class Conclave:
             ) from exc
         if self.monitor is not None:
             self.monitor.record = dict(self.state.accuracy)
+
+
+def check_extensions(config: ConclaveConfig) -> None:
+    """Fail now, not at the first question, on an extension the config names that is not
+    registered: the router, the aggregator, the served strategy, the swap rule. (The
+    backends are checked when the config is parsed.)"""
+    from agents.aggregators import get_aggregator
+    from agents.swap_rules import SWAP_RULES
+    from skills.router import ROUTERS
+
+    ROUTERS.get(config.routing.router.type)
+    get_strategy(config.routing.strategy)
+    if config.routing.aggregator != "auto":
+        llms = [e.name for e in config.pool.experts if Role.AGGREGATOR in e.roles]
+        get_aggregator(config.routing.aggregator, llms)
+    if config.free_agents.active:
+        SWAP_RULES.get(config.free_agents.swap_rule)
 
 
 def _trace(item: Item, strategy: str, plan: Plan) -> Trace:

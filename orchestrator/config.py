@@ -8,6 +8,11 @@ given and what is allowed.
 The same schema serves the embedded CPU default (tiny models, in-process vLLM engines on a
 local Ray) and a GPU cluster (7-70B models, `tensor_parallel_size`, `num_gpus`, a Ray
 address): only the values change.
+
+An expert's `backend` is an extension point: its `type` names a config schema in
+`BACKEND_CONFIGS` (the built-ins `vllm`, `remote`, `fake`, and any a plug-in registers
+with `workers.backend.register_backend`). The config's `plugins` are imported before the
+rest of it is validated, so what they register can be named in it.
 """
 
 from __future__ import annotations
@@ -18,9 +23,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, InitErrorDetails, core_schema
 
 from orchestrator.errors import ConfigError
+from orchestrator.registry import Registry, import_plugins
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$"
 
@@ -78,7 +95,21 @@ class Resources(_Strict):
     )
 
 
-class VLLMBackendConfig(_Strict):
+class BackendConfig(_Strict):
+    """What every expert backend's config has: its `type`, the name its backend and this
+    schema are registered under. A plug-in's config subclasses it, with
+    `type: Literal["<name>"] = "<name>"` and fields of its own, and registers it with
+    `workers.backend.register_backend(name, backend_cls, config_cls)`."""
+
+    type: str = Field(
+        ...,
+        min_length=1,
+        description="The registered backend type: 'vllm', 'remote', 'fake', or one a "
+        "plug-in (see `plugins`) registers.",
+    )
+
+
+class VLLMBackendConfig(BackendConfig):
     """A model served by a vLLM engine in the pool's own Ray actor."""
 
     type: Literal["vllm"] = Field("vllm", description="Runs vLLM inside a Ray actor.")
@@ -107,7 +138,7 @@ class VLLMBackendConfig(_Strict):
         return v
 
 
-class RemoteBackendConfig(_Strict):
+class RemoteBackendConfig(BackendConfig):
     """A model behind an API, called through litellm."""
 
     type: Literal["remote"] = Field("remote", description="Calls a provider through litellm.")
@@ -136,7 +167,7 @@ class RemoteBackendConfig(_Strict):
         return v
 
 
-class FakeBackendConfig(_Strict):
+class FakeBackendConfig(BackendConfig):
     """A model-free backend for tests and dry runs: answers by a fixed rule."""
 
     type: Literal["fake"] = Field("fake", description="No model: deterministic canned answers.")
@@ -166,9 +197,71 @@ class FakeBackendConfig(_Strict):
     seed: int = Field(0, description="Seed of the right/wrong draws (per request, in order).")
 
 
-BackendConfig = Annotated[
-    VLLMBackendConfig | RemoteBackendConfig | FakeBackendConfig, Field(discriminator="type")
-]
+#: Backend config schemas by `type`: what `pool.experts[].backend` validates with. The
+#: built-ins are here, in the foundation; `workers.backend.register_backend` adds a
+#: plug-in's schema together with its backend class.
+BACKEND_CONFIGS: Registry[type[BackendConfig]] = Registry(
+    "expert backend", "pool.experts[].backend.type"
+)
+BACKEND_CONFIGS.add("vllm", VLLMBackendConfig)
+BACKEND_CONFIGS.add("remote", RemoteBackendConfig)
+BACKEND_CONFIGS.add("fake", FakeBackendConfig)
+
+
+def _relocated(err: ValidationError, *prefix: str | int) -> ValidationError:
+    """`err`'s errors under `prefix`: a nested model's errors raised from a validator keep
+    their field paths (pool.experts.0.backend.fake.anser), as pydantic's own unions do."""
+    return ValidationError.from_exception_data(
+        err.title,
+        [
+            InitErrorDetails(
+                type=e["type"], loc=(*prefix, *e["loc"]), input=e["input"], ctx=e.get("ctx", {})
+            )
+            for e in err.errors()
+        ],
+    )
+
+
+def _value_error(loc: tuple[str | int, ...], message: str, value: Any) -> ValidationError:
+    """A ValueError at `loc`, for validators whose failure belongs to a field below them."""
+    return ValidationError.from_exception_data(
+        "ConclaveConfig",
+        [InitErrorDetails(type="value_error", loc=loc, input=value, ctx={"error": message})],
+    )
+
+
+def _registered_backend(value: Any) -> Any:
+    """Validate a backend's mapping with the schema its `type` is registered under; a
+    config object built in Python (`VLLMBackendConfig(...)`) is taken as it is."""
+    if isinstance(value, BackendConfig) or not isinstance(value, dict):
+        return value  # a config object, or not a mapping (pydantic reports that)
+    kind = value.get("type")
+    if not isinstance(kind, str) or kind not in BACKEND_CONFIGS:
+        known = ", ".join(repr(n) for n in BACKEND_CONFIGS.names())
+        what = "needs a `type`" if kind is None else f"type {kind!r} is not registered"
+        raise ValueError(
+            f"{what}; registered backend types: {known}. A plug-in's backend registers when "
+            "its module is imported: list the module under `plugins` in the config"
+        )
+    try:
+        return BACKEND_CONFIGS.get(kind).model_validate(value)
+    except ValidationError as err:
+        raise _relocated(err, kind) from None
+
+
+class _RegisteredBackendSchema:
+    """The JSON schema of an expert's `backend`: one of the registered backend configs,
+    told apart by `type` (the built-ins, and the plug-ins imported so far)."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, _schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        choices: dict[str, CoreSchema] = {
+            name: BACKEND_CONFIGS.get(name).__pydantic_core_schema__
+            for name in BACKEND_CONFIGS.ordered()
+        }
+        return handler(core_schema.tagged_union_schema(choices, "type"))
 
 
 class ExpertConfig(_Strict):
@@ -177,7 +270,11 @@ class ExpertConfig(_Strict):
     name: str = Field(
         ..., pattern=NAME_PATTERN, description="Unique name; names the Ray actor on the dashboard."
     )
-    backend: BackendConfig = Field(..., description="How the model is served.")
+    backend: Annotated[SerializeAsAny[BackendConfig], _RegisteredBackendSchema()] = Field(
+        ...,
+        description="How the model is served: a mapping whose `type` names a registered "
+        "backend (vllm, remote, fake, or a plug-in's), with that backend's fields.",
+    )
     sampling: Sampling = Field(default_factory=Sampling, description="Default sampling.")
     resources: Resources = Field(default_factory=Resources, description="Placement and memory.")
     roles: list[Role] = Field(
@@ -185,6 +282,11 @@ class ExpertConfig(_Strict):
         min_length=1,
         description="Roles it may take: expert, aggregator, keywords (keyword extractor).",
     )
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend_by_type(cls, v: Any) -> Any:
+        return _registered_backend(v)
 
 
 class ClusterConfig(_Strict):
@@ -263,6 +365,12 @@ class KeywordSettings(_Strict):
 class RouterSettings(_Strict):
     """Recruitment parameters (the paper's values are the defaults)."""
 
+    type: str = Field(
+        "symbolic-moe",
+        min_length=1,
+        description="The registered router (skills.router.ROUTERS): 'symbolic-moe', the "
+        "paper's S(m,q) x g(m) draw, or one a plug-in registers.",
+    )
     k: int = Field(3, ge=1, le=64, description="Experts recruited per question.")
     temperature: float = Field(0.5, gt=0.0, description="T in g(m)^(1/T); lower is sharper.")
     replacement: bool = Field(
@@ -281,10 +389,19 @@ class RoutingConfig(_Strict):
         None, description="Expert that extracts keywords; unset: the one with role 'keywords'."
     )
     router: RouterSettings = Field(default_factory=RouterSettings, description="Recruitment.")
+    strategy: str = Field(
+        "symbolic-moe",
+        min_length=1,
+        description="The registered strategy (orchestrator.strategies.STRATEGIES) the "
+        "gateway's routed model 'conclave' answers with; evals name theirs with --strategy.",
+    )
     aggregator: str = Field(
         "auto",
-        description="'auto': the best candidate on the aggregation benchmark; 'vote': the "
-        "weighted vote; or the name of an expert with role 'aggregator'.",
+        description="'auto': the best of the vote and the aggregator experts on the "
+        "aggregation benchmark; a registered aggregator (agents.aggregators.AGGREGATORS: "
+        "'vote', the vote weighted by draws; 'weighted-vote', also by validation accuracy; "
+        "or one a plug-in registers); or the name of an expert with role 'aggregator' "
+        "(Mixture-of-Agents synthesis).",
     )
     embedder: Literal["all-MiniLM-L6-v2", "ngram"] = Field(
         "all-MiniLM-L6-v2",
@@ -348,6 +465,13 @@ class FreeAgentSettings(_Strict):
     weights: RewardWeights = Field(default_factory=RewardWeights, description="Reward terms.")
     window: int = Field(50, ge=1, description="Sliding window of rewards per agent.")
     min_samples: int = Field(50, ge=1, description="Rewards in the window before a release.")
+    swap_rule: str = Field(
+        "window-mean",
+        min_length=1,
+        description="The registered swap rule (agents.swap_rules.SWAP_RULES) deciding "
+        "releases and probation verdicts: 'window-mean' (a window's mean reward under "
+        "release_below releases; one-sided bounds decide probations), or a plug-in's.",
+    )
     release_below: float = Field(
         0.85, description="Release an agent whose mean reward over the window is below this."
     )
@@ -380,6 +504,12 @@ class FreeAgentSettings(_Strict):
 class ConclaveConfig(_Strict):
     """Everything Conclave needs to run."""
 
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Modules imported before the rest of the config is validated, so their "
+        "registered backends, strategies, aggregators, routers, swap rules and dataset "
+        "formats can be named in it (e.g. 'mypackage.conclave_plugin').",
+    )
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray placement.")
     pool: PoolConfig = Field(..., description="The expert pool.")
     routing: RoutingConfig = Field(
@@ -404,6 +534,22 @@ class ConclaveConfig(_Strict):
     def audit_log_path(self) -> Path:
         """The free-agent monitor's audit log: `free_agents.audit_log`, else the cache's."""
         return self.free_agents.audit_log or self.resolved_cache_dir() / AUDIT_LOG
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data: Any) -> Any:
+        """Import `plugins` before any other field is validated: a backend type a plug-in
+        registers is then known when the experts are."""
+        plugins = data.get("plugins") if isinstance(data, dict) else None
+        for i, module in enumerate(plugins if isinstance(plugins, list) else []):
+            if not isinstance(module, str):
+                continue  # not a module name: the field's own validation says so
+            try:
+                import_plugins([module])
+            except ConfigError as exc:
+                why = str(exc).removeprefix("plugins: ")
+                raise _value_error(("plugins", i), why, module) from None
+        return data
 
     @model_validator(mode="after")
     def _free_agents_are_experts(self) -> ConclaveConfig:

@@ -40,3 +40,37 @@ print('ok')
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}
     )
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_help_of_every_command_imports_no_heavy_library():
+    """`conclave --help` and every command's `--help` stay instant: torch, vLLM and Ray
+    (and litellm, transformers) load only inside the commands that use them."""
+    code = """
+import sys
+from typer.main import get_command
+from typer.testing import CliRunner
+from orchestrator.cli import app
+
+def paths(cmd, path):
+    yield path
+    for name in getattr(cmd, "commands", {}):
+        yield from paths(cmd.commands[name], [*path, name])
+
+cmds = list(paths(get_command(app), []))
+assert len(cmds) > 20, cmds
+codes = {" ".join(c): CliRunner().invoke(app, [*c, "--help"]).exit_code for c in cmds}
+assert set(codes.values()) == {0}, codes
+heavy = ("torch", "vllm", "ray", "litellm", "transformers", "sentence_transformers")
+print(sorted(m for m in heavy if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+    entry = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "orchestrator.cli", "--help"],
+        capture_output=True,
+        text=True,
+    )
+    assert entry.returncode == 0 and "Usage" in entry.stdout, entry.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in entry.stderr.splitlines()}
+    assert not imported & {"torch", "vllm", "ray"}, sorted(imported & {"torch", "vllm", "ray"})

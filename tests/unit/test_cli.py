@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -62,3 +63,183 @@ def test_schema_is_json_with_descriptions():
     res = runner.invoke(app, ["config", "schema"])
     schema = json.loads(res.stdout)
     assert "pool" in schema["properties"]
+
+
+def test_module_entry_point_prints_help():
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "--help"], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    assert "answer each question with the right expert LLMs" in res.stdout
+    for group in ("eval", "serve", "config", "bench", "zoo", "experts", "kernels", "agents"):
+        assert group in res.stdout
+
+
+def test_emit_json_takes_a_dict_or_a_typed_result(tmp_path, capsys):
+    from pydantic import BaseModel
+
+    from orchestrator.cli.render import emit_json
+
+    class Figures(BaseModel):
+        requests: int
+        path: Path
+
+    typed = Figures(requests=3, path=Path("/x"))
+    assert emit_json(typed, tmp_path / "a.json", as_json=True) is True
+    printed = json.loads(capsys.readouterr().out)
+    assert emit_json({"requests": 3, "path": "/x"}, tmp_path / "b.json", as_json=False) is False
+    assert capsys.readouterr().out == ""
+    assert printed == {"requests": 3, "path": "/x"}
+    assert json.loads((tmp_path / "a.json").read_text()) == printed
+    assert json.loads((tmp_path / "b.json").read_text()) == printed
+
+
+def test_resolve_config_reads_the_file_without_building_a_zoo(tmp_path):
+    from agents.zoo.default import resolve_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(FAKE)
+    events: list[str] = []
+    cfg = resolve_config(path, "full", tmp_path / "no-zoo", on_event=events.append)
+    assert [e.name for e in cfg.pool.experts] == ["alpha", "broken"]
+    assert events == [] and not (tmp_path / "no-zoo").exists()
+
+
+def test_commands_on_a_missing_zoo_say_how_to_build_it(tmp_path):
+    empty = str(tmp_path / "zoo")
+    res = runner.invoke(app, ["zoo", "eval", "--dir", empty])
+    assert res.exit_code == 2
+    assert f"no zoo at {empty}; run `conclave zoo build` first" in res.stderr
+    res = runner.invoke(app, ["experts", "list", "--dir", empty, "--gateway", "http://127.0.0.1:9"])
+    assert res.exit_code == 2
+    assert "run `conclave zoo build`, or pass --config FILE" in res.stderr
+    res = runner.invoke(app, ["kernels", "mask", "--experts", "0", "--dir", empty])
+    assert res.exit_code == 2 and "no MoE model in the zoo" in res.stderr
+
+
+def test_bench_free_agents_checks_its_scenario_before_running():
+    res = runner.invoke(app, ["bench", "free-agents", "--requests", "100", "--drop-at", "100"])
+    assert res.exit_code == 2 and "--drop-at 100 must come before the end" in res.stderr
+    res = runner.invoke(app, ["bench", "free-agents", "--degraded", "1.5"])
+    assert res.exit_code == 2 and "--degraded 1.5 is not an accuracy" in res.stderr
+
+
+def test_serve_applies_its_overrides_and_hands_the_config_to_the_gateway(tmp_path, monkeypatch):
+    """The command only resolves the config and its gateway settings; serving is the
+    gateway's `serve`, whose ConclaveErrors become the CLI's exit code 2."""
+    import orchestrator.gateway
+    from orchestrator.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(FAKE)
+    calls = []
+
+    def serve(config, *, ensemble, data, ray_serve, on_event):
+        calls.append((config.gateway, ensemble, data, ray_serve))
+        on_event("serving (fake)")
+
+    monkeypatch.setattr(orchestrator.gateway, "serve", serve, raising=False)
+    args = ["serve", "-c", str(path), "--port", "9001", "--no-preload", "--passthrough-only"]
+    res = runner.invoke(app, [*args, "-d", "q.jsonl"])
+    assert res.exit_code == 0, res.output
+    assert "serving (fake)" in res.stderr
+    [(gateway, ensemble, data, ray_serve)] = calls
+    assert (gateway.host, gateway.port, gateway.preload) == ("127.0.0.1", 9001, False)
+    assert (ensemble, data, ray_serve) == (False, "q.jsonl", False)
+
+    def refuse(config, **_kw):
+        raise ConfigError("no expert fits")
+
+    monkeypatch.setattr(orchestrator.gateway, "serve", refuse, raising=False)
+    res = runner.invoke(app, ["serve", "-c", str(path), "--ray-serve"])
+    assert res.exit_code == 2 and "error: no expert fits" in res.stderr
+
+
+def test_bench_gateway_renders_a_typed_result_without_the_vllm_comparison(monkeypatch):
+    from pydantic import BaseModel
+
+    import evals.bench
+
+    class Level(BaseModel):
+        concurrency: int
+        requests: int
+        errors: int = 0
+        p50_ms: float = 1.5
+        p90_ms: float = 2.0
+        p99_ms: float = 3.25
+        requests_per_s: float = 900.0
+
+    class Result(BaseModel):
+        machine: str = "test box"
+        fake_expert: list[Level]
+        vllm: dict[str, list[Level]] | None = None
+        passthrough_overhead_pct: dict[str, dict[str, float]] | None = None
+
+    def run(levels, requests, *_args, with_vllm, **_kw):
+        assert not with_vllm
+        return Result(fake_expert=[Level(concurrency=c, requests=requests) for c in levels])
+
+    monkeypatch.setattr(evals.bench, "run_gateway_bench", run)
+    res = runner.invoke(app, ["bench", "gateway", "--concurrency", "1,4", "--no-vllm"])
+    assert res.exit_code == 0, res.output
+    assert "gateway on loopback (test box)" in res.stdout and "3.25" in res.stdout
+    assert res.stdout.count("gateway, fake expert") == 2 and "vLLM" not in res.stdout
+    res = runner.invoke(app, ["bench", "gateway", "--no-vllm", "--requests", "9", "--json"])
+    assert [r["requests"] for r in json.loads(res.stdout)["fake_expert"]] == [9, 9, 9]
+
+
+def test_without_a_config_the_zoo_is_built_first_and_served(tmp_path, monkeypatch):
+    """The embedded default's fallback, with the builder faked: `resolve_config` builds
+    the profile (reporting what it built), and the zoo is then found as built."""
+    import agents.zoo.default as default
+    from agents.zoo.build import PROFILES, ZooEntry, ZooManifest
+
+    root = tmp_path / "zoo"
+
+    class FakeBuilder:
+        def __init__(self, root, profile, seed, on_event, on_step):
+            self.root, self.specs, self.on_event, self.on_step = (
+                root,
+                PROFILES[profile],
+                on_event,
+                on_step,
+            )
+
+        def build(self):
+            manifest = ZooManifest(updated="now", skillmix_seed=0)
+            for spec in self.specs:
+                self.on_step(spec.name, 1, 2)
+                moe = getattr(spec, "arch", "") == "mixtral"
+                arch = "MixtralForCausalLM" if moe else "LlamaForCausalLM"
+                manifest.put(
+                    ZooEntry(
+                        name=spec.name,
+                        kind="trained",
+                        architecture=arch,
+                        source="test",
+                        spec={},
+                        fingerprint="f",
+                        roles=list(spec.roles),
+                        size_bytes=2**20,
+                        files={},
+                        build_s=0.1,
+                    )
+                )
+                self.on_event(spec.name, "built")
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / "manifest.json").write_text(manifest.model_dump_json())
+            return manifest, [s.name for s in self.specs]
+
+    monkeypatch.setattr(default, "ZooBuilder", FakeBuilder)
+    events: list[str] = []
+    cfg = default.resolve_config(None, "reduced", root, on_event=events.append)
+    names = ["facts-mini", "numbers-moe-mini", "keywords-mini"]
+    assert events == [f"built zoo models {', '.join(names)} in {root}"]
+    assert sorted(e.name for e in cfg.pool.experts) == sorted(names)
+    assert default.zoo_moe_model(root) == root / "numbers-moe-mini"
+    again, manifest = default.existing_config(None, root)
+    assert manifest is not None and sorted(manifest.entries) == sorted(names)
+    assert again == cfg

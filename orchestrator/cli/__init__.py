@@ -1,0 +1,39 @@
+"""The `conclave` command line: a thin shell over the orchestrator and the pool.
+
+One module per command group; each command parses its options, calls one library
+function and renders the result (`render.py`). Heavy libraries (torch, vLLM, Ray,
+litellm) load only inside the commands that need them, so `conclave --help` is instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from orchestrator.cli import agents, bench, config, experts, kernels, pool, serve, zoo
+from orchestrator.cli.eval import eval_cmd, profile_cmd, route_cmd
+
+app = typer.Typer(
+    name="conclave",
+    help="Conclave: answer each question with the right expert LLMs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(config.app, name="config")
+app.add_typer(pool.app, name="pool")
+app.add_typer(bench.app, name="bench")
+app.add_typer(zoo.app, name="zoo")
+app.command("eval")(eval_cmd)
+app.command("profile")(profile_cmd)
+app.command("route")(route_cmd)
+app.command("serve")(serve.serve_cmd)
+app.add_typer(experts.app, name="experts")
+app.add_typer(kernels.app, name="kernels")
+app.add_typer(agents.app, name="agents")
+
+
+def main() -> None:
+    """The console entry of `python -m orchestrator.cli`."""
+    app()
+
+
+__all__ = ["app", "main"]

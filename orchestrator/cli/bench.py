@@ -1,0 +1,290 @@
+"""`conclave bench`: benchmarks that print figures (as tables, or JSON with --json)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.cli.options import FiguresJson, FiguresOut, levels
+from orchestrator.cli.render import emit_json, fail, figures, out, print_table, simple_table
+from orchestrator.errors import ConclaveError
+
+app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
+
+
+@app.command("pool")
+def bench_pool(
+    questions: Annotated[int, typer.Option(min=1, help="Questions in the batch.")] = 200,
+    per_question: Annotated[int, typer.Option(min=1, help="Experts asked per question.")] = 3,
+    models: Annotated[int, typer.Option(min=1, help="Tiny models in the pool.")] = 5,
+    naive_sample: Annotated[
+        int, typer.Option(min=1, help="Requests timed for the load-per-request baseline.")
+    ] = 20,
+    seed: Annotated[int, typer.Option(help="Seed for the questions and the sample.")] = 0,
+    as_json: FiguresJson = False,
+    output: FiguresOut = None,
+) -> None:
+    """Grouped load-once scheduling vs loading the model per request, on tiny models."""
+    from evals.bench import run_pool_bench
+
+    try:
+        res = figures(
+            run_pool_bench(
+                questions, per_question, models, naive_sample, seed, progress=not as_json
+            )
+        )
+    except (ConclaveError, ValueError) as exc:
+        raise fail(exc) from None
+    if emit_json(res, output, as_json):
+        return
+    g, n = res["grouped"], res["naive"]
+    simple_table(
+        f"pool benchmark: {res['requests']} requests over {res['models']} models",
+        ("scheduling", "model loads", "wall s"),
+        (
+            ("grouped, load once", str(g["model_loads"]), str(g["wall_s"])),
+            (
+                "grouped, 2nd batch",
+                str(g["second_batch_model_loads"]),
+                str(g["second_batch_wall_s"]),
+            ),
+            (f"naive ({n['note']})", f"{res['requests']} (est.)", str(n["extrapolated_wall_s"])),
+        ),
+    )
+    out.print(f"speedup: [bold]{res['speedup']}x[/]   failed requests: {res['failed_requests']}")
+
+
+@app.command("route")
+def bench_route(
+    questions: Annotated[int, typer.Option(min=1, help="Questions routed warm.")] = 20_000,
+    experts: Annotated[int, typer.Option(min=1, help="Experts with profiles.")] = 16,
+    cold: Annotated[int, typer.Option(min=1, help="Questions routed with new keywords.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of the profiles and keywords.")] = 0,
+    as_json: FiguresJson = False,
+    output: FiguresOut = None,
+) -> None:
+    """Recruitment throughput with LLM calls excluded: keyword mapping, scoring, selection."""
+    from evals.bench import run_routing_bench
+
+    res = figures(
+        run_routing_bench(questions=questions, experts=experts, cold_questions=cold, seed=seed)
+    )
+    if emit_json(res, output, as_json):
+        return
+    w, c = res["warm"], res["cold"]
+    simple_table(
+        f"routing: {res['experts']} experts, {res['inventory_keywords']} inventory "
+        f"keywords ({res['embedder']})",
+        ("keywords", "questions", "seconds", "questions/s"),
+        (
+            ("cached (repeat)", str(w["questions"]), str(w["seconds"]), str(w["questions_per_s"])),
+            ("all new (cold)", str(c["questions"]), str(c["seconds"]), str(c["questions_per_s"])),
+        ),
+    )
+
+
+@app.command("gateway")
+def bench_gateway(
+    concurrency: Annotated[
+        str, typer.Option(help="Closed-loop clients, per level (comma-separated).")
+    ] = "1,16,64",
+    requests: Annotated[
+        int, typer.Option(min=1, help="Requests per level, fake expert (at least 8 per client).")
+    ] = 1000,
+    vllm_concurrency: Annotated[
+        str, typer.Option(help="Levels for the vLLM comparison.")
+    ] = "1,4,16",
+    vllm_requests: Annotated[int, typer.Option(min=1, help="Requests per level, vLLM.")] = 384,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per vLLM answer.")] = 16,
+    batch_window_ms: Annotated[
+        float, typer.Option(min=0, help="The gateway's micro-batch window.")
+    ] = 5.0,
+    vllm: Annotated[
+        bool, typer.Option(help="Also compare passthrough with vLLM's own server.")
+    ] = True,
+    in_process: Annotated[
+        bool,
+        typer.Option(
+            help="The expert's engine core in its actor's process (the config default: "
+            "fast start); without, in a process of its own, as vLLM's server runs it."
+        ),
+    ] = True,
+    as_json: FiguresJson = False,
+    output: FiguresOut = None,
+) -> None:
+    """Gateway latency (p50/p99) and requests/s on loopback: a zero-cost fake expert, and a
+    tiny vLLM model through the gateway against vLLM's own OpenAI-compatible server."""
+    fake_levels, vllm_levels = levels(concurrency), levels(vllm_concurrency)
+    from evals.bench import run_gateway_bench
+
+    try:
+        res = figures(
+            run_gateway_bench(
+                fake_levels,
+                requests,
+                vllm_requests,
+                vllm_levels,
+                max_tokens,
+                batch_window_ms,
+                with_vllm=vllm,
+                in_process=in_process,
+            )
+        )
+    except ConclaveError as exc:
+        raise fail(exc) from None
+    if emit_json(res, output, as_json):
+        return
+    runs = [("gateway, fake expert", r) for r in res["fake_expert"]]
+    if res.get("vllm") is not None:
+        runs += [("vLLM's own server", r) for r in res["vllm"]["vllm_server"]]
+        runs += [("gateway -> vLLM", r) for r in res["vllm"]["gateway_passthrough"]]
+    keys = ("concurrency", "requests", "errors", "p50_ms", "p90_ms", "p99_ms", "requests_per_s")
+    print_table(
+        f"gateway on loopback ({res['machine']})",
+        ("server", "clients", "requests", "errors", "p50 ms", "p90 ms", "p99 ms", "requests/s"),
+        ((name, *(r[k] for k in keys)) for name, r in runs),
+    )
+    for c, o in (res.get("passthrough_overhead_pct") or {}).items():
+        out.print(f"passthrough overhead at {c} clients: p50 {o['p50']:+}%, p99 {o['p99']:+}%")
+
+
+@app.command("free-agents")
+def bench_free_agents(
+    seeds: Annotated[int, typer.Option(min=1, help="Runs (and control runs), one per seed.")] = 3,
+    requests: Annotated[int, typer.Option(min=10, help="Requests in each stream.")] = 2000,
+    drop_at: Annotated[int, typer.Option(min=1, help="Request at which the fault hits.")] = 1000,
+    incumbent: Annotated[float, typer.Option(help="Incumbent's accuracy before.")] = 0.95,
+    degraded: Annotated[float, typer.Option(help="Incumbent's accuracy after.")] = 0.75,
+    free_agent: Annotated[float, typer.Option(help="The free agent's accuracy.")] = 0.93,
+    probes: Annotated[
+        float, typer.Option(min=0.0, max=10.0, help="free_agents.probes_per_task (0: none).")
+    ] = 2.0,
+    window: Annotated[int, typer.Option(min=1, help="free_agents.window = min_samples.")] = 80,
+    as_json: FiguresJson = False,
+    output: FiguresOut = None,
+) -> None:
+    """The free-agent scenario: an expert degrades mid-stream, the monitor releases it and
+    promotes a free agent after probation; a control run without the drop per seed."""
+    if drop_at >= requests:
+        raise fail(ValueError(f"--drop-at {drop_at} must come before the end (--requests)"))
+    for name, v in (("incumbent", incumbent), ("degraded", degraded), ("free-agent", free_agent)):
+        if not 0 <= v <= 1:
+            raise fail(ValueError(f"--{name} {v} is not an accuracy between 0 and 1"))
+    from evals.bench import run_free_agents_bench
+
+    res = figures(
+        run_free_agents_bench(
+            seeds,
+            requests,
+            drop_at,
+            incumbent,
+            degraded,
+            free_agent,
+            probes,
+            window,
+            progress=not as_json,
+        )
+    )
+    if emit_json(res, output, as_json):
+        return
+    print_table(
+        f"free agents: fault at request {drop_at} of {requests}",
+        (
+            "seed",
+            "detected after",
+            "probation",
+            "acc before %",
+            "during %",
+            "after swap %",
+            "lost",
+            "control releases",
+            "probes",
+        ),
+        (
+            (
+                r["seed"],
+                r["detected_after"],
+                r["probation_requests"],
+                r["accuracy_before_drop"],
+                r["accuracy_during"],
+                r["accuracy_after_swap"],
+                r["lost"] + c["lost"],
+                c["releases"],
+                r["probes_asked"],
+            )
+            for r, c in zip(res["runs"], res["controls"], strict=True)
+        ),
+    )
+    out.print(res["summary"])
+
+
+@app.command("moe")
+def bench_moe(
+    tokens: Annotated[str, typer.Option(help="Token counts (comma-separated).")] = (
+        "1,16,128,512,2048"
+    ),
+    hidden: Annotated[int, typer.Option(min=1)] = 512,
+    experts: Annotated[int, typer.Option(min=1)] = 8,
+    top_k: Annotated[int, typer.Option(min=1)] = 2,
+    intermediate: Annotated[int, typer.Option(min=1)] = 1024,
+    dtype: Annotated[str, typer.Option(help="bfloat16 or float32.")] = "bfloat16",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Timing rounds (each times every path and count).")
+    ] = 12,
+    as_json: FiguresJson = False,
+    output: FiguresOut = None,
+) -> None:
+    """The in-model MoE layer: vLLM's fused path vs a per-expert loop vs the reference,
+    with the fused path's GFLOP/s next to a dense matmul of the same useful FLOPs."""
+    from kernels.bench import run_moe_bench
+
+    if dtype not in ("bfloat16", "float32"):
+        raise fail(ValueError(f"--dtype {dtype!r}: use bfloat16 or float32"))
+    if device not in ("cpu", "cuda"):
+        raise fail(ValueError(f"--device {device!r}: use cpu or cuda"))
+    try:
+        res = figures(
+            run_moe_bench(
+                levels(tokens), hidden, experts, top_k, intermediate, dtype, device, rounds=rounds
+            )
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise fail(exc) from None
+    if emit_json(res, output, as_json):
+        return
+    print_table(
+        f"MoE layer ({res['device']}, fused = {res['fused_kernel']}, {res['rounds']} rounds)",
+        (
+            "tokens",
+            "fused\nms",
+            "loop\nms",
+            "x\nloop",
+            "x\nbest",
+            "x\nref",
+            "fused\nGFLOP/s",
+            "dense\nGFLOP/s",
+            "error",
+            "drift",
+        ),
+        (_moe_cells(r) for r in res["rows"]),
+        caption="x loop: median of the rounds' paired ratios; x best: the loop's fastest round "
+        "over the fused path's; drift: the dense matmul's median round over its fastest",
+    )
+
+
+def _moe_cells(r: dict[str, Any]) -> tuple[object, ...]:
+    ref = r["speedup_vs_reference"]
+    return (
+        r["tokens"],
+        f"{r['fused_ms']:.2f}",
+        f"{r['naive_ms']:.2f}",
+        r["speedup_vs_naive"],
+        r["speedup_vs_naive_best"],
+        f"{ref:.0f}" if ref else "-",
+        round(r["fused_gflops"]),
+        round(r["dense_matmul_gflops"]),
+        f"{r['max_abs_error_vs_reference']:.3f}",
+        r["machine_drift"],
+    )

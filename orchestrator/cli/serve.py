@@ -1,0 +1,62 @@
+"""`conclave serve`: the OpenAI-compatible REST gateway."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from orchestrator.cli.options import ConfigOpt, DataOpt, ZooDir, ZooProfile
+from orchestrator.cli.render import err, fail
+from orchestrator.errors import ConclaveError
+
+
+def serve_cmd(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (config: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (config: 8000).")] = None,
+    data: DataOpt = "skillmix",
+    zoo: ZooProfile = "full",
+    zoo_dir: ZooDir = None,
+    passthrough_only: Annotated[
+        bool,
+        typer.Option(
+            "--passthrough-only",
+            help="Serve the experts by name only: no routing profile, no 'conclave' model.",
+        ),
+    ] = False,
+    ray_serve: Annotated[
+        bool,
+        typer.Option(
+            "--ray-serve",
+            help="Run as a Ray Serve application on the config's Ray cluster (its proxy "
+            "binds host:port; the Serve tab of the Ray dashboard shows it).",
+        ),
+    ] = False,
+    preload: Annotated[
+        bool | None,
+        typer.Option(
+            "--preload/--no-preload",
+            help="Load the experts that fit before serving (config: gateway.preload, on).",
+        ),
+    ] = None,
+) -> None:
+    """Serve the OpenAI-compatible REST gateway (model 'conclave' or an expert's name).
+
+    Loads the cached routing profile (profiling first if there is none) and the experts
+    that fit side by side, then serves /v1/chat/completions, /v1/models, /v1/route,
+    /healthz, /readyz and /metrics.
+    """
+    from agents.zoo.default import resolve_config
+    from orchestrator.gateway import serve
+
+    try:
+        cfg = resolve_config(config, zoo, zoo_dir, on_event=err.print)
+        given = (("host", host), ("port", port), ("preload", preload))
+        settings = cfg.gateway.model_copy(update={k: v for k, v in given if v is not None})
+        cfg = cfg.model_copy(update={"gateway": settings})
+        serve(
+            cfg, ensemble=not passthrough_only, data=data, ray_serve=ray_serve, on_event=err.print
+        )
+    except ConclaveError as exc:
+        raise fail(exc) from None
