@@ -1,0 +1,120 @@
+"""summary.json: one `StrategySummary` per strategy that ran, then rows derived from the
+answers already there.
+
+Each expert alone and the per-category oracle come from the answers of the first strategy
+in the run that asks every expert every question (`Strategy.asks_every_expert`: majority,
+among the built-ins), so they cost no extra calls. The oracle picks the best expert per
+category on the test split itself and is an upper reference, not a strategy.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.strategies import get_strategy
+
+
+class StrategySummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    accuracy: float = Field(..., description="Percent correct.")
+    questions: int
+    calls_per_question: float = Field(..., description="LLM calls, keywords included.")
+    expert_calls_per_question: float = Field(
+        0.0, description="Of those, expert answers (not keyword or aggregator calls)."
+    )
+    tokens_per_question: float
+    seconds: float = Field(..., description="Wall time in this run (0 for derived rows).")
+    reused_per_question: float = Field(
+        0.0,
+        description="Of the calls, answers reused from an identical greedy call of an "
+        "earlier strategy in this run (counted in calls and tokens, not in seconds).",
+    )
+    model_loads: int
+    by_category: dict[str, float] = Field(default_factory=dict)
+    derived: str | None = Field(None, description="How a row without its own run was derived.")
+
+
+def _pct(xs: Sequence[bool | None]) -> float:
+    return round(100 * sum(bool(x) for x in xs) / len(xs), 2) if xs else 0.0
+
+
+def summarize(rows: Sequence[dict[str, Any]], strategies: Sequence[str]) -> dict[str, Any]:
+    """summary.json's strategies: per strategy (in run order), then each expert alone and
+    the oracle, derived from the first strategy that asks every expert, when one ran."""
+    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by[r["strategy"]].append(r)
+    out: dict[str, Any] = {}
+    for s in strategies:
+        rs = by.get(s, [])
+        if not rs:
+            continue
+        cats: dict[str, list[bool]] = defaultdict(list)
+        for r in rs:
+            cats[str(r["category"])].append(r["correct"])
+        out[s] = StrategySummary(
+            accuracy=_pct([r["correct"] for r in rs]),
+            questions=len(rs),
+            calls_per_question=round(sum(r["calls"] for r in rs) / len(rs), 2),
+            expert_calls_per_question=round(sum(len(r["experts"]) for r in rs) / len(rs), 2),
+            tokens_per_question=round(sum(r["tokens"] for r in rs) / len(rs), 1),
+            seconds=round(sum(r["seconds"] for r in rs), 1),
+            reused_per_question=round(sum(r.get("reused_calls", 0) for r in rs) / len(rs), 2),
+            model_loads=sum(r["model_loads"] for r in rs),
+            by_category={c: _pct(v) for c, v in sorted(cats.items())},
+        ).model_dump()
+    source = next((s for s in strategies if get_strategy(s).asks_every_expert), None)
+    full = by.get(source, []) if source else []
+    if source and full:
+        out |= _derived(full, source)
+    return out
+
+
+def _derived(full: Sequence[dict[str, Any]], source: str) -> dict[str, Any]:
+    """Each expert alone and the oracle, from the rows of `source`, which asked every expert."""
+    out: dict[str, Any] = {}
+    per_expert: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    tokens: dict[str, int] = defaultdict(int)
+    for r in full:
+        for a in r["answers"]:
+            per_expert[a["expert"]][str(r["category"])].append(a["choice"] == r["gold"])
+            tokens[a["expert"]] += a.get("tokens", 0)
+    for ex, cats in per_expert.items():
+        flat = [x for v in cats.values() for x in v]
+        out[f"single:{ex}"] = StrategySummary(
+            accuracy=_pct(flat),
+            questions=len(flat),
+            calls_per_question=1.0,
+            expert_calls_per_question=1.0,
+            tokens_per_question=round(tokens[ex] / len(flat), 1),
+            seconds=0.0,
+            model_loads=0,
+            by_category={c: _pct(v) for c, v in sorted(cats.items())},
+            derived=f"this expert's answers in the {source} strategy",
+        ).model_dump()
+    cat_names = sorted({str(r["category"]) for r in full})
+
+    def best_in(category: str) -> str:
+        return max(per_expert, key=lambda ex: _pct(per_expert[ex][category]))
+
+    best = {c: best_in(c) for c in cat_names}
+    by_cat = {c: _pct(per_expert[best[c]][c]) for c in cat_names}
+    n = {c: len(per_expert[best[c]][c]) for c in cat_names}
+    out["oracle (reference)"] = StrategySummary(
+        accuracy=round(sum(by_cat[c] * n[c] for c in cat_names) / sum(n.values()), 2),
+        questions=sum(n.values()),
+        calls_per_question=1.0,
+        expert_calls_per_question=1.0,
+        tokens_per_question=0.0,
+        seconds=0.0,
+        model_loads=0,
+        by_category=by_cat,
+        derived="best expert per category on this split itself: an upper reference, "
+        f"not a strategy ({', '.join(f'{c}: {e}' for c, e in best.items())})",
+    ).model_dump()
+    return out
