@@ -27,7 +27,8 @@ def load_dataset(
     if dataset == "skillmix":
         from evals.skillmix import CATEGORIES, SPLITS, generate
 
-        if split not in SPLITS:
+        chosen = next((s for s in SPLITS if s == split), None)  # the split, as a `Split`
+        if chosen is None:
             raise DatasetError(f"unknown skillmix split {split!r}; choose one of {SPLITS}")
         unknown = sorted(set(cats) - set(CATEGORIES))
         if unknown:
@@ -35,7 +36,7 @@ def load_dataset(
                 f"unknown skillmix categories {unknown}; choose from {', '.join(CATEGORIES)}"
             )
         n = min(per_category, limit) if limit else per_category
-        rows = generate(split, n, seed=seed, categories=cats or CATEGORIES)  # type: ignore[arg-type]
+        rows = generate(chosen, n, seed=seed, categories=cats or CATEGORIES)
         return [Item(**q.model_dump()) for q in rows]
     items = load_file(dataset, seed)
     if cats:

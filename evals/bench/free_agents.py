@@ -21,16 +21,107 @@ import json
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
-from orchestrator.config import parse_config
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.config import ConclaveConfig, parse_config
+from orchestrator.errors import ConfigError
+from orchestrator.types import Item
+
+if TYPE_CHECKING:
+    from evals.skillmix import Split
 
 CATEGORIES = ("geography", "chemistry")
 
 
-def _items(split: str, per_category: int) -> list[Any]:
+class Decision(BaseModel):
+    """One decision of the monitor during a stream, at the request it followed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request: int
+    event: str = Field(..., description="release, probation_start, promotion, ...")
+    agent: str
+    incumbent: str | None
+
+
+class StreamRun(BaseModel):
+    """One stream of requests, served one at a time with the monitor on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int
+    requests: int
+    lost: int = Field(..., description="Requests answered with no answer.")
+    serving_at_end: list[str]
+    decisions: list[Decision]
+    releases: int
+    probes_asked: int
+
+
+class ControlRun(StreamRun):
+    """The same stream without the drop: any release is a false one."""
+
+    accuracy: float | None
+
+
+class DropRun(StreamRun):
+    """The stream with the incumbent degraded from request `drop_at` on."""
+
+    drop_at: int
+    detected_after: int | None = Field(..., description="Requests from the drop to release.")
+    probation_requests: int | None
+    accuracy_before_drop: float | None
+    accuracy_during: float | None = Field(..., description="From the drop to the promotion.")
+    accuracy_after_swap: float | None
+
+
+class MonitorSettings(BaseModel):
+    """The free-agent settings the scenario overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    probes_per_task: float
+    window: int
+    min_samples: int
+
+
+class Scenario(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    categories: list[str]
+    requests: int
+    drop_at: int
+    incumbent_accuracy: float
+    degraded_accuracy: float
+    free_agent_accuracy: float
+    monitor: MonitorSettings
+
+
+class FreeAgentsSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    detected_after_max: int | None = Field(..., description="None if a run never released.")
+    after_swap_gap_points_max: float | None
+    after_swap_gap_points_mean: float | None
+    lost: int
+    false_releases_in_controls: int
+
+
+class FreeAgentsBenchResult(BaseModel):
+    """`conclave bench free-agents`: the scenario, each run and control run, a summary."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scenario: Scenario
+    runs: list[DropRun]
+    controls: list[ControlRun]
+    summary: FreeAgentsSummary
+
+
+def _items(split: Split, per_category: int) -> list[Item]:
     from evals.skillmix import generate
-    from orchestrator.types import Item
 
     return [
         Item(id=q.id, question=q.question, gold_answer=q.gold_answer, category=q.category)
@@ -40,7 +131,7 @@ def _items(split: str, per_category: int) -> list[Any]:
 
 def _config(
     key: Path, folder: Path, seed: int, accuracies: dict[str, float], monitor: dict[str, Any]
-) -> Any:
+) -> ConclaveConfig:
     def expert(name: str, accuracy: float) -> dict[str, Any]:
         backend = {
             "type": "fake",
@@ -78,6 +169,32 @@ def _config(
     )
 
 
+@overload
+def run_stream(
+    folder: Path,
+    seed: int,
+    requests: int,
+    drop_at: int,
+    incumbent_accuracy: float,
+    degraded_accuracy: float,
+    free_agent_accuracy: float,
+    monitor: dict[str, Any],
+) -> DropRun: ...
+
+
+@overload
+def run_stream(
+    folder: Path,
+    seed: int,
+    requests: int,
+    drop_at: None,
+    incumbent_accuracy: float,
+    degraded_accuracy: float,
+    free_agent_accuracy: float,
+    monitor: dict[str, Any],
+) -> ControlRun: ...
+
+
 def run_stream(
     folder: Path,
     seed: int,
@@ -87,10 +204,11 @@ def run_stream(
     degraded_accuracy: float,
     free_agent_accuracy: float,
     monitor: dict[str, Any],
-) -> dict[str, Any]:
+) -> DropRun | ControlRun:
     """One run: profile on validation, then serve `requests` test questions in order;
     `monitor` overrides the free-agent settings."""
     from orchestrator.conclave import Conclave
+    from workers.fake import FakeBackend
 
     validation, test = _items("validation", 15), _items("test", 40)
     key = folder / "answer_key.jsonl"
@@ -102,11 +220,13 @@ def run_stream(
     rng = random.Random(seed)
     stream = [rng.choice(test) for _ in range(requests)]
     served: list[bool] = []
-    events: list[dict[str, Any]] = []
+    events: list[Decision] = []
     lost = 0
     with Conclave(cfg) as c:
         c.profile(validation, dataset="skillmix")
-        facts = c.pool.backends["facts"]
+        facts, agents_monitor = c.pool.backends["facts"], c.monitor
+        if not isinstance(facts, FakeBackend) or agents_monitor is None:
+            raise ConfigError("the scenario needs the fake 'facts' expert and the monitor on")
         for i, item in enumerate(
             it.model_copy(update={"id": f"r{n}"}) for n, it in enumerate(stream)
         ):
@@ -114,26 +234,24 @@ def run_stream(
                 facts.spec = facts.spec.model_copy(
                     update={"degrade_after": facts.answered, "degraded_accuracy": degraded_accuracy}
                 )
-            before = len(c.monitor.log.read())
+            before = len(agents_monitor.log.read())
             (tr,) = c.answer([item], "symbolic-moe")
             if tr.choice is None or not tr.answers:
                 lost += 1
             served.append(bool(tr.correct))
             events += [
-                {"request": i, "event": e.event, "agent": e.agent, "incumbent": e.incumbent}
-                for e in c.monitor.log.read()[before:]
+                Decision(request=i, event=e.event, agent=e.agent, incumbent=e.incumbent)
+                for e in agents_monitor.log.read()[before:]
             ]
-        serving = c.monitor.plan()[0]
+        serving = agents_monitor.plan()[0]
         probes_asked = c.probes_asked
 
     def first(event: str, after: int = 0) -> int | None:
         return next(
             (
-                e["request"]
+                e.request
                 for e in events
-                if e["event"] == event
-                and e["request"] >= after
-                and "facts" in (e["agent"], e["incumbent"])
+                if e.event == event and e.request >= after and "facts" in (e.agent, e.incumbent)
             ),
             None,
         )
@@ -145,28 +263,27 @@ def run_stream(
     release = first("release", drop_at or 0)
     start = first("probation_start", drop_at or 0)
     promotion = first("promotion", drop_at or 0)
-    out: dict[str, Any] = {
-        "seed": seed,
-        "requests": requests,
-        "lost": lost,
-        "serving_at_end": serving,
-        "decisions": events,
-        "releases": sum(e["event"] == "release" for e in events),
-        "probes_asked": probes_asked,
-    }
+    common = StreamRun(
+        seed=seed,
+        requests=requests,
+        lost=lost,
+        serving_at_end=serving,
+        decisions=events,
+        releases=sum(e.event == "release" for e in events),
+        probes_asked=probes_asked,
+    )
     if drop_at is None:
-        out["accuracy"] = acc(0, requests)
-        return out
+        return ControlRun(**dict(common), accuracy=acc(0, requests))
     after = promotion + 1 if promotion is not None else requests
-    out |= {
-        "drop_at": drop_at,
-        "detected_after": None if release is None else release - drop_at,
-        "probation_requests": None if promotion is None or start is None else promotion - start,
-        "accuracy_before_drop": acc(0, drop_at),
-        "accuracy_during": acc(drop_at, after),
-        "accuracy_after_swap": acc(after, requests),
-    }
-    return out
+    return DropRun(
+        **dict(common),
+        drop_at=drop_at,
+        detected_after=None if release is None else release - drop_at,
+        probation_requests=None if promotion is None or start is None else promotion - start,
+        accuracy_before_drop=acc(0, drop_at),
+        accuracy_during=acc(drop_at, after),
+        accuracy_after_swap=acc(after, requests),
+    )
 
 
 def run_free_agents_bench(
@@ -179,44 +296,48 @@ def run_free_agents_bench(
     probes_per_task: float = 2.0,
     window: int = 80,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> FreeAgentsBenchResult:
+    """`seeds` runs with the drop at `drop_at` and as many control runs without it."""
     from orchestrator.progress import progress_bar
 
     figures = (incumbent_accuracy, degraded_accuracy, free_agent_accuracy)
-    monitor = {"probes_per_task": probes_per_task, "window": window, "min_samples": window}
-    runs, controls = [], []
+    settings = MonitorSettings(probes_per_task=probes_per_task, window=window, min_samples=window)
+    monitor = settings.model_dump()
+    runs: list[DropRun] = []
+    controls: list[ControlRun] = []
     with (
         tempfile.TemporaryDirectory(prefix="conclave-free-agents-") as tmp,
         progress_bar(disable=not progress) as bar,
     ):
         task = bar.add_task("free-agent scenario", total=2 * seeds)
         for seed in range(seeds):
-            for drop, sink in ((drop_at, runs), (None, controls)):
-                sink.append(run_stream(Path(tmp), seed, requests, drop, *figures, monitor))
-                bar.advance(task)
-    detected = [r["detected_after"] for r in runs]
+            runs.append(run_stream(Path(tmp), seed, requests, drop_at, *figures, monitor))
+            bar.advance(task)
+            controls.append(run_stream(Path(tmp), seed, requests, None, *figures, monitor))
+            bar.advance(task)
+    detected = [r.detected_after for r in runs if r.detected_after is not None]
     gap = [
-        r["accuracy_before_drop"] - r["accuracy_after_swap"]
+        r.accuracy_before_drop - r.accuracy_after_swap
         for r in runs
-        if r["accuracy_after_swap"] is not None
+        if r.accuracy_before_drop is not None and r.accuracy_after_swap is not None
     ]
-    return {
-        "scenario": {
-            "categories": list(CATEGORIES),
-            "requests": requests,
-            "drop_at": drop_at,
-            "incumbent_accuracy": incumbent_accuracy,
-            "degraded_accuracy": degraded_accuracy,
-            "free_agent_accuracy": free_agent_accuracy,
-            "monitor": monitor,
-        },
-        "runs": runs,
-        "controls": controls,
-        "summary": {
-            "detected_after_max": None if None in detected else max(detected),  # type: ignore[type-var]
-            "after_swap_gap_points_max": round(max(gap), 1) if len(gap) == len(runs) else None,
-            "after_swap_gap_points_mean": round(sum(gap) / len(gap), 1) if gap else None,
-            "lost": sum(r["lost"] for r in runs + controls),
-            "false_releases_in_controls": sum(r["releases"] for r in controls),
-        },
-    }
+    return FreeAgentsBenchResult(
+        scenario=Scenario(
+            categories=list(CATEGORIES),
+            requests=requests,
+            drop_at=drop_at,
+            incumbent_accuracy=incumbent_accuracy,
+            degraded_accuracy=degraded_accuracy,
+            free_agent_accuracy=free_agent_accuracy,
+            monitor=settings,
+        ),
+        runs=runs,
+        controls=controls,
+        summary=FreeAgentsSummary(
+            detected_after_max=max(detected) if len(detected) == len(runs) else None,
+            after_swap_gap_points_max=round(max(gap), 1) if len(gap) == len(runs) else None,
+            after_swap_gap_points_mean=round(sum(gap) / len(gap), 1) if gap else None,
+            lost=sum(r.lost for r in [*runs, *controls]),
+            false_releases_in_controls=sum(r.releases for r in controls),
+        ),
+    )

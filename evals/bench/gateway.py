@@ -15,142 +15,66 @@ request's latency. Two comparisons:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+
+from evals.bench.loopback import LevelStats, free_port, server, sweep
 from orchestrator.errors import ConfigError
 
 PROMPT = "Answer in one word: what is the capital of France?"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class VLLMComparison(BaseModel):
+    """vLLM's own server and the gateway in passthrough, on the same model and requests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    max_tokens: int
+    engine: str
+    vllm_server: list[LevelStats]
+    gateway_passthrough: list[LevelStats]
 
 
-@contextmanager
-def server(cmd: list[str], ready_url: str, log: Path, timeout_s: float = 300) -> Iterator[None]:
-    """Run `cmd` until the block ends; ready once `ready_url` answers 200."""
-    import httpx
+class Overhead(BaseModel):
+    """The gateway's latency over vLLM's server at one level, in percent."""
 
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ})
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise ConfigError(
-                    f"server {' '.join(cmd[:4])} ... exited with {proc.returncode}; "
-                    f"its log ends:\n{log.read_text()[-2000:]}"
-                )
-            try:
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise ConfigError(f"server not ready in {timeout_s:g} s; see {log}")
-            time.sleep(0.5)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    model_config = ConfigDict(extra="forbid")
+
+    p50: float
+    p90: float
+    p99: float
 
 
-async def _drive(url: str, body: dict[str, Any], concurrency: int, requests: int) -> dict[str, Any]:
-    """`requests` POSTs of `body` from `concurrency` closed-loop clients. aiohttp: httpx's
-    async pool is the bottleneck past ~16 connections (measured: 160 requests/s at 64
-    clients where aiohttp drives the same gateway at 1,070)."""
-    import aiohttp
+class GatewayBenchResult(BaseModel):
+    """`conclave bench gateway`. Without the vLLM comparison, `vllm` and
+    `passthrough_overhead_pct` are None and left out of the dump (as the keys always were)."""
 
-    latencies: list[float] = []
-    errors = 0
-    left = requests
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=300)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    model_config = ConfigDict(extra="forbid")
 
-        async def worker() -> None:
-            nonlocal left, errors
-            while left > 0:
-                left -= 1
-                t0 = time.perf_counter()
-                async with session.post(url, json=body) as r:
-                    await r.read()
-                    ok = r.status == 200
-                dt = time.perf_counter() - t0
-                if ok:
-                    latencies.append(dt)
-                else:
-                    errors += 1
+    machine: str
+    batch_window_ms: float
+    fake_expert: list[LevelStats]
+    fake_peak_requests_per_s: float
+    vllm: VLLMComparison | None = None
+    passthrough_overhead_pct: dict[str, Overhead] | None = None
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return {"concurrency": concurrency, "latencies": latencies, "errors": errors, "wall": wall}
-
-
-def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """p50/p99 over every request of `runs` (same level), and requests/s over their time."""
-    latencies = sorted(x for r in runs for x in r["latencies"])
-    wall = sum(r["wall"] for r in runs)
-
-    def pct(p: float) -> float:
-        if not latencies:
-            return float("nan")
-        return round(1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))], 2)
-
-    return {
-        "concurrency": runs[0]["concurrency"],
-        "requests": len(latencies) + sum(r["errors"] for r in runs),
-        "errors": sum(r["errors"] for r in runs),
-        "p50_ms": pct(0.50),
-        "p90_ms": pct(0.90),
-        "p99_ms": pct(0.99),
-        "requests_per_s": round(len(latencies) / wall, 1) if wall else 0.0,
-    }
-
-
-def sweep(
-    urls: dict[str, str],
-    body: dict[str, Any],
-    levels: list[int],
-    requests: Callable[[int], int],
-    rounds: int = 1,
-    warmup: int = 8,
-) -> dict[str, list[dict[str, Any]]]:
-    """For each server (name -> chat URL) and concurrency level, `requests(level)`
-    requests in `rounds` parts, the servers taking turns part by part (so a machine whose
-    speed drifts favours none), after `warmup` requests each that are not counted."""
-    for url in urls.values():
-        asyncio.run(_drive(url, body, min(warmup, 4), warmup))
-    out: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
-    for c in levels:
-        parts: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
-        names = list(urls)
-        for rnd in range(rounds):
-            for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
-                n = max(c, requests(c) // rounds)
-                parts[name].append(asyncio.run(_drive(urls[name], body, c, n)))
-        for name in urls:
-            out[name].append(_summary(parts[name]))
-    return out
+    @model_serializer(mode="wrap")
+    def _leave_out_the_skipped_comparison(
+        self, handler: SerializerFunctionWrapHandler
+    ) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.vllm is None:
+            data.pop("vllm", None)
+            data.pop("passthrough_overhead_pct", None)
+        return data
 
 
 def _serve_cmd(config: dict[str, Any], folder: Path, port: int) -> list[str]:
@@ -171,7 +95,7 @@ def _serve_cmd(config: dict[str, Any], folder: Path, port: int) -> list[str]:
 
 def run_fake(
     folder: Path, levels: list[int], requests: int, batch_window_ms: float
-) -> list[dict[str, Any]]:
+) -> list[LevelStats]:
     """The gateway over a fake expert that answers instantly."""
     port = free_port()
     config = {
@@ -195,7 +119,7 @@ def run_vllm(
     max_tokens: int,
     batch_window_ms: float,
     in_process: bool = True,
-) -> dict[str, list[dict[str, Any]]]:
+) -> dict[str, list[LevelStats]]:
     """vLLM's own server and the gateway in passthrough, on the same model, engine
     arguments and requests, both up at once and driven in turns. `in_process`: the
     expert's engine core runs in its actor's process (the config's default, which starts
@@ -270,21 +194,23 @@ def run_gateway_bench(
     with_vllm: bool = True,
     cache_dir: Path | None = None,
     in_process: bool = True,
-) -> dict[str, Any]:
+) -> GatewayBenchResult:
+    """The fake-expert sweep over `levels`, then (`with_vllm`) the passthrough comparison
+    with vLLM's own server over `vllm_levels` (default: `levels`)."""
     if not levels or min(levels) < 1:
         raise ConfigError("concurrency levels must be positive integers, e.g. 1,16,64")
-    res: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "batch_window_ms": batch_window_ms,
-    }
     with tempfile.TemporaryDirectory(prefix="conclave-bench-gw-") as tmp:
         folder = Path(tmp)
         fake = run_fake(folder, levels, fake_requests, batch_window_ms)
-        res["fake_expert"] = fake
-        res["fake_peak_requests_per_s"] = max(r["requests_per_s"] for r in fake)
+        res = GatewayBenchResult(
+            machine=f"{platform.machine()}, {os.cpu_count()} cores",
+            batch_window_ms=batch_window_ms,
+            fake_expert=fake,
+            fake_peak_requests_per_s=max(r.requests_per_s for r in fake),
+        )
         if with_vllm:
             from agents.zoo.tiny import TINY_ENGINE_ARGS
-            from workers.bench import build_tiny_zoo
+            from evals.bench.pool import build_tiny_zoo
 
             model = build_tiny_zoo(1, cache_dir)[0]
             vl = run_vllm(
@@ -297,22 +223,21 @@ def run_gateway_bench(
                 batch_window_ms,
                 in_process,
             )
-            res["vllm"] = {
-                "model": str(model),
-                "max_tokens": max_tokens,
-                "engine": "in the actor's process" if in_process else "a process of its own",
-                **vl,
-            }
-            by_c = {
-                r["concurrency"]: (r, g)
-                for r, g in zip(vl["vllm_server"], vl["gateway_passthrough"], strict=True)
-            }
-            res["passthrough_overhead_pct"] = {
-                str(c): {
-                    "p50": round(100 * (g["p50_ms"] / r["p50_ms"] - 1), 1),
-                    "p90": round(100 * (g["p90_ms"] / r["p90_ms"] - 1), 1),
-                    "p99": round(100 * (g["p99_ms"] / r["p99_ms"] - 1), 1),
-                }
+            res.vllm = VLLMComparison(
+                model=str(model),
+                max_tokens=max_tokens,
+                engine="in the actor's process" if in_process else "a process of its own",
+                vllm_server=vl["vllm_server"],
+                gateway_passthrough=vl["gateway_passthrough"],
+            )
+            pairs = zip(vl["vllm_server"], vl["gateway_passthrough"], strict=True)
+            by_c = {r.concurrency: (r, g) for r, g in pairs}
+            res.passthrough_overhead_pct = {
+                str(c): Overhead(
+                    p50=round(100 * (g.p50_ms / r.p50_ms - 1), 1),
+                    p90=round(100 * (g.p90_ms / r.p90_ms - 1), 1),
+                    p99=round(100 * (g.p99_ms / r.p99_ms - 1), 1),
+                )
                 for c, (r, g) in by_c.items()
             }
     return res

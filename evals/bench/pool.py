@@ -13,12 +13,57 @@ import platform
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents.zoo.tiny import TINY_ENGINE_ARGS, build_tiny_model
 from orchestrator.config import ConclaveConfig, default_cache_dir, parse_config
 from workers.batch import GenerationRequest
 from workers.pool import ExpertPool
+
+
+class GroupedTiming(BaseModel):
+    """The pool's grouped, load-once scheduling: a first batch, then the same again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wall_s: float = Field(..., description="First batch, models loaded on demand.")
+    model_loads: int
+    second_batch_wall_s: float = Field(..., description="The same batch, models resident.")
+    second_batch_model_loads: int
+
+
+class NaiveTiming(BaseModel):
+    """The baseline that loads the expert's model for every request, timed on a sample."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sampled_requests: int
+    sample_wall_s: float
+    per_request_s: float
+    model_loads_in_sample: int
+    extrapolated_wall_s: float = Field(..., description="per_request_s x all requests.")
+    note: str
+
+
+class PoolBenchResult(BaseModel):
+    """`conclave bench pool`: what ran, both timings, and the speedup of grouping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    benchmark: Literal["pool"] = "pool"
+    questions: int
+    experts_per_question: int
+    requests: int
+    models: int
+    distinct_experts: int
+    grouped: GroupedTiming
+    naive: NaiveTiming
+    speedup: float = Field(..., description="Extrapolated naive wall time / grouped wall time.")
+    failed_requests: int
+    machine: str
+
 
 TOPICS = ["arithmetic", "dates", "units", "chemistry", "geography", "strings", "law", "history"]
 
@@ -85,7 +130,9 @@ def run_pool_bench(
     seed: int = 0,
     progress: bool = True,
     cache_dir: Path | None = None,
-) -> dict[str, Any]:
+) -> PoolBenchResult:
+    """Q questions x k experts over `models` tiny models: grouped twice, then the naive
+    baseline on `naive_sample` requests (see the module docstring)."""
     if per_question > models:
         raise ValueError(f"--per-question ({per_question}) cannot exceed --models ({models})")
     if naive_sample < 1:
@@ -120,32 +167,31 @@ def run_pool_bench(
 
     per_request = naive_sample_s / len(sample)
     naive_total = per_request * len(reqs)
-    return {
-        "benchmark": "pool",
-        "questions": questions,
-        "experts_per_question": per_question,
-        "requests": len(reqs),
-        "models": models,
-        "distinct_experts": len({r.expert for r in reqs}),
-        "grouped": {
-            "wall_s": round(grouped_s, 2),
-            "model_loads": grouped_loads,
-            "second_batch_wall_s": round(second_s, 2),
-            "second_batch_model_loads": second_loads,
-        },
-        "naive": {
-            "sampled_requests": len(sample),
-            "sample_wall_s": round(naive_sample_s, 2),
-            "per_request_s": round(per_request, 3),
-            "model_loads_in_sample": naive_loads,
-            "extrapolated_wall_s": round(naive_total, 1),
-            "note": f"timed on {len(sample)} requests, extrapolated per request to {len(reqs)}",
-        },
-        "speedup": round(naive_total / grouped_s, 1),
-        "failed_requests": len(failed),
-        "machine": f"{platform.machine()}, {_cpus()} CPUs, {platform.python_version()}, vLLM CPU "
+    return PoolBenchResult(
+        questions=questions,
+        experts_per_question=per_question,
+        requests=len(reqs),
+        models=models,
+        distinct_experts=len({r.expert for r in reqs}),
+        grouped=GroupedTiming(
+            wall_s=round(grouped_s, 2),
+            model_loads=grouped_loads,
+            second_batch_wall_s=round(second_s, 2),
+            second_batch_model_loads=second_loads,
+        ),
+        naive=NaiveTiming(
+            sampled_requests=len(sample),
+            sample_wall_s=round(naive_sample_s, 2),
+            per_request_s=round(per_request, 3),
+            model_loads_in_sample=naive_loads,
+            extrapolated_wall_s=round(naive_total, 1),
+            note=f"timed on {len(sample)} requests, extrapolated per request to {len(reqs)}",
+        ),
+        speedup=round(naive_total / grouped_s, 1),
+        failed_requests=len(failed),
+        machine=f"{platform.machine()}, {_cpus()} CPUs, {platform.python_version()}, vLLM CPU "
         "in-process engines in Ray actors",
-    }
+    )
 
 
 def _cpus() -> int:

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.config import RouterSettings
-from orchestrator.router import SkillRouter
+from skills.router import SkillRouter
+
+if TYPE_CHECKING:
+    from skills.inventory import Embedder
 
 SUBJECTS = [
     "algebra",
@@ -52,14 +57,50 @@ SUBJECTS = [
 QUALIFIERS = ["", "basic ", "advanced ", "applied ", "theoretical ", "modern "]
 
 
+class WarmRouting(BaseModel):
+    """Questions whose keywords repeat, so most mappings are cache hits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    questions: int
+    seconds: float
+    questions_per_s: float
+
+
+class ColdRouting(BaseModel):
+    """Questions whose keywords are all new: embedded in one batch, compared with all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    questions: int
+    new_keywords: int
+    seconds: float
+    questions_per_s: float
+
+
+class RoutingBenchResult(BaseModel):
+    """`conclave bench route`: recruitment throughput, LLM calls excluded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experts: int
+    inventory_keywords: int
+    inventory_build_s: float = Field(..., description="Embedding the inventory's keywords.")
+    warm: WarmRouting
+    cold: ColdRouting
+    embedder: str
+
+
 def run_routing_bench(
     questions: int = 20_000,
     experts: int = 16,
     keywords_per_question: int = 3,
     cold_questions: int = 500,
-    embedder: Any = None,
+    embedder: Embedder | None = None,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> RoutingBenchResult:
+    """Route `questions` warm and `cold_questions` cold over `experts` random profiles;
+    `embedder` defaults to all-MiniLM-L6-v2."""
     from skills.inventory import MiniLMEmbedder, SkillInventory
 
     rng = random.Random(seed)
@@ -91,20 +132,20 @@ def run_routing_bench(
         for i in range(cold_questions)
     ]
     cold_s = route(cold, "c")
-    return {
-        "experts": experts,
-        "inventory_keywords": len(inventory),
-        "inventory_build_s": round(build_s, 3),
-        "warm": {
-            "questions": questions,
-            "seconds": round(warm_s, 4),
-            "questions_per_s": round(questions / warm_s, 1),
-        },
-        "cold": {
-            "questions": cold_questions,
-            "new_keywords": cold_questions * keywords_per_question,
-            "seconds": round(cold_s, 4),
-            "questions_per_s": round(cold_questions / cold_s, 1),
-        },
-        "embedder": embedder.name,
-    }
+    return RoutingBenchResult(
+        experts=experts,
+        inventory_keywords=len(inventory),
+        inventory_build_s=round(build_s, 3),
+        warm=WarmRouting(
+            questions=questions,
+            seconds=round(warm_s, 4),
+            questions_per_s=round(questions / warm_s, 1),
+        ),
+        cold=ColdRouting(
+            questions=cold_questions,
+            new_keywords=cold_questions * keywords_per_question,
+            seconds=round(cold_s, 4),
+            questions_per_s=round(cold_questions / cold_s, 1),
+        ),
+        embedder=embedder.name,
+    )

@@ -88,6 +88,6 @@ STRATEGIES: Registry[Strategy] = Registry("strategy", "--strategy / Conclave.ans
 
 def get_strategy(name: str) -> Strategy:
     """The registered strategy called `name` (built-ins load on first use)."""
-    from orchestrator.strategies import builtin  # noqa: F401  (registers the built-ins)
+    import orchestrator.strategies.builtin  # noqa: F401  (registers the built-ins)
 
     return STRATEGIES.get(name)

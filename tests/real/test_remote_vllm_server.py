@@ -15,7 +15,7 @@ pytestmark = pytest.mark.real
 
 @pytest.fixture(scope="module")
 def vllm_server(tiny_models, tmp_path_factory):
-    from orchestrator.gateway_bench import free_port, server
+    from evals.bench.loopback import free_port, server
 
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "vllm.log"

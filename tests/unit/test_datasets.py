@@ -9,7 +9,8 @@ import pytest
 
 from evals.datasets import load_dataset
 from orchestrator.answers import options_of
-from orchestrator.formats import DatasetError, load_file
+from orchestrator.formats import ROW_FORMATS, DatasetError, inline_options, load_file
+from orchestrator.types import Item
 
 SHARED = Path(__file__).parents[3] / "shared/data/symbolic-moe"
 
@@ -151,3 +152,46 @@ def test_skillmix_by_name_with_limit_and_categories():
     rows = load_dataset("skillmix", "validation", limit=3, categories=["units", "dates"])
     assert [r.category for r in rows] == ["units"] * 3 + ["dates"] * 3
     assert all("-validation-" in r.id for r in rows)
+
+
+class _Trivia:
+    """A row format from outside the package: {"prompt", "choices": {letter: text}, "key"}."""
+
+    def detect(self, row: dict[str, object]) -> bool:
+        return "prompt" in row and "choices" in row
+
+    def parse(self, row: dict[str, object], where: str, rid: str, seed: int) -> Item:
+        choices = row["choices"]
+        if not isinstance(choices, dict) or row.get("key") not in choices:
+            raise DatasetError(f"{where}: field 'key' must name one of the choices")
+        letters = sorted(choices)
+        return Item(
+            id=rid,
+            question=inline_options(str(row["prompt"]), [choices[k] for k in letters]),
+            gold_answer="ABCDEFGHIJ"[letters.index(row["key"])],
+            category="trivia",
+        )
+
+
+def test_a_row_format_registered_from_outside_loads_through_load_dataset(tmp_path):
+    toy = {"id": "t1", "prompt": "Red planet?", "choices": {"a": "Venus", "b": "Mars"}, "key": "b"}
+    upstream = {"question": "2+2?", "options": ["3", "4"], "answer": "B", "category": "math"}
+    path = _jsonl(tmp_path / "mixed.jsonl", [toy, upstream])
+    ROW_FORMATS.add("toy-trivia", _Trivia())
+    try:
+        first, second = load_dataset(str(path))
+        assert first.id == "t1" and first.category == "trivia"
+        assert first.question == "Red planet? The options are: (A) Venus (B) Mars"
+        assert first.gold_answer == "B" and options_of(first.question) == {
+            "A": "Venus",
+            "B": "Mars",
+        }
+        assert second.category == "math" and second.gold_answer == "B"  # built-ins still apply
+        bad = _jsonl(tmp_path / "bad.jsonl", [{**toy, "key": "z"}])
+        with pytest.raises(DatasetError, match="line 1: field 'key'"):
+            load_dataset(str(bad))
+    finally:
+        ROW_FORMATS.remove("toy-trivia")
+    assert "toy-trivia" not in ROW_FORMATS
+    with pytest.raises(DatasetError, match="missing field 'question'"):  # the fallback's error
+        load_dataset(str(path))

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from evals import harness
 from evals.datasets import load_dataset
 from evals.harness import EvalSpec, run_eval
+from evals.harness import run as harness_run
 from orchestrator.cli import app
 from orchestrator.conclave import Conclave
 from orchestrator.config import load_config
@@ -119,7 +120,7 @@ def test_profile_is_cached_across_runs(config_path, tmp_path):
 
 def test_a_killed_eval_resumes_without_recomputing(config_path, tmp_path, monkeypatch):
     """Kill the run mid-strategy; the rerun computes only what is missing."""
-    monkeypatch.setattr(harness, "CHUNK", 2)
+    monkeypatch.setattr(harness_run, "CHUNK", 2)
     cfg = load_config(config_path)
     spec = EvalSpec(limit=3, categories=CATS, strategies=["majority", "symbolic-moe"])
     out = tmp_path / "run"

@@ -158,7 +158,7 @@ def test_probes_score_serving_experts_on_validation_questions_never_shown(tmp_pa
     """With probes_per_task 0.5, every second task the serving expert also answers a
     validation question of its own skills (credit carries across batches): scored in its
     window, never returned; a challenger on probation answers the same probes."""
-    from agents.free_agents_bench import _config, _items
+    from evals.bench.free_agents import _config, _items
 
     validation, test = _items("validation", 6), _items("test", 5)  # per category
     key = tmp_path / "key.jsonl"
