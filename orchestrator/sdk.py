@@ -12,7 +12,8 @@
 
 In process, the facade (`orchestrator.conclave.Conclave`) has `route` with the same
 result type; the gateway's errors come back as `GatewayClientError` with the HTTP status
-and OpenAI's error type.
+and OpenAI's error type. Bodies and responses follow the gateway's own models
+(`orchestrator.protocol`), so client and server share one definition of the wire format.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
+from orchestrator.protocol import (
+    ChatCompletion,
+    FeedbackRequest,
+    FeedbackResponse,
+    ModelList,
+    RouteRequest,
+)
 from orchestrator.types import RoutingDecision
 from workers.metrics import ExpertStatus
 
@@ -38,18 +46,22 @@ class ChatReply(BaseModel):
 
     @classmethod
     def from_openai(cls, body: dict[str, Any]) -> ChatReply:
-        choice = body["choices"][0]
+        """From the gateway's chat.completion JSON (`orchestrator.protocol.ChatCompletion`)."""
+        completion = ChatCompletion.model_validate(body)
+        choice = completion.choices[0]
         return cls(
-            id=body["id"],
-            model=body["model"],
-            text=choice["message"]["content"] or "",
-            finish_reason=choice.get("finish_reason"),
-            usage=body.get("usage") or {},
-            trace=body.get("conclave"),
+            id=completion.id,
+            model=completion.model,
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason,
+            usage=completion.usage.model_dump() if completion.usage else {},
+            trace=completion.conclave,
         )
 
 
 class GatewayClientError(Exception):
+    """An error the gateway answered: its HTTP status, OpenAI error type and message."""
+
     def __init__(self, status: int, type_: str, message: str) -> None:
         super().__init__(f"{status} {type_}: {message}")
         self.status, self.type, self.message = status, type_, message
@@ -78,6 +90,27 @@ def _statuses(body: dict[str, Any]) -> list[ExpertStatus]:
     return [ExpertStatus.model_validate(e) for e in body["data"]]
 
 
+def _models(body: dict[str, Any]) -> list[str]:
+    return [m.id for m in ModelList.model_validate(body).data]
+
+
+# Bodies are built from the protocol's models without validating them here: the gateway
+# validates, and its 422 names the field (a chat body stays a dict: OpenAI parameters the
+# gateway ignores go through as given).
+def _route_body(question: str) -> dict[str, Any]:
+    return RouteRequest.model_construct(question=question).model_dump()
+
+
+def _feedback_body(response_id: str, correct: bool, answer: str | None) -> dict[str, Any]:
+    return FeedbackRequest.model_construct(
+        id=response_id, correct=correct, answer=answer
+    ).model_dump()
+
+
+def _scored(body: dict[str, Any]) -> int:
+    return FeedbackResponse.model_validate(body).agents_scored
+
+
 class ConclaveClient:
     """Synchronous client."""
 
@@ -97,11 +130,11 @@ class ConclaveClient:
 
     def route(self, question: str) -> RoutingDecision:
         return RoutingDecision.model_validate(
-            _check(self._http.post("/v1/route", json={"question": question}))
+            _check(self._http.post("/v1/route", json=_route_body(question)))
         )
 
     def models(self) -> list[str]:
-        return [m["id"] for m in _check(self._http.get("/v1/models"))["data"]]
+        return _models(_check(self._http.get("/v1/models")))
 
     def experts(self) -> list[ExpertStatus]:
         return _statuses(_check(self._http.get("/v1/experts")))
@@ -109,8 +142,8 @@ class ConclaveClient:
     def feedback(self, response_id: str, correct: bool, answer: str | None = None) -> int:
         """Grade an answer by its id (`ChatReply.id`), with the right answer if known;
         returns how many agents' answers it graded."""
-        body = {"id": response_id, "correct": correct, "answer": answer}
-        return int(_check(self._http.post("/v1/feedback", json=body))["agents_scored"])
+        body = _feedback_body(response_id, correct, answer)
+        return _scored(_check(self._http.post("/v1/feedback", json=body)))
 
     def agents(self) -> dict[str, Any]:
         """The free-agent monitor: agents with state and mean reward, recent decisions."""
@@ -145,19 +178,18 @@ class AsyncConclaveClient:
         return ChatReply.from_openai(_check(r))
 
     async def route(self, question: str) -> RoutingDecision:
-        r = await self._http.post("/v1/route", json={"question": question})
+        r = await self._http.post("/v1/route", json=_route_body(question))
         return RoutingDecision.model_validate(_check(r))
 
     async def models(self) -> list[str]:
-        return [m["id"] for m in _check(await self._http.get("/v1/models"))["data"]]
+        return _models(_check(await self._http.get("/v1/models")))
 
     async def experts(self) -> list[ExpertStatus]:
         return _statuses(_check(await self._http.get("/v1/experts")))
 
     async def feedback(self, response_id: str, correct: bool, answer: str | None = None) -> int:
-        body = {"id": response_id, "correct": correct, "answer": answer}
-        r = await self._http.post("/v1/feedback", json=body)
-        return int(_check(r)["agents_scored"])
+        r = await self._http.post("/v1/feedback", json=_feedback_body(response_id, correct, answer))
+        return _scored(_check(r))
 
     async def agents(self) -> dict[str, Any]:
         return _check(await self._http.get("/v1/agents"))

@@ -26,7 +26,7 @@ EXPERTS = [
 def test_gateway_runs_as_a_ray_serve_application(ray_cluster, tmp_path):
     from ray import serve
 
-    from orchestrator.serve_app import APP_NAME, run_on_ray_serve
+    from orchestrator.gateway.ray_serve import APP_NAME, run_on_ray_serve
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

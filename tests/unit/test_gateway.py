@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from orchestrator.conclave import Conclave
-from orchestrator.config import parse_config
-from orchestrator.gateway import GatewaySettings, create_app
+from orchestrator.config import GatewaySettings, parse_config
+from orchestrator.gateway import create_app
 
 EXPERTS = [
     {"name": "alpha", "backend": {"type": "fake", "answer": "The answer is (A)."}},
@@ -455,13 +455,57 @@ def test_serve_loads_the_experts_that_fit_before_serving(flag, tmp_path, monkeyp
         assert "big: skipped: does not fit next to the others: memory_gb" in res.output
 
 
+def test_serve_prepares_the_facade_then_runs_uvicorn(monkeypatch):
+    """`orchestrator.gateway.serve`, what `conclave serve` runs: the preload's lines and
+    where it serves go to on_event, uvicorn gets the app, and the facade is closed after;
+    a set-up error propagates to the caller."""
+    import uvicorn
+    from starlette.testclient import TestClient
+
+    from orchestrator.errors import ConclaveError
+    from orchestrator.gateway import serve
+
+    big = {"name": "big", "backend": {"type": "fake"}, "resources": {"memory_gb": 2}}
+    pool = {"experts": [*EXPERTS, big], "memory_budget_gb": 5}
+    cfg = parse_config({"pool": pool, "gateway": {"port": 8123}})
+    seen: dict = {}
+
+    def run(asgi, **kw):  # instead of serving: what would the first client see?
+        seen.update(kw)
+        with TestClient(asgi) as client:
+            seen["models"] = [m["id"] for m in client.get("/v1/models").json()["data"]]
+            seen["loaded"] = {
+                e["name"]: e["loaded"] for e in client.get("/v1/experts").json()["data"]
+            }
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    closed = []
+    close = Conclave.close
+    monkeypatch.setattr(Conclave, "close", lambda self: closed.append(close(self)))
+    lines: list[str] = []
+    serve(cfg, ensemble=False, on_event=lines.append)
+    assert len(closed) == 1
+    assert seen["loaded"] == {**dict.fromkeys((e["name"] for e in EXPERTS), True), "big": False}
+    assert "conclave" not in seen["models"] and "alpha" in seen["models"]
+    assert lines[0].startswith("5 of 6 experts loaded (")
+    assert lines[1].startswith("  big: skipped: does not fit next to the others: memory_gb")
+    assert lines[1].endswith("(loads on demand)")
+    assert lines[2] == "serving on http://127.0.0.1:8123 (no API keys configured); Ctrl-C stops"
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
+    assert seen["log_level"] == "warning" and seen["timeout_graceful_shutdown"] == 30
+    with pytest.raises(ConclaveError, match="does not exist"):
+        serve(cfg, data="/nonexistent/questions.jsonl", on_event=lines.append)
+    assert len(closed) == 2  # the facade the failed set-up built is closed too
+
+
 @pytest.mark.parametrize("continuous", [False, True])
 def test_continuous_batching_keys_run_several_batches_at_once(continuous):
     """A key whose engine batches continuously takes a new batch while one runs (the
     engine merges them); any other key runs one batch at a time, the rest queued."""
     import asyncio
 
-    from orchestrator.gateway import ChatRequest, MicroBatcher
+    from orchestrator.gateway.batching import MicroBatcher
+    from orchestrator.protocol import ChatRequest
 
     active, peak = 0, 0
     second = threading.Event()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import schemathesis
+from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 
 from orchestrator.conclave import Conclave
@@ -15,7 +16,7 @@ EXPERTS = [
 ]
 
 
-def _app():  # type: ignore[no-untyped-def]
+def _app() -> FastAPI:
     from evals.datasets import eval_items
 
     cfg = parse_config({"pool": {"experts": EXPERTS}, "routing": {"embedder": "ngram"}})

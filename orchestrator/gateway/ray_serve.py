@@ -1,34 +1,31 @@
 """The gateway as a Ray Serve application (`conclave serve --ray-serve`).
 
-The same FastAPI app as `conclave serve`, built inside a Serve replica from the config:
-Serve's HTTP proxy takes the requests, the replica's facade runs the experts' Ray actors
-on the same cluster, and the application shows up in the Ray dashboard's Serve tab with
-its replicas, requests and latencies. Use it on a cluster; on one machine the plain
-uvicorn server is lighter.
+The same FastAPI app as `conclave serve`, built inside a Serve replica from the config by
+the same `prepare`: Serve's HTTP proxy takes the requests, the replica's facade runs the
+experts' Ray actors on the same cluster, and the application shows up in the Ray
+dashboard's Serve tab with its replicas, requests and latencies. Use it on a cluster; on
+one machine the plain uvicorn server is lighter.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import ConclaveConfig, parse_config
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 APP_NAME = "conclave"
 
 
-def build_gateway(config: dict[str, Any], ensemble: bool, data: str) -> Any:
-    """Runs in the replica: the facade over the config's pool, its profile, the app."""
-    from evals.datasets import eval_items
-    from orchestrator.conclave import Conclave
-    from orchestrator.gateway import create_app
-    from orchestrator.profiling import ensure_profile
+def build_gateway(config: dict[str, Any], ensemble: bool, data: str) -> FastAPI:
+    """Runs in the replica: the prepared facade over the config's pool, and its app."""
+    from orchestrator.gateway.app import create_app
+    from orchestrator.gateway.serving import prepare
 
     cfg = parse_config(config)
-    conclave = Conclave(cfg)
-    if ensemble:
-        ensure_profile(conclave, eval_items(data), data, cfg.resolved_cache_dir())
-    if cfg.gateway.preload:
-        conclave.pool.preload()
+    conclave = prepare(cfg, ensemble=ensemble, data=data)
     return create_app(conclave, cfg.gateway, ensemble=ensemble)
 
 
@@ -40,7 +37,7 @@ def gateway_application(
 
     settings = config.model_dump(mode="json")
 
-    def builder() -> Any:  # Serve calls a zero-argument function in the replica
+    def builder() -> FastAPI:  # Serve calls a zero-argument function in the replica
         return build_gateway(settings, ensemble, data)
 
     @serve.deployment(
@@ -54,7 +51,8 @@ def gateway_application(
     class ConclaveGateway:
         pass
 
-    return ConclaveGateway.bind()
+    deployment: Any = ConclaveGateway  # Serve's decorators made the class a deployment
+    return deployment.bind()
 
 
 def run_on_ray_serve(

@@ -1,4 +1,8 @@
-"""The gateway's request-level Prometheus metrics (its own registry, served at /metrics)."""
+"""The gateway's request-level Prometheus metrics (its own registry, served at /metrics).
+
+The pool's per-expert metrics (`workers.metrics`) go to Ray's; these count what clients
+see: requests by path and status, latency, tokens by model, the queue.
+"""
 
 from __future__ import annotations
 

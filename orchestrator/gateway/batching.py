@@ -1,0 +1,200 @@
+"""Micro-batching: concurrent requests for one model go to it as one batch.
+
+A request waits up to `batch_window_ms` for company, then its batch runs in a worker
+thread (`run_batch`: the facade for the routed ensemble, the pool for an expert), so the
+engine sees the requests together. The queue is bounded: past `max_queue` requests
+waiting or running, new ones get 429 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.config import GatewaySettings
+from orchestrator.gateway.errors import GatewayError, as_gateway_error, shutting_down
+from orchestrator.protocol import ChatRequest
+
+#: Calls at once to an engine that batches continuously (each holds a gateway thread while
+#: its requests generate; more requests than this go together in the next call).
+CONTINUOUS_SLOTS = 32
+
+#: A batch's outcome per request: its response, or the error that is its answer alone.
+Outcome = dict[str, Any] | GatewayError
+
+
+@dataclass
+class _Job:
+    key: str  # the model: one batch per key
+    request: ChatRequest
+    future: asyncio.Future[dict[str, Any]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher:
+    """Batches jobs per key and runs each batch in a worker thread with
+    `run_batch(key, requests) -> outcomes`: each job's response, or the GatewayError that
+    is its answer alone (a request its expert refused fails; its neighbours do not).
+
+    A key whose engine batches only what it is given at once (remote APIs, the routed
+    ensemble) runs one batch at a time: a job that finds it idle waits at most `window`
+    seconds for company (or until `max_batch` jobs); jobs that arrive while it is busy
+    queue and go together as the next batch, so under load batches grow by themselves and
+    an idle key adds no more than the window.
+
+    A key whose engine batches continuously (`continuous(key)`: a loaded vLLM engine adds
+    new requests to its running batch at its next step) runs up to `CONTINUOUS_SLOTS`
+    batches at a time: a job never waits for a running batch to finish, only for the
+    window, which still gathers the requests that arrive together into one call.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[str, list[ChatRequest]], list[Outcome]],
+        settings: GatewaySettings,
+        continuous: Callable[[str], bool] = lambda _key: False,
+    ) -> None:
+        self.run_batch = run_batch
+        self.settings = settings
+        self.continuous = continuous
+        self.waiting: dict[str, list[_Job]] = {}
+        self._depth = 0  # jobs queued or running, and streams running
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._busy: dict[str, set[asyncio.Task[None]]] = {}  # the running batches, per key
+        #: where batches (and token streams) run: blocking calls into the pool
+        self.threads = ThreadPoolExecutor(CONTINUOUS_SLOTS + 8, thread_name_prefix="gateway")
+        self.closed = False
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting or running (the queue `max_queue` bounds)."""
+        return self._depth
+
+    @contextmanager
+    def counted(self) -> Iterator[None]:
+        """Count work that bypasses the batches (a token stream) in `depth` while it runs,
+        so it too holds a place in the queue."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+
+    def _full(self, key: str) -> bool:
+        slots = CONTINUOUS_SLOTS if self.continuous(key) else 1
+        return len(self._busy.get(key, ())) >= slots
+
+    def admit(self) -> None:
+        """Refuse new work while shutting down (503) or past `max_queue` (429)."""
+        if self.closed:
+            raise shutting_down()
+        if self._depth >= self.settings.max_queue:
+            raise GatewayError(
+                429,
+                f"the gateway has {self._depth} requests waiting (max_queue); retry shortly",
+                "rate_limit_error",
+                "queue_full",
+                retry_after=1,
+            )
+
+    async def submit(self, key: str, request: ChatRequest) -> dict[str, Any]:
+        """`request`'s response, once the batch it joins has run (504 past
+        `request_timeout_s`); a caller cancelled while queued drops its job."""
+        self.admit()
+        loop = asyncio.get_running_loop()
+        job = _Job(key, request, loop.create_future())
+        self._depth += 1
+        try:
+            jobs = self.waiting.setdefault(key, [])
+            jobs.append(job)
+            if self._full(key):
+                pass  # goes with the next batch, when a running one finishes
+            elif len(jobs) >= self.settings.max_batch or self.settings.batch_window_ms == 0:
+                self._flush(key)
+            elif key not in self._timers:
+                self._timers[key] = loop.call_later(
+                    self.settings.batch_window_ms / 1000, self._flush, key
+                )
+            return await asyncio.wait_for(
+                asyncio.shield(job.future), timeout=self.settings.request_timeout_s
+            )
+        except asyncio.CancelledError:
+            job.future.cancel()  # the caller left: a batch not yet started skips this job
+            raise
+        except TimeoutError:
+            raise GatewayError(
+                504,
+                f"no answer within {self.settings.request_timeout_s:g} s; the experts are "
+                "busy or slow: retry, or raise gateway.request_timeout_s",
+                "timeout_error",
+                "timeout",
+            ) from None
+        finally:
+            self._depth -= 1
+
+    def _flush(self, key: str) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if self._full(key):
+            return
+        jobs = self.waiting.pop(key, [])
+        live = [j for j in jobs if not j.future.done()]  # callers gone: their work too
+        batch, rest = live[: self.settings.max_batch], live[self.settings.max_batch :]
+        if rest:
+            self.waiting[key] = rest
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._run(key, batch))
+            self._busy.setdefault(key, set()).add(task)
+            task.add_done_callback(lambda t: self._next(key, t))
+
+    def _next(self, key: str, done: asyncio.Task[None]) -> None:
+        """A batch finished: the jobs that queued behind it go next, after the window,
+        so that the callers it just answered can join them when they come straight back
+        (a closed loop of clients otherwise splits into two half batches that take turns)."""
+        busy = self._busy.get(key, set())
+        busy.discard(done)
+        if not busy:
+            self._busy.pop(key, None)
+        waiting = self.waiting.get(key)
+        if not waiting:
+            return
+        if len(waiting) >= self.settings.max_batch or self.settings.batch_window_ms == 0:
+            self._flush(key)
+        elif key not in self._timers:
+            self._timers[key] = asyncio.get_running_loop().call_later(
+                self.settings.batch_window_ms / 1000, self._flush, key
+            )
+
+    async def _run(self, key: str, jobs: list[_Job]) -> None:
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self.threads, self.run_batch, key, [j.request for j in jobs]
+            )
+        except Exception as exc:  # the whole batch failed: every caller hears why
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_exception(as_gateway_error(exc))
+            return
+        for j, res in zip(jobs, results, strict=True):
+            if j.future.done():
+                continue
+            if isinstance(res, GatewayError):
+                j.future.set_exception(res)
+            else:
+                j.future.set_result(res)
+
+    async def drain(self) -> None:
+        """Stop taking jobs; finish the ones already taken."""
+        self.closed = True
+        for key in list(self.waiting):
+            self._flush(key)
+        while self._busy or any(self.waiting.values()):
+            running = [t for tasks in self._busy.values() for t in tasks]
+            await asyncio.gather(*running, return_exceptions=True)
+            await asyncio.sleep(0)  # let the done callbacks start the next batches

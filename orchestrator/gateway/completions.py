@@ -1,0 +1,126 @@
+"""Batches of chat requests answered as OpenAI chat completions.
+
+`run_batch` is what the micro-batcher calls in a worker thread: the routed ensemble's
+batch goes to the facade's chat (`orchestrator.chat`), an expert's to the pool in one
+`ExpertPool.run`. Either way each request gets its completion, or the `GatewayError`
+that is its answer alone.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.chat import chat_answers
+from orchestrator.gateway.batching import Outcome
+from orchestrator.gateway.deps import ENSEMBLE
+from orchestrator.gateway.errors import GatewayError, ensemble_error, upstream_error
+from orchestrator.protocol import (
+    AssistantMessage,
+    ChatAnswer,
+    ChatChoice,
+    ChatCompletion,
+    ChatRequest,
+    CompletionUsage,
+)
+from orchestrator.types import Item
+
+if TYPE_CHECKING:
+    from orchestrator.conclave import Conclave
+    from workers.batch import GenerationRequest
+
+
+def question(req: ChatRequest) -> str:
+    """What the routed ensemble answers: the last user message (400 without one)."""
+    users = [m.content for m in req.messages if m.role == "user"]
+    if not users:
+        raise GatewayError(400, "messages need at least one 'user' message", param="messages")
+    return users[-1]
+
+
+def completion(
+    model: str,
+    text: str,
+    finish: str,
+    usage: CompletionUsage,
+    extra: dict[str, Any] | None = None,
+    task: str | None = None,
+) -> dict[str, Any]:
+    """A chat.completion's JSON; `extra` is its "conclave" block, `task` the id's end."""
+    return ChatCompletion(
+        id=f"chatcmpl-{task or uuid.uuid4().hex}",
+        created=int(time.time()),
+        model=model,
+        choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=finish)],
+        usage=usage,
+        conclave=extra or None,
+    ).to_json()
+
+
+def passthrough_request(expert: str, r: ChatRequest, item_id: str) -> GenerationRequest:
+    """`r` as the pool's request to `expert`: its messages (roles the engines do not know
+    sent as 'user') and the sampling parameters it set."""
+    from workers.batch import GenerationRequest, Message
+
+    sampling = {
+        k: v
+        for k, v in (
+            ("temperature", r.temperature),
+            ("max_tokens", r.max_tokens),
+            ("top_p", r.top_p),
+        )
+        if v is not None
+    }
+    msgs = [
+        Message(
+            role=m.role if m.role in ("system", "user", "assistant") else "user", content=m.content
+        )
+        for m in r.messages
+    ]
+    return GenerationRequest(
+        item_id=item_id, expert=expert, messages=msgs, sampling=sampling or None
+    )
+
+
+def run_passthrough(conclave: Conclave, expert: str, requests: list[ChatRequest]) -> list[Outcome]:
+    """The requests to one expert, in one pool batch."""
+    reqs = [passthrough_request(expert, r, str(i)) for i, r in enumerate(requests)]
+    out: list[Outcome] = []
+    for r in conclave.pool.run(reqs):
+        if not r.ok:  # this request's answer alone
+            out.append(upstream_error(expert, r))
+            continue
+        usage = CompletionUsage.of(r.prompt_tokens, r.completion_tokens)
+        text, finish = r.text or "", r.finish_reason or "stop"
+        out.append(completion(expert, text, finish, usage, {"expert": expert}))
+    return out
+
+
+def ensemble_completion(answer: ChatAnswer) -> dict[str, Any]:
+    """The routed ensemble's answer as a chat completion (its id is the task's)."""
+    extra = answer.trace.model_dump()
+    return completion(
+        ENSEMBLE, answer.text, answer.finish_reason, answer.usage, extra, task=answer.id
+    )
+
+
+def run_ensemble(conclave: Conclave, requests: list[ChatRequest]) -> list[Outcome]:
+    """The requests to the routed ensemble, in one facade batch."""
+    items = [Item(id=f"req-{uuid.uuid4().hex[:12]}", question=question(r)) for r in requests]
+    return [
+        ensemble_error(a) if isinstance(a, Exception) else ensemble_completion(a)
+        for a in chat_answers(conclave, items)
+    ]
+
+
+def batch_runner(conclave: Conclave) -> Callable[[str, list[ChatRequest]], list[Outcome]]:
+    """The micro-batcher's `run_batch` over `conclave`: one model's batch at a time."""
+
+    def run_batch(key: str, requests: list[ChatRequest]) -> list[Outcome]:
+        if key == ENSEMBLE:
+            return run_ensemble(conclave, requests)
+        return run_passthrough(conclave, key, requests)
+
+    return run_batch

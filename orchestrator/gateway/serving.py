@@ -1,0 +1,109 @@
+"""The one way to serve: `prepare` builds what a gateway serves, `serve` runs it.
+
+`conclave serve` calls `serve`; a Ray Serve replica (`ray_serve`) calls `prepare`, so
+both serve the same facade, profiled and preloaded the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.conclave import Conclave
+    from orchestrator.config import ConclaveConfig
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+def prepare(
+    config: ConclaveConfig,
+    *,
+    ensemble: bool,
+    data: str,
+    progress: bool = False,
+    on_event: Callable[[str], None] = _quiet,
+) -> Conclave:
+    """The facade to serve: with `ensemble`, its routing profile (the cached one for
+    `data`'s validation items, profiling first if there is none); with
+    `config.gateway.preload`, the experts that fit side by side loaded, so first answers
+    wait for no model load. `on_event` hears the profiling's events, then how many
+    experts loaded and why each other one did not. Raises `ConclaveError`, after closing
+    the facade, when either fails."""
+    from evals.datasets import eval_items
+    from orchestrator.conclave import Conclave
+    from orchestrator.profiling import ensure_profile
+
+    conclave = Conclave(config)
+    try:
+        if ensemble:
+            ensure_profile(
+                conclave,
+                eval_items(data),
+                data,
+                config.resolved_cache_dir(),
+                progress=progress,
+                on_event=on_event,
+            )
+        if config.gateway.preload:
+            _preload(conclave, progress, on_event)
+    except BaseException:
+        conclave.close()
+        raise
+    return conclave
+
+
+def _preload(conclave: Conclave, progress: bool, on_event: Callable[[str], None]) -> None:
+    """The experts that fit, loaded; one line says how many, one each what was not."""
+    t0 = time.perf_counter()
+    outcome = conclave.pool.preload(progress=progress)
+    loaded = [n for n, o in outcome.items() if o in ("loaded", "resident")]
+    on_event(f"{len(loaded)} of {len(outcome)} experts loaded ({time.perf_counter() - t0:.0f} s)")
+    for name, what in outcome.items():
+        if name not in loaded:
+            on_event(f"  {name}: {what} (loads on demand)")
+
+
+def serve(
+    config: ConclaveConfig,
+    *,
+    ensemble: bool = True,
+    data: str = "skillmix",
+    ray_serve: bool = False,
+    on_event: Callable[[str], None] = print,
+) -> None:
+    """Serve the gateway on `config.gateway`'s host and port until interrupted: uvicorn in
+    this process, or with `ray_serve` a Ray Serve application on the config's cluster
+    (profiled here first, so its replicas find the profile cached). `on_event` hears the
+    set-up's progress and where it serves. Raises `ConclaveError` when set-up fails."""
+    settings = config.gateway
+    auth = "API keys required" if settings.keys() else "no API keys configured"
+    where = f"http://{settings.host}:{settings.port}"
+    if ray_serve:
+        from orchestrator.gateway.ray_serve import run_on_ray_serve
+
+        # the replica builds its own facade and preloads there; here only the profile
+        here = config.model_copy(update={"gateway": settings.model_copy(update={"preload": False})})
+        prepare(here, ensemble=ensemble, data=data, progress=True, on_event=on_event).close()
+        on_event(f"deploying on Ray Serve at {where} ({auth}); Ctrl-C stops")
+        run_on_ray_serve(config, ensemble, data, settings.host, settings.port, True)
+        return
+    import uvicorn
+
+    from orchestrator.gateway.app import create_app
+
+    conclave = prepare(config, ensemble=ensemble, data=data, progress=True, on_event=on_event)
+    try:
+        on_event(f"serving on {where} ({auth}); Ctrl-C stops")
+        uvicorn.run(
+            create_app(conclave, settings, ensemble=ensemble),
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        conclave.close()
