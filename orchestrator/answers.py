@@ -48,7 +48,7 @@ def extract_choice(text: str | None, question: str | None = None) -> str | None:
     text the last "The answer is ..." states, else None."""
     if not text:
         return None
-    found = _ANSWER_IS.findall(text)
+    found: list[str] = _ANSWER_IS.findall(text)  # one group: findall gives its strings
     if found:
         return found[-1]
     found = _PAREN.findall(_without_echo(text, question) if question else text)

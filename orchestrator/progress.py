@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
-def progress_bar(width: int = 32, *extra_columns: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+def progress_bar(width: int = 32, *extra_columns: Any, **kwargs: Any) -> Progress:
     """A rich Progress: description, bar, done/total, `extra_columns`, elapsed time."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -4,16 +4,21 @@ Built-in backends (the `type` of an expert's `backend` config):
 - `vllm`   -> `workers.vllm_backend:VLLMBackend`: a vLLM engine in a Ray actor of its own.
 - `remote` -> `workers.remote:RemoteBackend`: an API reached through litellm.
 - `fake`   -> `workers.fake:FakeBackend`: no model; for control-plane tests and dry runs.
+
+A backend is two registered things under one name: its class here (`BACKENDS`) and its
+config schema in the foundation (`orchestrator.config.BACKEND_CONFIGS`), which validates
+an expert's `backend` mapping. `register_backend` adds both.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from orchestrator.config import BACKEND_CONFIGS, BackendConfig
 from orchestrator.errors import ConfigError
+from orchestrator.registry import Registry
 
 if TYPE_CHECKING:
     from orchestrator.config import ClusterConfig, ConclaveConfig, ExpertConfig
@@ -84,31 +89,51 @@ class ExpertBackend(ABC):
         yield result
 
 
-BACKENDS: dict[str, str] = {
-    "vllm": "workers.vllm_backend:VLLMBackend",
-    "remote": "workers.remote:RemoteBackend",
-    "fake": "workers.fake:FakeBackend",
-}
+#: Backend classes by `type`. Built-ins are lazy "module:attr" entries, so naming one
+#: imports neither vLLM, Ray nor litellm until an expert of that type is built.
+BACKENDS: Registry[type[ExpertBackend]] = Registry("expert backend", "pool.experts[].backend.type")
+BACKENDS.add("vllm", "workers.vllm_backend:VLLMBackend")
+BACKENDS.add("remote", "workers.remote:RemoteBackend")
+BACKENDS.add("fake", "workers.fake:FakeBackend")
 
 
-def register_backend(type_name: str, target: str) -> None:
-    """Register a backend class as 'module:attr' under a new type name."""
-    if type_name in BACKENDS:
+def register_backend(
+    name: str,
+    backend_cls: type[ExpertBackend] | str,
+    config_cls: type[BackendConfig],
+    *,
+    replace: bool = False,
+) -> None:
+    """Make backend type `name` usable from YAML and Python: `backend_cls` (the class, or
+    a lazy "module:attr") builds experts whose `backend.type` is `name`, and `config_cls`
+    (a `BackendConfig` subclass whose `type` is `Literal[name]`) validates their
+    `backend` mapping. Call it when the plug-in's module is imported, and list that module
+    under the config's `plugins`. A name already registered is an error unless `replace`.
+    """
+    if not (isinstance(config_cls, type) and issubclass(config_cls, BackendConfig)):
         raise ConfigError(
-            f"backend type {type_name!r} is already registered ({BACKENDS[type_name]})"
+            f"backend {name!r}: its config schema must subclass "
+            f"orchestrator.config.BackendConfig, got {config_cls!r}"
         )
-    BACKENDS[type_name] = target
+    default = config_cls.model_fields["type"].default
+    if isinstance(default, str) and default != name:
+        raise ConfigError(
+            f"backend {name!r}: {config_cls.__name__}.type defaults to {default!r}; declare "
+            f'`type: Literal["{name}"] = "{name}"` so configs of this backend validate'
+        )
+    # Both registries are checked before either changes, so a refusal leaves neither half-done.
+    if not replace and (name in BACKENDS or name in BACKEND_CONFIGS):
+        raise ConfigError(
+            f"backend type {name!r} is already registered; pick another name, or pass "
+            "replace=True to override it"
+        )
+    BACKENDS.add(name, backend_cls, replace=replace)
+    BACKEND_CONFIGS.add(name, config_cls, replace=replace)
 
 
 def backend_class(type_name: str) -> type[ExpertBackend]:
-    try:
-        target = BACKENDS[type_name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown backend type {type_name!r}; registered: {', '.join(sorted(BACKENDS))}"
-        ) from None
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    """The backend class registered as `type_name` (imported now if registered lazily)."""
+    return BACKENDS.get(type_name)
 
 
 def make_backend(config: ExpertConfig, service: ConclaveConfig) -> ExpertBackend:

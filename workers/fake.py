@@ -13,6 +13,7 @@ from workers.backend import ExpertBackend
 from workers.batch import GenerationRequest, GenerationResult
 
 if TYPE_CHECKING:
+    from orchestrator.config import ConclaveConfig, ExpertConfig
     from orchestrator.types import Item
 
 _ACTIVE = [0]
@@ -32,7 +33,7 @@ class FakeBackend(ExpertBackend):
     Counts its loads and generate calls so tests can check the pool's scheduling.
     """
 
-    def __init__(self, config, service) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config: ExpertConfig, service: ConclaveConfig) -> None:
         super().__init__(config, service)
         assert isinstance(config.backend, FakeBackendConfig)
         self.spec: FakeBackendConfig = config.backend
@@ -86,7 +87,8 @@ class FakeBackend(ExpertBackend):
         if self._key is None:
             from orchestrator.formats import load_file
 
-            self._key = load_file(self.spec.answer_key)  # type: ignore[arg-type]
+            assert self.spec.answer_key is not None, "only a fake with an answer key knows"
+            self._key = load_file(self.spec.answer_key)
         return next((it for it in self._key if it.question in prompt), None)
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:

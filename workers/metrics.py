@@ -5,7 +5,8 @@ Recorded by the pool: requests, errors (by error class), batch latency, prompt a
 completion tokens, model loads and evictions, and the requests queued for each expert.
 Without Ray in the process (fake backends, unit tests) nothing is exported. The same
 figures are also kept in this process (`live()`): the gateway's `/v1/experts` and
-`conclave experts list` show them.
+`conclave experts list` show them. `PoolStats` counts the pool's own loads, evictions
+and restarts over its lifetime.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -38,6 +39,28 @@ class ExpertStatus(BaseModel):
     queued: int = Field(description="Requests queued for it now.")
     mean_batch_seconds: float | None = Field(description="Mean seconds per batch.")
     idle_seconds: float | None = Field(description="Seconds since its last batch.")
+
+
+@dataclass
+class PoolStats:
+    """Counters over the pool's lifetime."""
+
+    loads: int = 0
+    load_failures: int = 0
+    evictions: int = 0
+    restarts: int = 0
+    load_seconds: float = 0.0
+    loads_by_expert: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "loads": self.loads,
+            "load_failures": self.load_failures,
+            "evictions": self.evictions,
+            "restarts": self.restarts,
+            "load_seconds": round(self.load_seconds, 3),
+            "loads_by_expert": dict(self.loads_by_expert),
+        }
 
 
 @dataclass

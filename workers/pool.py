@@ -20,10 +20,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import partial
 
 from orchestrator.config import ConclaveConfig
@@ -36,31 +35,11 @@ from orchestrator.errors import (
 )
 from workers.backend import ExpertBackend, make_backend
 from workers.batch import GenerationRequest, GenerationResult
-from workers.metrics import ExpertMetrics, ExpertStatus
+from workers.holdings import Holdings, needs
+from workers.metrics import ExpertMetrics, ExpertStatus, PoolStats
+from workers.progress import ItemProgress
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PoolStats:
-    """Counters over the pool's lifetime."""
-
-    loads: int = 0
-    load_failures: int = 0
-    evictions: int = 0
-    restarts: int = 0
-    load_seconds: float = 0.0
-    loads_by_expert: Counter[str] = field(default_factory=Counter)
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "loads": self.loads,
-            "load_failures": self.load_failures,
-            "evictions": self.evictions,
-            "restarts": self.restarts,
-            "load_seconds": round(self.load_seconds, 3),
-            "loads_by_expert": dict(self.loads_by_expert),
-        }
 
 
 class ExpertPool:
@@ -77,10 +56,8 @@ class ExpertPool:
         self.stats = PoolStats()
         self._lock = threading.Lock()
         self._last_used: dict[str, float] = {}
-        # Memory and actor resources the pool has granted, by expert. Kept apart from
-        # `backend.loaded` so that an engine restarting after a crash keeps its share
-        # while it is briefly unloaded.
-        self._held: dict[str, dict[str, float]] = {}
+        # Memory and actor resources the pool has granted, by expert (see holdings.py).
+        self._held = Holdings()
         self._executor = ThreadPoolExecutor(
             max_workers=config.pool.max_parallel_groups, thread_name_prefix="pool-group"
         )
@@ -117,7 +94,7 @@ class ExpertPool:
                     idx, self._run_group(backend, [requests[i] for i in idx]), strict=True
                 ):
                     results[i] = res
-                return results  # type: ignore[return-value]
+                return _complete(results)
 
         # Resident experts first: they cost no load and become evictable once submitted.
         order = sorted(groups, key=lambda n: (not self.backends[n].loaded, groups[n][0]))
@@ -125,7 +102,7 @@ class ExpertPool:
         next_use = {n: pos for pos, n in enumerate(order)}
         in_flight: dict[str, Future[list[GenerationResult]]] = {}
 
-        bar = _Progress(len(requests), enabled=progress)
+        bar = ItemProgress(len(requests), enabled=progress)
         with bar:
             bar.advance(sum(r is not None for r in results))
             for name in order:
@@ -142,23 +119,21 @@ class ExpertPool:
                         bar.advance(len(group))
                         pending[name] = 0
                         continue
-                    with self._lock:
-                        self._held[name] = self._needs(backend)
+                    self._held.grant(backend)
                 bar.describe(f"{'loading' if needs_load else 'generating'} {name}")
                 self._last_used[name] = time.monotonic()
                 # Loads run in the group's thread too, so models load side by side (on a
                 # GPU cluster, each on its own GPUs) while memory is granted in order here.
                 self.metrics.queued(name, len(group))
                 fut = self._executor.submit(self._load_and_run, backend, group, needs_load)
-                fut.add_done_callback(partial(_advance, bar, len(group)))
+                fut.add_done_callback(partial(bar.advance_when_done, len(group)))
                 in_flight[name] = fut
                 pending[name] = 0
                 next_use.pop(name)
             for name, fut in in_flight.items():
                 for i, res in zip(groups[name], fut.result(), strict=True):
                     results[i] = res
-        assert all(r is not None for r in results), "a request got no result"
-        return results  # type: ignore[return-value]
+        return _complete(results)
 
     def preload(self, names: Sequence[str] | None = None, progress: bool = False) -> dict[str, str]:
         """Load the experts (all, or `names`, in that order) that fit side by side, evicting
@@ -172,7 +147,7 @@ class ExpertPool:
             raise self._unknown(unknown[0])
         outcome: dict[str, str] = {}
         loading: dict[str, Future[None]] = {}
-        bar = _Progress(len(chosen), enabled=progress)
+        bar = ItemProgress(len(chosen), enabled=progress)
         with bar:
             for name in chosen:
                 backend = self.backends[name]
@@ -181,15 +156,14 @@ class ExpertPool:
                     continue
                 try:
                     backend.prepare()
-                    why = self._shortfall(backend, self._limits(backend))
+                    why = self._held.shortfall(backend, self._limits(backend))
                 except ConclaveError as exc:
                     outcome[name] = f"failed: {exc}"
                     continue
                 if why is not None:
                     outcome[name] = f"skipped: does not fit next to the others: {why}"
                     continue
-                with self._lock:
-                    self._held[name] = self._needs(backend)
+                self._held.grant(backend)
                 bar.describe(f"loading {name}")
                 loading[name] = self._executor.submit(self._load, backend)
                 loading[name].add_done_callback(lambda _f: bar.advance(1))
@@ -198,13 +172,19 @@ class ExpertPool:
                 try:
                     fut.result()
                 except ConclaveError as exc:
-                    with self._lock:
-                        self._held.pop(name, None)
+                    self._held.release(name)
                     outcome[name] = f"failed: {exc}"
                     continue
                 self._last_used[name] = time.monotonic()
                 outcome[name] = "loaded"
         return {n: outcome[n] for n in chosen}
+
+    def batches_continuously(self, name: str) -> bool:
+        """Whether expert `name` is loaded on an engine that batches continuously: a request
+        sent while it generates joins its running batch, and `stream` sends the answer
+        piece by piece. False for an unknown name, and while the model is still loading."""
+        backend = self.backends.get(name)
+        return bool(backend is not None and backend.continuous_batching and backend.loaded)
 
     def stream(self, request: GenerationRequest) -> Iterator[str | GenerationResult]:
         """One request's answer in pieces as its engine generates them, then its result.
@@ -212,10 +192,10 @@ class ExpertPool:
         comes in one piece); a failure comes back as a failed result, as from `run`."""
         backend = self.backends.get(request.expert)
         if backend is None or not backend.loaded:
-            (result,) = self.run([request])
-            if result.ok and result.text:
-                yield result.text
-            yield result
+            (ran,) = self.run([request])
+            if ran.ok and ran.text:
+                yield ran.text
+            yield ran
             return
         name, t0 = backend.name, time.perf_counter()
         self._last_used[name] = time.monotonic()
@@ -239,8 +219,7 @@ class ExpertPool:
         backend = self.backends[name]
         if backend.loaded:
             backend.unload()
-        with self._lock:
-            self._held.pop(name, None)
+        self._held.release(name)
 
     def unload_all(self) -> None:
         for name in list(self.backends):
@@ -258,20 +237,6 @@ class ExpertPool:
 
     # ---- scheduling -------------------------------------------------------------------
 
-    def _held_total(self, excluding: str) -> dict[str, float]:
-        total: dict[str, float] = defaultdict(float)
-        with self._lock:
-            for n, held in self._held.items():
-                if n != excluding:
-                    for k, v in held.items():
-                        total[k] += v
-        return total
-
-    @staticmethod
-    def _needs(backend: ExpertBackend) -> dict[str, float]:
-        """What a loaded model holds: memory (for the budget) and its actor's resources."""
-        return {"memory_gb": backend.memory_gb, **backend.actor_resources()}
-
     def _unknown(self, name: str) -> UnknownExpertError:
         known = ", ".join(sorted(self.backends))
         return UnknownExpertError(f"no expert named {name!r} in the pool; known: {known}")
@@ -281,16 +246,6 @@ class ExpertPool:
         GPUs (one query of the cluster)."""
         budget = self.config.pool.memory_budget_gb
         return {**backend.cluster_capacity(), "memory_gb": budget or float("inf")}
-
-    def _shortfall(self, backend: ExpertBackend, limits: dict[str, float]) -> str | None:
-        """What `backend` lacks to load next to the models held now within `limits`, or
-        None when it fits."""
-        needs = {k: v for k, v in self._needs(backend).items() if v > 0}
-        held = self._held_total(excluding=backend.name)
-        for k, need in needs.items():
-            if held[k] + need > limits.get(k, float("inf")) + 1e-9:
-                return f"{k} (holds {held[k]:g} + needs {need:g} > {limits[k]:g})"
-        return None
 
     def _make_room(
         self,
@@ -302,7 +257,7 @@ class ExpertPool:
         """Evict resident models until `backend` fits: the memory budget, and the
         cluster's CPUs and GPUs (an actor that cannot be placed would wait forever)."""
         budget = self.config.pool.memory_budget_gb
-        need = self._needs(backend).get("memory_gb", 0)
+        need = needs(backend).get("memory_gb", 0)
         if budget is not None and need > budget:
             raise ModelLoadError(
                 f"needs {need} GB (resources.memory_gb) but "
@@ -310,9 +265,8 @@ class ExpertPool:
                 expert=backend.name,
             )
         limits = self._limits(backend)
-        while (why := self._shortfall(backend, limits)) is not None:
-            with self._lock:
-                victims = [self.backends[n] for n in self._held if n != backend.name]
+        while (why := self._held.shortfall(backend, limits)) is not None:
+            victims = [self.backends[n] for n in self._held.holders(excluding=backend.name)]
             if not victims:
                 raise ModelLoadError(f"does not fit: {why}", expert=backend.name)
 
@@ -333,8 +287,8 @@ class ExpertPool:
             log.info("evicting %s to make room for %s: %s", victim.name, backend.name, why)
             victim.unload()
             self.metrics.eviction(victim.name)
+            self._held.release(victim.name)
             with self._lock:
-                self._held.pop(victim.name, None)
                 self.stats.evictions += 1
 
     def _load(self, backend: ExpertBackend) -> None:
@@ -362,8 +316,7 @@ class ExpertPool:
             try:
                 self._load(backend)
             except ConclaveError as exc:
-                with self._lock:
-                    self._held.pop(backend.name, None)
+                self._held.release(backend.name)
                 failed = [GenerationResult.failed(r, exc) for r in group]
                 self.metrics.batch(backend.name, failed, 0.0)
                 self.metrics.queued(backend.name, 0)
@@ -424,36 +377,8 @@ def _as_error(exc: Exception, expert: str) -> ConclaveError:
     return GenerationError(f"{type(exc).__name__}: {exc}", expert=expert)
 
 
-def _advance(bar: _Progress, n: int, _fut: Future[list[GenerationResult]]) -> None:
-    bar.advance(n)
-
-
-class _Progress:
-    """A rich progress bar over items, or nothing."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self._bar = None
-        self._lock = threading.Lock()
-        if enabled:
-            from orchestrator.progress import progress_bar
-
-            self._bar = progress_bar(32, transient=True)
-            self._task = self._bar.add_task("scheduling", total=total)
-
-    def __enter__(self) -> _Progress:
-        if self._bar is not None:
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-    def describe(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, description=text)
-
-    def advance(self, n: int) -> None:
-        if self._bar is not None and n:
-            with self._lock:
-                self._bar.advance(self._task, n)
+def _complete(results: list[GenerationResult | None]) -> list[GenerationResult]:
+    """The results, once every request has one."""
+    done = [r for r in results if r is not None]
+    assert len(done) == len(results), "a request got no result"
+    return done

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import RemoteBackendConfig
 from orchestrator.errors import (
@@ -24,6 +24,9 @@ from orchestrator.errors import (
 )
 from workers.backend import ExpertBackend
 from workers.batch import GenerationRequest, GenerationResult
+
+if TYPE_CHECKING:
+    from orchestrator.config import ConclaveConfig, ExpertConfig
 
 
 def _litellm() -> Any:
@@ -61,7 +64,7 @@ class RemoteBackend(ExpertBackend):
 
     resident = False
 
-    def __init__(self, config, service) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config: ExpertConfig, service: ConclaveConfig) -> None:
         super().__init__(config, service)
         assert isinstance(config.backend, RemoteBackendConfig)
         self.spec: RemoteBackendConfig = config.backend

@@ -15,6 +15,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from tokenizers.pre_tokenizers import PreTokenizer
 
 SPACE = "\u2581"  # "▁", the space marker glued to the word after it
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
@@ -43,7 +48,7 @@ KEYWORDS_CHAT_TEMPLATE = (
 )
 
 
-def _pre_tokenizer():  # type: ignore[no-untyped-def]
+def _pre_tokenizer() -> PreTokenizer:
     from tokenizers import Regex, pre_tokenizers
 
     # a space is glued to the word after it ("▁capital"), halving the length of a question
@@ -108,7 +113,9 @@ def build_byte_tokenizer(path: str | Path) -> int:
     return save_chat_tokenizer(tok, path)
 
 
-def save_chat_tokenizer(tok, path: str | Path, chat_template: str = CHAT_TEMPLATE) -> int:  # type: ignore[no-untyped-def]
+def save_chat_tokenizer(
+    tok: Tokenizer, path: str | Path, chat_template: str = CHAT_TEMPLATE
+) -> int:
     """Add our special tokens and a ChatML template to a `tokenizers` object and save it as
     a Hugging Face tokenizer folder; returns the vocabulary size."""
     from transformers import PreTrainedTokenizerFast

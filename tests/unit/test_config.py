@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import pytest
 
-from orchestrator.config import ConclaveConfig, ExpertConfig, Role, load_config, parse_config
+from orchestrator.config import (
+    ConclaveConfig,
+    ExpertConfig,
+    Role,
+    Sampling,
+    load_config,
+    parse_config,
+)
 from orchestrator.errors import ConfigError
 
 GOOD = textwrap.dedent(
@@ -126,3 +134,147 @@ def test_sampling_override_merges_only_set_fields():
     )
     merged = e.sampling.merged(SamplingOverride(max_tokens=3))
     assert (merged.temperature, merged.max_tokens) == (0.7, 3)
+
+
+# ---- backends as plug-ins ---------------------------------------------------------------
+
+PLUGIN = textwrap.dedent(
+    '''
+    """A backend outside the package: registers itself when imported."""
+    from typing import Literal
+
+    from pydantic import Field
+
+    from orchestrator.config import BackendConfig
+    from workers.backend import ExpertBackend, register_backend
+    from workers.batch import GenerationResult
+
+
+    class EchoConfig(BackendConfig):
+        type: Literal["echo-test"] = Field("echo-test", description="Echoes the prompt.")
+        greeting: str = Field("hi", description="Put before the prompt.")
+
+
+    class EchoBackend(ExpertBackend):
+        resident = False
+
+        def __init__(self, config, service):
+            super().__init__(config, service)
+            self._loaded = False
+
+        @property
+        def loaded(self):
+            return self._loaded
+
+        def load(self):
+            self._loaded = True
+
+        def unload(self):
+            self._loaded = False
+
+        def generate(self, requests):
+            greeting = self.config.backend.greeting
+            return [
+                GenerationResult(item_id=r.item_id, expert=self.name, text=f"{greeting} {r.prompt}")
+                for r in requests
+            ]
+
+
+    register_backend("echo-test", EchoBackend, EchoConfig)
+    '''
+)
+
+PLUGIN_CONFIG = textwrap.dedent(
+    """
+    plugins: [conclave_echo_plugin]
+    pool:
+      experts:
+        - name: echo
+          backend: {type: echo-test, greeting: hello}
+        - name: canned
+          backend: {type: fake}
+    """
+)
+
+
+@pytest.fixture
+def echo_plugin(tmp_path, monkeypatch):
+    """`conclave_echo_plugin` importable from tmp_path; its registrations undone after."""
+    from orchestrator.config import BACKEND_CONFIGS
+    from workers.backend import BACKENDS
+
+    (tmp_path / "conclave_echo_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    BACKENDS.remove("echo-test")
+    BACKEND_CONFIGS.remove("echo-test")
+    sys.modules.pop("conclave_echo_plugin", None)
+
+
+def test_plugin_backend_validates_from_yaml_and_serves(echo_plugin):
+    from workers.backend import backend_class
+    from workers.batch import GenerationRequest
+    from workers.pool import ExpertPool
+
+    path = echo_plugin / "c.yaml"
+    path.write_text(PLUGIN_CONFIG)
+    assert "conclave_echo_plugin" not in sys.modules
+    cfg = load_config(path)
+    plugin = sys.modules["conclave_echo_plugin"]
+    echo = cfg.pool.expert("echo")
+    assert cfg.plugins == ["conclave_echo_plugin"]
+    assert isinstance(echo.backend, plugin.EchoConfig)
+    assert echo.backend.greeting == "hello"
+    assert backend_class("echo-test") is plugin.EchoBackend
+    # the plug-in's fields survive a round trip through a dump (a Serve replica's config)
+    dumped = cfg.model_dump(mode="json")
+    assert dumped["pool"]["experts"][0]["backend"] == {"type": "echo-test", "greeting": "hello"}
+    assert parse_config(dumped) == cfg
+    with ExpertPool(cfg) as pool:
+        (res,) = pool.run([GenerationRequest(item_id="1", expert="echo", prompt="there")])
+    assert res.text == "hello there"
+    # a misspelt field of the plug-in's schema is named like a built-in's
+    path.write_text(PLUGIN_CONFIG.replace("greeting:", "greting:"))
+    msg = str(pytest.raises(ConfigError, load_config, path).value)
+    assert "pool.experts.0.backend.echo-test.greting" in msg and "unknown field" in msg
+
+
+def test_unknown_backend_type_lists_registered_types_and_the_fix(echo_plugin):
+    import conclave_echo_plugin  # noqa: F401  (registers echo-test)
+
+    msg = _error(_pool(backend={"type": "tgi", "model": "x"}))
+    assert "pool.experts.0.backend" in msg and "'tgi'" in msg
+    for name in ("'echo-test'", "'fake'", "'remote'", "'vllm'"):
+        assert name in msg
+    assert "plugins" in msg
+    assert "needs a `type`" in _error(_pool(backend={"model": "x"}))
+
+
+def test_unimportable_plugin_is_a_clear_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(PLUGIN_CONFIG.replace("conclave_echo_plugin", "no_such_conclave_plugin"))
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    msg = str(ei.value)
+    assert str(path) in msg and "plugins.0" in msg
+    assert "'no_such_conclave_plugin' cannot be imported" in msg and "PYTHONPATH" in msg
+
+
+def test_register_backend_refuses_a_taken_name_and_a_mismatched_schema():
+    from typing import Literal
+
+    from orchestrator.config import BACKEND_CONFIGS, BackendConfig, FakeBackendConfig
+    from workers.backend import BACKENDS, register_backend
+    from workers.fake import FakeBackend
+
+    with pytest.raises(ConfigError, match="'fake' is already registered"):
+        register_backend("fake", FakeBackend, FakeBackendConfig)
+
+    class Other(BackendConfig):
+        type: Literal["other"] = "other"
+
+    with pytest.raises(ConfigError, match="defaults to 'other'"):
+        register_backend("mine", FakeBackend, Other)
+    with pytest.raises(ConfigError, match="must subclass"):
+        register_backend("mine", FakeBackend, Sampling)
+    assert "mine" not in BACKENDS and "mine" not in BACKEND_CONFIGS
