@@ -244,14 +244,18 @@ GENERATORS: dict[str, Callable[[random.Random], Problem]] = {
 CATEGORIES: tuple[str, ...] = tuple(GENERATORS)
 
 #: Share of problems in each split, by hash bucket out of 100.
-SPLIT_BUCKETS = {"train": range(0, 70), "validation": range(70, 85), "test": range(85, 100)}
+SPLIT_BUCKETS: dict[Split, range] = {
+    "train": range(0, 70),
+    "validation": range(70, 85),
+    "test": range(85, 100),
+}
 
 
 def split_of(category: str, key: str) -> Split:
     bucket = int.from_bytes(hashlib.sha256(f"{category}|{key}".encode()).digest()[:4], "big") % 100
     for split, rng_ in SPLIT_BUCKETS.items():
         if bucket in rng_:
-            return split  # type: ignore[return-value]
+            return split
     raise AssertionError(bucket)
 
 

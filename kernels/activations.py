@@ -31,6 +31,7 @@ def activation_profile(
     from orchestrator.prompts import messages_for
     from workers.batch import GenerationRequest
     from workers.pool import ExpertPool
+    from workers.vllm_backend import VLLMBackend
 
     args = SERVE_ARGS | dict(engine_args or {})
     cfg = parse_config(
@@ -57,6 +58,8 @@ def activation_profile(
         if not first.ok:
             raise RuntimeError(f"{model} does not serve: {first.error}")
         backend = pool.backends["moe"]
+        if not isinstance(backend, VLLMBackend):  # only a vLLM engine can hook its gates
+            raise RuntimeError(f"{model} must be served by vLLM to count its experts")
         counts = {cat: backend.expert_counts(reqs) for cat, reqs in by_cat.items()}
     if not any(counts.values()):
         raise RuntimeError(f"{model} has no MoE layers (no gate with experts)")

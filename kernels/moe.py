@@ -364,21 +364,22 @@ class MoELayer(torch.nn.Module):
         first_const = first_copy + cfg.copy_experts
         copy_w = (w * ((ids >= first_copy) & (ids < first_const))).sum(-1, keepdim=True)
         out += copy_w * xf
+        gate, value = self.const_gate, self.const_v
         for c in range(cfg.constant_experts):
+            assert gate is not None and value is not None  # a layer with them builds them
             wc = (w * (ids == first_const + c)).sum(-1, keepdim=True)
             if not bool((wc != 0).any()):
                 continue
-            ab = (xf @ self.const_gate[c].float().t()).softmax(-1)  # type: ignore[index]
-            out += wc * (ab[:, :1] * xf + ab[:, 1:] * self.const_v[c].float())  # type: ignore[index]
+            ab = (xf @ gate[c].float().t()).softmax(-1)
+            out += wc * (ab[:, :1] * xf + ab[:, 1:] * value[c].float())
         return out
 
     def _shared(self, x: torch.Tensor) -> torch.Tensor:
-        if self.shared_w13 is None:
+        if self.shared_w13 is None or self.shared_w2 is None:
             return torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        xf = x.float()
+        w13, w2, xf = self.shared_w13, self.shared_w2, x.float()
         return sum(
-            _swiglu(xf, self.shared_w13[s].float(), self.shared_w2[s].float())  # type: ignore[index]
-            for s in range(self.cfg.shared_experts)
+            _swiglu(xf, w13[s].float(), w2[s].float()) for s in range(self.cfg.shared_experts)
         )
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,12 +13,15 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from orchestrator.errors import ConfigError
 from orchestrator.files import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 MINILM = "all-MiniLM-L6-v2"
 
@@ -39,7 +42,7 @@ class MiniLMEmbedder:
 
     def __init__(self, path: str | None = None) -> None:
         self._path = path
-        self._model = None
+        self._model: SentenceTransformer | None = None
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if self._model is None:

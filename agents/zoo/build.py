@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -415,15 +415,21 @@ def _cost(spec: Spec) -> float:
     return spec.steps * per_step * (1.4 if spec.arch == "mixtral" else 1.0)
 
 
+class _Events(Protocol):
+    """The queue a build worker reports its progress on (a multiprocessing manager's)."""
+
+    def put(self, item: Any) -> None: ...
+
+
 def _build_worker(
-    root: Path, profile: str, seed: int, spec: Spec, fp: str, events: object
+    root: Path, profile: str, seed: int, spec: Spec, fp: str, events: _Events
 ) -> ZooEntry:
     """One model, in a worker process on one core; progress goes back through `events`."""
     os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's own bars would garble ours
     import torch
 
     torch.set_num_threads(1)
-    put = events.put  # type: ignore[attr-defined]
+    put = events.put
     builder = ZooBuilder(
         root,
         profile,

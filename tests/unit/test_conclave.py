@@ -7,12 +7,12 @@ import pytest
 from evals.skillmix import generate
 from orchestrator.answers import options_of
 from orchestrator.conclave import Conclave
-from orchestrator.config import parse_config
+from orchestrator.config import ConclaveConfig, ExpertConfig, parse_config
 from orchestrator.errors import ConfigError
 from orchestrator.types import Item
 from skills.inventory import NgramEmbedder
 from workers.backend import ExpertBackend
-from workers.batch import GenerationResult
+from workers.batch import GenerationRequest, GenerationResult
 from workers.pool import ExpertPool
 
 CATS = ("geography", "arithmetic", "dates")
@@ -23,7 +23,7 @@ KNOWS = {"geo": {"geography"}, "num": {"arithmetic"}, "cal": {"dates"}, "dud": s
 class SkillFake(ExpertBackend):
     """Right on its own categories, wrong elsewhere; the keyword model names the category."""
 
-    def __init__(self, config, service):  # type: ignore[no-untyped-def]
+    def __init__(self, config: ExpertConfig, service: ConclaveConfig) -> None:
         super().__init__(config, service)
         self._loaded = False
 
@@ -37,10 +37,10 @@ class SkillFake(ExpertBackend):
     def unload(self) -> None:
         self._loaded = False
 
-    def generate(self, requests):  # type: ignore[no-untyped-def]
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         return [self._one(r) for r in requests]
 
-    def _one(self, r):  # type: ignore[no-untyped-def]
+    def _one(self, r: GenerationRequest) -> GenerationResult:
         text = r.prompt_text()
         q = next(q for t, q in ROWS.items() if t in text)
         if self.name == "kw":

@@ -1,0 +1,178 @@
+"""How the service behaves: keyword sampling, recruitment, aggregation, the gateway and
+the free-agent monitor."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    Field,
+)
+
+from orchestrator.config.base import (
+    Strict,
+)
+
+KEYWORD_PROMPT = (
+    "Question: {question}\n\n"
+    "What are the core knowledge, subjects or skills needed to solve this problem? "
+    "List 2-5 keywords separated by commas. Example keywords: psychology, virology, "
+    "behavioral theory, microbiology, diplomacy, political science, property law, finance, "
+    "business. Give only the keywords, no other words or explanation.\n\n"
+    "Follow this format:\nKeywords: <keyword1>, <keyword2>, ..."
+)
+
+
+class KeywordSettings(Strict):
+    """How keywords are drawn and filtered (the paper's values are the defaults)."""
+
+    prompt: str = Field(KEYWORD_PROMPT, description="Prompt; {question} is replaced.")
+    samples: int = Field(5, ge=1, le=64, description="Samples drawn per question.")
+    temperature: float = Field(0.7, ge=0.0, le=5.0, description="Sampling temperature.")
+    max_tokens: int = Field(64, ge=1, description="Most tokens per sample.")
+    max_chars: int = Field(20, ge=1, description="Longer keywords are dropped.")
+    min_samples: int = Field(
+        2, ge=1, description="Keep a keyword found in at least this many samples (paper: 2)."
+    )
+    seed: int = Field(0, description="Base seed; sample i of a question uses seed + i.")
+
+
+class RouterSettings(Strict):
+    """Recruitment parameters (the paper's values are the defaults)."""
+
+    type: str = Field(
+        "symbolic-moe",
+        min_length=1,
+        description="The registered router (skills.router.ROUTERS): 'symbolic-moe', the "
+        "paper's S(m,q) x g(m) draw, or one a plug-in registers.",
+    )
+    k: int = Field(3, ge=1, le=64, description="Experts recruited per question.")
+    temperature: float = Field(0.5, gt=0.0, description="T in g(m)^(1/T); lower is sharper.")
+    replacement: bool = Field(
+        True, description="Draw with replacement (the paper) or k distinct experts."
+    )
+    seed: int = Field(0, description="Seed of the draws.")
+
+
+class RoutingConfig(Strict):
+    """How questions reach experts: keywords, recruitment and aggregation."""
+
+    keywords: KeywordSettings = Field(
+        default_factory=KeywordSettings, description="Keyword sampling and filtering."
+    )
+    keyword_expert: str | None = Field(
+        None, description="Expert that extracts keywords; unset: the one with role 'keywords'."
+    )
+    router: RouterSettings = Field(default_factory=RouterSettings, description="Recruitment.")
+    strategy: str = Field(
+        "symbolic-moe",
+        min_length=1,
+        description="The registered strategy (orchestrator.strategies.STRATEGIES) the "
+        "gateway's routed model 'conclave' answers with; evals name theirs with --strategy.",
+    )
+    aggregator: str = Field(
+        "auto",
+        description="'auto': the best of the vote and the aggregator experts on the "
+        "aggregation benchmark; a registered aggregator (agents.aggregators.AGGREGATORS: "
+        "'vote', the vote weighted by draws; 'weighted-vote', also by validation accuracy; "
+        "or one a plug-in registers); or the name of an expert with role 'aggregator' "
+        "(Mixture-of-Agents synthesis).",
+    )
+    embedder: Literal["all-MiniLM-L6-v2", "ngram"] = Field(
+        "all-MiniLM-L6-v2",
+        description="Keyword embeddings for the skill inventory: all-MiniLM-L6-v2 (the "
+        "paper's), or 'ngram', hashed character trigrams with no model (tests, dry runs).",
+    )
+
+
+class GatewaySettings(Strict):
+    """How the gateway serves; from the config's `gateway` section or the CLI."""
+
+    host: str = Field("127.0.0.1", description="Bind address (loopback by default).")
+    port: int = Field(8000, ge=0, le=65535, description="Port.")
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Accepted bearer keys; also $CONCLAVE_API_KEYS (comma-separated). "
+        "None configured: no auth.",
+    )
+    batch_window_ms: float = Field(5.0, ge=0, le=5_000, description="Micro-batch window.")
+    max_batch: int = Field(64, ge=1, description="Most requests in one batch.")
+    max_queue: int = Field(256, ge=1, description="Waiting requests before 429.")
+    max_body_bytes: int = Field(1_000_000, ge=1_024, description="Larger bodies get 413.")
+    request_timeout_s: float = Field(300.0, gt=0, description="Longer waits get 504.")
+    preload: bool = Field(
+        True,
+        description="Load the experts that fit side by side before serving, so first answers "
+        "wait for no model load; the others load on demand.",
+    )
+
+    def keys(self) -> set[str]:
+        env = os.environ.get("CONCLAVE_API_KEYS", "")
+        return {k for k in self.api_keys if k} | {k.strip() for k in env.split(",") if k.strip()}
+
+
+class RewardWeights(Strict):
+    """R = (a*accuracy + b*synergy + c*efficiency) / (weights of the known terms) - d*penalty.
+
+    accuracy: 1 if right, when a gold answer or a user's feedback says so (else the term is
+    left out); synergy: 1 if the agent's answer agreed with the final one; efficiency:
+    1 - tokens / token_budget, floored at 0; penalty: 1 for an error, a timeout or an
+    answer that does not parse. Without a penalty R lies in [0, 1]."""
+
+    accuracy: float = Field(1.0, ge=0.0, description="a: weight of being right.")
+    synergy: float = Field(0.25, ge=0.0, description="b: weight of agreeing with the final answer.")
+    efficiency: float = Field(0.05, ge=0.0, description="c: weight of using few tokens.")
+    penalty: float = Field(1.0, ge=0.0, description="d: cost of a failed or unparsable answer.")
+    token_budget: int = Field(1024, ge=1, description="Tokens at which efficiency reaches 0.")
+
+
+class FreeAgentSettings(Strict):
+    """The free-agent monitor (RLFA): score agents, release persistent underperformers,
+    try a free agent in shadow mode, promote it on evidence."""
+
+    enabled: bool = Field(
+        False, description="Score agents and swap them (also on when `free_agents` names any)."
+    )
+    free_agents: list[str] = Field(
+        default_factory=list,
+        description="Experts that wait in the free-agent pool: never routed until promoted.",
+    )
+    weights: RewardWeights = Field(default_factory=RewardWeights, description="Reward terms.")
+    window: int = Field(50, ge=1, description="Sliding window of rewards per agent.")
+    min_samples: int = Field(50, ge=1, description="Rewards in the window before a release.")
+    swap_rule: str = Field(
+        "window-mean",
+        min_length=1,
+        description="The registered swap rule (agents.swap_rules.SWAP_RULES) deciding "
+        "releases and probation verdicts: 'window-mean' (a window's mean reward under "
+        "release_below releases; one-sided bounds decide probations), or a plug-in's.",
+    )
+    release_below: float = Field(
+        0.85, description="Release an agent whose mean reward over the window is below this."
+    )
+    probes_per_task: float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description="Validation questions (answers known) asked of each serving expert per "
+        "task it serves, in the same batch, and of its challenger on probation: scored like "
+        "tasks, never shown to users. Accuracy evidence when live traffic brings no gold "
+        "answer or feedback; costs that many extra calls per task.",
+    )
+    probation_min: int = Field(30, ge=1, description="Shadow tasks before any verdict.")
+    probation_max: int = Field(200, ge=1, description="Shadow tasks before a rejection.")
+    promote_margin: float = Field(
+        0.0, description="The challenger must beat the incumbent's mean reward by this."
+    )
+    confidence_z: float = Field(
+        1.64, ge=0.0, description="z of the one-sided bound every verdict must clear."
+    )
+    audit_log: Path | None = Field(
+        None, description="JSON-lines audit log; default <cache>/agents/audit.jsonl."
+    )
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or bool(self.free_agents)
