@@ -1,9 +1,10 @@
 """Chat with the routed ensemble: questions in, one answer each, ready to send.
 
-The gateway's model 'conclave' (and, later, `Conclave.chat`) answers through here:
-Symbolic-MoE answers the questions in one batch, and each trace becomes a `ChatAnswer`
-(the text, the choice, the tokens, how it was answered), or the error that is that
-question's answer alone when no expert answered it.
+The gateway's model 'conclave' answers through `Conclave.chat`, which calls this: the
+config's served strategy (`routing.strategy`, Symbolic-MoE by default) answers the
+questions in one batch, and each trace becomes a `ChatAnswer` (the text, the choice, the
+tokens, how it was answered), or the error that is that question's answer alone when no
+expert answered it.
 """
 
 from __future__ import annotations
@@ -11,39 +12,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from orchestrator.errors import PoolError, RequestRejectedError
+from orchestrator.config import ConclaveConfig
+from orchestrator.errors import NoAnswerError, RequestRejectedError
 from orchestrator.protocol import ChatAnswer, CompletionUsage, EnsembleTrace
 from orchestrator.types import ExpertAnswer, Item, Trace
-
-#: The strategy chat answers with: the paper's routed ensemble.
-STRATEGY = "symbolic-moe"
 
 
 class Answerer(Protocol):
     """What chat needs of the facade (`orchestrator.conclave.Conclave`)."""
 
+    config: ConclaveConfig
+
     def answer(self, items: Sequence[Item], strategy: str = ...) -> list[Trace]: ...
-
-
-class NoAnswerError(PoolError):
-    """Every expert the router chose for a question failed, so there is nothing to vote
-    on; the message gives each one's reason. (When they all refused the question, too long
-    for their context, the error is a `RequestRejectedError` instead: the asker's to fix.)"""
 
 
 def chat_answers(conclave: Answerer, items: Sequence[Item]) -> list[ChatAnswer | Exception]:
     """The routed ensemble's answer to each item, in order, in one batch: a `ChatAnswer`,
     or the exception that is that item's answer alone (`RequestRejectedError` or
     `NoAnswerError`); an error of the whole batch raises."""
-    return [_answer(tr) for tr in conclave.answer(items, STRATEGY)]
+    return [_answer(tr) for tr in conclave.answer(items, conclave.config.routing.strategy)]
 
 
 def _answer(tr: Trace) -> ChatAnswer | Exception:
     if tr.answers and all(a.error for a in tr.answers):  # nothing to vote on
         return _failed(tr.answers)
     text = tr.aggregator_text or next((a.text for a in tr.answers if a.text), "") or ""
-    if tr.choice and tr.aggregator in (None, "vote"):
-        # a vote has no text of its own: say the letter it chose, not one expert's answer
+    if tr.choice and tr.aggregator_text is None:
+        # a vote (or one expert alone) has no text of its own: say the letter it chose
         text = f"The answer is ({tr.choice})."
     trace = EnsembleTrace(
         keywords=tr.keywords,

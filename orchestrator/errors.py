@@ -8,6 +8,7 @@
         ├── EngineDeadError         the engine died mid-batch            [retryable]
         ├── GenerationError         the engine rejected or failed a request
         │   └── RequestRejectedError    the engine refused it before running it (too long)
+        ├── NoAnswerError           every expert chosen for a question failed
         └── RemoteError             a remote (litellm) endpoint failed
             ├── RemoteTimeoutError      no answer within the timeout     [retryable]
             ├── RateLimitedError        the provider asked us to slow down [retryable]
@@ -93,3 +94,9 @@ def error_class(name: str) -> type[ConclaveError]:
     if isinstance(cls, type) and issubclass(cls, ConclaveError):
         return cls
     return ConclaveError
+
+
+class NoAnswerError(PoolError):
+    """Every expert the router chose for a question failed, so there is nothing to vote
+    on; the message gives each one's reason. (When they all refused the question, too long
+    for their context, the error is a `RequestRejectedError` instead: the asker's to fix.)"""

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.chat import chat_answers
 from orchestrator.gateway.batching import Outcome
 from orchestrator.gateway.deps import ENSEMBLE
 from orchestrator.gateway.errors import GatewayError, ensemble_error, upstream_error
@@ -111,7 +110,7 @@ def run_ensemble(conclave: Conclave, requests: list[ChatRequest]) -> list[Outcom
     items = [Item(id=f"req-{uuid.uuid4().hex[:12]}", question=question(r)) for r in requests]
     return [
         ensemble_error(a) if isinstance(a, Exception) else ensemble_completion(a)
-        for a in chat_answers(conclave, items)
+        for a in conclave.chat(items)
     ]
 
 

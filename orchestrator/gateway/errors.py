@@ -15,8 +15,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from orchestrator.chat import NoAnswerError
-from orchestrator.errors import ConclaveError, ConfigError, RequestRejectedError
+from orchestrator.errors import (
+    ConclaveError,
+    ConfigError,
+    NoAnswerError,
+    RequestRejectedError,
+)
 
 
 class GatewayError(Exception):

@@ -88,22 +88,33 @@ def test_raw_prompt_and_greedy_determinism(pool):
 
 def test_a_request_joins_the_running_batch(pool):
     """Continuous batching: a short request sent while a long one generates on the same
-    engine is answered before the long one ends, not queued behind it."""
-    import concurrent.futures as cf
+    engine is answered before the long one ends, not queued behind it. The short one goes
+    out once the long one's first tokens have streamed back, not after a fixed sleep: on a
+    fast CPU the long answer had finished within the sleep, and the test proved nothing."""
+    import threading
     import time
 
+    from workers.batch import GenerationResult
+
     done: dict[str, float] = {}
+    generating = threading.Event()
+    long_events: list[object] = []
 
-    def run(name, max_tokens):
-        (r,) = pool.run([chat(0, "a", sampling={"max_tokens": max_tokens})])
-        done[name] = time.monotonic()
-        return r
+    def run_long() -> None:
+        for event in pool.stream(chat(0, "a", sampling={"max_tokens": 400})):
+            long_events.append(event)
+            generating.set()
+        done["long"] = time.monotonic()
 
-    with cf.ThreadPoolExecutor(2) as ex:
-        long = ex.submit(run, "long", 400)
-        time.sleep(0.5)  # the long request is generating
-        short = ex.submit(run, "short", 2)
-        long_r, short_r = long.result(), short.result()
+    pool.run([chat(9, "a", sampling={"max_tokens": 1})])  # loaded, so the answer streams
+    thread = threading.Thread(target=run_long)
+    thread.start()
+    assert generating.wait(60), "the long request never started generating"
+    (short_r,) = pool.run([chat(1, "a", sampling={"max_tokens": 2})])
+    done["short"] = time.monotonic()
+    thread.join(120)
+    long_r = long_events[-1]
+    assert isinstance(long_r, GenerationResult)
     assert long_r.completion_tokens == 400 and short_r.completion_tokens == 2
     assert done["short"] < done["long"]
 
