@@ -1,0 +1,79 @@
+"""The gateway's lifecycle on loopback: a client that leaves frees its queued work,
+shutdown drains in-flight requests, and passthrough serves without a profile."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from orchestrator.config import GatewaySettings
+from tests.unit.test_gateway import Q, Served
+
+
+def _items_run(backend) -> int:  # noqa: ANN001
+    return sum(len(c) for c in backend.calls)
+
+
+def test_a_client_that_leaves_while_queued_frees_its_work():
+    """Requests queued behind a running batch are dropped when their client disconnects,
+    streaming or not; the others are answered."""
+    import concurrent.futures as cf
+
+    s = Served(GatewaySettings(batch_window_ms=1), profile=False, ensemble=False)
+    try:
+        url = f"{s.url}/v1/chat/completions"
+        body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
+        slow = s.conclave.pool.backends["slow"]
+        with cf.ThreadPoolExecutor(2) as ex:
+            first = ex.submit(httpx.post, url, json=body, timeout=10)  # runs for 0.5 s
+            time.sleep(0.15)
+            with pytest.raises(httpx.ReadTimeout):  # a stream that gives up while queued
+                with httpx.stream("POST", url, json={**body, "stream": True}, timeout=0.1) as r:
+                    r.read()
+            with pytest.raises(httpx.ReadTimeout):  # a plain request that gives up
+                httpx.post(url, json=body, timeout=0.1)
+            last = ex.submit(httpx.post, url, json=body, timeout=10)
+            assert first.result().status_code == 200 and last.result().status_code == 200
+        assert _items_run(slow) == 2  # the two that left were never generated
+    finally:
+        s.close()
+
+
+def test_graceful_shutdown_finishes_in_flight_requests_and_refuses_new_ones():
+    import concurrent.futures as cf
+
+    s = Served(GatewaySettings(batch_window_ms=1), profile=False, ensemble=False)
+    url = f"{s.url}/v1/chat/completions"
+    body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
+    with cf.ThreadPoolExecutor(3) as ex:
+        in_flight = [ex.submit(httpx.post, url, json=body, timeout=10) for _ in range(3)]
+        time.sleep(0.2)
+        s.server.should_exit = True  # what SIGINT/SIGTERM do
+        time.sleep(0.1)
+        with pytest.raises(httpx.ConnectError):
+            httpx.post(url, json=body, timeout=2)
+        replies = [f.result() for f in in_flight]
+    assert [r.status_code for r in replies] == [200] * 3
+    assert all(r.json()["choices"][0]["message"]["content"] == "slow says hi" for r in replies)
+    s.thread.join(timeout=10)
+    assert not s.thread.is_alive() and s.conclave.pool.backends["slow"].loaded
+    s.conclave.close()
+
+
+def test_passthrough_only_is_ready_without_a_profile():
+    s = Served(GatewaySettings(), profile=False, ensemble=False)
+    try:
+        assert httpx.get(f"{s.url}/readyz").status_code == 200
+        ids = [m["id"] for m in httpx.get(f"{s.url}/v1/models").json()["data"]]
+        assert "conclave" not in ids and "alpha" in ids
+        body = {"model": "conclave", "messages": [{"role": "user", "content": Q}]}
+        r = httpx.post(f"{s.url}/v1/chat/completions", json=body)
+        assert r.status_code == 404 and "alpha" in r.json()["error"]["message"]
+        r = httpx.post(f"{s.url}/v1/route", json={"question": Q})
+        assert r.status_code == 404 and "passthrough-only" in r.json()["error"]["message"]
+        r = httpx.post(f"{s.url}/v1/chat/completions", json={**body, "model": "alpha"})
+        assert r.json()["choices"][0]["message"]["content"] == "The answer is (A)."
+    finally:
+        s.close()

@@ -1,0 +1,97 @@
+"""`conclave serve` and `orchestrator.gateway.serve`: loopback by default, experts
+preloaded before serving, the facade closed after (uvicorn stubbed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.conclave import Conclave
+from orchestrator.config import parse_config
+from tests.unit.test_gateway import EXPERTS
+
+
+def test_serve_help_is_light_and_binds_loopback_by_default():
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.config import GatewaySettings
+
+    assert GatewaySettings().host == "127.0.0.1"
+    res = CliRunner().invoke(app, ["serve", "--help"])
+    assert res.exit_code == 0 and "OpenAI-compatible" in res.output
+
+
+@pytest.mark.parametrize("flag", [None, "--no-preload"])
+def test_serve_loads_the_experts_that_fit_before_serving(flag, tmp_path, monkeypatch):
+    """`conclave serve` preloads (gateway.preload, on by default): by the time uvicorn
+    starts, every expert that fits is loaded, so no first answer waits for a load."""
+    import json
+
+    import uvicorn
+    from starlette.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    big = {"name": "big", "backend": {"type": "fake"}, "resources": {"memory_gb": 2}}
+    cfg = tmp_path / "conclave.json"
+    cfg.write_text(json.dumps({"pool": {"experts": [*EXPERTS, big], "memory_budget_gb": 5}}))
+    seen = {}
+
+    def run(asgi, **_kw):  # instead of serving: what would the first client see?
+        with TestClient(asgi) as client:
+            seen.update({e["name"]: e["loaded"] for e in client.get("/v1/experts").json()["data"]})
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    args = ["serve", "--config", str(cfg), "--passthrough-only", *([flag] if flag else [])]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    if flag:
+        assert not any(seen.values()) and "loaded" not in res.output
+    else:  # five 1 GB experts fill the budget; big does not fit next to them
+        assert seen == {**dict.fromkeys((e["name"] for e in EXPERTS), True), "big": False}
+        assert "5 of 6 experts loaded" in res.output
+        assert "big: skipped: does not fit next to the others: memory_gb" in res.output
+
+
+def test_serve_prepares_the_facade_then_runs_uvicorn(monkeypatch):
+    """`orchestrator.gateway.serve`, what `conclave serve` runs: the preload's lines and
+    where it serves go to on_event, uvicorn gets the app, and the facade is closed after;
+    a set-up error propagates to the caller."""
+    import uvicorn
+    from starlette.testclient import TestClient
+
+    from orchestrator.errors import ConclaveError
+    from orchestrator.gateway import serve
+
+    big = {"name": "big", "backend": {"type": "fake"}, "resources": {"memory_gb": 2}}
+    pool = {"experts": [*EXPERTS, big], "memory_budget_gb": 5}
+    cfg = parse_config({"pool": pool, "gateway": {"port": 8123}})
+    seen: dict = {}
+
+    def run(asgi, **kw):  # instead of serving: what would the first client see?
+        seen.update(kw)
+        with TestClient(asgi) as client:
+            seen["models"] = [m["id"] for m in client.get("/v1/models").json()["data"]]
+            seen["loaded"] = {
+                e["name"]: e["loaded"] for e in client.get("/v1/experts").json()["data"]
+            }
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    closed = []
+    close = Conclave.close
+    monkeypatch.setattr(Conclave, "close", lambda self: closed.append(close(self)))
+    lines: list[str] = []
+    serve(cfg, ensemble=False, on_event=lines.append)
+    assert len(closed) == 1
+    assert seen["loaded"] == {**dict.fromkeys((e["name"] for e in EXPERTS), True), "big": False}
+    assert "conclave" not in seen["models"] and "alpha" in seen["models"]
+    assert lines[0].startswith("5 of 6 experts loaded (")
+    assert lines[1].startswith("  big: skipped: does not fit next to the others: memory_gb")
+    assert lines[1].endswith("(loads on demand)")
+    assert lines[2] == "serving on http://127.0.0.1:8123 (no API keys configured); Ctrl-C stops"
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
+    assert seen["log_level"] == "warning" and seen["timeout_graceful_shutdown"] == 30
+    with pytest.raises(ConclaveError, match="does not exist"):
+        serve(cfg, data="/nonexistent/questions.jsonl", on_event=lines.append)
+    assert len(closed) == 2  # the facade the failed set-up built is closed too
