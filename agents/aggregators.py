@@ -132,6 +132,9 @@ class Vote:
 
     llm_calls = 0
 
+    def weight(self, answer: ExpertAnswer, ctx: AggregationContext) -> float:
+        return answer.weight
+
     def combine(
         self,
         items: Sequence[Item],
@@ -141,36 +144,22 @@ class Vote:
         return [
             Combined(
                 weighted_vote(
-                    it.question, [a.text for a in ans], [a.weight for a in ans], it.answer_type
+                    it.question,
+                    [a.text for a in ans],
+                    [self.weight(a, ctx) for a in ans],
+                    it.answer_type,
                 )
             )
             for it, ans in zip(items, answers, strict=True)
         ]
 
 
-class AccuracyVote:
+class AccuracyVote(Vote):
     """Each answer's choice weighs draws x the expert's validation accuracy (an expert
     with no record weighs as one right half the time)."""
 
-    llm_calls = 0
-
-    def combine(
-        self,
-        items: Sequence[Item],
-        answers: Sequence[Sequence[ExpertAnswer]],
-        ctx: AggregationContext,
-    ) -> list[Combined]:
-        def weight(a: ExpertAnswer) -> float:
-            return a.weight * max(ctx.accuracy.get(a.expert, 50.0), 1e-3)
-
-        return [
-            Combined(
-                weighted_vote(
-                    it.question, [a.text for a in ans], [weight(a) for a in ans], it.answer_type
-                )
-            )
-            for it, ans in zip(items, answers, strict=True)
-        ]
+    def weight(self, answer: ExpertAnswer, ctx: AggregationContext) -> float:
+        return answer.weight * max(ctx.accuracy.get(answer.expert, 50.0), 1e-3)
 
 
 class Synthesis:

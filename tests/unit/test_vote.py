@@ -27,3 +27,24 @@ def test_a_tie_does_not_depend_on_the_order_of_the_answers_and_is_a_fair_coin():
         picks.append(got.pop())
     assert set(picks) == {"A", "C"}
     assert 60 < picks.count("A") < 140  # not the first answer's, not always the same letter
+
+
+def test_the_weighted_vote_trusts_experts_by_their_validation_accuracy():
+    from agents.aggregators import AGGREGATORS, AggregationContext
+    from orchestrator.types import ExpertAnswer, Item
+
+    item = Item(id="q", question="Pick one. The options are: (A) x (B) y")
+    answers = [
+        ExpertAnswer(expert="sharp", text="The answer is (A)."),
+        ExpertAnswer(expert="dull1", text="The answer is (B)."),
+        ExpertAnswer(expert="dull2", text="The answer is (B)."),
+    ]
+    ctx = AggregationContext(ask=lambda reqs: [], accuracy={"sharp": 90, "dull1": 20, "dull2": 25})
+    (plain,) = AGGREGATORS.get("vote").combine([item], [answers], ctx)
+    (weighted,) = AGGREGATORS.get("weighted-vote").combine([item], [answers], ctx)
+    assert plain.choice == "B" and weighted.choice == "A"
+    # without a record every expert weighs the same, as in the plain vote
+    (blind,) = AGGREGATORS.get("weighted-vote").combine(
+        [item], [answers], AggregationContext(ask=lambda reqs: [])
+    )
+    assert blind.choice == "B"
