@@ -16,6 +16,7 @@ challengers' shadow answers (scored, never returned).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,13 +24,14 @@ from typing import TYPE_CHECKING
 from orchestrator.config import ConclaveConfig, Role
 from orchestrator.errors import ConfigError
 from orchestrator.probes import ProbeScheduler
-from orchestrator.strategies import Plan, StrategyContext, get_strategy
+from orchestrator.strategies import Plan, Strategy, StrategyContext, get_strategy
 from orchestrator.types import ExpertAnswer, Item, RoutingDecision, RoutingState, Trace, Usage
 from skills.router import Router, make_router
 
 if TYPE_CHECKING:
     from agents.aggregators import AggregationContext, Combined
     from agents.free_agents import FreeAgentMonitor
+    from orchestrator.config import SamplingOverride
     from orchestrator.protocol import ChatAnswer
     from skills.inventory import Embedder, SkillInventory
     from skills.profiles import ProfileSet
@@ -140,25 +142,36 @@ class Conclave:
             i.id: (kws.get(i.id, []), calls.get(i.id, 0), usage.get(i.id, Usage())) for i in items
         }
 
-    def ask(self, pairs: Sequence[tuple[Item, str]], progress: bool = False) -> list[ExpertAnswer]:
+    def ask(
+        self,
+        pairs: Sequence[tuple[Item, str]],
+        progress: bool = False,
+        samples: Sequence[int] | None = None,
+    ) -> list[ExpertAnswer]:
         """Each (item, expert) answered once, all in one pool batch. With `reuse_answers`,
         a greedy expert's answer to a question it already answered is reused (marked
-        `cached`): the same prompt to the same greedy model gives the same text."""
+        `cached`): the same prompt to the same greedy model gives the same text.
+
+        `samples` (one per pair) numbers repeated draws of one expert for one item: draw
+        s > 0 of an expert that samples (temperature > 0) is asked with its own seed, so it
+        is an independent sample at the expert's settings, as in the paper's code."""
         from orchestrator.answers import extract_answer
         from orchestrator.prompts import messages_for
         from workers.batch import GenerationRequest
 
+        draws = list(samples) if samples is not None else [0] * len(pairs)
         keys = [(ex, it.answer_type, it.question) for it, ex in pairs]
         todo = [
             i
             for i, key in enumerate(keys)
-            if key not in self._answers or not self._deterministic(key[0])
+            if draws[i] or key not in self._answers or not self._deterministic(key[0])
         ]
         reqs = [
             GenerationRequest(
-                item_id=f"{pairs[i][0].id}|{pairs[i][1]}",
+                item_id=f"{pairs[i][0].id}|{pairs[i][1]}" + (f"#{draws[i]}" if draws[i] else ""),
                 expert=pairs[i][1],
                 messages=messages_for(pairs[i][0].question, pairs[i][0].answer_type),
+                sampling=self._draw_sampling(pairs[i][0], pairs[i][1], draws[i]),
             )
             for i in todo
         ]
@@ -174,12 +187,29 @@ class Conclave:
                 tokens=r.prompt_tokens + r.completion_tokens,
                 completion_tokens=r.completion_tokens,
             )
-            if r.ok and self.reuse_answers and self._deterministic(ex):
+            if r.ok and not draws[i] and self.reuse_answers and self._deterministic(ex):
                 self._answers[keys[i]] = fresh[i]
         return [
             fresh[i] if i in fresh else self._answers[key].model_copy(update={"cached": True})
             for i, key in enumerate(keys)
         ]
+
+    def samples(self, expert: str) -> bool:
+        """Whether the expert samples (temperature > 0): two draws are two answers."""
+        try:
+            return self.config.pool.expert(expert).sampling.temperature > 0.0
+        except KeyError:  # unknown: the pool answers it with an error result
+            return False
+
+    def _draw_sampling(self, item: Item, expert: str, draw: int) -> SamplingOverride | None:
+        """Draw 0 runs at the expert's settings; a later draw of a sampling expert gets a
+        seed of its own (the same for the same question, expert and draw)."""
+        if not draw or not self.samples(expert):
+            return None
+        from orchestrator.config import SamplingOverride
+
+        digest = hashlib.sha256(f"{item.id}|{expert}|{draw}".encode()).digest()
+        return SamplingOverride(seed=int.from_bytes(digest[:4], "big") & 0x7FFFFFFF)
 
     def _deterministic(self, expert: str) -> bool:
         if not self.reuse_answers:
@@ -296,17 +326,17 @@ class Conclave:
         ctx = StrategyContext(self, experts, expert, progress)
         plans = strat.plan(ctx, items)
         traces = [_trace(it, strategy, plan) for it, plan in zip(items, plans, strict=True)]
-        pairs = [
-            (it, ex)
-            for it, plan in zip(items, plans, strict=True)
-            for ex in dict.fromkeys(plan.experts)
-        ]
+        draws = [self._draws(plan.experts) for plan in plans]
+        pairs = [(it, ex) for it, d in zip(items, draws, strict=True) for ex, _ in d]
+        nums = [n for d in draws for _, n in d]
         watched = strat.monitored and self.monitor is not None
-        probes = self.probes.draw(pairs, self.state.probes) if watched and self.state else []
+        firsts = [(it, ex) for (it, ex), n in zip(pairs, nums, strict=True) if n == 0]
+        probes = self.probes.draw(firsts, self.state.probes) if watched and self.state else []
         asked = [(it, ex) for it, ex, _ in probes]
         # probation: a challenger answers what its incumbent answers, in the same batch
-        shadow = [(it, shadows[ex]) for it, ex in pairs + asked if watched and ex in shadows]
-        answered = self.ask(pairs + asked + shadow, progress)
+        shadow = [(it, shadows[ex]) for it, ex in firsts + asked if watched and ex in shadows]
+        extra = [0] * (len(asked) + len(shadow))
+        answered = self.ask(pairs + asked + shadow, progress, samples=nums + extra)
         got = iter(answered[: len(pairs)])
         probed = answered[len(pairs) : len(pairs) + len(probes)]
         probe_traces = [
@@ -315,18 +345,15 @@ class Conclave:
         by_id = {tr.id: tr for tr in traces + probe_traces}
         for (it, _), a in zip(shadow, answered[len(pairs) + len(probes) :], strict=True):
             by_id[it.id].shadow.append(a)
-        per_item = []
-        for tr, plan in zip(traces, plans, strict=True):
-            ans = []
-            for ex in dict.fromkeys(plan.experts):
-                a = next(got)
-                a.weight = float(plan.experts.count(ex))
-                ans.append(a)
+        per_item = [[next(got) for _ in d] for d in draws]
+        self._escalate(strat, ctx, items, plans, per_item)
+        for tr, plan, ans in zip(traces, plans, per_item, strict=True):
+            _weigh(ans, plan, self)
             tr.answers = ans
             tr.calls += len(ans)
             tr.tokens += sum(a.tokens for a in ans)
             tr.completion_tokens += sum(a.completion_tokens for a in ans)
-            per_item.append(ans)
+            tr.explanation = plan.explanation
         self._combine(strat.combiner(ctx), items, traces, per_item, progress)
         if watched and self.monitor is not None:
             incumbent = {ch: inc for inc, ch in shadows.items()}
@@ -335,6 +362,36 @@ class Conclave:
                 scored, {tr.id: [(incumbent[a.expert], a) for a in tr.shadow] for tr in scored}
             )
         return traces
+
+    def _draws(self, drawn: Sequence[str]) -> list[tuple[str, int]]:
+        """(expert, draw number) to ask for a plan's draws: an expert that samples is asked
+        once per draw; a greedy one once, since its second answer would be its first."""
+        out: list[tuple[str, int]] = []
+        for ex in dict.fromkeys(drawn):
+            n = drawn.count(ex) if self.samples(ex) else 1
+            out.extend((ex, i) for i in range(n))
+        return out
+
+    def _escalate(
+        self,
+        strat: Strategy,
+        ctx: StrategyContext,
+        items: Sequence[Item],
+        plans: list[Plan],
+        per_item: list[list[ExpertAnswer]],
+    ) -> None:
+        """Later stages of a strategy that asks more where its first answers leave doubt:
+        each stage is one more pool batch, for the items that need it."""
+        escalate = getattr(strat, "escalate", None)
+        for _ in range(MAX_STAGES):
+            more = escalate(ctx, items, plans, per_item) if escalate is not None else []
+            todo = [(i, ex) for i, exs in enumerate(more) for ex in exs]
+            if not todo:
+                return
+            got = self.ask([(items[i], ex) for i, ex in todo], ctx.progress)
+            for (i, ex), a in zip(todo, got, strict=True):
+                plans[i].experts.append(ex)
+                per_item[i].append(a)
 
     def _combine(
         self,
@@ -412,6 +469,22 @@ def check_extensions(config: ConclaveConfig) -> None:
         get_aggregator(config.routing.aggregator, llms)
     if config.free_agents.active:
         SWAP_RULES.get(config.free_agents.swap_rule)
+
+
+#: stages a strategy may add after its first batch (each one pool batch)
+MAX_STAGES = 4
+
+
+def _weigh(answers: list[ExpertAnswer], plan: Plan, conclave: Conclave) -> None:
+    """Each answer's vote weight: the strategy's weight for its expert when it gives one,
+    else the times the expert was drawn (split over its samples when it sampled)."""
+    for a in answers:
+        if plan.weights is not None and a.expert in plan.weights:
+            a.weight = plan.weights[a.expert]
+        elif conclave.samples(a.expert):
+            a.weight = 1.0  # each draw answered for itself
+        else:
+            a.weight = float(plan.experts.count(a.expert))
 
 
 def _trace(item: Item, strategy: str, plan: Plan) -> Trace:

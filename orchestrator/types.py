@@ -81,6 +81,24 @@ class ExpertAnswer(BaseModel):
     cached: bool = Field(False, description="Reused from an identical greedy call earlier.")
 
 
+class RouteExplanation(BaseModel):
+    """Why a routed strategy asked the experts it asked, and why it stopped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    estimates: dict[str, float] = Field(
+        default_factory=dict, description="Estimated accuracy per expert on this question."
+    )
+    evidence: dict[str, float] = Field(
+        default_factory=dict, description="Graded answers behind each estimate."
+    )
+    budget: int = Field(0, description="Most expert calls allowed for the question.")
+    stages: list[list[str]] = Field(
+        default_factory=list, description="The experts asked at each stage."
+    )
+    stopped: str = Field("", description="Why no more experts were asked.")
+
+
 class Trace(BaseModel):
     """Everything that happened to one question."""
 
@@ -103,6 +121,9 @@ class Trace(BaseModel):
     shadow: list[ExpertAnswer] = Field(
         default_factory=list,
         description="Free agents on probation: scored, never part of the answer.",
+    )
+    explanation: RouteExplanation | None = Field(
+        None, description="A routed strategy's reasons: estimates, budget, stages, stop."
     )
 
 

@@ -7,6 +7,7 @@
         plan(ctx, items)   -> a Plan per item: the experts to ask (a repeat is a weight)
         combiner(ctx)      -> the aggregator that combines their answers, or None to
                               take the one expert's answer as it is
+        escalate(...)      -> optional: more experts per item after each batch
 
 The facade (`Conclave.answer`) runs every strategy the same way: plan all items, ask
 every distinct (item, expert) pair in one pool batch (grouped by model), then combine
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from orchestrator.registry import Registry
-from orchestrator.types import Item, RoutingDecision, Usage
+from orchestrator.types import ExpertAnswer, Item, RouteExplanation, RoutingDecision, Usage
 
 if TYPE_CHECKING:
     from orchestrator.conclave import Conclave
@@ -43,6 +44,10 @@ class Plan:
     routing: RoutingDecision | None = None
     calls: int = 0
     usage: Usage = Usage()
+    #: each expert's vote weight, when the strategy sets it (else: the times drawn)
+    weights: dict[str, float] | None = None
+    #: why the strategy asked whom it asked and stopped where it did (shown in traces)
+    explanation: RouteExplanation | None = None
 
 
 @dataclass
@@ -81,6 +86,20 @@ class Strategy(Protocol):
         """The aggregator's name ('vote', a registered aggregator, or an aggregator
         expert), or None: the single planned expert's answer is final."""
         ...
+
+
+class Escalating(Strategy, Protocol):
+    """A strategy that asks in stages: after each batch, `escalate` names the experts to
+    ask next for each item (none: that item is done). The facade asks them in one more
+    batch, appends them to the item's plan and answers, and asks again."""
+
+    def escalate(
+        self,
+        ctx: StrategyContext,
+        items: Sequence[Item],
+        plans: list[Plan],
+        answers: list[list[ExpertAnswer]],
+    ) -> list[list[str]]: ...
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy", "--strategy / Conclave.answer")

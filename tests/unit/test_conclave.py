@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from evals.skillmix import generate
@@ -144,3 +146,33 @@ def test_reuse_answers_asks_a_greedy_expert_once_per_question():
     plain = make()  # off by default: the same question is asked again
     plain.ask([(its[0], "geo")])
     assert not plain.ask([(its[0], "geo")])[0].cached
+
+
+def test_a_sampling_expert_drawn_twice_answers_twice_a_greedy_one_once():
+    """The paper's code asks an expert drawn twice for two samples; a greedy expert's
+    second sample would be its first, so it is asked once and counts twice."""
+    experts = [
+        {"name": "geo", "backend": {"type": "fake"}, "sampling": {"temperature": 0.7}},
+        {"name": "num", "backend": {"type": "fake"}},
+    ]
+    config = parse_config(
+        {"pool": {"experts": experts}, "routing": {"router": {"k": 6, "seed": 3}}}
+    )
+    backends = {e.name: SkillFake(e, config) for e in config.pool.experts}
+    seen: list[GenerationRequest] = []
+    for b in backends.values():
+        run = b.generate
+        b.generate = lambda reqs, run=run: seen.extend(reqs) or run(reqs)  # type: ignore[method-assign]
+    with Conclave(config, pool=ExpertPool(config, backends=backends)) as c:
+        traces = c.answer(items("test")[:6], "random-k")
+    for t in traces:
+        plan = random.Random(f"3|{t.id}").choices(["geo", "num"], k=6)
+        asked = [a.expert for a in t.answers]
+        assert asked.count("geo") == plan.count("geo")  # one sample per draw
+        assert asked.count("num") == min(1, plan.count("num"))  # once, however often drawn
+        assert all(a.weight == 1.0 for a in t.answers if a.expert == "geo")
+        assert all(a.weight == plan.count("num") for a in t.answers if a.expert == "num")
+        assert t.calls == len(t.answers)
+    seeds = [r.sampling.seed for r in seen if r.expert == "geo" and r.sampling is not None]
+    draws = sum(1 for r in seen if r.expert == "geo")
+    assert len(set(seeds)) == len(seeds) == draws - len(traces)  # draw 0 keeps its settings
