@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING
 
 from orchestrator.config import ConclaveConfig, Role
 from orchestrator.errors import ConfigError
+from orchestrator.extensions import check_extensions
 from orchestrator.probes import ProbeScheduler
 from orchestrator.strategies import Plan, Strategy, StrategyContext, get_strategy
+from orchestrator.traces import MAX_STAGES, new_trace, probe_trace, weigh
 from orchestrator.types import ExpertAnswer, Item, RoutingDecision, RoutingState, Trace, Usage
 from skills.router import Router, make_router
 
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from orchestrator.config import SamplingOverride
     from orchestrator.protocol import ChatAnswer
     from skills.inventory import Embedder, SkillInventory
-    from skills.profiles import ProfileSet
+    from skills.profiles import ModelProfile, ProfileSet
     from workers.pool import ExpertPool
 
 
@@ -260,24 +262,27 @@ class Conclave:
 
     # ---- answering ----------------------------------------------------------------------
 
+    def profile_of(self, expert: str) -> ModelProfile | None:
+        """The expert's profile: from profiling, or for a free agent promoted without one,
+        the profile its graded probation answers built; None when there is neither."""
+        from skills.profiles import ModelProfile
+
+        if self.profiles is not None and expert in self.profiles.profiles:
+            return self.profiles.profiles[expert]
+        if self.monitor is not None and expert in self.monitor.promoted_profiles:
+            prof = ModelProfile(expert=expert)
+            for keywords, correct in self.monitor.promoted_profiles[expert]:
+                prof.add(keywords, correct)
+            return prof
+        return None
+
     def router(self, experts: Sequence[str] | None = None) -> Router:
         """The router over `experts` (default: those serving now). A free agent promoted
         without a validation profile is routed by the profile its probation built."""
-        from skills.profiles import ModelProfile
-
         if self.profiles is None:
             raise ConfigError("no profiles yet: run `profile` (or load saved ones) first")
         experts = list(experts if experts is not None else self.serving)
-        skills = {
-            e: self.profiles.profiles[e].skills for e in experts if e in self.profiles.profiles
-        }
-        if self.monitor is not None:
-            for e in experts:
-                if e not in skills and e in self.monitor.promoted_profiles:
-                    prof = ModelProfile(expert=e)
-                    for keywords, correct in self.monitor.promoted_profiles[e]:
-                        prof.add(keywords, correct)
-                    skills[e] = prof.skills
+        skills = {e: p.skills for e in experts if (p := self.profile_of(e)) is not None}
         return make_router(skills or {e: {} for e in experts}, self.config.routing.router)
 
     def llm_aggregator(self) -> str:
@@ -300,14 +305,26 @@ class Conclave:
     ) -> list[tuple[RoutingDecision, int, Usage]]:
         """(routing decision, keyword calls, keyword usage) per item, over `experts`."""
         router = self.router(experts)
+        return [
+            (router.select(it.id, skills, keywords=words), calls, usage)
+            for it, (words, skills, calls, usage) in zip(
+                items, self.skills_of(items, progress), strict=True
+            )
+        ]
+
+    def skills_of(
+        self, items: Sequence[Item], progress: bool = False
+    ) -> list[tuple[list[str], list[str], int, Usage]]:
+        """(keywords, inventory skills, keyword calls, keyword usage) per item: the keyword
+        model in one batch, new keywords embedded in one more."""
         kws = self.keywords(items, progress)
-        if self.inventory is not None:  # new keywords embedded in one batch
+        if self.inventory is not None:
             self.inventory.map(sorted({k for words, _, _ in kws.values() for k in words}))
         out = []
         for it in items:
             words, calls, usage = kws[it.id]
             skills = self.inventory.map(words) if self.inventory is not None else []
-            out.append((router.select(it.id, skills, keywords=words), calls, usage))
+            out.append((words, skills, calls, usage))
         return out
 
     def answer(
@@ -325,7 +342,7 @@ class Conclave:
         experts, shadows = self.monitor.plan() if self.monitor else (self.experts, {})
         ctx = StrategyContext(self, experts, expert, progress)
         plans = strat.plan(ctx, items)
-        traces = [_trace(it, strategy, plan) for it, plan in zip(items, plans, strict=True)]
+        traces = [new_trace(it, strategy, plan) for it, plan in zip(items, plans, strict=True)]
         draws = [self._draws(plan.experts) for plan in plans]
         pairs = [(it, ex) for it, d in zip(items, draws, strict=True) for ex, _ in d]
         nums = [n for d in draws for _, n in d]
@@ -340,7 +357,7 @@ class Conclave:
         got = iter(answered[: len(pairs)])
         probed = answered[len(pairs) : len(pairs) + len(probes)]
         probe_traces = [
-            _probe_trace(it, kw, a) for (it, _, kw), a in zip(probes, probed, strict=True)
+            probe_trace(it, kw, a) for (it, _, kw), a in zip(probes, probed, strict=True)
         ]
         by_id = {tr.id: tr for tr in traces + probe_traces}
         for (it, _), a in zip(shadow, answered[len(pairs) + len(probes) :], strict=True):
@@ -348,7 +365,7 @@ class Conclave:
         per_item = [[next(got) for _ in d] for d in draws]
         self._escalate(strat, ctx, items, plans, per_item)
         for tr, plan, ans in zip(traces, plans, per_item, strict=True):
-            _weigh(ans, plan, self)
+            weigh(ans, plan, self)
             tr.answers = ans
             tr.calls += len(ans)
             tr.tokens += sum(a.tokens for a in ans)
@@ -452,65 +469,3 @@ class Conclave:
             ) from exc
         if self.monitor is not None:
             self.monitor.record = dict(self.state.accuracy)
-
-
-def check_extensions(config: ConclaveConfig) -> None:
-    """Fail now, not at the first question, on an extension the config names that is not
-    registered: the router, the aggregator, the served strategy, the swap rule. (The
-    backends are checked when the config is parsed.)"""
-    from agents.aggregators import get_aggregator
-    from agents.swap_rules import SWAP_RULES
-    from skills.router import ROUTERS
-
-    ROUTERS.get(config.routing.router.type)
-    get_strategy(config.routing.strategy)
-    if config.routing.aggregator != "auto":
-        llms = [e.name for e in config.pool.experts if Role.AGGREGATOR in e.roles]
-        get_aggregator(config.routing.aggregator, llms)
-    if config.free_agents.active:
-        SWAP_RULES.get(config.free_agents.swap_rule)
-
-
-#: stages a strategy may add after its first batch (each one pool batch)
-MAX_STAGES = 4
-
-
-def _weigh(answers: list[ExpertAnswer], plan: Plan, conclave: Conclave) -> None:
-    """Each answer's vote weight: the strategy's weight for its expert when it gives one,
-    else the times the expert was drawn (split over its samples when it sampled)."""
-    for a in answers:
-        if plan.weights is not None and a.expert in plan.weights:
-            a.weight = plan.weights[a.expert]
-        elif conclave.samples(a.expert):
-            a.weight = 1.0  # each draw answered for itself
-        else:
-            a.weight = float(plan.experts.count(a.expert))
-
-
-def _trace(item: Item, strategy: str, plan: Plan) -> Trace:
-    """A question's trace before its experts answer: what planning found and cost."""
-    return Trace(
-        id=item.id,
-        strategy=strategy,
-        gold=item.gold_answer,
-        keywords=plan.keywords,
-        routing=plan.routing,
-        calls=plan.calls,
-        tokens=plan.usage.total,
-        completion_tokens=plan.usage.completion,
-    )
-
-
-def _probe_trace(item: Item, keywords: list[str], a: ExpertAnswer) -> Trace:
-    return Trace(
-        id=item.id,
-        strategy="probe",
-        keywords=keywords,
-        gold=item.gold_answer,
-        answers=[a],
-        choice=a.choice,
-        correct=a.choice == item.gold_answer,
-        calls=1,
-        tokens=a.tokens,
-        completion_tokens=a.completion_tokens,
-    )

@@ -29,6 +29,10 @@ from orchestrator.types import ExpertAnswer, Item, Probe, RoutingState
 if TYPE_CHECKING:
     from orchestrator.conclave import Conclave
 
+#: bumped when profiling records more: a cached profile from before is built again
+#: (2: per-keyword answer counts, for the 'conclave' strategy's estimates)
+PROFILE_FORMAT = 2
+
 
 def _hash(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -53,6 +57,7 @@ def profile_key(config: ConclaveConfig, items: Sequence[Item], dataset: str) -> 
             "routing": config.routing.model_dump(mode="json"),
             "dataset": dataset,
             "rows": rows,
+            "format": PROFILE_FORMAT,
         }
     )
 

@@ -40,6 +40,11 @@ class ModelProfile(BaseModel):
 
     expert: str = Field(..., min_length=1, description="Expert name in the pool.")
     skills: dict[str, int] = Field(default_factory=dict, description="keyword -> score.")
+    counts: dict[str, tuple[int, int]] = Field(
+        default_factory=dict,
+        description="keyword -> (answers right, answers graded): the evidence behind each "
+        "score, from which `skills.estimates` estimates accuracy with its uncertainty.",
+    )
     provenance: list[Provenance] = Field(default_factory=list, description="What built it.")
 
     @property
@@ -50,6 +55,15 @@ class ModelProfile(BaseModel):
     def add(self, keywords: Iterable[str], correct: bool) -> None:
         for kw in dict.fromkeys(keywords):
             self.skills[kw] = self.skills.get(kw, 0) + (1 if correct else -1)
+            right, graded = self.counts.get(kw, (0, 0))
+            self.counts[kw] = (right + int(correct), graded + 1)
+
+    def overall(self) -> tuple[int, int]:
+        """(answers right, answers graded) over every batch that built the profile."""
+        return (
+            sum(p.correct for p in self.provenance),
+            sum(p.questions for p in self.provenance),
+        )
 
 
 class ProfileSet(BaseModel):
@@ -96,6 +110,9 @@ class ProfileSet(BaseModel):
             mine = out.profiles.setdefault(name, ModelProfile(expert=name))
             for kw, v in prof.skills.items():
                 mine.skills[kw] = mine.skills.get(kw, 0) + v
+            for kw, (right, graded) in prof.counts.items():
+                r0, g0 = mine.counts.get(kw, (0, 0))
+                mine.counts[kw] = (r0 + right, g0 + graded)
             mine.provenance.extend(p.model_copy() for p in prof.provenance)
         return out
 

@@ -10,7 +10,7 @@ from evals.datasets import SKILLMIX_LIMIT
 from orchestrator.errors import ConfigError
 from orchestrator.strategies import STRATEGIES, Strategy, get_strategy
 
-DEFAULT_STRATEGIES = ("best-single", "random-k", "majority", "moa", "symbolic-moe")
+DEFAULT_STRATEGIES = ("conclave", "best-single", "random-k", "majority", "moa", "symbolic-moe")
 
 
 class EvalSpec(BaseModel):

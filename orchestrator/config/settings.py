@@ -66,8 +66,21 @@ class RoutingConfig(Strict):
         None, description="Expert that extracts keywords; unset: the one with role 'keywords'."
     )
     router: RouterSettings = Field(default_factory=RouterSettings, description="Recruitment.")
+    max_expert_calls: int = Field(
+        3,
+        ge=1,
+        le=16,
+        description="The 'conclave' strategy's budget: the most expert calls per question "
+        "(it asks the most promising first and more only while the answers leave doubt).",
+    )
+    prior_strength: float = Field(
+        4.0,
+        gt=0.0,
+        description="The 'conclave' strategy's estimates: how many graded answers the "
+        "expert's overall accuracy counts for in each skill's estimate.",
+    )
     strategy: str = Field(
-        "symbolic-moe",
+        "conclave",
         min_length=1,
         description="The registered strategy (orchestrator.strategies.STRATEGIES) the "
         "gateway's routed model 'conclave' answers with; evals name theirs with --strategy.",

@@ -100,7 +100,6 @@ class SymbolicMoE(_Baseline):
         "aggregator profiling chose combines."
     )
     needs_profile = True
-    featured = True
     monitored = True
 
     def plan(self, ctx: StrategyContext, items: Sequence[Item]) -> list[Plan]:
@@ -122,3 +121,6 @@ class SymbolicMoE(_Baseline):
 
 for _strategy in (Single, BestSingle, RandomK, Majority, MixtureOfAgents, SymbolicMoE):
     STRATEGIES.add(_strategy.name, _strategy())
+
+# the product's own strategy, listed first by `conclave eval`
+import orchestrator.strategies.routed  # noqa: E402, F401

@@ -74,7 +74,7 @@ def test_eval_writes_a_complete_run_directory(config_path, tmp_path):
     summary = json.loads(res.stdout)
     rows = read_jsonl(out / "results.jsonl")
     test = load_dataset("skillmix", "test", limit=3, categories=CATS)
-    assert len(rows) == 5 * len(test)  # five strategies, every question once
+    assert len(rows) == 6 * len(test)  # six strategies, every question once
     gold = {i.id: i.gold_answer for i in test}
     for name in ("alpha", "beta"):  # always the same letter: accuracy is its share of golds
         letter = "A" if name == "alpha" else "B"
@@ -91,6 +91,11 @@ def test_eval_writes_a_complete_run_directory(config_path, tmp_path):
     assert all(r["keywords"] == ["arithmetic", "letters"] for r in sym)
     for r in sym:  # 5 keyword samples, the drawn experts, the aggregator unless the vote
         assert r["calls"] == 5 + len(r["experts"]) + (r["aggregator"] != "vote")
+    routed = [r for r in rows if r["strategy"] == "conclave"]
+    for r in routed:  # 5 keyword samples, then 1-3 experts; never an aggregator call
+        assert 1 <= len(r["experts"]) <= 3 and r["calls"] == 5 + len(r["experts"])
+        assert r["aggregator"] == "vote"
+    assert list(s)[0] == "conclave"  # listed first
     # the oracle is the best expert per category on the test split itself
     oracle = s["oracle (reference)"]
     for c in CATS:

@@ -46,7 +46,7 @@ def test_the_registry_is_lazy_refuses_duplicates_and_lists_what_exists():
 
 def test_unknown_extensions_fail_when_the_facade_is_built():
     base = {"pool": {"experts": [{"name": "a", "backend": {"type": "fake"}}]}}
-    from orchestrator.conclave import check_extensions
+    from orchestrator.extensions import check_extensions
 
     for section, value, registered in [
         ({"router": {"type": "psychic"}}, "psychic", "symbolic-moe"),

@@ -1,0 +1,141 @@
+"""`conclave`: the product's routed strategy, designed from evidence rather than from
+the paper's formula (`symbolic-moe` stays the paper's method, as a reference).
+
+Per question:
+1. Estimate each serving expert's accuracy on the question's skills, with the graded
+   answers behind it (`skills.estimates`: per-keyword counts from profiling, shrunk
+   towards the expert's overall accuracy), not +-1 sums times a global prior.
+2. Ask the best expert alone when it is reliably best: when its estimate is at least
+   what the weighted vote of the best `max_expert_calls` would be worth. Otherwise ask
+   the best two.
+3. Escalate in stages (one pool batch each): while the answers so far leave doubt (they
+   disagree, or the one answer names no option or failed) and the next expert's vote
+   could still change the outcome, ask the next best, up to `max_expert_calls`. Easy
+   questions cost one call; agreeing answers stop at two.
+4. Combine with the vote weighted by each expert's log-odds of being right
+   (`Estimate.weight`). No LLM aggregator: on the pools we measured, an aggregator that
+   answers on its own overrode the routed experts (the issue's cause 3).
+
+Every decision is in the trace's `explanation`: the estimates, the evidence, the budget,
+the experts asked at each stage and why it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from orchestrator.answers import options_of
+from orchestrator.errors import ConfigError
+from orchestrator.strategies.base import STRATEGIES, Plan, StrategyContext
+from orchestrator.types import ExpertAnswer, Item, RouteExplanation
+
+
+def _options(item: Item) -> int:
+    """How many answers a question admits, for the vote weights."""
+    if item.answer_type == "integer":
+        return 1000
+    return max(len(options_of(item.question)), 2) if "(A)" in item.question else 10
+
+
+class Conclave:
+    """The `conclave` strategy (see the module docstring)."""
+
+    name: ClassVar[str] = "conclave"
+    description: ClassVar[str] = (
+        "The product's router: per-skill accuracy estimates with their uncertainty, the "
+        "best expert alone when it is reliably best, more only while answers disagree, a "
+        "vote weighted by the estimates."
+    )
+    needs_profile: ClassVar[bool] = True
+    needs_expert: ClassVar[bool] = False
+    asks_every_expert: ClassVar[bool] = False
+    featured: ClassVar[bool] = True
+    monitored: ClassVar[bool] = True
+
+    def plan(self, ctx: StrategyContext, items: Sequence[Item]) -> list[Plan]:
+        from skills.estimates import estimate, vote_accuracy
+
+        c = ctx.conclave
+        if c.profiles is None:
+            raise ConfigError("'conclave' routes by profiles: run `profile` first")
+        routing = c.config.routing
+        budget = routing.max_expert_calls
+        profiles = {e: c.profile_of(e) for e in ctx.experts}
+        plans = []
+        for it, (words, skills, calls, usage) in zip(
+            items, c.skills_of(items, ctx.progress), strict=True
+        ):
+            ests = sorted(
+                (estimate(e, profiles[e], skills, routing.prior_strength) for e in ctx.experts),
+                key=lambda x: (-x.accuracy, -x.overall, x.expert),
+            )
+            k = _options(it)
+            best = ests[0]
+            team = ests[: min(budget, 3, len(ests))]
+            alone = len(team) == 1 or best.accuracy >= vote_accuracy(team, k)
+            first = [best.expert] if alone or budget == 1 else [e.expert for e in ests[:2]]
+            plans.append(
+                Plan(
+                    list(first),
+                    keywords=words,
+                    calls=calls,
+                    usage=usage,
+                    weights={e.expert: round(e.weight(k), 4) for e in ests},
+                    explanation=RouteExplanation(
+                        estimates={e.expert: round(e.accuracy, 4) for e in ests},
+                        evidence={e.expert: round(e.evidence, 1) for e in ests},
+                        budget=budget,
+                        stages=[list(first)],
+                        stopped="",
+                    ),
+                )
+            )
+        return plans
+
+    def escalate(
+        self,
+        ctx: StrategyContext,
+        items: Sequence[Item],
+        plans: list[Plan],
+        answers: list[list[ExpertAnswer]],
+    ) -> list[list[str]]:
+        """The next expert for each item whose answers still leave doubt; [] when done."""
+        out: list[list[str]] = []
+        for plan, ans in zip(plans, answers, strict=True):
+            why = plan.explanation
+            assert why is not None and plan.weights is not None  # set by `plan`
+            if why.stopped:
+                out.append([])
+                continue
+            weights = plan.weights
+            ranked = list(why.estimates)  # best first
+            left = [e for e in ranked if e not in plan.experts]
+            tally: dict[str, float] = {}
+            for a in ans:
+                if a.choice is not None:
+                    tally[a.choice] = tally.get(a.choice, 0.0) + weights[a.expert]
+            lead, second = (sorted(tally.values(), reverse=True) + [0.0, 0.0])[:2]
+            nxt = left[0] if left else None
+            if len(plan.experts) >= why.budget or nxt is None:
+                why.stopped = "budget spent" if left else "no expert left"
+                out.append([])
+            elif len(ans) == 1 and tally:
+                why.stopped = "the best expert answered; it is reliably best"
+                out.append([])
+            elif tally and len(tally) == 1 and len(ans) > 1:
+                why.stopped = f"{len(ans)} answers agree"
+                out.append([])
+            elif tally and lead - second > weights[nxt]:
+                why.stopped = "the next expert's vote could not change the outcome"
+                out.append([])
+            else:
+                why.stages.append([nxt])
+                out.append([nxt])
+        return out
+
+    def combiner(self, ctx: StrategyContext) -> str | None:
+        return "vote"
+
+
+STRATEGIES.add(Conclave.name, Conclave())
