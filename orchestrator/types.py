@@ -92,7 +92,9 @@ class RouteExplanation(BaseModel):
     evidence: dict[str, float] = Field(
         default_factory=dict, description="Graded answers behind each estimate."
     )
-    budget: int = Field(0, description="Most expert calls allowed for the question.")
+    budget: int = Field(
+        0, description="Expert calls allowed per question, on average over the batch."
+    )
     stages: list[list[str]] = Field(
         default_factory=list, description="The experts asked at each stage."
     )

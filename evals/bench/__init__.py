@@ -8,7 +8,10 @@ pydantic result (`.model_dump(mode="json")` is what `conclave bench ... --json` 
 - `run_gateway_bench` (`gateway.py`, `GatewayBenchResult`): the gateway's latency and
   requests/s on loopback, against vLLM's own server (load driver in `loopback.py`);
 - `run_free_agents_bench` (`free_agents.py`, `FreeAgentsBenchResult`): the free-agent
-  scenario replayed through the facade.
+  scenario replayed through the facade;
+- `run_pools_bench` (`pools.py`, `PoolsBenchResult`, figures in `pools_report.py`):
+  every strategy on pools of scripted experts with known accuracy per category, served
+  by an OpenAI-compatible test server (`scripted.py`) through the remote backend.
 
 The MoE kernel's benchmark stays with the kernels (`kernels/bench.py`). Names load on
 first use, so importing this package imports no benchmark (nor Ray, vLLM or torch).
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
     from evals.bench.free_agents import FreeAgentsBenchResult, run_free_agents_bench
     from evals.bench.gateway import GatewayBenchResult, run_gateway_bench
     from evals.bench.pool import PoolBenchResult, run_pool_bench
+    from evals.bench.pools import run_pools_bench
+    from evals.bench.pools_report import PoolsBenchResult
     from evals.bench.routing import RoutingBenchResult, run_routing_bench
 
 _LAZY = {
@@ -34,16 +39,20 @@ _LAZY = {
     "GatewayBenchResult": "evals.bench.gateway",
     "run_free_agents_bench": "evals.bench.free_agents",
     "FreeAgentsBenchResult": "evals.bench.free_agents",
+    "run_pools_bench": "evals.bench.pools",
+    "PoolsBenchResult": "evals.bench.pools_report",
 }
 
 __all__ = [
     "FreeAgentsBenchResult",
     "GatewayBenchResult",
     "PoolBenchResult",
+    "PoolsBenchResult",
     "RoutingBenchResult",
     "run_free_agents_bench",
     "run_gateway_bench",
     "run_pool_bench",
+    "run_pools_bench",
     "run_routing_bench",
 ]
 

@@ -84,6 +84,83 @@ def bench_route(
     )
 
 
+@app.command("routing")
+def bench_routing(
+    pool: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pool",
+            help="Pool to run; repeatable. Default: specialists, generalists, dominant, "
+            "faulty, noisy-keywords, twenty (also: smoke).",
+        ),
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Runs per pool, one per seed.")] = 3,
+    per_category: Annotated[
+        int, typer.Option(min=1, help="Test questions per MMLU-Pro category.")
+    ] = 10,
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="Strategy to run; repeatable. Default: every registered one an eval can run "
+            "(majority always runs: the oracle comes from it).",
+        ),
+    ] = None,
+    as_json: FiguresJson = False,
+    output: FiguresOut = None,
+) -> None:
+    """Every strategy on pools of scripted experts with known accuracy per category (no
+    LLM): accuracy, expert calls per question and the gap to max(oracle, majority)."""
+    from evals.bench import run_pools_bench
+
+    try:
+        res = figures(
+            run_pools_bench(pool, seeds, per_category, strategy, output, progress=not as_json)
+        )
+    except ConclaveError as exc:
+        raise fail(exc) from None
+    if emit_json(res, output, as_json):
+        return
+    print_routing(res)
+
+
+def print_routing(res: dict[str, Any]) -> None:
+    """`conclave bench routing`'s tables: one per pool, then the run's line."""
+    for p in res["pools"]:
+        rows = [
+            (
+                s["strategy"],
+                f"{s['accuracy']['mean']:.1f}",
+                _range(s["accuracy"]),
+                f"{s['expert_calls_per_question']:g}",
+                f"{s['gap']['mean']:+.1f}",
+            )
+            for s in p["strategies"]
+        ]
+        for name, spread in (
+            ("oracle (reference)", p["oracle"]),
+            ("max(oracle, majority)", p["reference"]),
+        ):
+            rows.append((name, f"{spread['mean']:.1f}", _range(spread), "-", "-"))
+        print_table(
+            f"pool {p['pool']} ({p['experts']} experts)",
+            ("strategy", "acc %", "range", "expert calls/q", "gap"),
+            rows,
+            caption=f"mean of {len(res['seeds'])} seeds; gap: minus max(oracle, majority)",
+        )
+        out.print(f"{p['pool']}: {p['description']}\n", highlight=False)
+    out.print(
+        f"{res['test_questions']} test questions, profiled on {res['profile_questions']}; "
+        f"{res['wall_s']} s ({res['machine']})"
+        + (f"; chart: {res['chart']}" if res["chart"] else "")
+    )
+
+
+def _range(spread: dict[str, float]) -> str:
+    return f"{spread['min']:.1f}-{spread['max']:.1f}"
+
+
 @app.command("gateway")
 def bench_gateway(
     concurrency: Annotated[

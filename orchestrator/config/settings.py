@@ -70,8 +70,9 @@ class RoutingConfig(Strict):
         3,
         ge=1,
         le=16,
-        description="The 'conclave' strategy's budget: the most expert calls per question "
-        "(it asks the most promising first and more only while the answers leave doubt).",
+        description="The 'conclave' strategy's budget: expert calls per question, on average "
+        "over a batch (it asks the most promising first, and more only while the answers "
+        "leave doubt, the most doubtful questions first).",
     )
     prior_strength: float = Field(
         4.0,

@@ -10,8 +10,10 @@ Per question:
    the best two.
 3. Escalate in stages (one pool batch each): while the answers so far leave doubt (they
    disagree, or the one answer names no option or failed) and the next expert's vote
-   could still change the outcome, ask the next best, up to `max_expert_calls`. Easy
-   questions cost one call; agreeing answers stop at two.
+   could still change the outcome, ask the next best. The budget, `max_expert_calls`,
+   is an average over the batch: easy questions cost one call, agreeing answers stop at
+   two, and what they save goes to the most doubtful questions first (a sequential vote:
+   ask until one answer leads by more than the next vote could overturn).
 4. Combine with the vote weighted by each expert's log-odds of being right
    (`Estimate.weight`). No LLM aggregator: on the pools we measured, an aggregator that
    answers on its own overrode the routed experts (the issue's cause 3).
@@ -100,38 +102,45 @@ class Conclave:
         plans: list[Plan],
         answers: list[list[ExpertAnswer]],
     ) -> list[list[str]]:
-        """The next expert for each item whose answers still leave doubt; [] when done."""
-        out: list[list[str]] = []
-        for plan, ans in zip(plans, answers, strict=True):
+        """The next expert for each item whose answers still leave doubt, most doubtful
+        first, while the batch stays within `max_expert_calls` per question on average;
+        [] for an item that is done."""
+        budget = ctx.conclave.config.routing.max_expert_calls
+        spent = sum(len(p.experts) for p in plans)
+        allowance = budget * len(plans) - spent
+        doubtful: list[tuple[float, int, str]] = []
+        for i, (plan, ans) in enumerate(zip(plans, answers, strict=True)):
             why = plan.explanation
             assert why is not None and plan.weights is not None  # set by `plan`
             if why.stopped:
-                out.append([])
                 continue
             weights = plan.weights
-            ranked = list(why.estimates)  # best first
-            left = [e for e in ranked if e not in plan.experts]
+            left = [e for e in why.estimates if e not in plan.experts]  # best first
             tally: dict[str, float] = {}
             for a in ans:
                 if a.choice is not None:
                     tally[a.choice] = tally.get(a.choice, 0.0) + weights[a.expert]
             lead, second = (sorted(tally.values(), reverse=True) + [0.0, 0.0])[:2]
-            nxt = left[0] if left else None
-            if len(plan.experts) >= why.budget or nxt is None:
-                why.stopped = "budget spent" if left else "no expert left"
-                out.append([])
-            elif len(ans) == 1 and tally:
+            if not left:
+                why.stopped = "every serving expert answered"
+            elif len(ans) == 1 and tally and len(why.stages[0]) == 1:
                 why.stopped = "the best expert answered; it is reliably best"
-                out.append([])
-            elif tally and len(tally) == 1 and len(ans) > 1:
+            elif tally and len(tally) == 1 and len(ans) > 1 and lead > weights[left[0]]:
                 why.stopped = f"{len(ans)} answers agree"
-                out.append([])
-            elif tally and lead - second > weights[nxt]:
+            elif tally and lead - second > weights[left[0]]:
                 why.stopped = "the next expert's vote could not change the outcome"
-                out.append([])
-            else:
-                why.stages.append([nxt])
-                out.append([nxt])
+            else:  # doubt: how far the next vote is from settling it (more: ask first)
+                doubtful.append((weights[left[0]] - (lead - second), i, left[0]))
+        out: list[list[str]] = [[] for _ in plans]
+        for _, i, nxt in sorted(doubtful, key=lambda d: (-d[0], d[1])):
+            why = plans[i].explanation
+            assert why is not None
+            if allowance <= 0:
+                why.stopped = "the batch's budget is spent"
+                continue
+            allowance -= 1
+            why.stages.append([nxt])
+            out[i] = [nxt]
         return out
 
     def combiner(self, ctx: StrategyContext) -> str | None:

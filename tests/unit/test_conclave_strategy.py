@@ -75,8 +75,8 @@ def _escalation(weights: dict[str, float], asked: list[str], budget: int = 3) ->
         (["A", "B"], {"a": 3.0, "b": 0.5, "c": 0.4}, [], "could not change the outcome"),
         (["A"], {"a": 1.0, "b": 0.9, "c": 0.8}, [], "reliably best"),
         ([None], {"a": 1.0, "b": 0.9, "c": 0.8}, ["b"], ""),  # no option named: ask on
-        (["A", "B", "C"], {"a": 1.0, "b": 0.9, "c": 0.8, "d": 0.7}, [], "budget spent"),
-        (["A", "B", "C"], {"a": 1.0, "b": 0.9, "c": 0.8}, [], "no expert left"),
+        (["A", "B", "C"], {"a": 1.0, "b": 0.9, "c": 0.8, "d": 0.7}, [], "budget is spent"),
+        (["A", "B", "C"], {"a": 1.0, "b": 0.9, "c": 0.8}, [], "every serving expert answered"),
     ],
 )
 def test_escalation_asks_the_next_expert_only_while_it_could_matter(
@@ -92,6 +92,25 @@ def test_escalation_asks_the_next_expert_only_while_it_could_matter(
     assert why in plan.explanation.stopped
     if expected:
         assert plan.explanation.stages[-1] == expected
+
+
+def test_the_budget_is_an_average_spent_on_the_most_doubtful_questions_first():
+    strat = get_strategy("conclave")
+    weights = {"a": 1.0, "b": 0.9, "c": 0.8, "d": 0.7, "e": 0.6}
+    easy = _escalation(weights, ["a"])  # one answer from a reliably best expert
+    split = _escalation(weights, ["a", "b", "c"])  # three different answers
+    close = _escalation(weights, ["a", "b"])  # two different answers
+    answers = [
+        [ExpertAnswer(expert="a", choice="A")],
+        [ExpertAnswer(expert=e, choice=c) for e, c in zip("abc", "ABC", strict=True)],
+        [ExpertAnswer(expert=e, choice=c) for e, c in zip("ab", "AB", strict=True)],
+    ]
+    with make() as c:
+        ctx = StrategyContext(c, list(weights))
+        more = strat.escalate(ctx, items("test")[:3], [easy, split, close], answers)
+    # 6 calls so far, 9 allowed: the easy question's savings buy the other two one more
+    assert more == [[], ["d"], ["c"]]
+    assert "reliably best" in easy.explanation.stopped
 
 
 def test_conclave_routes_each_question_to_its_specialist_alone():

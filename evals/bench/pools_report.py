@@ -1,0 +1,198 @@
+"""The figures of `conclave bench routing`: typed results per pool and strategy,
+aggregated over the seeds, and the chart (per pool, each strategy's mean accuracy as a
+bar with the seeds' range as error bars, the oracle as a black marker)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from evals.bench.scripted import ScriptedPool
+from orchestrator.types import Item
+
+
+class Spread(BaseModel):
+    """A figure over the seeds: mean, min and max."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mean: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        return cls(
+            mean=round(sum(values) / len(values), 2),
+            min=round(min(values), 2),
+            max=round(max(values), 2),
+        )
+
+
+class StrategyFigures(BaseModel):
+    """One strategy on one pool, over the seeds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: str
+    accuracy: Spread = Field(..., description="Percent correct.")
+    expert_calls_per_question: float = Field(..., description="Mean over the seeds.")
+    calls_per_question: float = Field(..., description="LLM calls, keywords and aggregator too.")
+    gap: Spread = Field(..., description="Accuracy minus max(oracle, majority), points.")
+
+
+class SeedRun(BaseModel):
+    """One pool at one seed: one `conclave eval` run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int
+    accuracy: dict[str, float] = Field(..., description="Per strategy, percent.")
+    oracle: float
+    majority: float
+    singles: dict[str, float] = Field(..., description="Each expert alone, percent.")
+    validation_accuracy: dict[str, float] = Field(..., description="Measured by profiling.")
+    aggregator: str | None = Field(..., description="What profiling chose for symbolic-moe.")
+    best_single: str | None
+    failed_answers: int = Field(..., description="Expert answers that came back as errors.")
+    wall_s: float
+
+
+class PoolFigures(BaseModel):
+    """Every strategy on one pool, with its references, over the seeds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool: str
+    description: str
+    experts: int
+    keyword_error: float
+    strategies: list[StrategyFigures]
+    oracle: Spread
+    majority: Spread
+    reference: Spread = Field(..., description="max(oracle, majority) per seed.")
+    singles: dict[str, float] = Field(..., description="Each expert alone, mean percent.")
+    expected_validation_accuracy: dict[str, float] = Field(
+        ..., description="What the script sets each expert's validation accuracy to, percent."
+    )
+    runs: list[SeedRun]
+
+
+class PoolsBenchResult(BaseModel):
+    """`conclave bench routing`: strategies on scripted pools, against the references."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: list[int]
+    per_category: int
+    test_questions: int
+    profile_questions: int
+    strategies: list[str]
+    embedder: str
+    machine: str
+    wall_s: float
+    pools: list[PoolFigures]
+    chart: str | None = Field(None, description="The chart's path, when written.")
+
+
+def _expected(pool: ScriptedPool, items: Sequence[Item]) -> dict[str, float]:
+    """Each expert's validation accuracy in expectation, from its script."""
+    return {
+        e.name: round(
+            100
+            * sum(e.accuracy_in(it.category) for it in items)
+            * (1 - e.garbage)
+            * (1 - e.errors)
+            / len(items),
+            2,
+        )
+        for e in pool.experts
+    }
+
+
+def pool_figures(
+    pool: ScriptedPool,
+    runs: list[tuple[SeedRun, dict[str, Any]]],
+    strategies: Sequence[str],
+    profile_items: Sequence[Item],
+) -> PoolFigures:
+    """One pool's figures over its seeds' runs (each a `SeedRun` and its eval summary);
+    each gap is taken per seed, then summarised."""
+    seeds = [r for r, _ in runs]
+    refs = [max(r.oracle, r.majority) for r in seeds]
+
+    def mean(xs: Sequence[float]) -> float:
+        return round(sum(xs) / len(xs), 2)
+
+    rows = [
+        StrategyFigures(
+            strategy=s,
+            accuracy=Spread.of([r.accuracy[s] for r in seeds]),
+            expert_calls_per_question=mean([sm[s]["expert_calls_per_question"] for _, sm in runs]),
+            calls_per_question=mean([sm[s]["calls_per_question"] for _, sm in runs]),
+            gap=Spread.of([r.accuracy[s] - ref for r, ref in zip(seeds, refs, strict=True)]),
+        )
+        for s in strategies
+    ]
+    return PoolFigures(
+        pool=pool.name,
+        description=pool.description,
+        experts=len(pool.experts),
+        keyword_error=pool.keyword_error,
+        strategies=rows,
+        oracle=Spread.of([r.oracle for r in seeds]),
+        majority=Spread.of([r.majority for r in seeds]),
+        reference=Spread.of(refs),
+        singles={e: mean([r.singles.get(e, 0.0) for r in seeds]) for e in seeds[0].singles},
+        expected_validation_accuracy=_expected(pool, profile_items),
+        runs=seeds,
+    )
+
+
+def chart_png(res: PoolsBenchResult) -> bytes:
+    """Per pool, grouped bars of each strategy's mean accuracy (min-max as error bars),
+    with the oracle as a black marker over the group."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(res.strategies)
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(res.pools)), 4.5), dpi=110)
+    for j, s in enumerate(res.strategies):
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(res.pools))]
+        rows = [next(r for r in p.strategies if r.strategy == s) for p in res.pools]
+        means = [r.accuracy.mean for r in rows]
+        errs = [
+            [m - r.accuracy.min for m, r in zip(means, rows, strict=True)],
+            [r.accuracy.max - m for m, r in zip(means, rows, strict=True)],
+        ]
+        ax.bar(xs, means, width, yerr=errs, capsize=2, label=s)
+    ax.scatter(
+        range(len(res.pools)),
+        [p.oracle.mean for p in res.pools],
+        marker="_",
+        s=900,
+        color="black",
+        label="oracle (reference)",
+        zorder=3,
+    )
+    ax.set_xticks(range(len(res.pools)), [p.pool for p in res.pools], fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(
+        f"scripted pools: {res.test_questions} MMLU-Pro questions, {len(res.seeds)} seeds",
+        fontsize=10,
+    )
+    ax.legend(fontsize=7, ncol=min(4, n + 1), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    ax.grid(axis="y", alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
