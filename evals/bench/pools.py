@@ -103,10 +103,18 @@ POOLS: dict[str, ScriptedPool] = {
         ),
         ScriptedPool(
             name="noisy-keywords",
-            description="the specialists, with a keyword model that names another "
-            "category's keywords for 30% of questions",
+            description="the specialists, with a keyword model whose answers name another "
+            "category's keywords 30% of the time",
             experts=SPECIALISTS,
             keyword_error=0.3,
+        ),
+        ScriptedPool(
+            name="misleading-keywords",
+            description="the specialists, with a keyword model that names another "
+            "category's keywords for 30% of questions, every time it is asked",
+            experts=SPECIALISTS,
+            keyword_error=0.3,
+            keyword_error_per_question=True,
         ),
         ScriptedPool(
             name="twenty",

@@ -82,7 +82,15 @@ class ScriptedPool(BaseModel):
     description: str
     experts: list[ScriptedExpert]
     keyword_error: float = Field(
-        0.0, ge=0.0, le=1.0, description="Share of questions given another category's keywords."
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of the keyword model's answers that name another category's "
+        "keywords: of its calls (each sample errs on its own), or of the questions with "
+        "`keyword_error_per_question` (every sample of such a question misleads alike).",
+    )
+    keyword_error_per_question: bool = Field(
+        False, description="The keyword model's errors stick to questions, not to calls."
     )
     distractor: float = Field(
         0.3,
@@ -137,9 +145,10 @@ class Script:
 
     def _keywords(self, item: Item, sample: int) -> str:
         category = item.category if item.category in KEYWORDS else "other"
-        if self._rng("keyword-error", item.id).random() < self.pool.keyword_error:
+        draw = () if self.pool.keyword_error_per_question else (sample,)
+        if self._rng("keyword-error", item.id, *draw).random() < self.pool.keyword_error:
             others = [c for c in CATEGORIES if c != category]
-            category = self._rng("keyword-category", item.id).choice(others)
+            category = self._rng("keyword-category", item.id, *draw).choice(others)
         rng = self._rng(KEYWORD_MODEL, item.id, sample)
         words = rng.sample(KEYWORDS[category], rng.choice((2, 3)))
         return "Keywords: " + ", ".join(words)
