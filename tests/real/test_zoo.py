@@ -157,12 +157,12 @@ def test_conclave_eval_on_the_reduced_zoo(zoo, ray_cluster, tmp_path, monkeypatc
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     s = summary["strategies"]
-    assert {"best-single", "random-k", "majority", "moa", "symbolic-moe"} <= set(s)
+    assert {"conclave", "best-single", "random-k", "majority", "moa", "symbolic-moe"} <= set(s)
     assert {"single:facts-mini", "single:numbers-moe-mini", "oracle (reference)"} <= set(s)
     assert all(v["questions"] == 4 for k, v in s.items() if not k.startswith("oracle"))
     assert s["majority"]["calls_per_question"] == 2
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 5 * 4
+    assert len(rows) == 6 * 4  # six strategies, four questions
     for r in rows:
         assert r["answers"] and all(a["text"] for a in r["answers"])
     for name in ("summary.json", "report.md", "chart.png"):
