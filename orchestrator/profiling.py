@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     from orchestrator.conclave import Conclave
 
 #: bumped when profiling records more: a cached profile from before is built again
-#: (2: per-keyword answer counts, for the 'conclave' strategy's estimates)
-PROFILE_FORMAT = 2
+#: (2: per-keyword answer counts, for the 'conclave' strategy's estimates; 3: how often wrong
+#: answers agree)
+PROFILE_FORMAT = 3
 
 
 def _hash(obj: object) -> str:
@@ -138,6 +139,7 @@ def profile(
         accuracy=acc,
         aggregator=choice,
         aggregator_scores=scores,
+        wrong_agreement=wrong_agreement(items, per_item),
     )
     conclave.state = state
     probes: dict[str, list[Probe]] = {}
@@ -150,6 +152,18 @@ def profile(
     if conclave.monitor is not None:  # picks the free agent with the best validation record
         conclave.monitor.record = dict(acc)
     return state
+
+
+def wrong_agreement(items: Sequence[Item], per_item: Sequence[list[ExpertAnswer]]) -> float:
+    """The share of pairs of wrong answers to one question that are the same answer."""
+    agree = pairs = 0
+    for it, ans in zip(items, per_item, strict=True):
+        wrong = [a.choice for a in ans if a.choice is not None and a.choice != it.gold_answer]
+        for i, x in enumerate(wrong):
+            for y in wrong[i + 1 :]:
+                pairs += 1
+                agree += x == y
+    return round(agree / pairs, 4) if pairs else 0.0
 
 
 def aggregation_benchmark(

@@ -151,6 +151,11 @@ class RoutingState(BaseModel):
     aggregator_scores: dict[str, float] = Field(
         default_factory=dict, description="Aggregation-benchmark accuracy per candidate."
     )
+    wrong_agreement: float = Field(
+        0.0,
+        description="How often two experts' wrong answers to one validation question were "
+        "the same answer: how far a vote of wrong answers can gang up on a right one.",
+    )
     probes: dict[str, list[Probe]] = Field(
         default_factory=dict,
         description="Per serving expert, the validation questions the router sends it: "

@@ -62,26 +62,35 @@ def estimate(
     return Estimate(expert, sum(per_skill) / len(per_skill), evidence / len(per_skill), mu)
 
 
-def vote_accuracy(estimates: Sequence[Estimate], options: int) -> float:
-    """The chance that the weighted vote of these experts is right, if they err
-    independently and their wrong answers never coincide (a tie is a fair coin): what
-    asking them all is worth, to compare with asking the best alone."""
+def vote_accuracy(estimates: Sequence[Estimate], options: int, collusion: float = 0.0) -> float:
+    """The chance that the weighted vote of these experts is right if they err
+    independently: a wrong answer is the question's one shared distractor with
+    probability `collusion` (so wrong answers can agree and outvote a right one), else a
+    wrong answer of its own; a tie is a fair coin. What asking them all is worth, to
+    compare with asking the best alone."""
     weights = [e.weight(options) for e in estimates]
     total = 0.0
-    for pattern in range(1 << len(estimates)):
-        prob, right_w, wrong_ws = 1.0, 0.0, []
+    # each expert: 0 right, 1 the shared distractor, 2 a wrong answer of its own
+    for pattern in range(3 ** len(estimates)):
+        prob, right_w, shared_w, own = 1.0, 0.0, 0.0, []
+        code = pattern
         for i, e in enumerate(estimates):
-            if pattern >> i & 1:
+            code, kind = divmod(code, 3)
+            if kind == 0:
                 prob *= e.accuracy
                 right_w += weights[i]
+            elif kind == 1:
+                prob *= (1 - e.accuracy) * collusion
+                shared_w += weights[i]
             else:
-                prob *= 1 - e.accuracy
-                wrong_ws.append(weights[i])
-        if right_w == 0:
+                prob *= (1 - e.accuracy) * (1 - collusion)
+                own.append(weights[i])
+        if prob == 0 or right_w == 0:
             continue
-        top_wrong = max(wrong_ws, default=0.0)
-        if right_w > top_wrong + 1e-12:
+        rivals = [w for w in (shared_w, *own) if w > 0]
+        top = max(rivals, default=0.0)
+        if right_w > top + 1e-12:
             total += prob
-        elif math.isclose(right_w, top_wrong):
-            total += prob / (1 + sum(math.isclose(w, right_w) for w in wrong_ws))
+        elif math.isclose(right_w, top):
+            total += prob / (1 + sum(math.isclose(w, right_w) for w in rivals))
     return total

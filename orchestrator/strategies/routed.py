@@ -6,8 +6,8 @@ Per question:
    answers behind it (`skills.estimates`: per-keyword counts from profiling, shrunk
    towards the expert's overall accuracy), not +-1 sums times a global prior.
 2. Ask the best expert alone when it is reliably best: when its estimate is at least
-   what the weighted vote of the best `max_expert_calls` would be worth. Otherwise ask
-   the best two.
+   what the weighted vote of the best three would be worth, given how often wrong answers
+   agreed when profiling (they can gang up on a right one). Otherwise ask the best two.
 3. Escalate in stages (one pool batch each): while the answers so far leave doubt (they
    disagree, or the one answer names no option or failed) and the next expert's vote
    could still change the outcome, ask the next best. The budget, `max_expert_calls`,
@@ -63,6 +63,9 @@ class Conclave:
             raise ConfigError("'conclave' routes by profiles: run `profile` first")
         routing = c.config.routing
         budget = routing.max_expert_calls
+        # wrong answers that agree can outvote a right one: as often as they did when
+        # profiling (two wrong answers agree about as often as both pick the distractor)
+        collusion = (c.state.wrong_agreement if c.state is not None else 0.0) ** 0.5
         profiles = {e: c.profile_of(e) for e in ctx.experts}
         plans = []
         for it, (words, skills, calls, usage) in zip(
@@ -75,7 +78,7 @@ class Conclave:
             k = _options(it)
             best = ests[0]
             team = ests[: min(budget, 3, len(ests))]
-            alone = len(team) == 1 or best.accuracy >= vote_accuracy(team, k)
+            alone = len(team) == 1 or best.accuracy >= vote_accuracy(team, k, collusion)
             first = [best.expert] if alone or budget == 1 else [e.expert for e in ests[:2]]
             plans.append(
                 Plan(

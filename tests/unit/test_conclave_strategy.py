@@ -57,6 +57,25 @@ def test_the_vote_is_worth_more_than_one_expert_only_when_no_one_dominates():
     assert vote_accuracy(dominant, 10) == pytest.approx(0.9)
 
 
+def test_wrong_answers_that_agree_make_the_vote_worth_less():
+    from orchestrator.profiling import wrong_agreement
+    from orchestrator.types import Item
+    from skills.estimates import Estimate
+
+    team = [
+        Estimate("a", 0.78, 10, 0.78),
+        Estimate("b", 0.52, 10, 0.5),
+        Estimate("c", 0.32, 10, 0.3),
+    ]
+    spread, ganging = vote_accuracy(team, 10, 0.0), vote_accuracy(team, 10, 0.5)
+    # with spread mistakes the two weaker experts can only add right answers; when their
+    # mistakes agree they also outvote the best one when it is right
+    assert spread > 0.78 > ganging
+    item = Item(id="q", question="Q? The options are: (A) a (B) b (C) c", gold_answer="A")
+    answers = [ExpertAnswer(expert=e, choice=c) for e, c in zip("wxyz", "BBCA", strict=True)]
+    assert wrong_agreement([item], [answers]) == pytest.approx(1 / 3, abs=1e-4)  # B=B, B/C, B/C
+
+
 def _escalation(weights: dict[str, float], asked: list[str], budget: int = 3) -> Plan:
     return Plan(
         list(asked),
