@@ -21,23 +21,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.config import ConclaveConfig, Role
+from orchestrator.config import ConclaveConfig, Role, SamplingOverride
 from orchestrator.errors import ConfigError
 from orchestrator.extensions import check_extensions
 from orchestrator.probes import ProbeScheduler
 from orchestrator.strategies import Plan, Strategy, StrategyContext, get_strategy
-from orchestrator.traces import MAX_STAGES, new_trace, probe_trace, weigh
+from orchestrator.traces import new_trace, probe_trace, weigh
 from orchestrator.types import ExpertAnswer, Item, RoutingDecision, RoutingState, Trace, Usage
 from skills.router import Router, make_router
 
 if TYPE_CHECKING:
     from agents.aggregators import AggregationContext, Combined
     from agents.free_agents import FreeAgentMonitor
-    from orchestrator.config import SamplingOverride
     from orchestrator.protocol import ChatAnswer
     from skills.inventory import Embedder, SkillInventory
     from skills.profiles import ModelProfile, ProfileSet
     from workers.pool import ExpertPool
+
+
+#: stages a strategy may add after its first batch (each one pool batch)
+MAX_STAGES = 4
 
 
 class Conclave:
@@ -92,7 +95,7 @@ class Conclave:
     @property
     def experts(self) -> list[str]:
         """Every expert of the pool, free agents included (profiling asks them all)."""
-        return [e.name for e in self.config.pool.experts if Role.EXPERT in e.roles]
+        return self.config.pool.with_role(Role.EXPERT)
 
     @property
     def serving(self) -> list[str]:
@@ -105,7 +108,7 @@ class Conclave:
         return self.probes.asked
 
     def with_role(self, role: Role) -> list[str]:
-        return [e.name for e in self.config.pool.experts if role in e.roles]
+        return self.config.pool.with_role(role)
 
     def embedder(self) -> Embedder:
         """The skill inventory's keyword embedder (MiniLM, or n-grams in dry runs)."""
@@ -196,30 +199,29 @@ class Conclave:
             for i, key in enumerate(keys)
         ]
 
+    def _temperature(self, expert: str) -> float | None:
+        """The expert's sampling temperature; None for an unknown expert (the pool answers
+        it with an error result)."""
+        try:
+            return self.config.pool.expert(expert).sampling.temperature
+        except KeyError:
+            return None
+
     def samples(self, expert: str) -> bool:
         """Whether the expert samples (temperature > 0): two draws are two answers."""
-        try:
-            return self.config.pool.expert(expert).sampling.temperature > 0.0
-        except KeyError:  # unknown: the pool answers it with an error result
-            return False
+        return (self._temperature(expert) or 0.0) > 0.0
 
     def _draw_sampling(self, item: Item, expert: str, draw: int) -> SamplingOverride | None:
         """Draw 0 runs at the expert's settings; a later draw of a sampling expert gets a
         seed of its own (the same for the same question, expert and draw)."""
         if not draw or not self.samples(expert):
             return None
-        from orchestrator.config import SamplingOverride
-
         digest = hashlib.sha256(f"{item.id}|{expert}|{draw}".encode()).digest()
         return SamplingOverride(seed=int.from_bytes(digest[:4], "big") & 0x7FFFFFFF)
 
     def _deterministic(self, expert: str) -> bool:
-        if not self.reuse_answers:
-            return False
-        try:
-            return self.config.pool.expert(expert).sampling.temperature == 0.0
-        except KeyError:  # unknown: the pool answers it with an error result
-            return False
+        """Whether a greedy expert's earlier answer may be reused (`reuse_answers`)."""
+        return self.reuse_answers and self._temperature(expert) == 0.0
 
     def aggregate(
         self,

@@ -17,7 +17,6 @@ def check_extensions(config: ConclaveConfig) -> None:
     ROUTERS.get(config.routing.router.type)
     get_strategy(config.routing.strategy)
     if config.routing.aggregator != "auto":
-        llms = [e.name for e in config.pool.experts if Role.AGGREGATOR in e.roles]
-        get_aggregator(config.routing.aggregator, llms)
+        get_aggregator(config.routing.aggregator, config.pool.with_role(Role.AGGREGATOR))
     if config.free_agents.active:
         SWAP_RULES.get(config.free_agents.swap_rule)

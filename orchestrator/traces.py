@@ -12,10 +12,6 @@ if TYPE_CHECKING:
     from orchestrator.conclave import Conclave
 
 
-#: stages a strategy may add after its first batch (each one pool batch)
-MAX_STAGES = 4
-
-
 def weigh(answers: list[ExpertAnswer], plan: Plan, conclave: Conclave) -> None:
     """Each answer's vote weight: the strategy's weight for its expert when it gives one,
     else the times the expert was drawn (split over its samples when it sampled)."""

@@ -69,7 +69,7 @@ def evaluate_zoo(
     from workers.pool import ExpertPool
 
     rows = generate("test", per_category, seed=seed)
-    names = [e.name for e in config.pool.experts if Role.EXPERT in e.roles]
+    names = config.pool.with_role(Role.EXPERT)
     reqs = [
         GenerationRequest(item_id=f"{q.id}|{n}", expert=n, messages=mc_messages(q.question))
         for q in rows

@@ -101,6 +101,10 @@ class PoolConfig(Strict):
             seen.add(e.name)
         return self
 
+    def with_role(self, role: Role) -> list[str]:
+        """The names of the experts that may take `role`, in the pool's order."""
+        return [e.name for e in self.experts if role in e.roles]
+
     def expert(self, name: str) -> ExpertConfig:
         for e in self.experts:
             if e.name == name:
@@ -160,7 +164,7 @@ class ConclaveConfig(Strict):
 
     @model_validator(mode="after")
     def _free_agents_are_experts(self) -> ConclaveConfig:
-        experts = [e.name for e in self.pool.experts if Role.EXPERT in e.roles]
+        experts = self.pool.with_role(Role.EXPERT)
         for i, name in enumerate(self.free_agents.free_agents):
             if name not in experts:
                 raise ValueError(

@@ -7,16 +7,18 @@
         plan(ctx, items)   -> a Plan per item: the experts to ask (a repeat is a weight)
         combiner(ctx)      -> the aggregator that combines their answers, or None to
                               take the one expert's answer as it is
-        escalate(...)      -> optional: more experts per item after each batch
+        escalate(ctx, items, plans, answers) -> optional: after each batch, the
+                              experts to ask next per item ([] when it is done); the
+                              facade asks them in one more batch and asks again
 
 The facade (`Conclave.answer`) runs every strategy the same way: plan all items, ask
 every distinct (item, expert) pair in one pool batch (grouped by model), then combine
 each item's answers with the strategy's aggregator in one more batch. A strategy never
 calls the pool itself, so batching, answer reuse, probes and shadowing apply to all.
 
-Built in (`orchestrator.strategies.builtin`): `single`, `best-single`, `random-k`,
-`majority`, `moa`, `symbolic-moe`. Register your own with `STRATEGIES.add(name, obj)`;
-from YAML-driven runs, list its module under `plugins`.
+Built in: `conclave` (`routed.py`, the default) and, in `builtin.py`, `single`,
+`best-single`, `random-k`, `majority`, `moa`, `symbolic-moe`. Register your own with
+`STRATEGIES.add(name, obj)`; from YAML-driven runs, list its module under `plugins`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from orchestrator.registry import Registry
-from orchestrator.types import ExpertAnswer, Item, RouteExplanation, RoutingDecision, Usage
+from orchestrator.types import Item, RouteExplanation, RoutingDecision, Usage
 
 if TYPE_CHECKING:
     from orchestrator.conclave import Conclave
@@ -86,20 +88,6 @@ class Strategy(Protocol):
         """The aggregator's name ('vote', a registered aggregator, or an aggregator
         expert), or None: the single planned expert's answer is final."""
         ...
-
-
-class Escalating(Strategy, Protocol):
-    """A strategy that asks in stages: after each batch, `escalate` names the experts to
-    ask next for each item (none: that item is done). The facade asks them in one more
-    batch, appends them to the item's plan and answers, and asks again."""
-
-    def escalate(
-        self,
-        ctx: StrategyContext,
-        items: Sequence[Item],
-        plans: list[Plan],
-        answers: list[list[ExpertAnswer]],
-    ) -> list[list[str]]: ...
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy", "--strategy / Conclave.answer")

@@ -128,10 +128,13 @@ class Conclave:
                 why.stopped = "every serving expert answered"
             elif len(ans) == 1 and tally and len(why.stages[0]) == 1:
                 why.stopped = "the best expert answered; it is reliably best"
-            elif tally and len(tally) == 1 and len(ans) > 1 and lead > weights[left[0]]:
-                why.stopped = f"{len(ans)} answers agree"
             elif tally and lead - second > weights[left[0]]:
-                why.stopped = "the next expert's vote could not change the outcome"
+                agree = len(tally) == 1 and len(ans) > 1
+                why.stopped = (
+                    f"{len(ans)} answers agree"
+                    if agree
+                    else "the next expert's vote could not change the outcome"
+                )
             else:  # doubt: how far the next vote is from settling it (more: ask first)
                 doubtful.append((weights[left[0]] - (lead - second), i, left[0]))
         out: list[list[str]] = [[] for _ in plans]
