@@ -96,6 +96,7 @@ class Combined(NamedTuple):
     text: str | None = None  # the aggregator LLM's reply, if one was asked
     fell_back: bool = False  # its reply named no option, so the vote decided
     usage: Usage = Usage()
+    calls: int | None = None  # LLM calls it made (None: the aggregator's `llm_calls`)
 
 
 Ask = Callable[[list[GenerationRequest]], list[GenerationResult]]
@@ -164,12 +165,15 @@ class AccuracyVote(Vote):
 
 class Synthesis:
     """An aggregator LLM synthesises the answers (Mixture-of-Agents); the vote decides
-    when its reply names no option."""
+    when its reply names no option. With `when_split`, the LLM is asked only where the
+    answers name more than one option: answers that agree are the final answer as they
+    are (what `conclave` does with an aggregator that won on validation)."""
 
     llm_calls = 1
 
-    def __init__(self, expert: str) -> None:
+    def __init__(self, expert: str, when_split: bool = False) -> None:
         self.expert = expert
+        self.when_split = when_split
 
     def combine(
         self,
@@ -178,21 +182,27 @@ class Synthesis:
         ctx: AggregationContext,
     ) -> list[Combined]:
         votes = Vote().combine(items, answers, ctx)
+        asked = [
+            i
+            for i, ans in enumerate(answers)
+            if not self.when_split or len({a.choice for a in ans if a.choice is not None}) > 1
+        ]
         reqs = [
             GenerationRequest(
-                item_id=it.id,
+                item_id=items[i].id,
                 expert=self.expert,
                 messages=synthesis_messages(
-                    it.question, [a.text or "" for a in ans], it.answer_type
+                    items[i].question, [a.text or "" for a in answers[i]], items[i].answer_type
                 ),
             )
-            for it, ans in zip(items, answers, strict=True)
+            for i in asked
         ]
-        out = []
-        for it, v, r in zip(items, votes, ctx.ask(reqs), strict=True):
+        out = [Combined(v.choice, calls=0) for v in votes]
+        for i, r in zip(asked, ctx.ask(reqs) if reqs else [], strict=True):
+            it = items[i]
             choice = extract_answer(r.text, it.question, it.answer_type) if r.ok else None
             usage = Usage(r.prompt_tokens, r.completion_tokens)
-            out.append(Combined(choice or v.choice, r.text, choice is None, usage))
+            out[i] = Combined(choice or votes[i].choice, r.text, choice is None, usage, 1)
         return out
 
 

@@ -16,7 +16,9 @@ challengers' shadow answers (scored, never returned).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,17 +26,27 @@ from typing import TYPE_CHECKING
 from orchestrator.config import ConclaveConfig, Role, SamplingOverride
 from orchestrator.errors import ConfigError
 from orchestrator.extensions import check_extensions
+from orchestrator.learning import RecentAnswers
 from orchestrator.probes import ProbeScheduler
 from orchestrator.strategies import Plan, Strategy, StrategyContext, get_strategy
 from orchestrator.traces import new_trace, probe_trace, weigh
-from orchestrator.types import ExpertAnswer, Item, RoutingDecision, RoutingState, Trace, Usage
+from orchestrator.types import (
+    ExpertAnswer,
+    Item,
+    RoutePlan,
+    RoutingDecision,
+    RoutingState,
+    Trace,
+    Usage,
+)
 from skills.router import Router, make_router
 
 if TYPE_CHECKING:
-    from agents.aggregators import AggregationContext, Combined
+    from agents.aggregators import AggregationContext, Aggregator, Combined
     from agents.free_agents import FreeAgentMonitor
     from orchestrator.protocol import ChatAnswer
     from skills.inventory import Embedder, SkillInventory
+    from skills.neighbours import Evidence, QuestionIndex
     from skills.profiles import ModelProfile, ProfileSet
     from workers.pool import ExpertPool
 
@@ -62,6 +74,13 @@ class Conclave:
         self._embedder = embedder
         self.profiles: ProfileSet | None = None
         self.inventory: SkillInventory | None = None
+        #: the embedded validation questions with each expert's outcome (profiling)
+        self.questions: QuestionIndex | None = None
+        #: where the routing state was loaded from or saved to: learning writes it back
+        self.state_dir: Path | None = None
+        #: answered questions, for feedback
+        self.recent = RecentAnswers()
+        self._learning = threading.Lock()
         self.state: RoutingState | None = None
         self.monitor: FreeAgentMonitor | None = None
         self.probes = ProbeScheduler(config.free_agents.probes_per_task)
@@ -302,6 +321,25 @@ class Conclave:
         the keyword model runs, the experts do not."""
         return [d for d, _, _ in self.routed(items, progress)]
 
+    def plan(self, items: Sequence[Item], strategy: str | None = None) -> list[RoutePlan]:
+        """What `strategy` (default: the served one, `routing.strategy`) would do with each
+        item, without asking any expert: whom it asks first, and why."""
+        name = strategy or self.config.routing.strategy
+        strat = get_strategy(name)
+        experts, _ = self.monitor.plan() if self.monitor else (self.experts, {})
+        plans = strat.plan(StrategyContext(self, experts), items)
+        return [
+            RoutePlan(
+                item_id=it.id,
+                strategy=name,
+                keywords=p.keywords,
+                experts=list(p.experts),
+                explanation=p.explanation,
+                routing=p.routing,
+            )
+            for it, p in zip(items, plans, strict=True)
+        ]
+
     def routed(
         self, items: Sequence[Item], progress: bool, experts: Sequence[str] | None = None
     ) -> list[tuple[RoutingDecision, int, Usage]]:
@@ -328,6 +366,16 @@ class Conclave:
             skills = self.inventory.map(words) if self.inventory is not None else []
             out.append((words, skills, calls, usage))
         return out
+
+    def neighbours_of(self, items: Sequence[Item]) -> list[dict[str, Evidence]]:
+        """Per item, each expert's similarity-weighted record on the item's nearest
+        validation questions (`skills.neighbours`), in one embedding batch; empty when
+        profiling chose to trust the keywords alone."""
+        st = self.state
+        if self.questions is None or st is None or st.neighbour_weight <= 0 or not items:
+            return [{} for _ in items]
+        sims = self.questions.similarities(self.embedder().encode([it.question for it in items]))
+        return self.questions.evidence(sims, list(self.questions.outcomes), st.neighbours)
 
     def answer(
         self,
@@ -380,6 +428,7 @@ class Conclave:
             self.monitor.observe(
                 scored, {tr.id: [(incumbent[a.expert], a) for a in tr.shadow] for tr in scored}
             )
+        self.recent.record(items, traces)
         return traces
 
     def _draws(self, drawn: Sequence[str]) -> list[tuple[str, int]]:
@@ -414,30 +463,68 @@ class Conclave:
 
     def _combine(
         self,
-        aggregator: str | None,
+        aggregator: str | Aggregator | None,
         items: Sequence[Item],
         traces: list[Trace],
         per_item: list[list[ExpertAnswer]],
         progress: bool,
     ) -> None:
-        """Each trace's final choice: the one expert's answer, or the aggregator's."""
+        """Each trace's final choice: the one expert's answer, or the aggregator's (a
+        name, or an aggregator the strategy made)."""
         if aggregator is None:
             for tr in traces:
                 tr.choice = tr.answers[0].choice
         else:
             from agents.aggregators import get_aggregator
 
-            agg = get_aggregator(aggregator, self.with_role(Role.AGGREGATOR))
+            if isinstance(aggregator, str):
+                name, agg = aggregator, get_aggregator(aggregator, self.with_role(Role.AGGREGATOR))
+            else:
+                name, agg = getattr(aggregator, "expert", type(aggregator).__name__), aggregator
             outs = agg.combine(items, per_item, self._aggregation_context(progress))
             for tr, out in zip(traces, outs, strict=True):
-                tr.aggregator, tr.aggregator_text = aggregator, out.text
+                tr.aggregator, tr.aggregator_text = name, out.text
                 tr.fell_back_to_vote, tr.choice = out.fell_back, out.choice
-                tr.calls += agg.llm_calls
+                tr.calls += agg.llm_calls if out.calls is None else out.calls
                 tr.tokens += out.usage.total
                 tr.completion_tokens += out.usage.completion
         for tr in traces:
             if tr.gold is not None:
                 tr.correct = tr.choice == tr.gold
+
+    # ---- learning -----------------------------------------------------------------------
+
+    def feedback(self, task: str, correct: bool, gold: str | None = None) -> int:
+        """A user graded the final answer to question `task` (and may have given the right
+        answer, `gold`): the experts' graded answers update the estimates the routed
+        strategies read (`orchestrator.learning`), saved with the profile, and the
+        free-agent monitor's rewards. Returns how many answers were graded; KeyError for
+        a question not among the last answered ones."""
+        from orchestrator.learning import grade, learn_from
+
+        answered = self.recent.get(task)
+        outcomes = grade(answered, correct, gold)
+        with self._learning:
+            learnt = learn_from(self, [(answered.item, answered.keywords, outcomes)], "feedback")
+        scored = 0
+        if self.monitor is not None:
+            with contextlib.suppress(KeyError):  # answered by a strategy it does not watch
+                scored = self.monitor.feedback(task, correct, gold)
+        return max(learnt, scored)
+
+    def learn(self, items: Sequence[Item], traces: Sequence[Trace]) -> int:
+        """Learn from answered questions that have a gold answer: each expert's answer is
+        graded against it (see `orchestrator.learning`). Returns how many answers it
+        learnt from."""
+        from orchestrator.learning import Answered, grade, learn_from
+
+        graded = [
+            (it, list(tr.keywords), grade(Answered(it, [], tr.answers, None), True, it.gold_answer))
+            for it, tr in zip(items, traces, strict=True)
+            if it.gold_answer is not None
+        ]
+        with self._learning:
+            return learn_from(self, graded, "graded")
 
     def chat(self, items: Sequence[Item]) -> list[ChatAnswer | Exception]:
         """The routed ensemble's chat answers (what the gateway's 'conclave' model
@@ -455,19 +542,25 @@ class Conclave:
             raise ConfigError("nothing to save: run `profile` first")
         self.profiles.save(folder / "profiles.json")
         self.inventory.save(folder / "inventory")
+        if self.questions is not None:
+            self.questions.save(folder / "questions")
+        self.state_dir = folder
         atomic_write_text(folder / "routing.json", self.state.model_dump_json(indent=1))
 
     def load_state(self, folder: Path) -> None:
         from skills.inventory import SkillInventory
+        from skills.neighbours import QuestionIndex
         from skills.profiles import ProfileSet
 
         self.profiles = ProfileSet.load(folder / "profiles.json")
         self.inventory = SkillInventory.load(folder / "inventory", self.embedder())
+        self.questions = QuestionIndex.load(folder / "questions", self.embedder().name)
         try:
             self.state = RoutingState.model_validate_json((folder / "routing.json").read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(
                 f"routing state in {folder} is unreadable ({exc}); profile again"
             ) from exc
+        self.state_dir = folder
         if self.monitor is not None:
             self.monitor.record = dict(self.state.accuracy)

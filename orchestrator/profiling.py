@@ -1,9 +1,10 @@
 """Profiling a pool, and the profile cache.
 
 `profile` (what `Conclave.profile` runs): keywords for every validation item, every expert
-on every item, profiles (+1/-1 per keyword), the skill inventory, each expert's accuracy,
-the aggregator chosen on the aggregation benchmark, and the probes the router would send
-each expert.
+on every item, profiles (+1/-1 per keyword), the skill inventory, the embedded questions
+with each expert's outcome (`skills.neighbours`) and how far to trust them against the
+keywords, each expert's accuracy, the aggregator chosen on the aggregation benchmark, and
+the probes the router would send each expert.
 
 The cache: a pool's routing state is learnt once per (experts, routing settings,
 validation items) and reused by `eval`, `profile`, `route` and `serve`.
@@ -31,8 +32,9 @@ if TYPE_CHECKING:
 
 #: bumped when profiling records more: a cached profile from before is built again
 #: (2: per-keyword answer counts, for the 'conclave' strategy's estimates; 3: how often wrong
-#: answers agree)
-PROFILE_FORMAT = 3
+#: answers agree; 4: the embedded validation questions and the blend of neighbours and
+#: keywords)
+PROFILE_FORMAT = 4
 
 
 def _hash(obj: object) -> str:
@@ -116,6 +118,13 @@ def profile(
         (k for it in items for k in kws[it.id][0]), conclave.embedder()
     )
     conclave.inventory = inventory
+    outcomes = {
+        ex: [a.choice == it.gold_answer for it, a in zip(items, col, strict=True)]
+        for ex, col in zip(experts, zip(*per_item, strict=True), strict=True)
+    }
+    blend, k, calibration, held = index_questions(
+        conclave, items, outcomes, [kws[it.id][0] for it in items]
+    )
     acc = {
         ex: round(
             100
@@ -140,8 +149,14 @@ def profile(
         aggregator=choice,
         aggregator_scores=scores,
         wrong_agreement=wrong_agreement(items, per_item),
+        neighbour_weight=blend,
+        neighbours=k,
+        calibration=calibration,
     )
     conclave.state = state
+    state.synthesis, state.synthesis_scores = choose_synthesis(
+        conclave, items, per_item, held, progress
+    )
     probes: dict[str, list[Probe]] = {}
     router = conclave.router()
     for it in items:
@@ -152,6 +167,84 @@ def profile(
     if conclave.monitor is not None:  # picks the free agent with the best validation record
         conclave.monitor.record = dict(acc)
     return state
+
+
+def index_questions(
+    conclave: Conclave,
+    items: Sequence[Item],
+    outcomes: dict[str, list[bool]],
+    skills: Sequence[Sequence[str]],
+) -> tuple[float, int, dict[str, float], list[dict[str, float]]]:
+    """Embed the validation questions with each expert's outcome (the facade's
+    `questions`), and choose how far 'conclave' trusts them against the keywords:
+    (neighbour weight, number of neighbours, each blend's leave-one-out Brier score,
+    each question's held-out estimate per expert under the chosen blend)."""
+    from skills.estimates import NEIGHBOURS, calibrate, held_out
+    from skills.neighbours import RIGHT, WRONG, QuestionIndex
+
+    embedder = conclave.embedder()
+    vectors = embedder.encode([it.question for it in items])
+    index = QuestionIndex(
+        [it.id for it in items],
+        vectors,
+        {e: [RIGHT if ok else WRONG for ok in col] for e, col in outcomes.items()},
+        embedder.name,
+    )
+    conclave.questions = index
+    if conclave.profiles is None or len(items) < 2:
+        return 0.0, min(NEIGHBOURS), {}, [{} for _ in items]
+    sims = index.similarities(vectors)
+    own = list(range(len(items)))
+    near = {k: index.evidence(sims, list(outcomes), k, exclude=own) for k in NEIGHBOURS}
+    profiles, prior = conclave.profiles.profiles, conclave.config.routing.prior_strength
+    blend, k, scores = calibrate(profiles, skills, outcomes, near, prior)
+    return blend, k, scores, held_out(profiles, skills, outcomes, near[k], prior, blend)
+
+
+#: split validation questions needed before an aggregator LLM may be chosen for 'conclave'
+MIN_SPLIT_QUESTIONS = 20
+
+
+def choose_synthesis(
+    conclave: Conclave,
+    items: Sequence[Item],
+    per_item: Sequence[list[ExpertAnswer]],
+    held: Sequence[dict[str, float]],
+    progress: bool = False,
+) -> tuple[str | None, dict[str, float]]:
+    """Whether 'conclave' should hand split answers to an aggregator LLM, judged end to
+    end: on the validation questions where the three experts it would rank first (by
+    held-out estimates) name more than one option, each aggregator LLM and the weighted
+    vote combine those answers. The best on the even-numbered questions is chosen and
+    must beat the vote again on the odd-numbered ones. Returns (the LLM or None, the
+    accuracies, '<candidate>/choose' and '<candidate>/confirm')."""
+    from skills.sequential import effective_options, options_in, weight
+
+    llms = conclave.with_role(Role.AGGREGATOR)
+    agreement = conclave.state.wrong_agreement if conclave.state is not None else 0.0
+    split_items: list[Item] = []
+    split_answers: list[list[ExpertAnswer]] = []
+    for it, ans, est in zip(items, per_item, held, strict=True):
+        team = sorted(est, key=lambda e: (-est[e], e))[:3]
+        asked = [a for a in ans if a.expert in team]
+        if len({a.choice for a in asked if a.choice is not None}) > 1:
+            k = effective_options(options_in(it), agreement)
+            split_items.append(it)
+            split_answers.append(
+                [a.model_copy(update={"weight": weight(est[a.expert], k)}) for a in asked]
+            )
+    if not llms or len(split_items) < MIN_SPLIT_QUESTIONS:
+        return None, {"split questions": float(len(split_items))}
+    halves = {"choose": range(0, len(split_items), 2), "confirm": range(1, len(split_items), 2)}
+    scores: dict[str, float] = {"split questions": float(len(split_items))}
+    for cand in ["vote", *llms]:
+        outs = conclave.aggregate(split_items, split_answers, cand, progress)
+        for half, rows in halves.items():
+            right = sum(outs[i].choice == split_items[i].gold_answer for i in rows)
+            scores[f"{cand}/{half}"] = round(100 * right / len(rows), 2)
+    best = max(llms, key=lambda c: (scores[f"{c}/choose"], c))
+    wins = all(scores[f"{best}/{h}"] > scores[f"vote/{h}"] for h in halves)
+    return (best if wins else None), scores
 
 
 def wrong_agreement(items: Sequence[Item], per_item: Sequence[list[ExpertAnswer]]) -> float:

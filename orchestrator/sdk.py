@@ -4,7 +4,7 @@
     with ConclaveClient("http://127.0.0.1:8000", api_key=None) as c:
         reply = c.chat("What is 2 + 2? The options are: (A) 4 (B) 5")
         reply.text, reply.trace          # the answer, and keywords / experts / aggregator
-        c.route("...")                   # a RoutingDecision, as Conclave.route returns
+        c.route("...")                   # a RoutePlan, as Conclave.plan returns
         c.models()
         c.experts()                      # live status per expert (ExpertStatus)
         c.feedback(reply.id, correct=True)   # grade an answer: the free-agent monitor learns
@@ -30,7 +30,7 @@ from orchestrator.protocol import (
     ModelList,
     RouteRequest,
 )
-from orchestrator.types import RoutingDecision
+from orchestrator.types import RoutePlan
 from workers.metrics import ExpertStatus
 
 
@@ -128,8 +128,8 @@ class ConclaveClient:
         body = {"model": model, "messages": _messages(question), **params}
         return ChatReply.from_openai(_check(self._http.post("/v1/chat/completions", json=body)))
 
-    def route(self, question: str) -> RoutingDecision:
-        return RoutingDecision.model_validate(
+    def route(self, question: str) -> RoutePlan:
+        return RoutePlan.model_validate(
             _check(self._http.post("/v1/route", json=_route_body(question)))
         )
 
@@ -177,9 +177,9 @@ class AsyncConclaveClient:
         r = await self._http.post("/v1/chat/completions", json=body)
         return ChatReply.from_openai(_check(r))
 
-    async def route(self, question: str) -> RoutingDecision:
+    async def route(self, question: str) -> RoutePlan:
         r = await self._http.post("/v1/route", json=_route_body(question))
-        return RoutingDecision.model_validate(_check(r))
+        return RoutePlan.model_validate(_check(r))
 
     async def models(self) -> list[str]:
         return _models(_check(await self._http.get("/v1/models")))

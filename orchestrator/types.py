@@ -86,6 +86,14 @@ class RouteExplanation(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    skills: list[str] = Field(
+        default_factory=list, description="The inventory skills the question's keywords map to."
+    )
+    blend: float = Field(
+        0.0,
+        description="The weight of the question's nearest validation questions against its "
+        "keywords in the estimates (learnt when profiling).",
+    )
     estimates: dict[str, float] = Field(
         default_factory=dict, description="Estimated accuracy per expert on this question."
     )
@@ -99,6 +107,38 @@ class RouteExplanation(BaseModel):
         default_factory=list, description="The experts asked at each stage."
     )
     stopped: str = Field("", description="Why no more experts were asked.")
+    options: float = Field(
+        0.0,
+        description="The options in play for the vote: the question's, fewer when wrong "
+        "answers tend to agree (`skills.sequential.effective_options`).",
+    )
+    confidence: float | None = Field(
+        None,
+        description="The chance that the vote's answer is right, under the estimates, "
+        "when the strategy stopped asking.",
+    )
+
+
+class RoutePlan(BaseModel):
+    """What a strategy would do with a question before any expert answers: whom it asks
+    first and why (`POST /v1/route`, `conclave route`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: str
+    strategy: str = Field(..., description="The strategy that planned it.")
+    keywords: list[str] = Field(default_factory=list, description="The question's keywords.")
+    experts: list[str] = Field(
+        default_factory=list, description="The experts asked first (a draw may repeat)."
+    )
+    explanation: RouteExplanation | None = Field(
+        None,
+        description="A strategy that estimates (conclave): the estimates, the evidence "
+        "and the budget; later stages depend on the answers.",
+    )
+    routing: RoutingDecision | None = Field(
+        None, description="The paper's router (symbolic-moe): each expert's S, g and weight."
+    )
 
 
 class Trace(BaseModel):
@@ -155,6 +195,33 @@ class RoutingState(BaseModel):
         0.0,
         description="How often two experts' wrong answers to one validation question were "
         "the same answer: how far a vote of wrong answers can gang up on a right one.",
+    )
+    neighbour_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="How much 'conclave' trusts a question's nearest validation questions "
+        "against its keywords when estimating an expert's accuracy (0: keywords only).",
+    )
+    neighbours: int = Field(
+        0, ge=0, description="How many nearest validation questions that estimate reads."
+    )
+    calibration: dict[str, float] = Field(
+        default_factory=dict,
+        description="Leave-one-out Brier score of each blend of neighbours and keywords "
+        "tried when profiling (lower is better); the best one is kept.",
+    )
+    synthesis: str | None = Field(
+        None,
+        description="The aggregator LLM 'conclave' asks where its experts' answers split: "
+        "one that beat the weighted vote end to end on one half of the validation "
+        "questions and again on the other; None: the vote decides.",
+    )
+    synthesis_scores: dict[str, float] = Field(
+        default_factory=dict,
+        description="Accuracy (%) of the vote and of each aggregator LLM on the validation "
+        "questions where the experts 'conclave' would ask split, on each half "
+        "('<candidate>/choose', '<candidate>/confirm').",
     )
     probes: dict[str, list[Probe]] = Field(
         default_factory=dict,

@@ -12,15 +12,29 @@ with k = `prior_strength` pseudo-answers: a skill with little evidence is shrunk
 what the expert does overall, one with much evidence speaks for itself. A question's
 estimate is the mean over its skills; with no skills it is mu(m); an expert without a
 profile (a free agent promoted without one) gets 0.5 with no evidence.
+
+A second witness is the question's nearest validation questions (`skills.neighbours`):
+the expert's similarity-weighted record on them, shrunk the same way. The two are
+blended, p = w * p_neighbours + (1 - w) * p_keywords, with the weight w and the number of
+neighbours chosen when profiling by `calibrate`: each validation question's outcome per
+expert predicted, leaving that question out, by each blend, and the blend with the
+lowest Brier score kept. A pool whose keyword model names the wrong subject then leans
+on the neighbours, one whose keywords are sound keeps them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from skills.neighbours import Evidence
 from skills.profiles import ModelProfile
+from skills.sequential import weight
+
+#: the blends `calibrate` tries: neighbour weights and numbers of neighbours
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+NEIGHBOURS = (5, 10, 20, 40)
 
 
 @dataclass(frozen=True)
@@ -32,13 +46,9 @@ class Estimate:
     evidence: float
     overall: float
 
-    def weight(self, options: int) -> float:
-        """The expert's vote weight: the log-odds that its answer is the right one rather
-        than one given wrong answer among `options` (the optimal weight for independent
-        experts whose mistakes spread over the wrong options). Never below a small floor,
-        so a weak expert still breaks a tie it is part of."""
-        p = min(max(self.accuracy, 1e-3), 1 - 1e-3)
-        return max(math.log(p * max(options - 1, 1) / (1 - p)), 0.05)
+    def weight(self, options: float) -> float:
+        """The expert's vote weight among `options` (`skills.sequential.weight`)."""
+        return weight(self.accuracy, options)
 
 
 def estimate(
@@ -46,23 +56,124 @@ def estimate(
     profile: ModelProfile | None,
     skills: Sequence[str],
     prior_strength: float = 4.0,
+    near: Evidence | None = None,
+    blend: float = 0.0,
 ) -> Estimate:
-    """`expert`'s accuracy on a question whose keywords map to `skills`."""
+    """`expert`'s accuracy on a question whose keywords map to `skills` and whose
+    nearest validation questions gave `near` (blended with weight `blend`)."""
     if profile is None:
         return Estimate(expert, 0.5, 0.0, 0.5)
     right, graded = profile.overall()
+    return _estimate(expert, profile, skills, prior_strength, near, blend, right, graded)
+
+
+def _estimate(
+    expert: str,
+    profile: ModelProfile,
+    skills: Sequence[str],
+    prior_strength: float,
+    near: Evidence | None,
+    blend: float,
+    right: int,
+    graded: int,
+    leave_out: bool | None = None,
+) -> Estimate:
+    """`estimate`, with the overall record given; `leave_out` (True: right, False: wrong)
+    takes one graded answer out of the counts of `skills` (calibration's leave-one-out)."""
     mu = (right + 1) / (graded + 2)
-    if not skills:
-        return Estimate(expert, mu, float(graded), mu)
-    per_skill, evidence = [], 0.0
-    for s in dict.fromkeys(skills):
-        r, n = profile.counts.get(s, (0, 0))
-        per_skill.append((r + prior_strength * mu) / (n + prior_strength))
-        evidence += n
-    return Estimate(expert, sum(per_skill) / len(per_skill), evidence / len(per_skill), mu)
+    drop_r, drop_n = (int(leave_out), 1) if leave_out is not None else (0, 0)
+    if skills:
+        per_skill, ev_kw = [], 0.0
+        for s in dict.fromkeys(skills):
+            r, n = profile.counts.get(s, (0, 0))
+            r, n = max(r - drop_r, 0), max(n - drop_n, 0)
+            per_skill.append((r + prior_strength * mu) / (n + prior_strength))
+            ev_kw += n
+        p_kw, ev_kw = sum(per_skill) / len(per_skill), ev_kw / len(per_skill)
+    else:
+        p_kw, ev_kw = mu, float(graded)
+    if near is None or blend <= 0.0:
+        return Estimate(expert, p_kw, ev_kw, mu)
+    r_nn, n_nn = near
+    p_nn = (r_nn + prior_strength * mu) / (n_nn + prior_strength)
+    return Estimate(
+        expert,
+        blend * p_nn + (1 - blend) * p_kw,
+        blend * n_nn + (1 - blend) * ev_kw,
+        mu,
+    )
 
 
-def vote_accuracy(estimates: Sequence[Estimate], options: int, collusion: float = 0.0) -> float:
+def held_out(
+    profiles: Mapping[str, ModelProfile],
+    skills: Sequence[Sequence[str]],
+    outcomes: Mapping[str, Sequence[bool]],
+    near: Sequence[Mapping[str, Evidence]] | None,
+    prior_strength: float = 4.0,
+    blend: float = 0.0,
+) -> list[dict[str, float]]:
+    """Each validation question's estimate per expert with the question left out of the
+    expert's counts (its own answer cannot vouch for it); `near` is each question's
+    leave-one-out neighbour evidence."""
+    totals = {e: profiles[e].overall() for e in outcomes if e in profiles}
+    out: list[dict[str, float]] = [{} for _ in skills]
+    for e, col in outcomes.items():
+        if e not in totals:
+            continue
+        right, graded = totals[e]
+        for i, ok in enumerate(col):
+            ev = near[i].get(e) if near is not None else None
+            est = _estimate(
+                e,
+                profiles[e],
+                skills[i],
+                prior_strength,
+                ev,
+                blend,
+                right - ok,
+                graded - 1,
+                leave_out=bool(ok),
+            )
+            out[i][e] = est.accuracy
+    return out
+
+
+def calibrate(
+    profiles: Mapping[str, ModelProfile],
+    skills: Sequence[Sequence[str]],
+    outcomes: Mapping[str, Sequence[bool]],
+    near: Mapping[int, Sequence[Mapping[str, Evidence]]],
+    prior_strength: float = 4.0,
+) -> tuple[float, int, dict[str, float]]:
+    """The blend of neighbours and keywords that best predicts, leaving each validation
+    question out in turn, whether each expert answered it right: (neighbour weight,
+    number of neighbours, Brier score of each blend tried as "w=<weight> k=<n>"). `near`
+    maps a number of neighbours to each question's leave-one-out evidence; ties go to
+    the smaller weight (the keywords, the paper's witness)."""
+    scores: dict[str, float] = {}
+    best: tuple[float, float, int] = (math.inf, 0.0, min(near, default=0))
+    cells = sum(len(col) for e, col in outcomes.items() if e in profiles)
+    if not cells:
+        return 0.0, best[2], scores
+    for k, rows in sorted(near.items()):
+        for w in BLEND_WEIGHTS:
+            if w == 0.0 and k != min(near):
+                continue  # without neighbours, their number does not matter
+            est = held_out(profiles, skills, outcomes, rows, prior_strength, w)
+            err = sum(
+                (est[i][e] - ok) ** 2
+                for e, col in outcomes.items()
+                if e in profiles
+                for i, ok in enumerate(col)
+            )
+            brier = err / cells
+            scores[f"w={w:g} k={k}"] = round(brier, 5)
+            if (brier, w) < best[:2]:
+                best = (brier, w, k)
+    return best[1], best[2], scores
+
+
+def vote_accuracy(estimates: Sequence[Estimate], options: float, collusion: float = 0.0) -> float:
     """The chance that the weighted vote of these experts is right if they err
     independently: a wrong answer is the question's one shared distractor with
     probability `collusion` (so wrong answers can agree and outvote a right one), else a

@@ -10,15 +10,13 @@ dictionary lookup (keywords repeat a lot across questions of one benchmark).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from orchestrator.errors import ConfigError
-from orchestrator.files import atomic_write_bytes, atomic_write_text
+from skills.embedded import load_embedded, save_embedded
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -124,43 +122,15 @@ class SkillInventory:
 
     def save(self, folder: Path) -> None:
         """`keywords.json` and `vectors.npy` in `folder`, each written atomically."""
-        folder.mkdir(parents=True, exist_ok=True)
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, self.vectors)
-        atomic_write_bytes(folder / "vectors.npy", buf.getvalue())
-        atomic_write_text(
-            folder / "keywords.json",
-            json.dumps(
-                {
-                    "embedder": self.embedder.name,
-                    "keywords": self.keywords,
-                    "vectors_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
-                },
-                indent=1,
-            ),
+        save_embedded(
+            folder, "keywords.json", self.vectors, self.embedder.name, {"keywords": self.keywords}
         )
 
     @classmethod
     def load(cls, folder: Path, embedder: Embedder) -> SkillInventory:
         """The inventory saved in `folder`; a missing, foreign or damaged cache is an error
         that says so (callers rebuild it)."""
-        meta_path, vec_path = folder / "keywords.json", folder / "vectors.npy"
-        try:
-            meta = json.loads(meta_path.read_text())
-            raw = vec_path.read_bytes()
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"skill inventory in {folder} is unreadable ({exc}); rebuild it"
-            ) from exc
-        if meta.get("embedder") != embedder.name:
-            raise ConfigError(
-                f"skill inventory in {folder} was embedded with {meta.get('embedder')!r}, "
-                f"not {embedder.name!r}; rebuild it"
-            )
-        if hashlib.sha256(raw).hexdigest() != meta.get("vectors_sha256"):
-            raise ConfigError(f"skill inventory vectors in {folder} are damaged; rebuild it")
-        import io
-
-        return cls(meta["keywords"], np.load(io.BytesIO(raw)), embedder)
+        meta, vectors = load_embedded(
+            folder, "keywords.json", embedder.name, "skill inventory", "rebuild it"
+        )
+        return cls(meta["keywords"], vectors, embedder)

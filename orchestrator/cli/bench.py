@@ -91,7 +91,7 @@ def bench_routing(
         typer.Option(
             "--pool",
             help="Pool to run; repeatable. Default: specialists, generalists, dominant, "
-            "faulty, noisy-keywords, twenty (also: smoke).",
+            "faulty, noisy-keywords, misleading-keywords, twenty (also: smoke).",
         ),
     ] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Runs per pool, one per seed.")] = 3,

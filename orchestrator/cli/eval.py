@@ -39,8 +39,8 @@ def eval_cmd(
         typer.Option(
             "--strategy",
             "-s",
-            help="Strategy to run; repeatable. Default: best-single, random-k, majority, moa, "
-            "symbolic-moe.",
+            help="Strategy to run; repeatable. Default: conclave, best-single, random-k, "
+            "majority, moa, symbolic-moe.",
         ),
     ] = None,
     seed: SeedOpt = 0,
@@ -169,14 +169,24 @@ def route_cmd(
     split: Annotated[str, typer.Option(help="Split profiled (skillmix).")] = "validation",
     limit: LimitOpt = None,
     seed: SeedOpt = 0,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="Strategy to explain. Default: the served one (routing.strategy, conclave); "
+            "symbolic-moe shows the paper's S, g and weights.",
+        ),
+    ] = None,
     zoo: ZooProfile = "full",
     zoo_dir: ZooDir = None,
     as_json: JsonOnly = False,
 ) -> None:
-    """Explain which experts Symbolic-MoE recruits for a question, and why.
+    """Explain whom a routed strategy asks first for a question, and why.
 
-    Prints the question's keywords, their inventory skills, and each expert's S, g and
-    weight. Only the keyword model runs; the profile is the cached one.
+    Prints the question's keywords and skills, and each expert's estimated accuracy and
+    evidence (conclave), or its S, g and weight (symbolic-moe). Only the keyword model
+    runs; the profile is the cached one.
     """
     from agents.zoo.default import resolve_config
     from evals.datasets import eval_items
@@ -192,25 +202,39 @@ def route_cmd(
                 c, items, data, cfg.resolved_cache_dir(), progress=not as_json, on_event=err.print
             )
             asked = [Item(id=f"q{i}", question=q) for i, q in enumerate(question)]
-            decisions = c.route(asked)
+            plans = c.plan(asked, strategy)
     except ConclaveError as exc:
         raise fail(exc) from None
     if as_json:
-        print_json([d.model_dump(by_alias=True) for d in decisions])
+        print_json([p.model_dump(by_alias=True) for p in plans])
         return
-    for q, d in zip(question, decisions, strict=True):
+    for q, p in zip(question, plans, strict=True):
         out.print(f"[bold]{q}[/]")
-        out.print(f"  keywords: {', '.join(d.keywords) or '(none)'}")
-        out.print(f"  skills:   {', '.join(d.skills) or '(none)'}   rule: {d.rule}")
+        out.print(f"  strategy: {p.strategy}   asks first: {', '.join(p.experts) or '(none)'}")
+        out.print(f"  keywords: {', '.join(p.keywords) or '(none)'}")
         table = Table(show_header=True, box=None, padding=(0, 2))
-        for col in ("expert", "S (local)", "g (global)", "weight", "drawn"):
-            table.add_column(col, justify="left" if col == "expert" else "right")
-        for sc in sorted(d.scores, key=lambda x: -x.weight):
-            table.add_row(
-                sc.expert,
-                f"{sc.local:g}",
-                f"{sc.global_:.3f}",
-                f"{sc.weight:.3f}",
-                str(d.chosen.count(sc.expert)) if sc.expert in d.chosen else "",
+        if p.explanation is not None:
+            why = p.explanation
+            out.print(
+                f"  skills:   {', '.join(why.skills) or '(none)'}   neighbours' weight: "
+                f"{why.blend:g}   budget: {why.budget} calls/question"
             )
+            for col in ("expert", "estimated accuracy", "evidence", "asked first"):
+                table.add_column(col, justify="left" if col == "expert" else "right")
+            for ex, acc in why.estimates.items():
+                first = "yes" if ex in p.experts else ""
+                table.add_row(ex, f"{acc:.3f}", f"{why.evidence.get(ex, 0):g}", first)
+        elif p.routing is not None:
+            d = p.routing
+            out.print(f"  skills:   {', '.join(d.skills) or '(none)'}   rule: {d.rule}")
+            for col in ("expert", "S (local)", "g (global)", "weight", "drawn"):
+                table.add_column(col, justify="left" if col == "expert" else "right")
+            for sc in sorted(d.scores, key=lambda x: -x.weight):
+                table.add_row(
+                    sc.expert,
+                    f"{sc.local:g}",
+                    f"{sc.global_:.3f}",
+                    f"{sc.weight:.3f}",
+                    str(d.chosen.count(sc.expert)) if sc.expert in d.chosen else "",
+                )
         out.print(table)

@@ -31,6 +31,7 @@ from orchestrator.registry import Registry
 from orchestrator.types import Item, RouteExplanation, RoutingDecision, Usage
 
 if TYPE_CHECKING:
+    from agents.aggregators import Aggregator
     from orchestrator.conclave import Conclave
 
 
@@ -84,9 +85,11 @@ class Strategy(Protocol):
 
     def plan(self, ctx: StrategyContext, items: Sequence[Item]) -> list[Plan]: ...
 
-    def combiner(self, ctx: StrategyContext) -> str | None:
+    def combiner(self, ctx: StrategyContext) -> str | Aggregator | None:
         """The aggregator's name ('vote', a registered aggregator, or an aggregator
-        expert), or None: the single planned expert's answer is final."""
+        expert), an aggregator the strategy configured (`conclave`: an LLM asked only
+        where the answers split), or None: the single planned expert's answer is
+        final."""
         ...
 
 

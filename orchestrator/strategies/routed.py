@@ -2,21 +2,27 @@
 the paper's formula (`symbolic-moe` stays the paper's method, as a reference).
 
 Per question:
-1. Estimate each serving expert's accuracy on the question's skills, with the graded
-   answers behind it (`skills.estimates`: per-keyword counts from profiling, shrunk
-   towards the expert's overall accuracy), not +-1 sums times a global prior.
+1. Estimate each serving expert's accuracy on the question, with the graded answers
+   behind it (`skills.estimates`: per-keyword counts from profiling, shrunk towards the
+   expert's overall accuracy, blended with its record on the question's nearest
+   validation questions as far as profiling found that witness better), not +-1 sums
+   times a global prior.
 2. Ask the best expert alone when it is reliably best: when its estimate is at least
    what the weighted vote of the best three would be worth, given how often wrong answers
    agreed when profiling (they can gang up on a right one). Otherwise ask the best two.
-3. Escalate in stages (one pool batch each): while the answers so far leave doubt (they
-   disagree, or the one answer names no option or failed) and the next expert's vote
-   could still change the outcome, ask the next best. The budget, `max_expert_calls`,
-   is an average over the batch: easy questions cost one call, agreeing answers stop at
-   two, and what they save goes to the most doubtful questions first (a sequential vote:
-   ask until one answer leads by more than the next vote could overturn).
+3. Escalate in stages (one pool batch each): ask the next best expert where that raises
+   the chance of a right final answer by at least `MIN_GAIN` per call, looking one and
+   two answers ahead (`skills.sequential`: the posterior of each answer under the
+   estimates, with the options in play narrowed by how often wrong answers agreed when
+   profiling). The budget, `max_expert_calls`, is an average over the batch: easy
+   questions cost one call, agreeing answers stop at two, and what they save goes to
+   the questions where one more answer is worth most.
 4. Combine with the vote weighted by each expert's log-odds of being right
-   (`Estimate.weight`). No LLM aggregator: on the pools we measured, an aggregator that
-   answers on its own overrode the routed experts (the issue's cause 3).
+   (`Estimate.weight`). An LLM aggregator only where it won end to end when profiling
+   (`orchestrator.profiling.choose_synthesis`: chosen on one half of the validation
+   questions where the experts split, confirmed on the other), and only for questions
+   whose answers split: on the pools we measured, an aggregator that answers on its own
+   overrode the routed experts (the issue's cause 3).
 
 Every decision is in the trace's `explanation`: the estimates, the evidence, the budget,
 the experts asked at each stage and why it stopped.
@@ -25,19 +31,17 @@ the experts asked at each stage and why it stopped.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from orchestrator.answers import options_of
 from orchestrator.errors import ConfigError
 from orchestrator.strategies.base import STRATEGIES, Plan, StrategyContext
 from orchestrator.types import ExpertAnswer, Item, RouteExplanation
 
+if TYPE_CHECKING:
+    from agents.aggregators import Aggregator
 
-def _options(item: Item) -> int:
-    """How many answers a question admits, for the vote weights."""
-    if item.answer_type == "integer":
-        return 1000
-    return max(len(options_of(item.question)), 2) if "(A)" in item.question else 10
+#: ask one more expert only if it raises the chance of a right answer by this much per call
+MIN_GAIN = 0.02
 
 
 class Conclave:
@@ -57,6 +61,7 @@ class Conclave:
 
     def plan(self, ctx: StrategyContext, items: Sequence[Item]) -> list[Plan]:
         from skills.estimates import estimate, vote_accuracy
+        from skills.sequential import effective_options, options_in
 
         c = ctx.conclave
         if c.profiles is None:
@@ -65,17 +70,22 @@ class Conclave:
         budget = routing.max_expert_calls
         # wrong answers that agree can outvote a right one: as often as they did when
         # profiling (two wrong answers agree about as often as both pick the distractor)
-        collusion = (c.state.wrong_agreement if c.state is not None else 0.0) ** 0.5
+        agreement = c.state.wrong_agreement if c.state is not None else 0.0
+        collusion = agreement**0.5
+        blend = c.state.neighbour_weight if c.state is not None else 0.0
         profiles = {e: c.profile_of(e) for e in ctx.experts}
         plans = []
-        for it, (words, skills, calls, usage) in zip(
-            items, c.skills_of(items, ctx.progress), strict=True
+        for it, (words, skills, calls, usage), near in zip(
+            items, c.skills_of(items, ctx.progress), c.neighbours_of(items), strict=True
         ):
             ests = sorted(
-                (estimate(e, profiles[e], skills, routing.prior_strength) for e in ctx.experts),
+                (
+                    estimate(e, profiles[e], skills, routing.prior_strength, near.get(e), blend)
+                    for e in ctx.experts
+                ),
                 key=lambda x: (-x.accuracy, -x.overall, x.expert),
             )
-            k = _options(it)
+            k = effective_options(options_in(it), agreement)
             best = ests[0]
             team = ests[: min(budget, 3, len(ests))]
             alone = len(team) == 1 or best.accuracy >= vote_accuracy(team, k, collusion)
@@ -88,11 +98,14 @@ class Conclave:
                     usage=usage,
                     weights={e.expert: round(e.weight(k), 4) for e in ests},
                     explanation=RouteExplanation(
+                        skills=list(dict.fromkeys(skills)),
+                        blend=blend if near else 0.0,
                         estimates={e.expert: round(e.accuracy, 4) for e in ests},
                         evidence={e.expert: round(e.evidence, 1) for e in ests},
                         budget=budget,
                         stages=[list(first)],
                         stopped="",
+                        options=round(k, 2),
                     ),
                 )
             )
@@ -105,40 +118,49 @@ class Conclave:
         plans: list[Plan],
         answers: list[list[ExpertAnswer]],
     ) -> list[list[str]]:
-        """The next expert for each item whose answers still leave doubt, most doubtful
-        first, while the batch stays within `max_expert_calls` per question on average;
-        [] for an item that is done."""
+        """The next expert for each item where asking more is worth it, the items where
+        it is worth most first, while the batch stays within `max_expert_calls` per
+        question on average; [] for an item that is done."""
+        from skills.sequential import gain, posterior
+
         budget = ctx.conclave.config.routing.max_expert_calls
         spent = sum(len(p.experts) for p in plans)
         allowance = budget * len(plans) - spent
-        doubtful: list[tuple[float, int, str]] = []
+        worth: list[tuple[float, int, str]] = []
         for i, (plan, ans) in enumerate(zip(plans, answers, strict=True)):
             why = plan.explanation
             assert why is not None and plan.weights is not None  # set by `plan`
             if why.stopped:
                 continue
-            weights = plan.weights
-            left = [e for e in why.estimates if e not in plan.experts]  # best first
             tally: dict[str, float] = {}
             for a in ans:
                 if a.choice is not None:
-                    tally[a.choice] = tally.get(a.choice, 0.0) + weights[a.expert]
-            lead, second = (sorted(tally.values(), reverse=True) + [0.0, 0.0])[:2]
+                    tally[a.choice] = tally.get(a.choice, 0.0) + plan.weights[a.expert]
+            named, _, _ = posterior(tally, why.options)
+            why.confidence = round(max(named), 4) if named else 0.0
+            left = [e for e in why.estimates if e not in plan.experts]  # best first
             if not left:
                 why.stopped = "every serving expert answered"
-            elif len(ans) == 1 and tally and len(why.stages[0]) == 1:
+                continue
+            if len(ans) == 1 and tally and len(why.stages[0]) == 1:
                 why.stopped = "the best expert answered; it is reliably best"
-            elif tally and lead - second > weights[left[0]]:
+                continue
+            asks = [why.estimates[e] for e in left[:2]]
+            # one answer can be worth nothing alone (it can only tie two that disagree):
+            # a pair's gain counts too, per call
+            value = max(gain(tally, why.options, asks[:1]), gain(tally, why.options, asks) / 2)
+            if value < MIN_GAIN:
                 agree = len(tally) == 1 and len(ans) > 1
                 why.stopped = (
                     f"{len(ans)} answers agree"
                     if agree
-                    else "the next expert's vote could not change the outcome"
+                    else f"more answers would add under {MIN_GAIN:.0%} to the chance of a "
+                    "right answer"
                 )
-            else:  # doubt: how far the next vote is from settling it (more: ask first)
-                doubtful.append((weights[left[0]] - (lead - second), i, left[0]))
+            else:
+                worth.append((value, i, left[0]))
         out: list[list[str]] = [[] for _ in plans]
-        for _, i, nxt in sorted(doubtful, key=lambda d: (-d[0], d[1])):
+        for _, i, nxt in sorted(worth, key=lambda w: (-w[0], w[1])):
             why = plans[i].explanation
             assert why is not None
             if allowance <= 0:
@@ -149,8 +171,15 @@ class Conclave:
             out[i] = [nxt]
         return out
 
-    def combiner(self, ctx: StrategyContext) -> str | None:
-        return "vote"
+    def combiner(self, ctx: StrategyContext) -> str | Aggregator | None:
+        """The weighted vote, or the aggregator LLM profiling found to beat it end to end
+        (`RoutingState.synthesis`), asked only where the answers split."""
+        from agents.aggregators import Synthesis
+
+        st = ctx.conclave.state
+        if st is None or st.synthesis is None:
+            return "vote"
+        return Synthesis(st.synthesis, when_split=True)
 
 
 STRATEGIES.add(Conclave.name, Conclave())

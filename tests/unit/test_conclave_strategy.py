@@ -3,12 +3,15 @@ through the facade on skill-aware fake experts."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from orchestrator.strategies import Plan, StrategyContext, get_strategy
 from orchestrator.types import ExpertAnswer, RouteExplanation
 from skills.estimates import estimate, vote_accuracy
 from skills.profiles import ModelProfile, ProfileSet
+from skills.sequential import effective_options, gain, posterior, weight
 from tests.unit.test_conclave import items, make
 
 
@@ -76,60 +79,99 @@ def test_wrong_answers_that_agree_make_the_vote_worth_less():
     assert wrong_agreement([item], [answers]) == pytest.approx(1 / 3, abs=1e-4)  # B=B, B/C, B/C
 
 
-def _escalation(weights: dict[str, float], asked: list[str], budget: int = 3) -> Plan:
+def _escalation(accuracy: dict[str, float], asked: list[str], budget: int = 3) -> Plan:
     return Plan(
         list(asked),
-        weights=weights,
+        weights={e: weight(p, 10) for e, p in accuracy.items()},
         explanation=RouteExplanation(
-            estimates=dict.fromkeys(weights, 0.5), budget=budget, stages=[list(asked)]
+            estimates=accuracy, budget=budget, stages=[list(asked)], options=10
         ),
     )
 
 
+EVEN = {"a": 0.6, "b": 0.58, "c": 0.55}
+
+
 @pytest.mark.parametrize(
-    ("choices", "weights", "expected", "why"),
+    ("choices", "accuracy", "expected", "why"),
     [
-        (["A", "B"], {"a": 1.0, "b": 0.9, "c": 0.8}, ["c"], ""),  # a tie to break
-        (["A", "A"], {"a": 1.0, "b": 0.9, "c": 0.8}, [], "2 answers agree"),
-        (["A", "B"], {"a": 3.0, "b": 0.5, "c": 0.4}, [], "could not change the outcome"),
-        (["A"], {"a": 1.0, "b": 0.9, "c": 0.8}, [], "reliably best"),
-        ([None], {"a": 1.0, "b": 0.9, "c": 0.8}, ["b"], ""),  # no option named: ask on
-        (["A", "B", "C"], {"a": 1.0, "b": 0.9, "c": 0.8, "d": 0.7}, [], "budget is spent"),
-        (["A", "B", "C"], {"a": 1.0, "b": 0.9, "c": 0.8}, [], "every serving expert answered"),
+        (["A", "B"], EVEN, ["c"], ""),  # a tie to break
+        (["A", "A"], EVEN, [], "2 answers agree"),
+        (["A", "B"], {"a": 0.95, "b": 0.3, "c": 0.3}, [], "would add under"),
+        (["A"], EVEN, [], "reliably best"),
+        ([None], EVEN, ["b"], ""),  # no option named: ask on
+        (["A", "B", "C"], {**EVEN, "d": 0.5}, [], "budget is spent"),
+        (["A", "B", "C"], EVEN, [], "every serving expert answered"),
     ],
 )
 def test_escalation_asks_the_next_expert_only_while_it_could_matter(
-    choices, weights, expected, why
+    choices, accuracy, expected, why
 ):
     strat = get_strategy("conclave")
-    asked = list(weights)[: len(choices)]
-    plan = _escalation(weights, asked)
+    asked = list(accuracy)[: len(choices)]
+    plan = _escalation(accuracy, asked)
     answers = [ExpertAnswer(expert=ex, choice=ch) for ex, ch in zip(asked, choices, strict=True)]
     with make() as c:
-        ctx = StrategyContext(c, list(weights))
+        ctx = StrategyContext(c, list(accuracy))
         assert strat.escalate(ctx, items("test")[:1], [plan], [answers]) == [expected]
     assert why in plan.explanation.stopped
     if expected:
         assert plan.explanation.stages[-1] == expected
+    else:  # how sure it was when it stopped: the vote's leader's posterior
+        assert 0 < plan.explanation.confidence <= 1
 
 
-def test_the_budget_is_an_average_spent_on_the_most_doubtful_questions_first():
+def test_the_budget_is_an_average_spent_where_one_more_answer_is_worth_most():
     strat = get_strategy("conclave")
-    weights = {"a": 1.0, "b": 0.9, "c": 0.8, "d": 0.7, "e": 0.6}
-    easy = _escalation(weights, ["a"])  # one answer from a reliably best expert
-    split = _escalation(weights, ["a", "b", "c"])  # three different answers
-    close = _escalation(weights, ["a", "b"])  # two different answers
-    answers = [
-        [ExpertAnswer(expert="a", choice="A")],
-        [ExpertAnswer(expert=e, choice=c) for e, c in zip("abc", "ABC", strict=True)],
-        [ExpertAnswer(expert=e, choice=c) for e, c in zip("ab", "AB", strict=True)],
-    ]
-    with make() as c:
-        ctx = StrategyContext(c, list(weights))
-        more = strat.escalate(ctx, items("test")[:3], [easy, split, close], answers)
+    acc = {"a": 0.6, "b": 0.58, "c": 0.56, "d": 0.55, "e": 0.5}
+    cases = {
+        "easy": (["a"], "A"),  # one answer from a reliably best expert
+        "split": (["a", "b", "c"], "ABC"),  # three different answers
+        "close": (["a", "b"], "AB"),  # two different answers
+    }
+
+    def run(names: list[str]) -> tuple[list[list[str]], list[Plan]]:
+        plans = [_escalation(acc, cases[n][0]) for n in names]
+        answers = [
+            [ExpertAnswer(expert=e, choice=ch) for e, ch in zip(*cases[n], strict=True)]
+            for n in names
+        ]
+        with make() as c:  # max_expert_calls: 3
+            ctx = StrategyContext(c, list(acc))
+            return strat.escalate(ctx, items("test")[: len(names)], plans, answers), plans
+
     # 6 calls so far, 9 allowed: the easy question's savings buy the other two one more
+    more, plans = run(["easy", "split", "close"])
     assert more == [[], ["d"], ["c"]]
-    assert "reliably best" in easy.explanation.stopped
+    assert "reliably best" in plans[0].explanation.stopped
+    # 5 calls so far, 6 allowed: the one more goes where it adds most to the chance of a
+    # right answer
+    w = {e: weight(p, 10) for e, p in acc.items()}
+    three, two = {"A": w["a"], "B": w["b"], "C": w["c"]}, {"A": w["a"], "B": w["b"]}
+    split = max(gain(three, 10, [acc["d"]]), gain(three, 10, [acc["d"], acc["e"]]) / 2)
+    close = max(gain(two, 10, [acc["c"]]), gain(two, 10, [acc["c"], acc["d"]]) / 2)
+    more, plans = run(["split", "close"])
+    assert more == ([[], ["c"]] if close > split else [["d"], []])
+    assert "budget is spent" in plans[0 if close > split else 1].explanation.stopped
+
+
+def test_the_sequential_vote_values_answers_as_its_model_says():
+    # two agreeing answers from 0.6 experts among ten options: almost surely right
+    w = weight(0.6, 10)
+    named, rest, unnamed = posterior({"A": 2 * w}, 10)
+    assert named[0] == pytest.approx(1 / (1 + 9 * math.exp(-2 * w)))
+    assert named[0] + unnamed * rest == pytest.approx(1)
+    # one more answer to a tie is worth little alone (it only breaks the tie), two more
+    # are worth more per call than the one; answers that agree leave little to gain
+    tie = {"A": w, "B": w}
+    assert gain(tie, 10, [0.6, 0.6]) / 2 > 0.05
+    assert gain({"A": 2 * w}, 10, [0.6, 0.6]) < 0.02
+    # no answer to a question: the first one is worth its accuracy over a guess
+    assert gain({}, 10, [0.6]) == pytest.approx(0.6 - 0.1)
+    # wrong answers that agree often: fewer options in play
+    assert effective_options(10, 0.0) == 10
+    assert effective_options(10, 1 / 3) == pytest.approx(4)
+    assert effective_options(4, 0.05) == 4 and effective_options(10, 1.0) == 2
 
 
 def test_conclave_routes_each_question_to_its_specialist_alone():
@@ -160,3 +202,83 @@ def test_without_keywords_the_best_expert_overall_answers():
         # geo, num and cal tie overall (a third each); dud trails: never the one asked first
         assert "dud" not in t.explanation.stages[0]
         assert ests["dud"] < min(ests["geo"], ests["num"], ests["cal"])
+
+
+def test_an_aggregator_asked_only_where_answers_split():
+    from agents.aggregators import AggregationContext, Synthesis
+    from orchestrator.types import Item
+    from workers.batch import GenerationResult
+
+    asked = []
+
+    def ask(reqs):
+        asked.extend(r.item_id for r in reqs)
+        return [
+            GenerationResult(item_id=r.item_id, expert=r.expert, text="The answer is (C).")
+            for r in reqs
+        ]
+
+    q = "Q? The options are: (A) a (B) b (C) c"
+    its = [Item(id="agree", question=q), Item(id="split", question=q)]
+
+    def ans(*choices):
+        return [
+            ExpertAnswer(expert=f"e{i}", choice=c, text=f"The answer is ({c}).", weight=1.0)
+            for i, c in enumerate(choices)
+        ]
+
+    answers = [ans("A", "A"), ans("A", "B")]
+    outs = Synthesis("agg", when_split=True).combine(its, answers, AggregationContext(ask=ask))
+    assert asked == ["split"]
+    assert [(o.choice, o.calls, o.text) for o in outs] == [
+        ("A", 0, None),
+        ("C", 1, "The answer is (C)."),
+    ]
+    asked.clear()  # the paper's MoA: every question goes to the LLM
+    Synthesis("agg").combine(its, answers, AggregationContext(ask=ask))
+    assert asked == ["agree", "split"]
+
+
+@pytest.mark.parametrize(("llm_right", "chosen"), [(True, "agg"), (False, None)])
+def test_an_aggregator_llm_is_chosen_only_if_it_beats_the_vote_on_both_halves(llm_right, chosen):
+    from types import SimpleNamespace
+
+    from agents.aggregators import Combined, Vote
+    from orchestrator.profiling import MIN_SPLIT_QUESTIONS, choose_synthesis
+    from orchestrator.types import Item
+
+    q = "Q? The options are: (A) a (B) b (C) c (D) d"
+    n = 2 * MIN_SPLIT_QUESTIONS + 10
+    # the best expert is right 60% of the time; the three split on every other question
+    items_, per_item, held = [], [], []
+    for i in range(n):
+        gold = "A"
+        first = "A" if i % 5 < 3 else "B"
+        others = ("C", "D") if i % 2 else (first, first)
+        items_.append(Item(id=f"v{i}", question=q, gold_answer=gold))
+        per_item.append(
+            [
+                ExpertAnswer(expert=e, choice=c, text=f"({c})")
+                for e, c in zip(("x", "y", "z", "w"), (first, *others, "B"), strict=True)
+            ]
+        )
+        held.append({"x": 0.6, "y": 0.4, "z": 0.35, "w": 0.1})
+
+    def aggregate(its, answers, cand, progress=False):
+        if cand == "vote":
+            return Vote().combine(its, answers, None)
+        return [Combined(it.gold_answer if llm_right else "D") for it in its]
+
+    fake = SimpleNamespace(
+        with_role=lambda role: ["agg"],
+        state=SimpleNamespace(wrong_agreement=0.0),
+        aggregate=aggregate,
+    )
+    got, scores = choose_synthesis(fake, items_, per_item, held)
+    assert got == chosen, scores
+    assert scores["split questions"] == n // 2  # the agreeing questions are not asked
+    assert scores["agg/choose"] == (100.0 if llm_right else 0.0)
+    assert 0 < scores["vote/choose"] < 100  # the vote follows the best expert: 60%
+    # too few split questions to judge: the vote, whatever the LLM
+    got, scores = choose_synthesis(fake, items_[:10], per_item[:10], held[:10])
+    assert got is None and scores == {"split questions": 5.0}

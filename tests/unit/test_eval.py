@@ -212,12 +212,20 @@ def test_profile_route_and_experts_commands(config_path):
         ],
     )
     assert res.exit_code == 0, res.output
-    (decision,) = json.loads(res.stdout)
-    assert decision["keywords"] == ["arithmetic", "letters"]
-    assert {s["expert"] for s in decision["scores"]} == {"alpha", "beta", "mute"}
-    assert len(decision["chosen"]) == 3
-    res = runner.invoke(app, ["route", "-c", str(config_path), "--limit", "2", "-q", "2+2?"])
-    assert "keywords: arithmetic, letters" in res.output and "weight" in res.output
+    (plan,) = json.loads(res.stdout)
+    assert plan["strategy"] == "conclave" and plan["keywords"] == ["arithmetic", "letters"]
+    assert set(plan["explanation"]["estimates"]) == {"alpha", "beta", "mute"}
+    assert 1 <= len(plan["experts"]) <= 2
+    args = ["route", "-c", str(config_path), "--limit", "2", "-q", "2+2?"]
+    res = runner.invoke(app, args)
+    assert "keywords: arithmetic, letters" in res.output and "estimated accuracy" in res.output
+    # the paper's router: each expert's S, g and weight, three draws
+    res = runner.invoke(app, [*args, "-s", "symbolic-moe", "--json"])
+    (plan,) = json.loads(res.stdout)
+    assert {s["expert"] for s in plan["routing"]["scores"]} == {"alpha", "beta", "mute"}
+    assert len(plan["routing"]["chosen"]) == len(plan["experts"]) == 3
+    res = runner.invoke(app, [*args, "-s", "symbolic-moe"])
+    assert "g (global)" in res.output
     res = runner.invoke(app, ["experts", "list", "-c", str(config_path), "--json"])
     names = [e["name"] for e in json.loads(res.stdout)["experts"]]
     assert names == ["alpha", "beta", "mute", "kw", "agg"]

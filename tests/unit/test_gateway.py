@@ -322,14 +322,19 @@ def test_sdk_clients_sync_and_async(gw):
     import asyncio
 
     from orchestrator.sdk import AsyncConclaveClient, ConclaveClient, GatewayClientError
-    from orchestrator.types import RoutingDecision
+    from orchestrator.types import RoutePlan
 
     with ConclaveClient(gw.url) as c:
         reply = c.chat(Q)
         assert reply.text.startswith("The answer is (") and reply.trace["keywords"]
         assert c.chat(Q, model="alpha").text == "The answer is (A)."
-        decision = c.route(Q)
-        assert isinstance(decision, RoutingDecision) and len(decision.chosen) == 3
+        plan = c.route(Q)
+        # the served model's strategy ('conclave'): whom it asks first, with its estimates
+        assert isinstance(plan, RoutePlan) and plan.strategy == "conclave"
+        assert plan.keywords and 1 <= len(plan.experts) <= 2
+        why = plan.explanation
+        assert why is not None and set(why.estimates) >= set(plan.experts)
+        assert why.budget == 3 and why.stages == [plan.experts]
         assert c.models()[0] == "conclave"
         with pytest.raises(GatewayClientError) as e:
             c.chat(Q, model="nobody")
@@ -438,3 +443,25 @@ def test_an_ensemble_whose_experts_all_fail_says_so():
         assert events[-1]["conclave"]["experts"] and "total_tokens" in events[-1]["usage"]
     finally:
         s.close()
+
+
+def test_feedback_on_a_routed_answer_teaches_the_router_without_free_agents(gw):
+    r = httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        json={"model": "conclave", "messages": [{"role": "user", "content": Q}]},
+        timeout=30,
+    )
+    assert r.status_code == 200
+    reply = r.json()
+    asked = reply["conclave"]["experts"]
+    before = len(gw.conclave.questions)
+    fb = httpx.post(
+        f"{gw.url}/v1/feedback", json={"id": reply["id"], "correct": True, "answer": "A"}
+    )
+    assert fb.status_code == 200, fb.text
+    assert fb.json()["agents_scored"] == len(set(asked)) >= 1
+    assert len(gw.conclave.questions) == before + 1
+    for e in set(asked):
+        assert gw.conclave.profiles.profiles[e].provenance[-1].split == "feedback"
+    unknown = httpx.post(f"{gw.url}/v1/feedback", json={"id": "chatcmpl-nope", "correct": True})
+    assert unknown.status_code == 404 and "no recent answer" in unknown.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio.to_thread
 from fastapi import APIRouter
 
 from orchestrator.gateway.deps import Served
@@ -23,11 +24,14 @@ async def agents(gw: Served, history: int = 50) -> dict[str, Any]:
 
 @router.post("/v1/feedback")
 async def feedback(body: FeedbackRequest, gw: Served) -> dict[str, Any]:
-    """Grade an answer of model 'conclave' by its response id: the agents that took
-    part earn an accuracy sample."""
-    mon = gw.monitor()
+    """Grade an answer of a routed model by its response id: the experts' graded answers
+    update the routing estimates (saved with the profile) and, with free agents, the
+    monitor's rewards."""
+    task = body.id.removeprefix("chatcmpl-")
     try:
-        scored = mon.feedback(body.id.removeprefix("chatcmpl-"), body.correct, body.answer)
+        scored = await anyio.to_thread.run_sync(
+            gw.conclave.feedback, task, body.correct, body.answer
+        )
     except KeyError:
         raise GatewayError(
             404,

@@ -1,4 +1,5 @@
-"""POST /v1/route: which experts the routed ensemble would ask, and why, without asking."""
+"""POST /v1/route: whom the served model's strategy would ask first, and why, without
+asking (`Conclave.plan`)."""
 
 from __future__ import annotations
 
@@ -19,5 +20,5 @@ router = APIRouter()
 async def route(body: RouteRequest, gw: Served) -> dict[str, Any]:
     gw.check_routing()
     item = Item(id=f"route-{uuid.uuid4().hex[:8]}", question=body.question)
-    decision = await asyncio.to_thread(lambda: gw.conclave.route([item])[0])
-    return decision.model_dump(by_alias=True)
+    plan = await asyncio.to_thread(lambda: gw.conclave.plan([item])[0])
+    return plan.model_dump(by_alias=True)

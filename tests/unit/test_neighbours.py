@@ -1,0 +1,153 @@
+"""The second witness: embedded validation questions with each expert's outcome, the blend
+with the keywords learnt by leave-one-out, and learning from graded answers after
+profiling (the facade, and the gateway's feedback over real HTTP)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from orchestrator.errors import ConfigError
+from skills.estimates import calibrate, estimate
+from skills.neighbours import RIGHT, UNKNOWN, WRONG, QuestionIndex
+from skills.profiles import ProfileSet
+from tests.unit.test_conclave import items, make
+
+
+def _unit(rows: list[list[float]]) -> np.ndarray:
+    v = np.asarray(rows, dtype=np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_evidence_is_the_similarity_weighted_record_on_the_nearest_questions():
+    vecs = _unit([[1, 0], [0.9, 0.1], [0, 1], [-1, 0]])
+    index = QuestionIndex(
+        ["q0", "q1", "q2", "q3"],
+        vecs,
+        {"x": [RIGHT, RIGHT, WRONG, WRONG], "y": [WRONG, UNKNOWN, RIGHT, RIGHT]},
+        "test",
+    )
+    sims = index.similarities(_unit([[1, 0]]))
+    (ev,) = index.evidence(sims, ["x", "y", "z"], k=2)
+    s1 = float(vecs[1] @ np.array([1, 0]))
+    assert ev["x"] == pytest.approx((1 + s1, 1 + s1))  # right on both neighbours
+    assert ev["y"] == pytest.approx((0.0, 1.0))  # q1 ungraded for y: only q0 counts
+    assert "z" not in ev  # not in the index: no evidence at all
+    # leaving a question out of its own neighbours (calibration)
+    (own,) = index.evidence(index.similarities(vecs[:1]), ["x"], k=1, exclude=[0])
+    assert own["x"] == pytest.approx((s1, s1))
+    # an opposite question counts for nothing, however many neighbours are read
+    (far,) = index.evidence(sims, ["y"], k=4)
+    assert far["y"] == pytest.approx((0.0, 1.0))
+
+
+def test_the_index_learns_new_questions_and_round_trips_atomically(tmp_path):
+    index = QuestionIndex(["q0"], _unit([[1, 0]]), {"x": [RIGHT]}, "test")
+    index.add("q1", _unit([[0, 1]])[0], {"x": False, "new": True})
+    assert index.ids == ["q0", "q1"] and len(index.vectors) == 2
+    assert index.outcomes["x"].tolist() == [RIGHT, WRONG]
+    assert index.outcomes["new"].tolist() == [UNKNOWN, RIGHT]
+    index.save(tmp_path / "q")
+    back = QuestionIndex.load(tmp_path / "q", "test")
+    assert back.ids == index.ids and np.allclose(back.vectors, index.vectors)
+    assert {e: c.tolist() for e, c in back.outcomes.items()} == {
+        e: c.tolist() for e, c in index.outcomes.items()
+    }
+    with pytest.raises(ConfigError, match="embedded with 'test'"):
+        QuestionIndex.load(tmp_path / "q", "other")
+    raw = (tmp_path / "q" / "vectors.npy").read_bytes()
+    (tmp_path / "q" / "vectors.npy").write_bytes(raw[:-4] + b"\0\0\0\1")
+    with pytest.raises(ConfigError, match="damaged; profile again"):
+        QuestionIndex.load(tmp_path / "q", "test")
+    with pytest.raises(ConfigError, match="unreadable"):
+        QuestionIndex.load(tmp_path / "missing", "test")
+    assert not list((tmp_path / "q").glob("*.tmp*"))  # nothing half-written left
+
+
+def _world(seed: int, keyword_error: float, neighbours_informative: bool):
+    """Two topics, two specialists (0.9 on theirs, 0.2 on the other); each question's
+    keyword names its topic except a share `keyword_error` of questions, which name the
+    other one; its embedding lies near its topic's axis (or anywhere)."""
+    rng = np.random.default_rng(seed)
+    n = 160
+    topic = rng.integers(0, 2, n)
+    lie = rng.random(n) < keyword_error
+    keywords = [[["algebra", "history"][t ^ int(bad)]] for t, bad in zip(topic, lie, strict=True)]
+    if neighbours_informative:
+        vecs = np.eye(2)[topic] * 3 + rng.normal(0, 1, (n, 2))
+    else:
+        vecs = rng.normal(0, 1, (n, 2))
+    vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    right = {
+        "x": rng.random(n) < np.where(topic == 0, 0.9, 0.2),
+        "y": rng.random(n) < np.where(topic == 1, 0.9, 0.2),
+    }
+    profiles = ProfileSet().update(
+        ((e, keywords[i], bool(ok[i])) for e, ok in right.items() for i in range(n)),
+        dataset="d",
+        split="v",
+    )
+    index = QuestionIndex(
+        [f"q{i}" for i in range(n)],
+        vecs,
+        {e: [RIGHT if ok else WRONG for ok in col] for e, col in right.items()},
+        "test",
+    )
+    sims = index.similarities(index.vectors)
+    near = {k: index.evidence(sims, ["x", "y"], k, exclude=list(range(n))) for k in (5, 20)}
+    outcomes = {e: [bool(v) for v in col] for e, col in right.items()}
+    return profiles.profiles, keywords, outcomes, near
+
+
+def test_calibration_leans_on_the_neighbours_only_where_keywords_mislead():
+    # keywords that name the wrong topic for 40% of questions: the neighbours win
+    w, k, scores = calibrate(*_world(0, 0.4, neighbours_informative=True))
+    assert w >= 0.5 and k in (5, 20)
+    assert scores[f"w={w:g} k={k}"] == min(scores.values()) < scores["w=0 k=5"]
+    # sound keywords and neighbours that say nothing: the keywords alone
+    w, _, scores = calibrate(*_world(1, 0.0, neighbours_informative=False))
+    assert w == 0.0 and scores["w=0 k=5"] == min(scores.values())
+
+
+def test_a_blended_estimate_moves_towards_the_neighbours_record():
+    profiles, keywords, _, near = _world(2, 0.4, neighbours_informative=True)
+    x = profiles["x"]
+    kw_only = estimate("x", x, ["algebra"])
+    trusted = estimate("x", x, ["algebra"], near=(0.0, 20.0), blend=1.0)  # 0 of 20 nearby
+    half = estimate("x", x, ["algebra"], near=(0.0, 20.0), blend=0.5)
+    assert trusted.accuracy < half.accuracy < kw_only.accuracy
+    assert half.accuracy == pytest.approx((trusted.accuracy + kw_only.accuracy) / 2)
+    assert estimate("x", x, ["algebra"], near=None, blend=1.0) == kw_only
+
+
+def test_feedback_and_graded_answers_update_the_estimates_and_are_saved(tmp_path):
+    from orchestrator.profiling import ensure_profile
+
+    with make(aggregator="vote") as c:
+        folder, reused = ensure_profile(c, items("validation"), "skillmix", tmp_path)
+        assert not reused and c.state_dir == folder
+        before = len(c.questions)
+        test = items("test")[:2]
+        traces = c.answer(test, "conclave")
+        asked = traces[0].answers[0].expert
+        right_before = c.profiles.profiles[asked].overall()
+        # the user says the first answer was wrong and gives the right one
+        gold = "Z"
+        assert c.feedback(traces[0].id, correct=False, gold=gold) == 1
+        prof = c.profiles.profiles[asked]
+        assert prof.provenance[-1].split == "feedback"
+        assert prof.overall() == (right_before[0], right_before[1] + 1)
+        assert len(c.questions) == before + 1
+        assert c.questions.outcomes[asked][-1] == WRONG
+        with pytest.raises(KeyError):
+            c.feedback("no-such-answer", correct=True)
+        # graded answers from a caller with gold: every expert asked is graded
+        learnt = c.learn(test[1:], traces[1:])
+        assert (
+            learnt == len({a.expert for a in traces[1].answers}) and len(c.questions) == before + 2
+        )
+    # what it learnt is in the profile folder: a new facade starts from it
+    with make(aggregator="vote") as again:
+        again.load_state(folder)
+        assert len(again.questions) == before + 2
+        assert again.profiles.profiles[asked].provenance[-2].split == "feedback"
