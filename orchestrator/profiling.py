@@ -29,11 +29,12 @@ from orchestrator.types import ExpertAnswer, Item, Probe, RoutingState
 
 if TYPE_CHECKING:
     from orchestrator.conclave import Conclave
+    from skills.estimates import Calibration
 
 #: bumped when profiling records more: a cached profile from before is built again
 #: (2: per-keyword answer counts, for the 'conclave' strategy's estimates; 3: how often wrong
-#: answers agree; 4: the embedded validation questions and the blend of neighbours and
-#: keywords)
+#: answers agree; 4: the embedded validation questions, the estimates' calibration and
+#: conclave's aggregator check)
 PROFILE_FORMAT = 4
 
 
@@ -122,9 +123,7 @@ def profile(
         ex: [a.choice == it.gold_answer for it, a in zip(items, col, strict=True)]
         for ex, col in zip(experts, zip(*per_item, strict=True), strict=True)
     }
-    blend, k, calibration, held = index_questions(
-        conclave, items, outcomes, [kws[it.id][0] for it in items]
-    )
+    cal, held = index_questions(conclave, items, outcomes, [kws[it.id][0] for it in items])
     acc = {
         ex: round(
             100
@@ -149,9 +148,10 @@ def profile(
         aggregator=choice,
         aggregator_scores=scores,
         wrong_agreement=wrong_agreement(items, per_item),
-        neighbour_weight=blend,
-        neighbours=k,
-        calibration=calibration,
+        neighbour_weight=cal.blend,
+        neighbours=cal.neighbours,
+        prior_strength=cal.prior_strength,
+        calibration=cal.scores,
     )
     conclave.state = state
     state.synthesis, state.synthesis_scores = choose_synthesis(
@@ -174,12 +174,12 @@ def index_questions(
     items: Sequence[Item],
     outcomes: dict[str, list[bool]],
     skills: Sequence[Sequence[str]],
-) -> tuple[float, int, dict[str, float], list[dict[str, float]]]:
+) -> tuple[Calibration, list[dict[str, float]]]:
     """Embed the validation questions with each expert's outcome (the facade's
-    `questions`), and choose how far 'conclave' trusts them against the keywords:
-    (neighbour weight, number of neighbours, each blend's leave-one-out Brier score,
-    each question's held-out estimate per expert under the chosen blend)."""
-    from skills.estimates import NEIGHBOURS, calibrate, held_out
+    `questions`), and choose how 'conclave' estimates (the neighbours' weight against
+    the keywords, their number, the prior strength): the calibration, and each
+    question's held-out estimate per expert under it."""
+    from skills.estimates import NEIGHBOURS, PRIOR_STRENGTHS, Calibration, calibrate, held_out
     from skills.neighbours import RIGHT, WRONG, QuestionIndex
 
     embedder = conclave.embedder()
@@ -191,14 +191,17 @@ def index_questions(
         embedder.name,
     )
     conclave.questions = index
+    fixed = conclave.config.routing.prior_strength
+    priors = (fixed,) if fixed is not None else PRIOR_STRENGTHS
     if conclave.profiles is None or len(items) < 2:
-        return 0.0, min(NEIGHBOURS), {}, [{} for _ in items]
+        return Calibration(0.0, min(NEIGHBOURS), priors[0], {}), [{} for _ in items]
     sims = index.similarities(vectors)
     own = list(range(len(items)))
     near = {k: index.evidence(sims, list(outcomes), k, exclude=own) for k in NEIGHBOURS}
-    profiles, prior = conclave.profiles.profiles, conclave.config.routing.prior_strength
-    blend, k, scores = calibrate(profiles, skills, outcomes, near, prior)
-    return blend, k, scores, held_out(profiles, skills, outcomes, near[k], prior, blend)
+    profiles = conclave.profiles.profiles
+    cal = calibrate(profiles, skills, outcomes, near, priors)
+    held = held_out(profiles, skills, outcomes, near[cal.neighbours], cal.prior_strength, cal.blend)
+    return cal, held
 
 
 #: split validation questions needed before an aggregator LLM may be chosen for 'conclave'

@@ -206,10 +206,17 @@ class RoutingState(BaseModel):
     neighbours: int = Field(
         0, ge=0, description="How many nearest validation questions that estimate reads."
     )
+    prior_strength: float = Field(
+        4.0,
+        gt=0.0,
+        description="Pseudo-answers of an expert's overall accuracy in each of 'conclave''s "
+        "estimates: routing.prior_strength, or the one leave-one-out chose.",
+    )
     calibration: dict[str, float] = Field(
         default_factory=dict,
-        description="Leave-one-out Brier score of each blend of neighbours and keywords "
-        "tried when profiling (lower is better); the best one is kept.",
+        description="Leave-one-out Brier score of each estimate setting (neighbours' "
+        "weight, their number, prior strength) tried when profiling (lower is better); "
+        "the best one is kept.",
     )
     synthesis: str | None = Field(
         None,

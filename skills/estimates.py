@@ -15,11 +15,13 @@ profile (a free agent promoted without one) gets 0.5 with no evidence.
 
 A second witness is the question's nearest validation questions (`skills.neighbours`):
 the expert's similarity-weighted record on them, shrunk the same way. The two are
-blended, p = w * p_neighbours + (1 - w) * p_keywords, with the weight w and the number of
-neighbours chosen when profiling by `calibrate`: each validation question's outcome per
-expert predicted, leaving that question out, by each blend, and the blend with the
-lowest Brier score kept. A pool whose keyword model names the wrong subject then leans
-on the neighbours, one whose keywords are sound keeps them.
+blended, p = w * p_neighbours + (1 - w) * p_keywords, with the weight w, the number of
+neighbours and the prior strength k chosen when profiling by `calibrate`: each
+validation question's outcome per expert predicted, leaving that question out, by each
+setting, and the setting with the lowest Brier score kept. A pool whose keyword model
+names the wrong subject then leans on the neighbours, one whose keywords are sound keeps
+them; experts alike on every subject are shrunk hard towards their overall accuracy,
+specialists little.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from skills.sequential import weight
 #: the blends `calibrate` tries: neighbour weights and numbers of neighbours
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 NEIGHBOURS = (5, 10, 20, 40)
+#: the prior strengths `calibrate` tries when the config does not fix one
+PRIOR_STRENGTHS = (1.0, 4.0, 16.0, 64.0)
 
 
 @dataclass(frozen=True)
@@ -138,39 +142,52 @@ def held_out(
     return out
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """How 'conclave' estimates, as leave-one-out chose it when profiling."""
+
+    blend: float  # the neighbours' weight against the keywords
+    neighbours: int  # how many nearest validation questions
+    prior_strength: float  # pseudo-answers of the expert's overall accuracy
+    scores: dict[str, float]  # the Brier score of each setting tried
+
+
 def calibrate(
     profiles: Mapping[str, ModelProfile],
     skills: Sequence[Sequence[str]],
     outcomes: Mapping[str, Sequence[bool]],
     near: Mapping[int, Sequence[Mapping[str, Evidence]]],
-    prior_strength: float = 4.0,
-) -> tuple[float, int, dict[str, float]]:
-    """The blend of neighbours and keywords that best predicts, leaving each validation
-    question out in turn, whether each expert answered it right: (neighbour weight,
-    number of neighbours, Brier score of each blend tried as "w=<weight> k=<n>"). `near`
-    maps a number of neighbours to each question's leave-one-out evidence; ties go to
-    the smaller weight (the keywords, the paper's witness)."""
+    priors: Sequence[float] = PRIOR_STRENGTHS,
+) -> Calibration:
+    """The estimate settings that best predict, leaving each validation question out in
+    turn, whether each expert answered it right: the neighbours' weight, their number
+    (`near` maps a number of neighbours to each question's leave-one-out evidence) and
+    the prior strength, with the Brier score of each setting tried ("w=<weight> k=<n>
+    prior=<strength>"). Ties go to the smaller weight (the keywords, the paper's
+    witness), then to the first prior listed."""
     scores: dict[str, float] = {}
-    best: tuple[float, float, int] = (math.inf, 0.0, min(near, default=0))
+    k0 = min(near, default=0)
+    best: tuple[float, float, int, float] = (math.inf, 0.0, k0, priors[0])
     cells = sum(len(col) for e, col in outcomes.items() if e in profiles)
     if not cells:
-        return 0.0, best[2], scores
-    for k, rows in sorted(near.items()):
-        for w in BLEND_WEIGHTS:
-            if w == 0.0 and k != min(near):
-                continue  # without neighbours, their number does not matter
-            est = held_out(profiles, skills, outcomes, rows, prior_strength, w)
-            err = sum(
-                (est[i][e] - ok) ** 2
-                for e, col in outcomes.items()
-                if e in profiles
-                for i, ok in enumerate(col)
-            )
-            brier = err / cells
-            scores[f"w={w:g} k={k}"] = round(brier, 5)
-            if (brier, w) < best[:2]:
-                best = (brier, w, k)
-    return best[1], best[2], scores
+        return Calibration(0.0, k0, priors[0], scores)
+    for prior in priors:
+        for k, rows in sorted(near.items()):
+            for w in BLEND_WEIGHTS:
+                if w == 0.0 and k != k0:
+                    continue  # without neighbours, their number does not matter
+                est = held_out(profiles, skills, outcomes, rows, prior, w)
+                err = sum(
+                    (est[i][e] - ok) ** 2
+                    for e, col in outcomes.items()
+                    if e in profiles
+                    for i, ok in enumerate(col)
+                )
+                brier = err / cells
+                scores[f"w={w:g} k={k} prior={prior:g}"] = round(brier, 5)
+                if (brier, w) < best[:2]:
+                    best = (brier, w, k, prior)
+    return Calibration(best[1], best[2], best[3], scores)
 
 
 def vote_accuracy(estimates: Sequence[Estimate], options: float, collusion: float = 0.0) -> float:

@@ -73,22 +73,22 @@ class Conclave:
         agreement = c.state.wrong_agreement if c.state is not None else 0.0
         collusion = agreement**0.5
         blend = c.state.neighbour_weight if c.state is not None else 0.0
+        prior = c.state.prior_strength if c.state is not None else 4.0
         profiles = {e: c.profile_of(e) for e in ctx.experts}
         plans = []
         for it, (words, skills, calls, usage), near in zip(
             items, c.skills_of(items, ctx.progress), c.neighbours_of(items), strict=True
         ):
             ests = sorted(
-                (
-                    estimate(e, profiles[e], skills, routing.prior_strength, near.get(e), blend)
-                    for e in ctx.experts
-                ),
+                (estimate(e, profiles[e], skills, prior, near.get(e), blend) for e in ctx.experts),
                 key=lambda x: (-x.accuracy, -x.overall, x.expert),
             )
             k = effective_options(options_in(it), agreement)
             best = ests[0]
             team = ests[: min(budget, 3, len(ests))]
-            alone = len(team) == 1 or best.accuracy >= vote_accuracy(team, k, collusion)
+            # a vote worth no more than the best alone (to rounding) is not worth its calls
+            worth = vote_accuracy(team, k, collusion)
+            alone = len(team) == 1 or best.accuracy >= worth - 1e-9
             first = [best.expert] if alone or budget == 1 else [e.expert for e in ests[:2]]
             plans.append(
                 Plan(

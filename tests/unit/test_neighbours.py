@@ -64,10 +64,17 @@ def test_the_index_learns_new_questions_and_round_trips_atomically(tmp_path):
     assert not list((tmp_path / "q").glob("*.tmp*"))  # nothing half-written left
 
 
-def _world(seed: int, keyword_error: float, neighbours_informative: bool):
-    """Two topics, two specialists (0.9 on theirs, 0.2 on the other); each question's
-    keyword names its topic except a share `keyword_error` of questions, which name the
-    other one; its embedding lies near its topic's axis (or anywhere)."""
+def _world(
+    seed: int,
+    keyword_error: float,
+    neighbours_informative: bool,
+    good: float = 0.9,
+    bad: float = 0.2,
+):
+    """Two topics, two experts (`good` on their own topic, `bad` on the other: specialists,
+    or alike when equal); each question's keyword names its topic except a share
+    `keyword_error` of questions, which name the other one; its embedding lies near its
+    topic's axis (or anywhere)."""
     rng = np.random.default_rng(seed)
     n = 160
     topic = rng.integers(0, 2, n)
@@ -79,8 +86,8 @@ def _world(seed: int, keyword_error: float, neighbours_informative: bool):
         vecs = rng.normal(0, 1, (n, 2))
     vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
     right = {
-        "x": rng.random(n) < np.where(topic == 0, 0.9, 0.2),
-        "y": rng.random(n) < np.where(topic == 1, 0.9, 0.2),
+        "x": rng.random(n) < np.where(topic == 0, good, bad),
+        "y": rng.random(n) < np.where(topic == 1, good, bad),
     }
     profiles = ProfileSet().update(
         ((e, keywords[i], bool(ok[i])) for e, ok in right.items() for i in range(n)),
@@ -101,12 +108,24 @@ def _world(seed: int, keyword_error: float, neighbours_informative: bool):
 
 def test_calibration_leans_on_the_neighbours_only_where_keywords_mislead():
     # keywords that name the wrong topic for 40% of questions: the neighbours win
-    w, k, scores = calibrate(*_world(0, 0.4, neighbours_informative=True))
-    assert w >= 0.5 and k in (5, 20)
-    assert scores[f"w={w:g} k={k}"] == min(scores.values()) < scores["w=0 k=5"]
+    cal = calibrate(*_world(0, 0.4, neighbours_informative=True))
+    assert cal.blend >= 0.5 and cal.neighbours in (5, 20)
+    key = f"w={cal.blend:g} k={cal.neighbours} prior={cal.prior_strength:g}"
+    assert cal.scores[key] == min(cal.scores.values())
+    assert cal.scores[key] < cal.scores[f"w=0 k=5 prior={cal.prior_strength:g}"]
     # sound keywords and neighbours that say nothing: the keywords alone
-    w, _, scores = calibrate(*_world(1, 0.0, neighbours_informative=False))
-    assert w == 0.0 and scores["w=0 k=5"] == min(scores.values())
+    cal = calibrate(*_world(1, 0.0, neighbours_informative=False))
+    assert cal.blend == 0.0
+    # a fixed prior strength is the only one tried
+    assert {k.split()[-1] for k in calibrate(*_world(1, 0.0, False), priors=(4.0,)).scores} == {
+        "prior=4"
+    }
+
+
+def test_calibration_shrinks_experts_alike_everywhere_hard_and_specialists_little():
+    alike = calibrate(*_world(3, 0.0, neighbours_informative=False, good=0.6, bad=0.6))
+    specialists = calibrate(*_world(3, 0.0, neighbours_informative=False))
+    assert alike.prior_strength == 64.0 and specialists.prior_strength <= 4.0
 
 
 def test_a_blended_estimate_moves_towards_the_neighbours_record():
@@ -133,7 +152,9 @@ def test_feedback_and_graded_answers_update_the_estimates_and_are_saved(tmp_path
         right_before = c.profiles.profiles[asked].overall()
         # the user says the first answer was wrong and gives the right one
         gold = "Z"
-        assert c.feedback(traces[0].id, correct=False, gold=gold) == 1
+        assert c.feedback(traces[0].id, correct=False, gold=gold) == len(
+            {a.expert for a in traces[0].answers}
+        )
         prof = c.profiles.profiles[asked]
         assert prof.provenance[-1].split == "feedback"
         assert prof.overall() == (right_before[0], right_before[1] + 1)
