@@ -237,6 +237,17 @@ def run_pool(
         cfg = _config(pool, url, seed, embedder, folder / "cache")
         with Conclave(cfg, reuse_answers=True) as c:
             res = run_eval(c, spec, run_dir, folder / "cache", progress=False)
+            st = c.state
+            setup = (
+                {
+                    "neighbour_weight": st.neighbour_weight,
+                    "neighbours": st.neighbours,
+                    "prior_strength": st.prior_strength,
+                    "synthesis": st.synthesis,
+                }
+                if st is not None
+                else {}
+            )
     summary = res["strategies"]
     if ORACLE not in summary:
         raise ConfigError(f"pool {pool.name}: the run gave no oracle (did majority run?)")
@@ -253,6 +264,7 @@ def run_pool(
         },
         validation_accuracy=res["validation_accuracy"],
         aggregator=res["aggregator"],
+        conclave=setup,
         best_single=res["best_single"],
         failed_answers=failed,
         wall_s=round(time.perf_counter() - t0, 1),

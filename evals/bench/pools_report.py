@@ -55,6 +55,12 @@ class SeedRun(BaseModel):
     singles: dict[str, float] = Field(..., description="Each expert alone, percent.")
     validation_accuracy: dict[str, float] = Field(..., description="Measured by profiling.")
     aggregator: str | None = Field(..., description="What profiling chose for symbolic-moe.")
+    conclave: dict[str, Any] = Field(
+        default_factory=dict,
+        description="How profiling set up 'conclave': the neighbours' weight and number, "
+        "the prior strength, and the aggregator LLM it asks where answers split (None: "
+        "the vote).",
+    )
     best_single: str | None
     failed_answers: int = Field(..., description="Expert answers that came back as errors.")
     wall_s: float
