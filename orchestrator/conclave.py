@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from orchestrator.config import ConclaveConfig, Role, SamplingOverride
 from orchestrator.errors import ConfigError
 from orchestrator.extensions import check_extensions
@@ -53,6 +55,10 @@ if TYPE_CHECKING:
 
 #: stages a strategy may add after its first batch (each one pool batch)
 MAX_STAGES = 4
+#: nearest validation questions whose keywords stand in for the keyword model
+SKILL_NEIGHBOURS = 10
+#: question embeddings kept (about 1.5 KB each with MiniLM)
+VECTOR_CACHE = 4096
 
 
 class Conclave:
@@ -81,6 +87,8 @@ class Conclave:
         #: answered questions, for feedback
         self.recent = RecentAnswers()
         self._learning = threading.Lock()
+        self._vectors: dict[str, np.ndarray] = {}
+        self._vector_lock = threading.Lock()
         self.state: RoutingState | None = None
         self.monitor: FreeAgentMonitor | None = None
         self.probes = ProbeScheduler(config.free_agents.probes_per_task)
@@ -353,10 +361,16 @@ class Conclave:
         ]
 
     def skills_of(
-        self, items: Sequence[Item], progress: bool = False
+        self, items: Sequence[Item], progress: bool = False, source: str = "keywords"
     ) -> list[tuple[list[str], list[str], int, Usage]]:
-        """(keywords, inventory skills, keyword calls, keyword usage) per item: the keyword
-        model in one batch, new keywords embedded in one more."""
+        """(keywords, inventory skills, keyword calls, keyword usage) per item: from the
+        keyword model in one batch (new keywords embedded in one more), or with `source`
+        'embedding' from the keywords of the item's nearest validation questions, with no
+        LLM call (`routing.skills`)."""
+        if source == "embedding" and self.questions is not None and len(self.questions):
+            sims = self.questions.similarities(self.question_vectors(items))
+            near = self.questions.skills_near(sims, SKILL_NEIGHBOURS)
+            return [(words, list(words), 0, Usage()) for words in near]
         kws = self.keywords(items, progress)
         if self.inventory is not None:
             self.inventory.map(sorted({k for words, _, _ in kws.values() for k in words}))
@@ -367,14 +381,29 @@ class Conclave:
             out.append((words, skills, calls, usage))
         return out
 
+    def question_vectors(self, items: Sequence[Item]) -> np.ndarray:
+        """The items' question embeddings (the inventory's embedder), each question
+        embedded once: planning reads them for skills and for evidence."""
+        with self._vector_lock:
+            known = dict(self._vectors)
+        new = list(dict.fromkeys(it.question for it in items if it.question not in known))
+        if new:
+            fresh = dict(zip(new, self.embedder().encode(new), strict=True))
+            known.update(fresh)
+            with self._vector_lock:
+                self._vectors.update(fresh)
+                while len(self._vectors) > VECTOR_CACHE:
+                    self._vectors.pop(next(iter(self._vectors)))
+        return np.stack([known[it.question] for it in items])
+
     def neighbours_of(self, items: Sequence[Item]) -> list[dict[str, Evidence]]:
         """Per item, each expert's similarity-weighted record on the item's nearest
-        validation questions (`skills.neighbours`), in one embedding batch; empty when
-        profiling chose to trust the keywords alone."""
+        validation questions (`skills.neighbours`); empty when profiling chose to trust
+        the keywords alone."""
         st = self.state
         if self.questions is None or st is None or st.neighbour_weight <= 0 or not items:
             return [{} for _ in items]
-        sims = self.questions.similarities(self.embedder().encode([it.question for it in items]))
+        sims = self.questions.similarities(self.question_vectors(items))
         return self.questions.evidence(sims, list(self.questions.outcomes), st.neighbours)
 
     def answer(

@@ -102,8 +102,9 @@ def learn_from(
     conclave.profiles.update(rows, dataset=dataset, split=split)
     if conclave.questions is not None:
         vectors = conclave.embedder().encode([it.question for it, _, _ in graded])
-        for (it, _, outcomes), v in zip(graded, vectors, strict=True):
-            conclave.questions.add(it.id, v, outcomes)
+        for (it, words, outcomes), v in zip(graded, vectors, strict=True):
+            skills = inv.map(words) if inv is not None else list(words)
+            conclave.questions.add(it.id, v, outcomes, skills)
     if conclave.state_dir is not None:
         conclave.save_state(conclave.state_dir)
     return len(rows)

@@ -189,6 +189,7 @@ def index_questions(
         vectors,
         {e: [RIGHT if ok else WRONG for ok in col] for e, col in outcomes.items()},
         embedder.name,
+        keywords=skills,
     )
     conclave.questions = index
     fixed = conclave.config.routing.prior_strength

@@ -10,8 +10,12 @@ router. How much to trust this witness against the keywords is learnt when profi
 (`skills.estimates.calibrate`), so a pool whose keyword model is reliable keeps the
 paper's skills and one whose keyword model misleads leans on the neighbours.
 
+The same neighbours stand in for the keyword model on the serving path
+(`routing.skills: embedding`): `skills_near` names the keywords its nearest validation
+questions were given, weighted by similarity, with no LLM call.
+
 Learning goes on after profiling: `add` appends a graded question (a gold answer, user
-feedback, a monitor probe), and `save` persists it with the profile.
+feedback), and `save` persists it with the profile.
 """
 
 from __future__ import annotations
@@ -40,11 +44,16 @@ class QuestionIndex:
         vectors: np.ndarray,
         outcomes: Mapping[str, Sequence[int]],
         embedder: str,
+        keywords: Sequence[Sequence[str]] | None = None,
     ) -> None:
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
         bad = [e for e, col in outcomes.items() if len(col) != len(ids)]
         if bad:
             raise ValueError(f"outcomes of {bad} do not cover the {len(ids)} questions")
+        if keywords is not None and len(keywords) != len(ids):
+            raise ValueError(f"{len(keywords)} keyword lists for {len(ids)} questions")
+        #: each question's keywords from the keyword model: the skills of its neighbours
+        self.keywords = [list(k) for k in keywords] if keywords is not None else [[]] * len(ids)
         self.ids = list(ids)
         self.vectors = vectors
         self.outcomes = {e: np.asarray(col, dtype=np.int8) for e, col in outcomes.items()}
@@ -53,7 +62,13 @@ class QuestionIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add(self, qid: str, vector: np.ndarray, graded: Mapping[str, bool]) -> None:
+    def add(
+        self,
+        qid: str,
+        vector: np.ndarray,
+        graded: Mapping[str, bool],
+        keywords: Sequence[str] = (),
+    ) -> None:
         """One more graded question: its embedding and the experts' outcomes on it (an
         expert new to the index gets UNKNOWN for the questions before). Copy on write,
         outcomes before vectors, so a reader on another thread never sees a neighbour
@@ -67,6 +82,7 @@ class QuestionIndex:
             outcomes[e] = np.append(col, np.int8(code))
         v = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         self.outcomes = outcomes
+        self.keywords = [*self.keywords, list(keywords)]
         self.ids = [*self.ids, qid]
         self.vectors = np.concatenate([self.vectors, v]) if n else v
 
@@ -111,10 +127,35 @@ class QuestionIndex:
             out.append(ev)
         return out
 
+    def skills_near(self, sims: np.ndarray, k: int) -> list[list[str]]:
+        """Per query row of `sims`: the keywords of its `k` nearest questions, each
+        weighing its question's similarity, the heaviest first, as many as those
+        questions have on average (the skills the keyword model would most likely
+        name, without asking it)."""
+        out: list[list[str]] = []
+        n = sims.shape[1]
+        kk = min(k, n)
+        for row in sims:
+            if kk <= 0:
+                out.append([])
+                continue
+            near = np.argpartition(-row, kk - 1)[:kk]
+            votes: dict[str, float] = {}
+            sizes = []
+            for j in near:
+                w = max(float(row[j]), 0.0)
+                sizes.append(len(self.keywords[j]))
+                for kw in self.keywords[j]:
+                    votes[kw] = votes.get(kw, 0.0) + w
+            size = max(round(sum(sizes) / len(sizes)), 1) if sizes else 0
+            ranked = sorted((kw for kw, v in votes.items() if v > 0), key=lambda x: (-votes[x], x))
+            out.append(ranked[:size])
+        return out
+
     def save(self, folder: Path) -> None:
         """`vectors.npy` and `questions.json` in `folder`, each written atomically."""
         outcomes = {e: col.tolist() for e, col in self.outcomes.items()}
-        meta = {"ids": self.ids, "outcomes": outcomes}
+        meta = {"ids": self.ids, "outcomes": outcomes, "keywords": self.keywords}
         save_embedded(folder, "questions.json", self.vectors, self.embedder, meta)
 
     @classmethod
@@ -125,7 +166,7 @@ class QuestionIndex:
             folder, "questions.json", embedder, "question index", "profile again"
         )
         try:
-            return cls(meta["ids"], vectors, meta["outcomes"], embedder)
+            return cls(meta["ids"], vectors, meta["outcomes"], embedder, meta.get("keywords"))
         except (KeyError, ValueError) as exc:
             raise ConfigError(
                 f"question index in {folder} is malformed ({exc}); profile again"

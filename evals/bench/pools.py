@@ -182,7 +182,9 @@ def _data(data_dir: Path, per_category: int, folder: Path) -> tuple[Path, Path]:
     return profile, out
 
 
-def _config(pool: ScriptedPool, url: str, seed: int, embedder: str, cache: Path) -> ConclaveConfig:
+def _config(
+    pool: ScriptedPool, url: str, seed: int, embedder: str, cache: Path, skills: str = "keywords"
+) -> ConclaveConfig:
     def expert(name: str, roles: list[str]) -> dict[str, Any]:
         backend = {
             "type": "remote",
@@ -205,7 +207,7 @@ def _config(pool: ScriptedPool, url: str, seed: int, embedder: str, cache: Path)
                     expert(AGGREGATOR, ["aggregator"]),
                 ]
             },
-            "routing": {"embedder": embedder, "router": {"seed": seed}},
+            "routing": {"embedder": embedder, "router": {"seed": seed}, "skills": skills},
             "cache_dir": str(cache),
         }
     )
@@ -219,6 +221,7 @@ def run_pool(
     strategies: Sequence[str],
     folder: Path,
     embedder: str = "all-MiniLM-L6-v2",
+    skills: str = "keywords",
 ) -> tuple[SeedRun, dict[str, Any]]:
     """One `conclave eval` run of `pool` at `seed` against its scripted server: its
     figures, and the run's summary (strategy -> `StrategySummary` fields)."""
@@ -234,7 +237,7 @@ def run_pool(
     )
     run_dir = folder / "runs" / pool.name / f"seed-{seed}"
     with scripted_server(pool, items, seed) as url:
-        cfg = _config(pool, url, seed, embedder, folder / "cache")
+        cfg = _config(pool, url, seed, embedder, folder / "cache", skills)
         with Conclave(cfg, reuse_answers=True) as c:
             res = run_eval(c, spec, run_dir, folder / "cache", progress=False)
             st = c.state
@@ -280,6 +283,7 @@ def run_pools_bench(
     progress: bool = True,
     embedder: str = "all-MiniLM-L6-v2",
     data_dir: Path | None = None,
+    skills: str = "keywords",
 ) -> PoolsBenchResult:
     """Every strategy (default: `default_strategies()`; majority always runs, as the
     oracle is derived from it) on each pool (default: `DEFAULT_POOLS`) at seeds 0 ..
@@ -309,7 +313,7 @@ def run_pools_bench(
                 for seed in range(seeds):
                     step(f"{name} (seed {seed})")
                     runs.append(
-                        run_pool(POOLS[name], seed, profile, test, chosen, folder, embedder)
+                        run_pool(POOLS[name], seed, profile, test, chosen, folder, embedder, skills)
                     )
                 results.append(pool_figures(POOLS[name], runs, chosen, profile_items))
             step("done")
@@ -320,6 +324,7 @@ def run_pools_bench(
         profile_questions=len(profile_items),
         strategies=chosen,
         embedder=embedder,
+        skills=skills,
         machine=machine(),
         wall_s=round(time.perf_counter() - t0, 1),
         pools=results,

@@ -97,6 +97,9 @@ class PoolsBenchResult(BaseModel):
     profile_questions: int
     strategies: list[str]
     embedder: str
+    skills: str = Field(
+        "keywords", description="Where conclave got each question's skills (routing.skills)."
+    )
     machine: str
     wall_s: float
     pools: list[PoolFigures]

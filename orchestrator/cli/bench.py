@@ -107,6 +107,13 @@ def bench_routing(
             "(majority always runs: the oracle comes from it).",
         ),
     ] = None,
+    skills: Annotated[
+        str,
+        typer.Option(
+            help="Where conclave gets a question's skills (routing.skills): keywords (the "
+            "keyword model) or embedding (its nearest validation questions, no LLM call).",
+        ),
+    ] = "keywords",
     as_json: FiguresJson = False,
     output: FiguresOut = None,
 ) -> None:
@@ -116,7 +123,9 @@ def bench_routing(
 
     try:
         res = figures(
-            run_pools_bench(pool, seeds, per_category, strategy, output, progress=not as_json)
+            run_pools_bench(
+                pool, seeds, per_category, strategy, output, progress=not as_json, skills=skills
+            )
         )
     except ConclaveError as exc:
         raise fail(exc) from None

@@ -66,6 +66,13 @@ class RoutingConfig(Strict):
         None, description="Expert that extracts keywords; unset: the one with role 'keywords'."
     )
     router: RouterSettings = Field(default_factory=RouterSettings, description="Recruitment.")
+    skills: Literal["keywords", "embedding"] = Field(
+        "keywords",
+        description="Where the 'conclave' strategy gets a question's skills: 'keywords' asks "
+        "the keyword model (the paper's path, 'symbolic-moe' always does), 'embedding' takes "
+        "the keywords of its nearest validation questions by the inventory's embedder: no "
+        "LLM call, milliseconds, and the same skills for the same question every time.",
+    )
     max_expert_calls: int = Field(
         3,
         ge=1,

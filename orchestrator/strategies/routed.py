@@ -77,7 +77,10 @@ class Conclave:
         profiles = {e: c.profile_of(e) for e in ctx.experts}
         plans = []
         for it, (words, skills, calls, usage), near in zip(
-            items, c.skills_of(items, ctx.progress), c.neighbours_of(items), strict=True
+            items,
+            c.skills_of(items, ctx.progress, routing.skills),
+            c.neighbours_of(items),
+            strict=True,
         ):
             ests = sorted(
                 (estimate(e, profiles[e], skills, prior, near.get(e), blend) for e in ctx.experts),

@@ -172,3 +172,40 @@ def test_feedback_and_graded_answers_update_the_estimates_and_are_saved(tmp_path
         again.load_state(folder)
         assert len(again.questions) == before + 2
         assert again.profiles.profiles[asked].provenance[-2].split == "feedback"
+
+
+def test_skills_near_are_the_neighbours_keywords_weighted_by_similarity():
+    vecs = _unit([[1, 0], [0.9, 0.1], [0, 1]])
+    index = QuestionIndex(
+        ["q0", "q1", "q2"],
+        vecs,
+        {"x": [RIGHT, RIGHT, WRONG]},
+        "test",
+        keywords=[["algebra", "math"], ["algebra", "proofs"], ["history", "dates"]],
+    )
+    (near,) = index.skills_near(index.similarities(_unit([[1, 0.05]])), k=2)
+    assert near == ["algebra", "math"]  # both neighbours say algebra; q0 is the closer
+    (far,) = index.skills_near(index.similarities(_unit([[0, 1]])), k=1)
+    assert sorted(far) == ["dates", "history"]  # equal weight: both, in name order
+    with pytest.raises(ValueError, match="keyword lists"):
+        QuestionIndex(["q0"], vecs[:1], {}, "test", keywords=[])
+
+
+def test_the_embedding_path_routes_without_the_keyword_model_and_the_same_way_each_time():
+    with make(aggregator="vote") as c:
+        c.profile(items("validation"), dataset="skillmix")
+        routing = c.config.routing.model_copy(update={"skills": "embedding"})
+        c.config = c.config.model_copy(update={"routing": routing})
+        test = items("test")
+        fast = c.skills_of(test, source="embedding")
+        slow = c.skills_of(test)
+        assert all(calls == 0 for _, _, calls, _ in fast)
+        # the neighbours name the skill the keyword model names for each question
+        agree = sum(f[1][0] == s[1][0] for f, s in zip(fast, slow, strict=True))
+        assert agree == len(test)
+        traces = c.answer(test, "conclave")
+        again = c.answer(list(reversed(test)), "conclave")
+    assert all(t.correct for t in traces)
+    assert all(t.calls == len(t.answers) for t in traces)  # no keyword calls
+    by_id = {t.id: t for t in again}
+    assert all(by_id[t.id].answers == t.answers for t in traces)
