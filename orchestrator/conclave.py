@@ -196,7 +196,10 @@ class Conclave:
         todo = [
             i
             for i, key in enumerate(keys)
-            if draws[i] or key not in self._answers or not self._deterministic(key[0])
+            if draws[i]
+            or key not in self._answers
+            or not self._deterministic(key[0])
+            or pairs[i][0].sampling
         ]
         reqs = [
             GenerationRequest(
@@ -219,7 +222,7 @@ class Conclave:
                 tokens=r.prompt_tokens + r.completion_tokens,
                 completion_tokens=r.completion_tokens,
             )
-            if r.ok and not draws[i] and self.reuse_answers and self._deterministic(ex):
+            if r.ok and not draws[i] and self._deterministic(ex) and not it.sampling:
                 self._answers[keys[i]] = fresh[i]
         return [
             fresh[i] if i in fresh else self._answers[key].model_copy(update={"cached": True})
@@ -239,12 +242,15 @@ class Conclave:
         return (self._temperature(expert) or 0.0) > 0.0
 
     def _draw_sampling(self, item: Item, expert: str, draw: int) -> SamplingOverride | None:
-        """Draw 0 runs at the expert's settings; a later draw of a sampling expert gets a
-        seed of its own (the same for the same question, expert and draw)."""
-        if not draw or not self.samples(expert):
-            return None
-        digest = hashlib.sha256(f"{item.id}|{expert}|{draw}".encode()).digest()
-        return SamplingOverride(seed=int.from_bytes(digest[:4], "big") & 0x7FFFFFFF)
+        """Draw 0 runs at the expert's settings, or what the caller set (`Item.sampling`);
+        a later draw of a sampling expert gets a seed of its own (the same for the same
+        question, expert, draw and caller's seed)."""
+        asked = dict(item.sampling or {})
+        if draw and self.samples(expert):
+            key = f"{item.route_key or item.id}|{expert}|{draw}|{asked.get('seed')}"
+            digest = hashlib.sha256(key.encode()).digest()
+            asked["seed"] = int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+        return SamplingOverride(**asked) if asked else None
 
     def _deterministic(self, expert: str) -> bool:
         """Whether a greedy expert's earlier answer may be reused (`reuse_answers`)."""
@@ -354,7 +360,7 @@ class Conclave:
         """(routing decision, keyword calls, keyword usage) per item, over `experts`."""
         router = self.router(experts)
         return [
-            (router.select(it.id, skills, keywords=words), calls, usage)
+            (router.select(it.route_key or it.id, skills, keywords=words), calls, usage)
             for it, (words, skills, calls, usage) in zip(
                 items, self.skills_of(items, progress), strict=True
             )

@@ -8,33 +8,125 @@ with them, so the two cannot drift apart. `ChatAnswer` is what the facade's chat
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 # ---- requests -----------------------------------------------------------------------------
 
 
+class TextPart(BaseModel):
+    """A text content part (`{"type": "text", "text": ...}`); other kinds are refused."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str = Field(..., max_length=200_000)
+
+
 class ChatMessage(BaseModel):
-    """One message of a chat; fields OpenAI has and Conclave does not use are ignored."""
+    """One message of a chat: text, or text content parts; an assistant turn may carry
+    tool calls and no content. Fields OpenAI has and Conclave does not use are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str = Field(..., max_length=200_000)
+    content: str | list[TextPart] | None = Field(None, max_length=200_000)
+    tool_calls: list[dict[str, Any]] | None = Field(
+        None, description="An assistant turn's tool calls (kept in the history, not run)."
+    )
+
+    @model_validator(mode="after")
+    def _has_content(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role!r} message needs content")
+        return self
+
+    @property
+    def text(self) -> str:
+        """The message's text: its content parts joined by newlines; a tool-call turn's
+        calls, as JSON, when it has no content."""
+        if isinstance(self.content, str):
+            return self.content
+        if self.content is None:
+            return json.dumps(self.tool_calls)
+        return "\n".join(p.text for p in self.content)
+
+
+#: OpenAI parameters Conclave cannot honour: a request that sets one (to anything but its
+#: neutral value) gets 400 naming it, rather than an answer that silently ignored it
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "functions": (None, []),
+    "function_call": (None, "none", "auto"),
+    "response_format": (None, {"type": "text"}),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+    "web_search_options": (None,),
+}
 
 
 class ChatRequest(BaseModel):
-    """The body of POST /v1/chat/completions: model 'conclave' or an expert's name."""
+    """The body of POST /v1/chat/completions: model 'conclave' or an expert's name. Types
+    are strict (`stream: "yes"` is an error, not true); every sampling parameter is passed
+    to the experts; one Conclave cannot honour is refused (`UNSUPPORTED`)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(..., min_length=1, max_length=200)
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=256)
-    stream: bool = False
+    stream: StrictBool = False
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    max_tokens: int | None = Field(None, ge=1, le=32_768)
+    max_tokens: StrictInt | None = Field(None, ge=1, le=32_768)
+    max_completion_tokens: StrictInt | None = Field(
+        None, ge=1, le=32_768, description="The newer name of max_tokens."
+    )
     top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = Field(None, description="Up to 4 stop strings.")
+    seed: StrictInt | None = Field(
+        None, description="Seeds the routed model's draws and the experts' sampling."
+    )
+    n: StrictInt = Field(1, ge=1, description="Choices to return: 1, the only value served.")
+
+    def unsupported(self) -> str | None:
+        """The first parameter set that Conclave cannot honour (`UNSUPPORTED`), if any:
+        the gateway answers 400 naming it."""
+        for name, neutral in UNSUPPORTED.items():
+            if (self.model_extra or {}).get(name) not in neutral:
+                return name
+        return "n" if self.n != 1 else None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatRequest:
+        if isinstance(self.stop, list) and len(self.stop) > 4:
+            raise ValueError("'stop' takes at most 4 strings")
+        if (
+            self.max_tokens is not None
+            and self.max_completion_tokens is not None
+            and self.max_tokens != self.max_completion_tokens
+        ):
+            raise ValueError("max_tokens and max_completion_tokens differ; send one of them")
+        return self
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling parameters the request set, as the experts take them."""
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        values = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens or self.max_completion_tokens,
+            "seed": self.seed,
+            "stop": stop,
+        }
+        return {k: v for k, v in values.items() if v is not None}
 
 
 class FeedbackRequest(BaseModel):

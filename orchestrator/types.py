@@ -7,7 +7,7 @@ importing each other. Nothing here imports another module of the project.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,6 +50,17 @@ class Item(BaseModel):
     category: str | None = Field(None, description="Category, when known.")
     answer_type: Literal["choice", "integer"] = Field(
         "choice", description="A lettered option (MMLU-Pro style) or an integer (AIME)."
+    )
+    route_key: str | None = Field(
+        None,
+        description="What seeds a router's draws for this question (default: its id). The "
+        "gateway sets it from the question's text and the request's seed, so the same "
+        "question is routed the same way whatever its request id.",
+    )
+    sampling: dict[str, Any] | None = Field(
+        None,
+        description="Sampling the caller set for this question's expert calls "
+        "(temperature, top_p, max_tokens, seed, stop: `SamplingOverride`'s fields).",
     )
 
 

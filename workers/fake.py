@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -63,9 +64,9 @@ class FakeBackend(ExpertBackend):
             FakeBackend.loaded_now.add(self.name)
             FakeBackend.max_loaded = max(FakeBackend.max_loaded, len(FakeBackend.loaded_now))
 
-    def _text(self, prompt: str) -> str:
+    def _text(self, prompt: str, sampling: str = "{}") -> str:
         if self.spec.answer_key is None:
-            return self.spec.answer.format(expert=self.name, prompt=prompt)
+            return self.spec.answer.format(expert=self.name, prompt=prompt, sampling=sampling)
         from orchestrator.answers import options_of
 
         item = self._known(prompt)
@@ -80,7 +81,11 @@ class FakeBackend(ExpertBackend):
             wrong = sorted(set(options_of(item.question)) - {letter}) or ["Z"]
             letter = rng.choice(wrong)
         return self.spec.answer.format(
-            expert=self.name, prompt=prompt, letter=letter, category=item.category or ""
+            expert=self.name,
+            prompt=prompt,
+            letter=letter,
+            category=item.category or "",
+            sampling=sampling,
         )
 
     def _known(self, prompt: str) -> Item | None:
@@ -113,8 +118,17 @@ class FakeBackend(ExpertBackend):
         if limit is not None and len(prompt) > limit:
             why = f"the prompt has {len(prompt)} characters; this model takes at most {limit}"
             return GenerationResult.failed(r, RequestRejectedError(why, expert=self.name))
+        sp = r.sampling
+        text = self._text(prompt, json.dumps(sp.model_dump(exclude_none=True) if sp else {}))
+        finish = "stop"
+        # as an engine would: a stop string ends the text, max_tokens (a word a token) cuts it
+        for stop in (sp.stop or []) if sp else []:
+            text = text.split(stop, 1)[0]
+        words = text.split(" ")
+        if sp is not None and sp.max_tokens is not None and len(words) > sp.max_tokens:
+            text, finish = " ".join(words[: sp.max_tokens]), "length"
         return GenerationResult(
-            item_id=r.item_id, expert=self.name, text=self._text(prompt), finish_reason="stop"
+            item_id=r.item_id, expert=self.name, text=text, finish_reason=finish
         )
 
     def unload(self) -> None:

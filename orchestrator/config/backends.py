@@ -100,7 +100,10 @@ class FakeBackendConfig(BackendConfig):
 
     type: Literal["fake"] = Field("fake", description="No model: deterministic canned answers.")
     answer: str = Field(
-        "{expert}: {prompt}", description="Answer template; {expert} and {prompt} are filled in."
+        "{expert}: {prompt}",
+        description="Answer template; {expert}, {prompt} and {sampling} (the request's "
+        "sampling parameters as JSON) are filled in. Like an engine, the fake ends the text "
+        "at a stop string and cuts it at max_tokens words.",
     )
     load_s: float = Field(0.0, ge=0.0, description="Simulated load time in seconds.")
     fail_load: bool = Field(False, description="Loading always fails (a bad path).")

@@ -8,6 +8,7 @@ that is its answer alone.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Callable
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 def question(req: ChatRequest) -> str:
     """What the routed ensemble answers: the last user message (400 without one)."""
-    users = [m.content for m in req.messages if m.role == "user"]
+    users = [m.text for m in req.messages if m.role == "user"]
     if not users:
         raise GatewayError(400, "messages need at least one 'user' message", param="messages")
     return users[-1]
@@ -61,25 +62,21 @@ def completion(
 def passthrough_request(expert: str, r: ChatRequest, item_id: str) -> GenerationRequest:
     """`r` as the pool's request to `expert`: its messages (roles the engines do not know
     sent as 'user') and the sampling parameters it set."""
+    from orchestrator.config import SamplingOverride
     from workers.batch import GenerationRequest, Message
 
-    sampling = {
-        k: v
-        for k, v in (
-            ("temperature", r.temperature),
-            ("max_tokens", r.max_tokens),
-            ("top_p", r.top_p),
-        )
-        if v is not None
-    }
+    sampling = r.sampling()
     msgs = [
         Message(
-            role=m.role if m.role in ("system", "user", "assistant") else "user", content=m.content
+            role=m.role if m.role in ("system", "user", "assistant") else "user", content=m.text
         )
         for m in r.messages
     ]
     return GenerationRequest(
-        item_id=item_id, expert=expert, messages=msgs, sampling=sampling or None
+        item_id=item_id,
+        expert=expert,
+        messages=msgs,
+        sampling=SamplingOverride(**sampling) if sampling else None,
     )
 
 
@@ -105,9 +102,23 @@ def ensemble_completion(answer: ChatAnswer) -> dict[str, Any]:
     )
 
 
+def route_key(question: str, seed: int | None) -> str:
+    """The same question (and seed) is routed the same way, whatever its request id."""
+    return hashlib.sha256(f"{seed}|{question}".encode()).hexdigest()[:16]
+
+
 def run_ensemble(conclave: Conclave, requests: list[ChatRequest]) -> list[Outcome]:
     """The requests to the routed ensemble, in one facade batch."""
-    items = [Item(id=f"req-{uuid.uuid4().hex[:12]}", question=question(r)) for r in requests]
+    items = [
+        Item(
+            id=f"req-{uuid.uuid4().hex[:12]}",
+            question=q,
+            route_key=route_key(q, r.seed),
+            sampling=r.sampling() or None,
+        )
+        for r in requests
+        for q in [question(r)]
+    ]
     return [
         ensemble_error(a) if isinstance(a, Exception) else ensemble_completion(a)
         for a in conclave.chat(items)

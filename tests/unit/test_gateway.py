@@ -202,6 +202,12 @@ def test_concurrent_requests_are_batched_per_expert(gw):
     assert sum(sizes) == 10 and max(sizes) > 1
 
 
+def _body(**fields) -> bytes:
+    return json.dumps(
+        {"model": "alpha", "messages": [{"role": "user", "content": "x"}], **fields}
+    ).encode()
+
+
 @pytest.mark.parametrize(
     ("body", "status", "text"),
     [
@@ -211,6 +217,13 @@ def test_concurrent_requests_are_batched_per_expert(gw):
         (b'{"model": "alpha", "messages": [], "stream": 3}', 422, "messages"),
         (b'{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}', 404, "gpt-9"),
         (b'{"model": "conclave", "messages": [{"role": "system", "content": "x"}]}', 400, "user"),
+        (_body(stream="yes"), 422, "stream"),
+        (_body(max_tokens="9"), 422, "max_tokens"),
+        (_body(n=3), 400, "'n'"),
+        (b'{"model": "alpha", "messages": [{"role": "user"}]}', 422, "needs content"),
+        (_body(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), 422, "content"),
+        (_body(response_format={"type": "json_object"}), 400, "response_format"),
+        (_body(stop=["a", "b", "c", "d", "e"]), 422, "stop"),
         (b"[1, 2]", 422, "body"),
         (
             b'{"model": "alpha", "messages": [{"role": "user", "content": "'
@@ -465,3 +478,125 @@ def test_feedback_on_a_routed_answer_teaches_the_router_without_free_agents(gw):
         assert gw.conclave.profiles.profiles[e].provenance[-1].split == "feedback"
     unknown = httpx.post(f"{gw.url}/v1/feedback", json={"id": "chatcmpl-nope", "correct": True})
     assert unknown.status_code == 404 and "no recent answer" in unknown.text
+
+
+ECHO = {
+    "name": "echo",
+    "backend": {"type": "fake", "answer": "echo sampling {sampling} prompt {prompt}"},
+}
+
+
+@pytest.fixture(scope="module")
+def echo_gw():
+    s = Served(GatewaySettings(batch_window_ms=5), experts=[*EXPERTS[:2], ECHO, EXPERTS[-1]])
+    yield s
+    s.close()
+
+
+def test_every_openai_request_form_and_parameter_is_honoured_or_refused(echo_gw, gw):
+    """Text content parts, an assistant tool-call turn with no content, and each sampling
+    parameter reach the expert (the echo expert writes back what it was sent); what the
+    gateway cannot honour is a 400 naming the parameter, from the official client."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{echo_gw.url}/v1", api_key="unused", max_retries=0)
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "part one"}, {"type": "text", "text": "part two"}],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "tool says 4"},
+        {"role": "user", "content": "and then?"},
+    ]
+    out = client.chat.completions.create(
+        model="echo",
+        messages=messages,
+        temperature=0.3,
+        top_p=0.9,
+        max_completion_tokens=400,
+        seed=7,
+        n=1,
+    )
+    text = out.choices[0].message.content
+    sent = json.loads(text.split("sampling ", 1)[1].split(" prompt ", 1)[0])
+    assert sent == {"temperature": 0.3, "top_p": 0.9, "max_tokens": 400, "seed": 7}
+    assert "part one\npart two" in text and "tool says 4" in text and "and then?" in text
+    # max_tokens and stop act on the answer, as an engine's would
+    cut = client.chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": "x"}], max_tokens=2
+    )
+    assert (
+        cut.choices[0].message.content == "echo sampling"
+        and cut.choices[0].finish_reason == "length"
+    )
+    stopped = client.chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": "x"}], stop=["NEVER", "sampling"]
+    )
+    assert stopped.choices[0].message.content == "echo "  # the first stop string found
+    for kwargs, name in [
+        ({"n": 3}, "n"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+                "tool_choice": "required",
+            },
+            "tools",
+        ),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(
+                model="echo", messages=[{"role": "user", "content": "x"}], **kwargs
+            )
+        assert e.value.body["param"] == name and "not supported" in e.value.body["message"]
+    # the routed model passes max_tokens to its experts too, and routes the same question
+    # the same way whatever the request (its draw is seeded by the question and seed)
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+    routed = [
+        client.chat.completions.create(model="conclave", messages=[{"role": "user", "content": Q}])
+        for _ in range(3)
+    ]
+    assert len({tuple(r.model_extra["conclave"]["experts"]) for r in routed}) == 1
+
+
+def test_an_agent_frameworks_openai_client_and_litellm_send_the_same_forms(echo_gw):
+    import litellm
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        model="echo",
+        base_url=f"{echo_gw.url}/v1",
+        api_key="unused",
+        max_tokens=50,
+        temperature=0.2,
+        max_retries=0,
+    )
+    history = [
+        SystemMessage(content="be brief"),
+        HumanMessage(content=[{"type": "text", "text": "what is 2+2?"}]),
+        AIMessage(content="", tool_calls=[{"id": "c1", "name": "add", "args": {"a": 2, "b": 2}}]),
+        ToolMessage(content="4", tool_call_id="c1"),
+        HumanMessage(content="so?"),
+    ]
+    reply = llm.invoke(history)
+    assert "what is 2+2?" in reply.content and '"temperature": 0.2' in reply.content
+    out = litellm.completion(
+        model="openai/echo",
+        api_base=f"{echo_gw.url}/v1",
+        api_key="unused",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "hi there"}]}],
+        max_tokens=20,
+        seed=3,
+    )
+    assert '"seed": 3' in out.choices[0].message.content

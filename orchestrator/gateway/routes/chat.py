@@ -24,6 +24,15 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat(body: ChatRequest, request: Request, gw: Served) -> dict[str, Any] | Response:
+    if (name := body.unsupported()) is not None:
+        value = body.n if name == "n" else (body.model_extra or {}).get(name)
+        raise GatewayError(
+            400,
+            f"{name!r} is not supported by this gateway (it was set to {value!r}); remove it "
+            "or use a provider that supports it",
+            code="unsupported_parameter",
+            param=name,
+        )
     if body.model not in gw.served:
         raise GatewayError(
             404,
