@@ -36,17 +36,22 @@ def chat_answers(conclave: Answerer, items: Sequence[Item]) -> list[ChatAnswer |
 def _answer(tr: Trace) -> ChatAnswer | Exception:
     if tr.answers and all(a.error for a in tr.answers):  # nothing to vote on
         return _failed(tr.answers)
+    why = tr.explanation
     text = tr.aggregator_text or next((a.text for a in tr.answers if a.text), "") or ""
-    if tr.choice and tr.aggregator_text is None:
+    fallback = why is not None and why.stopped.startswith("out of scope")
+    if tr.choice and tr.aggregator_text is None and not fallback:
         # a vote (or one expert alone) has no text of its own: say the letter it chose
         text = f"The answer is ({tr.choice})."
+    skills = tr.routing.skills if tr.routing else (why.skills if why is not None else [])
     trace = EnsembleTrace(
         keywords=tr.keywords,
-        skills=tr.routing.skills if tr.routing else [],
+        skills=skills,
         experts=[a.expert for a in tr.answers],
         aggregator=tr.aggregator,
         choice=tr.choice,
         calls=tr.calls,
+        confidence=why.confidence if why is not None else None,
+        out_of_scope=why.out_of_scope if why is not None else None,
     )
     prompt = tr.tokens - tr.completion_tokens  # every call of the ensemble counts
     usage = CompletionUsage.of(prompt, tr.completion_tokens)

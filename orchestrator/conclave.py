@@ -402,6 +402,30 @@ class Conclave:
                     self._vectors.pop(next(iter(self._vectors)))
         return np.stack([known[it.question] for it in items])
 
+    def scope_of(self, items: Sequence[Item]) -> list[tuple[float | None, str | None]]:
+        """Per item, (similarity of its nearest validation question, why it is out of the
+        profile's scope or None): free-form (a choice question that lists no options), or
+        less like the validation questions than any of them is like another."""
+        from orchestrator.answers import options_of
+
+        st = self.state
+        nearest: list[float | None] = [None] * len(items)
+        if self.questions is not None and len(self.questions) and items:
+            sims = self.questions.similarities(self.question_vectors(items))
+            nearest = [float(row.max()) for row in sims]
+        out: list[tuple[float | None, str | None]] = []
+        for it, near in zip(items, nearest, strict=True):
+            why = None
+            if it.answer_type == "choice" and not options_of(it.question):
+                why = "free-form: the question lists no options to choose from"
+            elif near is not None and st is not None and near < st.scope:
+                why = (
+                    f"unlike every validation question (nearest similarity {near:.2f}, below "
+                    f"{st.scope:.2f}, the least typical validation question's)"
+                )
+            out.append((near, why))
+        return out
+
     def neighbours_of(self, items: Sequence[Item]) -> list[dict[str, Evidence]]:
         """Per item, each expert's similarity-weighted record on the item's nearest
         validation questions (`skills.neighbours`); empty when profiling chose to trust

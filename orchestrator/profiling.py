@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from orchestrator.config import ConclaveConfig, Role
 from orchestrator.errors import ConfigError
 from orchestrator.types import ExpertAnswer, Item, Probe, RoutingState
@@ -123,7 +125,7 @@ def profile(
         ex: [a.choice == it.gold_answer for it, a in zip(items, col, strict=True)]
         for ex, col in zip(experts, zip(*per_item, strict=True), strict=True)
     }
-    cal, held = index_questions(conclave, items, outcomes, [kws[it.id][0] for it in items])
+    cal, held, scope = index_questions(conclave, items, outcomes, [kws[it.id][0] for it in items])
     acc = {
         ex: round(
             100
@@ -152,6 +154,7 @@ def profile(
         neighbours=cal.neighbours,
         prior_strength=cal.prior_strength,
         calibration=cal.scores,
+        scope=scope,
     )
     conclave.state = state
     state.synthesis, state.synthesis_scores = choose_synthesis(
@@ -174,11 +177,11 @@ def index_questions(
     items: Sequence[Item],
     outcomes: dict[str, list[bool]],
     skills: Sequence[Sequence[str]],
-) -> tuple[Calibration, list[dict[str, float]]]:
+) -> tuple[Calibration, list[dict[str, float]], float]:
     """Embed the validation questions with each expert's outcome (the facade's
     `questions`), and choose how 'conclave' estimates (the neighbours' weight against
-    the keywords, their number, the prior strength): the calibration, and each
-    question's held-out estimate per expert under it."""
+    the keywords, their number, the prior strength): the calibration, each question's
+    held-out estimate per expert under it, and the scope (`RoutingState.scope`)."""
     from skills.estimates import NEIGHBOURS, PRIOR_STRENGTHS, Calibration, calibrate, held_out
     from skills.neighbours import RIGHT, WRONG, QuestionIndex
 
@@ -195,14 +198,22 @@ def index_questions(
     fixed = conclave.config.routing.prior_strength
     priors = (fixed,) if fixed is not None else PRIOR_STRENGTHS
     if conclave.profiles is None or len(items) < 2:
-        return Calibration(0.0, min(NEIGHBOURS), priors[0], {}), [{} for _ in items]
+        return Calibration(0.0, min(NEIGHBOURS), priors[0], {}), [{} for _ in items], -1.0
     sims = index.similarities(vectors)
+    others = sims.copy()
+    np.fill_diagonal(others, -np.inf)
+    scope = round(float(np.percentile(others.max(axis=1), SCOPE_PERCENTILE)), 4)
     own = list(range(len(items)))
     near = {k: index.evidence(sims, list(outcomes), k, exclude=own) for k in NEIGHBOURS}
     profiles = conclave.profiles.profiles
     cal = calibrate(profiles, skills, outcomes, near, priors)
     held = held_out(profiles, skills, outcomes, near[cal.neighbours], cal.prior_strength, cal.blend)
-    return cal, held
+    return cal, held, scope
+
+
+#: a question less like the validation questions than this percentile of them are like
+#: each other is out of scope (0: than the least typical of them)
+SCOPE_PERCENTILE = 0
 
 
 #: split validation questions needed before an aggregator LLM may be chosen for 'conclave'

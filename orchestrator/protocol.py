@@ -235,6 +235,16 @@ class EnsembleTrace(BaseModel):
     aggregator: str | None = Field(None, description="The aggregator used, or 'vote'.")
     choice: str | None = Field(None, description="The final letter, None when nothing parsed.")
     calls: int = Field(0, description="LLM calls for the question, keywords included.")
+    confidence: float | None = Field(
+        None,
+        description="The chance the answer is right, as the routing estimates it (None "
+        "when the strategy does not estimate; low when the question was out of scope).",
+    )
+    out_of_scope: str | None = Field(
+        None,
+        description="Why the question is outside what the routed experts were profiled "
+        "on, when it is: the fallback expert answered (routing.fallback).",
+    )
 
 
 class ChatAnswer(BaseModel):

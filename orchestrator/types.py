@@ -128,6 +128,14 @@ class RouteExplanation(BaseModel):
         description="The chance that the vote's answer is right, under the estimates, "
         "when the strategy stopped asking.",
     )
+    out_of_scope: str | None = Field(
+        None,
+        description="Why the question is outside what the profile knows (free-form, or "
+        "unlike every validation question), when it is; the fallback expert answered.",
+    )
+    nearest: float | None = Field(
+        None, description="Cosine similarity of the most similar validation question."
+    )
 
 
 class RoutePlan(BaseModel):
@@ -222,6 +230,12 @@ class RoutingState(BaseModel):
         gt=0.0,
         description="Pseudo-answers of an expert's overall accuracy in each of 'conclave''s "
         "estimates: routing.prior_strength, or the one leave-one-out chose.",
+    )
+    scope: float = Field(
+        -1.0,
+        description="The similarity to its nearest validation question below which a "
+        "question is out of scope for 'conclave': the lowest of the validation questions' "
+        "own nearest-neighbour similarities (-1: no limit).",
     )
     calibration: dict[str, float] = Field(
         default_factory=dict,

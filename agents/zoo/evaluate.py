@@ -17,6 +17,8 @@ from orchestrator.prompts import mc_messages
 #: ~150 tokens; Gemma 3 270M is a base model that repeats the prompt, so more tokens only
 #: cost time (~140 tokens/s on two cores); the trained models answer in a sentence.
 MAX_TOKENS = {"smollm2": 160, "gemma3": 64}
+#: the zoo's generalist: `conclave`'s answer to questions outside the specialists' scope
+FALLBACK = "smollm2"
 
 CONVERTED_ARGS = {
     "dtype": "bfloat16",
@@ -58,7 +60,11 @@ def zoo_config(root: Path, manifest: ZooManifest, names: list[str] | None = None
                 "roles": e.roles,
             }
         )
-    return parse_config({"cluster": {"dashboard": False}, "pool": {"experts": experts}})
+    # a question the specialists were not profiled on goes to the generalist LLM
+    routing = {"fallback": FALLBACK} if FALLBACK in chosen else {}
+    return parse_config(
+        {"cluster": {"dashboard": False}, "pool": {"experts": experts}, "routing": routing}
+    )
 
 
 def evaluate_zoo(

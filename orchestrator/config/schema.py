@@ -163,6 +163,17 @@ class ConclaveConfig(Strict):
         return data
 
     @model_validator(mode="after")
+    def _fallback_is_an_expert(self) -> ConclaveConfig:
+        name = self.routing.fallback
+        names = [e.name for e in self.pool.experts]
+        if name is not None and name not in names:
+            raise ValueError(
+                f"routing.fallback {name!r} is not an expert of the pool; name one of "
+                f"{names} (a generalist), or leave it unset"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _free_agents_are_experts(self) -> ConclaveConfig:
         experts = self.pool.with_role(Role.EXPERT)
         for i, name in enumerate(self.free_agents.free_agents):

@@ -66,6 +66,13 @@ class RoutingConfig(Strict):
         None, description="Expert that extracts keywords; unset: the one with role 'keywords'."
     )
     router: RouterSettings = Field(default_factory=RouterSettings, description="Recruitment.")
+    fallback: str | None = Field(
+        None,
+        description="The expert (a generalist) 'conclave' asks for a question outside the "
+        "profile's scope: free-form (no options to choose from) or unlike every validation "
+        "question. Its answer comes back as it is, with a low confidence and the reason in "
+        "the trace. Unset: the routed experts answer anyway, and the trace says so.",
+    )
     skills: Literal["keywords", "embedding"] = Field(
         "keywords",
         description="Where the 'conclave' strategy gets a question's skills: 'keywords' asks "

@@ -76,10 +76,11 @@ class Conclave:
         prior = c.state.prior_strength if c.state is not None else 4.0
         profiles = {e: c.profile_of(e) for e in ctx.experts}
         plans = []
-        for it, (words, skills, calls, usage), near in zip(
+        for it, (words, skills, calls, usage), near, (nearest, outside) in zip(
             items,
             c.skills_of(items, ctx.progress, routing.skills),
             c.neighbours_of(items),
+            c.scope_of(items),
             strict=True,
         ):
             ests = sorted(
@@ -93,13 +94,20 @@ class Conclave:
             worth = vote_accuracy(team, k, collusion)
             alone = len(team) == 1 or best.accuracy >= worth - 1e-9
             first = [best.expert] if alone or budget == 1 else [e.expert for e in ests[:2]]
+            weights = {e.expert: round(e.weight(k), 4) for e in ests}
+            stopped = ""
+            if outside is not None and routing.fallback is not None:
+                # the profile says nothing about this question: a specialist's confident
+                # junk is worse than a generalist's honest answer
+                first, stopped = [routing.fallback], f"out of scope: {outside}"
+                weights.setdefault(routing.fallback, 1.0)
             plans.append(
                 Plan(
                     list(first),
                     keywords=words,
                     calls=calls,
                     usage=usage,
-                    weights={e.expert: round(e.weight(k), 4) for e in ests},
+                    weights=weights,
                     explanation=RouteExplanation(
                         skills=list(dict.fromkeys(skills)),
                         blend=blend if near else 0.0,
@@ -107,8 +115,11 @@ class Conclave:
                         evidence={e.expert: round(e.evidence, 1) for e in ests},
                         budget=budget,
                         stages=[list(first)],
-                        stopped="",
+                        stopped=stopped,
                         options=round(k, 2),
+                        out_of_scope=outside,
+                        nearest=round(nearest, 4) if nearest is not None else None,
+                        confidence=0.0 if stopped else None,
                     ),
                 )
             )

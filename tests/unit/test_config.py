@@ -86,6 +86,12 @@ def test_out_of_range_value_names_field_and_bound():
     assert "greater than or equal to 0" in msg and "-1" in msg
 
 
+def test_a_fallback_that_is_not_an_expert_is_named_with_the_choices():
+    data = {**_pool(), "routing": {"fallback": "smollm3"}}
+    msg = _error(data)
+    assert "routing.fallback 'smollm3' is not an expert" in msg and "leave it unset" in msg
+
+
 def test_duplicate_expert_names_rejected():
     data = {"pool": {"experts": [{"name": "a", "backend": {"type": "fake"}}] * 2}}
     assert "used twice" in _error(data)

@@ -43,16 +43,18 @@ class Served:
         profile: bool = True,
         ensemble: bool = True,
         experts: list[dict] | None = None,
+        routing: dict | None = None,
+        profile_limit: int = 1,
     ) -> None:
         import uvicorn
 
         from evals.datasets import eval_items
 
         pool = {"experts": experts or EXPERTS}
-        cfg = parse_config({"pool": pool, "routing": {"embedder": "ngram"}})
+        cfg = parse_config({"pool": pool, "routing": {"embedder": "ngram", **(routing or {})}})
         self.conclave = Conclave(cfg)
         if profile:
-            self.conclave.profile(eval_items("skillmix", limit=1), dataset="skillmix")
+            self.conclave.profile(eval_items("skillmix", limit=profile_limit), dataset="skillmix")
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(self.conclave, settings, ensemble=ensemble)
@@ -488,7 +490,12 @@ ECHO = {
 
 @pytest.fixture(scope="module")
 def echo_gw():
-    s = Served(GatewaySettings(batch_window_ms=5), experts=[*EXPERTS[:2], ECHO, EXPERTS[-1]])
+    s = Served(
+        GatewaySettings(batch_window_ms=5),
+        experts=[*EXPERTS[:2], ECHO, EXPERTS[-1]],
+        routing={"fallback": "echo"},
+        profile_limit=8,
+    )
     yield s
     s.close()
 
@@ -600,3 +607,42 @@ def test_an_agent_frameworks_openai_client_and_litellm_send_the_same_forms(echo_
         seed=3,
     )
     assert '"seed": 3' in out.choices[0].message.content
+
+
+@pytest.mark.parametrize(
+    ("question", "scope", "why"),
+    [
+        ("Why is the sky blue?", None, "free-form"),
+        ("Hello", None, "free-form"),
+        # a scope no question reaches: whatever is asked is unlike the validation set
+        ("Which protein folds fastest? The options are: (A) actin (B) keratin", 1.01, "unlike"),
+    ],
+)
+def test_out_of_scope_questions_get_the_fallback_experts_own_answer(
+    echo_gw, question, scope, why, monkeypatch
+):
+    if scope is not None:
+        monkeypatch.setattr(echo_gw.conclave.state, "scope", scope)
+    r = httpx.post(
+        f"{echo_gw.url}/v1/chat/completions",
+        json={"model": "conclave", "messages": [{"role": "user", "content": question}]},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    trace = body["conclave"]
+    assert trace["experts"] == ["echo"] and trace["out_of_scope"].startswith(why)
+    assert trace["confidence"] == 0.0
+    # the fallback's own words, not "The answer is (X)." made up from them
+    assert body["choices"][0]["message"]["content"].startswith("echo sampling")
+    plan = httpx.post(f"{echo_gw.url}/v1/route", json={"question": question}).json()
+    assert plan["experts"] == ["echo"] and plan["explanation"]["out_of_scope"].startswith(why)
+
+
+def test_in_scope_questions_are_routed_as_before(echo_gw):
+    from evals.datasets import eval_items
+
+    item = eval_items("skillmix", limit=1)[0]  # a validation question: in scope by definition
+    plan = httpx.post(f"{echo_gw.url}/v1/route", json={"question": item.question}).json()
+    why = plan["explanation"]
+    assert why["out_of_scope"] is None and why["nearest"] > 0.99 and plan["experts"] != ["echo"]
