@@ -51,6 +51,11 @@ def _model_files(model: str) -> list[tuple[str, int, int]] | str:
     return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.iterdir())]
 
 
+#: routing settings that change how questions are answered, not what profiling learns:
+#: changing one reuses the cached profile
+SERVING_ONLY = {"strategy", "max_expert_calls", "skills", "fallback"}
+
+
 def profile_key(config: ConclaveConfig, items: Sequence[Item], dataset: str) -> str:
     experts = [
         {**e.model_dump(mode="json"), "files": _model_files(getattr(e.backend, "model", ""))}
@@ -60,7 +65,7 @@ def profile_key(config: ConclaveConfig, items: Sequence[Item], dataset: str) -> 
     return _hash(
         {
             "experts": experts,
-            "routing": config.routing.model_dump(mode="json"),
+            "routing": config.routing.model_dump(mode="json", exclude=SERVING_ONLY),
             "dataset": dataset,
             "rows": rows,
             "format": PROFILE_FORMAT,

@@ -282,3 +282,21 @@ def test_an_aggregator_llm_is_chosen_only_if_it_beats_the_vote_on_both_halves(ll
     # too few split questions to judge: the vote, whatever the LLM
     got, scores = choose_synthesis(fake, items_[:10], per_item[:10], held[:10])
     assert got is None and scores == {"split questions": 5.0}
+
+
+def test_serving_settings_reuse_the_profile_and_learning_settings_do_not():
+    from orchestrator.profiling import profile_key
+
+    with make() as c:
+        cfg, its = c.config, items("validation")
+
+    def key(**routing):
+        return profile_key(
+            cfg.model_copy(update={"routing": cfg.routing.model_copy(update=routing)}),
+            its,
+            "skillmix",
+        )
+
+    same = key()
+    assert key(max_expert_calls=5, skills="embedding", fallback="geo", strategy="majority") == same
+    assert key(prior_strength=16.0) != same
