@@ -84,7 +84,10 @@ def extract_integer(text: str | None) -> str | None:
 def extract_answer(
     text: str | None, question: str | None, answer_type: str = "choice"
 ) -> str | None:
-    """The answer in the form its gold answer has: a letter, or an integer as a string."""
+    """The answer in the form its gold answer has: a letter, or an integer as a string;
+    None for a free-form ('text') question, which has no form to check."""
+    if answer_type == "text":
+        return None
     if answer_type == "integer":
         return extract_integer(text)
     return extract_choice(text, question)

@@ -416,7 +416,9 @@ class Conclave:
         out: list[tuple[float | None, str | None]] = []
         for it, near in zip(items, nearest, strict=True):
             why = None
-            if it.answer_type == "choice" and not options_of(it.question):
+            if it.answer_type == "text" or (
+                it.answer_type == "choice" and not options_of(it.question)
+            ):
                 why = "free-form: the question lists no options to choose from"
             elif near is not None and st is not None and near < st.scope:
                 why = (

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,8 +37,8 @@ if TYPE_CHECKING:
 #: bumped when profiling records more: a cached profile from before is built again
 #: (2: per-keyword answer counts, for the 'conclave' strategy's estimates; 3: how often wrong
 #: answers agree; 4: the embedded validation questions, the estimates' calibration and
-#: conclave's aggregator check)
-PROFILE_FORMAT = 4
+#: conclave's aggregator check; 5: the scope and the validation questions' answer type)
+PROFILE_FORMAT = 5
 
 
 def _hash(obj: object) -> str:
@@ -160,6 +161,7 @@ def profile(
         prior_strength=cal.prior_strength,
         calibration=cal.scores,
         scope=scope,
+        answer_type=Counter(it.answer_type for it in items).most_common(1)[0][0],
     )
     conclave.state = state
     state.synthesis, state.synthesis_scores = choose_synthesis(

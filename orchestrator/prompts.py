@@ -25,9 +25,14 @@ def integer_messages(question: str) -> list[dict[str, str]]:
 
 
 def instruction_for(answer_type: str) -> str:
+    if answer_type == "text":
+        return "Answer the following."
     return INT_INSTRUCTION if answer_type == "integer" else MC_INSTRUCTION
 
 
 def messages_for(question: str, answer_type: str = "choice") -> list[dict[str, str]]:
-    """The expert prompt for a question of either answer type."""
+    """The expert prompt for a question of its answer type; a free-form ('text') question
+    goes as it is, with no answer format to follow."""
+    if answer_type == "text":
+        return [{"role": "user", "content": question}]
     return integer_messages(question) if answer_type == "integer" else mc_messages(question)

@@ -48,8 +48,10 @@ class Item(BaseModel):
         None, description="Right answer when known: a letter, or an integer for 'integer'."
     )
     category: str | None = Field(None, description="Category, when known.")
-    answer_type: Literal["choice", "integer"] = Field(
-        "choice", description="A lettered option (MMLU-Pro style) or an integer (AIME)."
+    answer_type: Literal["choice", "integer", "text"] = Field(
+        "choice",
+        description="A lettered option (MMLU-Pro style), an integer (AIME), or free text "
+        "(a chat question with no options: no answer format, nothing to vote on).",
     )
     route_key: str | None = Field(
         None,
@@ -230,6 +232,11 @@ class RoutingState(BaseModel):
         gt=0.0,
         description="Pseudo-answers of an expert's overall accuracy in each of 'conclave''s "
         "estimates: routing.prior_strength, or the one leave-one-out chose.",
+    )
+    answer_type: Literal["choice", "integer", "text"] = Field(
+        "choice",
+        description="What the validation questions ask for (most of them): a chat question "
+        "with no options is free-form unless the profile's questions are integer problems.",
     )
     scope: float = Field(
         -1.0,

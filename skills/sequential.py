@@ -27,8 +27,8 @@ from orchestrator.types import Item
 
 def options_in(item: Item) -> int:
     """How many answers a question admits: its listed options, 10 for a choice question
-    that lists none the usual way, 1000 for an integer answer."""
-    if item.answer_type == "integer":
+    that lists none the usual way, 1000 for an integer or free-form answer."""
+    if item.answer_type in ("integer", "text"):
         return 1000
     return max(len(options_of(item.question)), 2) if "(A)" in item.question else 10
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.answers import options_of
 from orchestrator.gateway.batching import Outcome
 from orchestrator.gateway.deps import ENSEMBLE
 from orchestrator.gateway.errors import GatewayError, ensemble_error, upstream_error
@@ -109,10 +110,15 @@ def route_key(question: str, seed: int | None) -> str:
 
 def run_ensemble(conclave: Conclave, requests: list[ChatRequest]) -> list[Outcome]:
     """The requests to the routed ensemble, in one facade batch."""
+    # a question with no options is free-form (asked as it is, not as a quiz), unless the
+    # profile's questions are integer problems
+    st = conclave.state
+    open_type = "integer" if st is not None and st.answer_type == "integer" else "text"
     items = [
         Item(
             id=f"req-{uuid.uuid4().hex[:12]}",
             question=q,
+            answer_type="choice" if options_of(q) else open_type,
             route_key=route_key(q, r.seed),
             sampling=r.sampling() or None,
         )

@@ -633,8 +633,11 @@ def test_out_of_scope_questions_get_the_fallback_experts_own_answer(
     trace = body["conclave"]
     assert trace["experts"] == ["echo"] and trace["out_of_scope"].startswith(why)
     assert trace["confidence"] == 0.0
-    # the fallback's own words, not "The answer is (X)." made up from them
-    assert body["choices"][0]["message"]["content"].startswith("echo sampling")
+    # the fallback's own words, not "The answer is (X)." made up from them; a free-form
+    # question is asked as it is, not wrapped in the multiple-choice instruction
+    content = body["choices"][0]["message"]["content"]
+    assert content.startswith("echo sampling")
+    assert ("multiple choice" in content) == (why != "free-form")
     plan = httpx.post(f"{echo_gw.url}/v1/route", json={"question": question}).json()
     assert plan["experts"] == ["echo"] and plan["explanation"]["out_of_scope"].startswith(why)
 
