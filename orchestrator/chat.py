@@ -1,7 +1,7 @@
 """Chat with the routed ensemble: questions in, one answer each, ready to send.
 
 The gateway's model 'conclave' answers through `Conclave.chat`, which calls this: the
-config's served strategy (`routing.strategy`, Symbolic-MoE by default) answers the
+config's served strategy (`routing.strategy`, `conclave` by default) answers the
 questions in one batch, and each trace becomes a `ChatAnswer` (the text, the choice, the
 tokens, how it was answered), or the error that is that question's answer alone when no
 expert answered it.

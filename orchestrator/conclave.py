@@ -16,20 +16,18 @@ challengers' shadow answers (scored, never returned).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from orchestrator.config import ConclaveConfig, Role, SamplingOverride
 from orchestrator.errors import ConfigError
 from orchestrator.extensions import check_extensions
 from orchestrator.learning import RecentAnswers
 from orchestrator.probes import ProbeScheduler
+from orchestrator.questions import QuestionReader
 from orchestrator.strategies import Plan, Strategy, StrategyContext, get_strategy
 from orchestrator.traces import new_trace, probe_trace, weigh
 from orchestrator.types import (
@@ -48,17 +46,13 @@ if TYPE_CHECKING:
     from agents.free_agents import FreeAgentMonitor
     from orchestrator.protocol import ChatAnswer
     from skills.inventory import Embedder, SkillInventory
-    from skills.neighbours import Evidence, QuestionIndex
+    from skills.neighbours import QuestionIndex
     from skills.profiles import ModelProfile, ProfileSet
     from workers.pool import ExpertPool
 
 
 #: stages a strategy may add after its first batch (each one pool batch)
 MAX_STAGES = 4
-#: nearest validation questions whose keywords stand in for the keyword model
-SKILL_NEIGHBOURS = 10
-#: question embeddings kept (about 1.5 KB each with MiniLM)
-VECTOR_CACHE = 4096
 
 
 class Conclave:
@@ -86,9 +80,10 @@ class Conclave:
         self.state_dir: Path | None = None
         #: answered questions, for feedback
         self.recent = RecentAnswers()
-        self._learning = threading.Lock()
-        self._vectors: dict[str, np.ndarray] = {}
-        self._vector_lock = threading.Lock()
+        #: one learner at a time (feedback arrives on the gateway's threads)
+        self.learning = threading.Lock()
+        #: reads questions against the profile: embeddings, neighbours, scope
+        self.reader = QuestionReader(self)
         self.state: RoutingState | None = None
         self.monitor: FreeAgentMonitor | None = None
         self.probes = ProbeScheduler(config.free_agents.probes_per_task)
@@ -374,9 +369,7 @@ class Conclave:
         'embedding' from the keywords of the item's nearest validation questions, with no
         LLM call (`routing.skills`)."""
         if source == "embedding" and self.questions is not None and len(self.questions):
-            sims = self.questions.similarities(self.question_vectors(items))
-            near = self.questions.skills_near(sims, SKILL_NEIGHBOURS)
-            return [(words, list(words), 0, Usage()) for words in near]
+            return [(words, list(words), 0, Usage()) for words in self.reader.skills_near(items)]
         kws = self.keywords(items, progress)
         if self.inventory is not None:
             self.inventory.map(sorted({k for words, _, _ in kws.values() for k in words}))
@@ -386,57 +379,6 @@ class Conclave:
             skills = self.inventory.map(words) if self.inventory is not None else []
             out.append((words, skills, calls, usage))
         return out
-
-    def question_vectors(self, items: Sequence[Item]) -> np.ndarray:
-        """The items' question embeddings (the inventory's embedder), each question
-        embedded once: planning reads them for skills and for evidence."""
-        with self._vector_lock:
-            known = dict(self._vectors)
-        new = list(dict.fromkeys(it.question for it in items if it.question not in known))
-        if new:
-            fresh = dict(zip(new, self.embedder().encode(new), strict=True))
-            known.update(fresh)
-            with self._vector_lock:
-                self._vectors.update(fresh)
-                while len(self._vectors) > VECTOR_CACHE:
-                    self._vectors.pop(next(iter(self._vectors)))
-        return np.stack([known[it.question] for it in items])
-
-    def scope_of(self, items: Sequence[Item]) -> list[tuple[float | None, str | None]]:
-        """Per item, (similarity of its nearest validation question, why it is out of the
-        profile's scope or None): free-form (a choice question that lists no options), or
-        less like the validation questions than any of them is like another."""
-        from orchestrator.answers import options_of
-
-        st = self.state
-        nearest: list[float | None] = [None] * len(items)
-        if self.questions is not None and len(self.questions) and items:
-            sims = self.questions.similarities(self.question_vectors(items))
-            nearest = [float(row.max()) for row in sims]
-        out: list[tuple[float | None, str | None]] = []
-        for it, near in zip(items, nearest, strict=True):
-            why = None
-            if it.answer_type == "text" or (
-                it.answer_type == "choice" and not options_of(it.question)
-            ):
-                why = "free-form: the question lists no options to choose from"
-            elif near is not None and st is not None and near < st.scope:
-                why = (
-                    f"unlike every validation question (nearest similarity {near:.2f}, below "
-                    f"{st.scope:.2f}, the least typical validation question's)"
-                )
-            out.append((near, why))
-        return out
-
-    def neighbours_of(self, items: Sequence[Item]) -> list[dict[str, Evidence]]:
-        """Per item, each expert's similarity-weighted record on the item's nearest
-        validation questions (`skills.neighbours`); empty when profiling chose to trust
-        the keywords alone."""
-        st = self.state
-        if self.questions is None or st is None or st.neighbour_weight <= 0 or not items:
-            return [{} for _ in items]
-        sims = self.questions.similarities(self.question_vectors(items))
-        return self.questions.evidence(sims, list(self.questions.outcomes), st.neighbours)
 
     def answer(
         self,
@@ -557,39 +499,22 @@ class Conclave:
 
     def feedback(self, task: str, correct: bool, gold: str | None = None) -> int:
         """A user graded the final answer to question `task` (and may have given the right
-        answer, `gold`): the experts' graded answers update the estimates the routed
-        strategies read (`orchestrator.learning`), saved with the profile, and the
-        free-agent monitor's rewards. Returns how many answers were graded; KeyError for
-        a question not among the last answered ones."""
-        from orchestrator.learning import grade, learn_from
+        answer, `gold`): the routing estimates and the monitor's rewards learn from it
+        (`orchestrator.learning.feedback`). Returns how many answers were graded."""
+        from orchestrator.learning import feedback
 
-        answered = self.recent.get(task)
-        outcomes = grade(answered, correct, gold)
-        with self._learning:
-            learnt = learn_from(self, [(answered.item, answered.keywords, outcomes)], "feedback")
-        scored = 0
-        if self.monitor is not None:
-            with contextlib.suppress(KeyError):  # answered by a strategy it does not watch
-                scored = self.monitor.feedback(task, correct, gold)
-        return max(learnt, scored)
+        return feedback(self, task, correct, gold)
 
     def learn(self, items: Sequence[Item], traces: Sequence[Trace]) -> int:
-        """Learn from answered questions that have a gold answer: each expert's answer is
-        graded against it (see `orchestrator.learning`). Returns how many answers it
-        learnt from."""
-        from orchestrator.learning import Answered, grade, learn_from
+        """Learn from answered questions that have a gold answer
+        (`orchestrator.learning.learn`). Returns how many answers it learnt from."""
+        from orchestrator.learning import learn
 
-        graded = [
-            (it, list(tr.keywords), grade(Answered(it, [], tr.answers, None), True, it.gold_answer))
-            for it, tr in zip(items, traces, strict=True)
-            if it.gold_answer is not None
-        ]
-        with self._learning:
-            return learn_from(self, graded, "graded")
+        return learn(self, items, traces)
 
     def chat(self, items: Sequence[Item]) -> list[ChatAnswer | Exception]:
         """The routed ensemble's chat answers (what the gateway's 'conclave' model
-        returns): Symbolic-MoE's traces turned into answer text, choice and usage."""
+        returns): the served strategy's traces turned into answer text, choice and usage."""
         from orchestrator.chat import chat_answers
 
         return chat_answers(self, items)
@@ -597,31 +522,13 @@ class Conclave:
     # ---- persistence --------------------------------------------------------------------
 
     def save_state(self, folder: Path) -> None:
-        from orchestrator.files import atomic_write_text
+        """Write the routing state to `folder` (`orchestrator.profiling.save_state`)."""
+        from orchestrator.profiling import save_state
 
-        if self.profiles is None or self.inventory is None or self.state is None:
-            raise ConfigError("nothing to save: run `profile` first")
-        self.profiles.save(folder / "profiles.json")
-        self.inventory.save(folder / "inventory")
-        if self.questions is not None:
-            self.questions.save(folder / "questions")
-        self.state_dir = folder
-        atomic_write_text(folder / "routing.json", self.state.model_dump_json(indent=1))
+        save_state(self, folder)
 
     def load_state(self, folder: Path) -> None:
-        from skills.inventory import SkillInventory
-        from skills.neighbours import QuestionIndex
-        from skills.profiles import ProfileSet
+        """Read the routing state from `folder` (`orchestrator.profiling.load_state`)."""
+        from orchestrator.profiling import load_state
 
-        self.profiles = ProfileSet.load(folder / "profiles.json")
-        self.inventory = SkillInventory.load(folder / "inventory", self.embedder())
-        self.questions = QuestionIndex.load(folder / "questions", self.embedder().name)
-        try:
-            self.state = RoutingState.model_validate_json((folder / "routing.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"routing state in {folder} is unreadable ({exc}); profile again"
-            ) from exc
-        self.state_dir = folder
-        if self.monitor is not None:
-            self.monitor.record = dict(self.state.accuracy)
+        load_state(self, folder)

@@ -14,6 +14,7 @@ graded on what it had been told.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -108,3 +109,32 @@ def learn_from(
     if conclave.state_dir is not None:
         conclave.save_state(conclave.state_dir)
     return len(rows)
+
+
+def feedback(conclave: Conclave, task: str, correct: bool, gold: str | None = None) -> int:
+    """A user graded the final answer to question `task` (and may have given the right
+    answer, `gold`): the experts' graded answers update the estimates the routed
+    strategies read, saved with the profile, and the free-agent monitor's rewards.
+    Returns how many answers were graded; KeyError for a question not among the last
+    answered ones."""
+    answered = conclave.recent.get(task)
+    outcomes = grade(answered, correct, gold)
+    with conclave.learning:
+        learnt = learn_from(conclave, [(answered.item, answered.keywords, outcomes)], "feedback")
+    scored = 0
+    if conclave.monitor is not None:
+        with contextlib.suppress(KeyError):  # answered by a strategy it does not watch
+            scored = conclave.monitor.feedback(task, correct, gold)
+    return max(learnt, scored)
+
+
+def learn(conclave: Conclave, items: Sequence[Item], traces: Sequence[Trace]) -> int:
+    """Learn from answered questions that have a gold answer: each expert's answer is
+    graded against it. Returns how many answers it learnt from."""
+    graded = [
+        (it, list(tr.keywords), grade(Answered(it, [], tr.answers, None), True, it.gold_answer))
+        for it, tr in zip(items, traces, strict=True)
+        if it.gold_answer is not None
+    ]
+    with conclave.learning:
+        return learn_from(conclave, graded, "graded")

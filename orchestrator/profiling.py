@@ -312,3 +312,42 @@ def aggregation_benchmark(
             2,
         )
     return scores
+
+
+def save_state(conclave: Conclave, folder: Path) -> None:
+    """The facade's routing state in `folder`, each file written atomically: profiles,
+    inventory, question index and routing.json (written last: its presence marks a
+    complete folder). Learning writes it back here (`Conclave.state_dir`)."""
+    from orchestrator.files import atomic_write_text
+
+    c = conclave
+    if c.profiles is None or c.inventory is None or c.state is None:
+        raise ConfigError("nothing to save: run `profile` first")
+    c.profiles.save(folder / "profiles.json")
+    c.inventory.save(folder / "inventory")
+    if c.questions is not None:
+        c.questions.save(folder / "questions")
+    c.state_dir = folder
+    atomic_write_text(folder / "routing.json", c.state.model_dump_json(indent=1))
+
+
+def load_state(conclave: Conclave, folder: Path) -> None:
+    """The routing state saved in `folder`; an unreadable part is a ConfigError saying
+    to profile again."""
+    from skills.inventory import SkillInventory
+    from skills.neighbours import QuestionIndex
+    from skills.profiles import ProfileSet
+
+    c = conclave
+    c.profiles = ProfileSet.load(folder / "profiles.json")
+    c.inventory = SkillInventory.load(folder / "inventory", c.embedder())
+    c.questions = QuestionIndex.load(folder / "questions", c.embedder().name)
+    try:
+        c.state = RoutingState.model_validate_json((folder / "routing.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"routing state in {folder} is unreadable ({exc}); profile again"
+        ) from exc
+    c.state_dir = folder
+    if c.monitor is not None:
+        c.monitor.record = dict(c.state.accuracy)

@@ -79,8 +79,8 @@ class Conclave:
         for it, (words, skills, calls, usage), near, (nearest, outside) in zip(
             items,
             c.skills_of(items, ctx.progress, routing.skills),
-            c.neighbours_of(items),
-            c.scope_of(items),
+            c.reader.neighbours_of(items),
+            c.reader.scope_of(items),
             strict=True,
         ):
             ests = sorted(
