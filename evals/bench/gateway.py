@@ -23,7 +23,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from evals.bench.loopback import LevelStats, free_port, server, sweep
 from orchestrator.errors import ConfigError
@@ -53,6 +59,23 @@ class Overhead(BaseModel):
     p99: float
 
 
+class RoutedComparison(BaseModel):
+    """The routed model against the expert it asks for the benchmark's question, through
+    one gateway serving the embedded default, driven in turns."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    skills: str = Field(..., description="routing.skills: keywords or embedding.")
+    question: str
+    expert: str = Field(..., description="The expert the routed model asked first.")
+    routed: list[LevelStats]
+    expert_alone: list[LevelStats]
+    p50_ratio: dict[str, float] = Field(..., description="Routed p50 / expert p50, per level.")
+    requests_per_s_ratio: dict[str, float] = Field(
+        ..., description="Routed requests/s / expert requests/s, per level."
+    )
+
+
 class GatewayBenchResult(BaseModel):
     """`conclave bench gateway`. Without the vLLM comparison, `vllm` and
     `passthrough_overhead_pct` are None and left out of the dump (as the keys always were)."""
@@ -65,6 +88,7 @@ class GatewayBenchResult(BaseModel):
     fake_peak_requests_per_s: float
     vllm: VLLMComparison | None = None
     passthrough_overhead_pct: dict[str, Overhead] | None = None
+    routed: list[RoutedComparison] | None = None
 
     @model_serializer(mode="wrap")
     def _leave_out_the_skipped_comparison(
@@ -74,23 +98,70 @@ class GatewayBenchResult(BaseModel):
         if self.vllm is None:
             data.pop("vllm", None)
             data.pop("passthrough_overhead_pct", None)
+        if self.routed is None:
+            data.pop("routed", None)
         return data
 
 
-def _serve_cmd(config: dict[str, Any], folder: Path, port: int) -> list[str]:
-    path = folder / "config.json"
+def _serve_cmd(
+    config: dict[str, Any], folder: Path, port: int, passthrough_only: bool = True
+) -> list[str]:
+    path = folder / f"config-{port}.json"
     path.write_text(json.dumps(config))
-    return [
-        sys.executable,
-        "-m",
-        "orchestrator.cli",
-        "serve",
-        "--config",
-        str(path),
-        "--port",
-        str(port),
-        "--passthrough-only",
-    ]
+    cmd = [sys.executable, "-m", "orchestrator.cli", "serve", "--config", str(path)]
+    return cmd + ["--port", str(port)] + (["--passthrough-only"] if passthrough_only else [])
+
+
+def run_routed(
+    folder: Path, levels: list[int], skills: str, batch_window_ms: float
+) -> RoutedComparison:
+    """`conclave serve` on the embedded default (built and profiled first if need be),
+    the routed model against the expert it asks for one skillmix question, driven in
+    turns at each level."""
+    import httpx
+
+    from agents.zoo.default import resolve_config
+    from evals.datasets import eval_items
+    from orchestrator.profiling import ensure_profile
+
+    cfg = resolve_config(None, progress=False, on_event=lambda _: None)
+    from orchestrator.conclave import Conclave
+
+    with Conclave(cfg) as c:  # the profile the server will reuse (built once, cached)
+        ensure_profile(c, eval_items("skillmix"), "skillmix", cfg.resolved_cache_dir())
+    config = cfg.model_dump(mode="json", exclude_none=True)
+    config["routing"]["skills"] = skills
+    config["gateway"] = {"batch_window_ms": batch_window_ms, "max_queue": 4096}
+    question = eval_items("skillmix", "test", limit=1)[0].question
+    routed = {"model": "conclave", "messages": [{"role": "user", "content": question}]}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = _serve_cmd(config, folder, port, passthrough_only=False)
+    with server(cmd, f"{base}/readyz", folder / f"routed-{skills}.log", timeout_s=900):
+        url = f"{base}/v1/chat/completions"
+        first = httpx.post(url, json=routed, timeout=300).json()
+        expert = first["conclave"]["experts"][0]
+        alone = {**routed, "model": expert}
+        stats = sweep(
+            {"routed": url, "expert": url},
+            routed,
+            levels,
+            lambda c: max(24, 6 * c),
+            rounds=2,
+            bodies={"expert": alone},
+        )
+    pairs = list(zip(stats["routed"], stats["expert"], strict=True))
+    return RoutedComparison(
+        skills=skills,
+        question=question,
+        expert=expert,
+        routed=stats["routed"],
+        expert_alone=stats["expert"],
+        p50_ratio={str(r.concurrency): round(r.p50_ms / e.p50_ms, 2) for r, e in pairs},
+        requests_per_s_ratio={
+            str(r.concurrency): round(r.requests_per_s / e.requests_per_s, 2) for r, e in pairs
+        },
+    )
 
 
 def run_fake(
@@ -194,9 +265,12 @@ def run_gateway_bench(
     with_vllm: bool = True,
     cache_dir: Path | None = None,
     in_process: bool = True,
+    routed_levels: list[int] | None = None,
 ) -> GatewayBenchResult:
     """The fake-expert sweep over `levels`, then (`with_vllm`) the passthrough comparison
-    with vLLM's own server over `vllm_levels` (default: `levels`)."""
+    with vLLM's own server over `vllm_levels` (default: `levels`), then (`routed_levels`)
+    the routed model against the expert it asks on the embedded default, with skills
+    from the keyword model and from embeddings."""
     if not levels or min(levels) < 1:
         raise ConfigError("concurrency levels must be positive integers, e.g. 1,16,64")
     with tempfile.TemporaryDirectory(prefix="conclave-bench-gw-") as tmp:
@@ -240,4 +314,9 @@ def run_gateway_bench(
                 )
                 for c, (r, g) in by_c.items()
             }
+        if routed_levels:
+            res.routed = [
+                run_routed(folder, routed_levels, skills, batch_window_ms)
+                for skills in ("keywords", "embedding")
+            ]
     return res

@@ -134,12 +134,15 @@ def sweep(
     requests: Callable[[int], int],
     rounds: int = 1,
     warmup: int = 8,
+    bodies: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, list[LevelStats]]:
     """For each server (name -> chat URL) and concurrency level, `requests(level)`
     requests in `rounds` parts, the servers taking turns part by part (so a machine whose
-    speed drifts favours none), after `warmup` requests each that are not counted."""
-    for url in urls.values():
-        asyncio.run(_drive(url, body, min(warmup, 4), warmup))
+    speed drifts favours none), after `warmup` requests each that are not counted.
+    `bodies` gives a name a body of its own (two models behind one URL)."""
+    bodies = {name: (bodies or {}).get(name, body) for name in urls}
+    for name, url in urls.items():
+        asyncio.run(_drive(url, bodies[name], min(warmup, 4), warmup))
     out: dict[str, list[LevelStats]] = {name: [] for name in urls}
     for c in levels:
         parts: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
@@ -147,7 +150,7 @@ def sweep(
         for rnd in range(rounds):
             for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
                 n = max(c, requests(c) // rounds)
-                parts[name].append(asyncio.run(_drive(urls[name], body, c, n)))
+                parts[name].append(asyncio.run(_drive(urls[name], bodies[name], c, n)))
         for name in urls:
             out[name].append(_summary(parts[name]))
     return out

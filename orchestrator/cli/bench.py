@@ -196,12 +196,23 @@ def bench_gateway(
             "fast start); without, in a process of its own, as vLLM's server runs it."
         ),
     ] = True,
+    routed: Annotated[
+        str,
+        typer.Option(
+            help="Levels for the routed model against the expert it asks, on the embedded "
+            "default, with skills from the keyword model and from embeddings "
+            "(comma-separated, e.g. 1,4,16; empty: skip). Builds and profiles the zoo "
+            "first if needed.",
+        ),
+    ] = "",
     as_json: FiguresJson = False,
     output: FiguresOut = None,
 ) -> None:
-    """Gateway latency (p50/p99) and requests/s on loopback: a zero-cost fake expert, and a
-    tiny vLLM model through the gateway against vLLM's own OpenAI-compatible server."""
+    """Gateway latency (p50/p99) and requests/s on loopback: a zero-cost fake expert, a
+    tiny vLLM model through the gateway against vLLM's own OpenAI-compatible server, and
+    (--routed) the routed model against one expert."""
     fake_levels, vllm_levels = levels(concurrency), levels(vllm_concurrency)
+    routed_levels = levels(routed) if routed else None
     from evals.bench import run_gateway_bench
 
     try:
@@ -215,6 +226,7 @@ def bench_gateway(
                 batch_window_ms,
                 with_vllm=vllm,
                 in_process=in_process,
+                routed_levels=routed_levels,
             )
         )
     except ConclaveError as exc:
@@ -225,6 +237,9 @@ def bench_gateway(
     if res.get("vllm") is not None:
         runs += [("vLLM's own server", r) for r in res["vllm"]["vllm_server"]]
         runs += [("gateway -> vLLM", r) for r in res["vllm"]["gateway_passthrough"]]
+    for cmp in res.get("routed") or []:
+        runs += [(f"conclave ({cmp['skills']})", r) for r in cmp["routed"]]
+        runs += [(f"{cmp['expert']} alone", r) for r in cmp["expert_alone"]]
     keys = ("concurrency", "requests", "errors", "p50_ms", "p90_ms", "p99_ms", "requests_per_s")
     print_table(
         f"gateway on loopback ({res['machine']})",
