@@ -94,18 +94,18 @@ def learn_from(
     if not graded or conclave.profiles is None:
         return 0
     inv = conclave.inventory
+    skills = [inv.map(words) if inv is not None else list(words) for _, words, _ in graded]
     rows = [
-        (expert, inv.map(words) if inv is not None else list(words), ok)
-        for _, words, outcomes in graded
+        (expert, sk, ok)
+        for (_, _, outcomes), sk in zip(graded, skills, strict=True)
         for expert, ok in outcomes.items()
     ]
     dataset = conclave.state.dataset if conclave.state is not None else "feedback"
     conclave.profiles.update(rows, dataset=dataset, split=split)
     if conclave.questions is not None:
         vectors = conclave.embedder().encode([it.question for it, _, _ in graded])
-        for (it, words, outcomes), v in zip(graded, vectors, strict=True):
-            skills = inv.map(words) if inv is not None else list(words)
-            conclave.questions.add(it.id, v, outcomes, skills)
+        for (it, _, outcomes), sk, v in zip(graded, skills, vectors, strict=True):
+            conclave.questions.add(it.id, v, outcomes, sk)
     if conclave.state_dir is not None:
         conclave.save_state(conclave.state_dir)
     return len(rows)

@@ -132,15 +132,7 @@ def profile(
         for ex, col in zip(experts, zip(*per_item, strict=True), strict=True)
     }
     cal, held, scope = index_questions(conclave, items, outcomes, [kws[it.id][0] for it in items])
-    acc = {
-        ex: round(
-            100
-            * sum(a.choice == it.gold_answer for it, a in zip(items, col, strict=True))
-            / len(items),
-            2,
-        )
-        for ex, col in zip(experts, zip(*per_item, strict=True), strict=True)
-    }
+    acc = {ex: round(100 * sum(col) / len(items), 2) for ex, col in outcomes.items()}
     best = max(experts, key=lambda e: acc[e])
     scores = aggregation_benchmark(conclave, items, per_item, progress)
     choice = conclave.config.routing.aggregator

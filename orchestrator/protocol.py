@@ -96,13 +96,13 @@ class ChatRequest(BaseModel):
     )
     n: StrictInt = Field(1, ge=1, description="Choices to return: 1, the only value served.")
 
-    def unsupported(self) -> str | None:
-        """The first parameter set that Conclave cannot honour (`UNSUPPORTED`), if any:
-        the gateway answers 400 naming it."""
+    def unsupported(self) -> tuple[str, Any] | None:
+        """The first parameter set that Conclave cannot honour (`UNSUPPORTED`, or `n`
+        other than 1), with its value, if any: the gateway answers 400 naming it."""
         for name, neutral in UNSUPPORTED.items():
-            if (self.model_extra or {}).get(name) not in neutral:
-                return name
-        return "n" if self.n != 1 else None
+            if (value := (self.model_extra or {}).get(name)) not in neutral:
+                return name, value
+        return ("n", self.n) if self.n != 1 else None
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatRequest:

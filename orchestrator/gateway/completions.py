@@ -108,23 +108,29 @@ def route_key(question: str, seed: int | None) -> str:
     return hashlib.sha256(f"{seed}|{question}".encode()).hexdigest()[:16]
 
 
-def run_ensemble(conclave: Conclave, requests: list[ChatRequest]) -> list[Outcome]:
-    """The requests to the routed ensemble, in one facade batch."""
-    # a question with no options is free-form (asked as it is, not as a quiz), unless the
-    # profile's questions are integer problems
+def ensemble_item(
+    conclave: Conclave,
+    question: str,
+    seed: int | None = None,
+    sampling: dict[str, Any] | None = None,
+) -> Item:
+    """A question for the routed model (chat or /v1/route): routed by its text and seed,
+    not its request id; with no options it is free-form (asked as it is, not as a quiz),
+    unless the profile's questions are integer problems."""
     st = conclave.state
     open_type = "integer" if st is not None and st.answer_type == "integer" else "text"
-    items = [
-        Item(
-            id=f"req-{uuid.uuid4().hex[:12]}",
-            question=q,
-            answer_type="choice" if options_of(q) else open_type,
-            route_key=route_key(q, r.seed),
-            sampling=r.sampling() or None,
-        )
-        for r in requests
-        for q in [question(r)]
-    ]
+    return Item(
+        id=f"req-{uuid.uuid4().hex[:12]}",
+        question=question,
+        answer_type="choice" if options_of(question) else open_type,
+        route_key=route_key(question, seed),
+        sampling=sampling or None,
+    )
+
+
+def run_ensemble(conclave: Conclave, requests: list[ChatRequest]) -> list[Outcome]:
+    """The requests to the routed ensemble, in one facade batch."""
+    items = [ensemble_item(conclave, question(r), r.seed, r.sampling()) for r in requests]
     return [
         ensemble_error(a) if isinstance(a, Exception) else ensemble_completion(a)
         for a in conclave.chat(items)

@@ -24,8 +24,8 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat(body: ChatRequest, request: Request, gw: Served) -> dict[str, Any] | Response:
-    if (name := body.unsupported()) is not None:
-        value = body.n if name == "n" else (body.model_extra or {}).get(name)
+    if (refused := body.unsupported()) is not None:
+        name, value = refused
         raise GatewayError(
             400,
             f"{name!r} is not supported by this gateway (it was set to {value!r}); remove it "

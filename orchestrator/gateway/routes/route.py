@@ -4,14 +4,13 @@ asking (`Conclave.plan`)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 from fastapi import APIRouter
 
+from orchestrator.gateway.completions import ensemble_item
 from orchestrator.gateway.deps import Served
 from orchestrator.protocol import RouteRequest
-from orchestrator.types import Item
 
 router = APIRouter()
 
@@ -19,6 +18,6 @@ router = APIRouter()
 @router.post("/v1/route")
 async def route(body: RouteRequest, gw: Served) -> dict[str, Any]:
     gw.check_routing()
-    item = Item(id=f"route-{uuid.uuid4().hex[:8]}", question=body.question)
+    item = ensemble_item(gw.conclave, body.question)
     plan = await asyncio.to_thread(lambda: gw.conclave.plan([item])[0])
     return plan.model_dump(by_alias=True)
