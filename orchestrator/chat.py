@@ -39,8 +39,10 @@ def _answer(tr: Trace) -> ChatAnswer | Exception:
     why = tr.explanation
     text = tr.aggregator_text or next((a.text for a in tr.answers if a.text), "") or ""
     fallback = why is not None and why.stopped.startswith("out of scope")
-    if tr.choice and tr.aggregator_text is None and not fallback:
-        # a vote (or one expert alone) has no text of its own: say the letter it chose
+    # one expert alone: its own words (what a stream sends as it generates them)
+    lone = len(tr.answers) == 1 and tr.answers[0].choice == tr.choice and bool(text)
+    if tr.choice and tr.aggregator_text is None and not fallback and not lone:
+        # a vote has no text of its own: say the letter it chose
         text = f"The answer is ({tr.choice})."
     skills = tr.routing.skills if tr.routing else (why.skills if why is not None else [])
     trace = EnsembleTrace(

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from orchestrator.config import ConclaveConfig, Role, SamplingOverride
 from orchestrator.errors import ConfigError
@@ -48,11 +48,19 @@ if TYPE_CHECKING:
     from skills.inventory import Embedder, SkillInventory
     from skills.neighbours import QuestionIndex
     from skills.profiles import ModelProfile, ProfileSet
+    from workers.batch import GenerationRequest, GenerationResult
     from workers.pool import ExpertPool
 
 
 #: stages a strategy may add after its first batch (each one pool batch)
 MAX_STAGES = 4
+
+
+class _Streaming(threading.local):
+    """A thread's streamed answer (`Conclave.chat_stream`): where pieces go, and what went."""
+
+    sink: Callable[[str], None] | None = None
+    sent: str = ""
 
 
 class Conclave:
@@ -84,6 +92,7 @@ class Conclave:
         self.learning = threading.Lock()
         #: reads questions against the profile: embeddings, neighbours, scope
         self.reader = QuestionReader(self)
+        self._streaming = _Streaming()
         self.state: RoutingState | None = None
         self.monitor: FreeAgentMonitor | None = None
         self.probes = ProbeScheduler(config.free_agents.probes_per_task)
@@ -169,15 +178,51 @@ class Conclave:
             i.id: (kws.get(i.id, []), calls.get(i.id, 0), usage.get(i.id, Usage())) for i in items
         }
 
+    def run(
+        self, requests: list[GenerationRequest], progress: bool = False, stream: bool = False
+    ) -> list[GenerationResult]:
+        """The requests in one pool batch. With `stream`, while this thread streams an
+        answer (`chat_stream`) and nothing was streamed yet, a lone request streams its
+        text to the sink as its engine generates it: the answer's one call whose text is
+        the final text (one expert alone, or the aggregator's synthesis)."""
+        live = self._streaming
+        if not (stream and live.sink is not None and not live.sent and len(requests) == 1):
+            return self.pool.run(requests, progress=progress)
+        result = None
+        for event in self.pool.stream(requests[0]):
+            if isinstance(event, str):
+                live.sent += event
+                live.sink(event)
+            else:
+                result = event
+        assert result is not None, "a stream ends with its result"
+        return [result]
+
+    def chat_stream(self, item: Item, sink: Callable[[str], None]) -> ChatAnswer | Exception:
+        """`chat` for one item, its text streamed to `sink` as it is generated where one
+        call's text is the answer (the expert asked alone, the aggregator's synthesis).
+        Returns the answer as `chat` does; its text starts with what was streamed, unless
+        the answer moved on after a streamed call (the lone expert named no option, and
+        more were asked)."""
+        live = self._streaming
+        live.sink, live.sent = sink, ""
+        try:
+            (out,) = self.chat([item])
+        finally:
+            live.sink = None
+        return out
+
     def ask(
         self,
         pairs: Sequence[tuple[Item, str]],
         progress: bool = False,
         samples: Sequence[int] | None = None,
+        stream: bool = False,
     ) -> list[ExpertAnswer]:
         """Each (item, expert) answered once, all in one pool batch. With `reuse_answers`,
         a greedy expert's answer to a question it already answered is reused (marked
-        `cached`): the same prompt to the same greedy model gives the same text.
+        `cached`): the same prompt to the same greedy model gives the same text. `stream`:
+        see `run`.
 
         `samples` (one per pair) numbers repeated draws of one expert for one item: draw
         s > 0 of an expert that samples (temperature > 0) is asked with its own seed, so it
@@ -206,7 +251,7 @@ class Conclave:
             for i in todo
         ]
         fresh = {}
-        for i, r in zip(todo, self.pool.run(reqs, progress=progress), strict=True):
+        for i, r in zip(todo, self.run(reqs, progress, stream), strict=True):
             it, ex = pairs[i]
             fresh[i] = ExpertAnswer(
                 expert=ex,
@@ -269,7 +314,7 @@ class Conclave:
         from agents.aggregators import AggregationContext
 
         return AggregationContext(
-            ask=lambda reqs: self.pool.run(reqs, progress=progress),
+            ask=lambda reqs: self.run(reqs, progress, stream=True),
             accuracy=self.state.accuracy if self.state is not None else {},
             progress=progress,
         )
@@ -361,6 +406,17 @@ class Conclave:
             )
         ]
 
+    def skills_source(self) -> Literal["keywords", "embedding"]:
+        """Where 'conclave' reads skills now: `routing.skills`, or under 'auto' the source
+        profiling chose (`RoutingState.skills_source`); the keyword model without a
+        question index to read neighbours from."""
+        chosen = self.config.routing.skills
+        if chosen == "auto":
+            chosen = self.state.skills_source if self.state is not None else "keywords"
+        if chosen == "embedding" and (self.questions is None or not len(self.questions)):
+            return "keywords"
+        return chosen
+
     def skills_of(
         self, items: Sequence[Item], progress: bool = False, source: str = "keywords"
     ) -> list[tuple[list[str], list[str], int, Usage]]:
@@ -406,7 +462,7 @@ class Conclave:
         # probation: a challenger answers what its incumbent answers, in the same batch
         shadow = [(it, shadows[ex]) for it, ex in firsts + asked if watched and ex in shadows]
         extra = [0] * (len(asked) + len(shadow))
-        answered = self.ask(pairs + asked + shadow, progress, samples=nums + extra)
+        answered = self.ask(pairs + asked + shadow, progress, samples=nums + extra, stream=True)
         got = iter(answered[: len(pairs)])
         probed = answered[len(pairs) : len(pairs) + len(probes)]
         probe_traces = [

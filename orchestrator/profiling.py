@@ -22,12 +22,13 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 
 from orchestrator.config import ConclaveConfig, Role
 from orchestrator.errors import ConfigError
+from orchestrator.questions import SKILL_NEIGHBOURS
 from orchestrator.types import ExpertAnswer, Item, Probe, RoutingState
 
 if TYPE_CHECKING:
@@ -37,8 +38,9 @@ if TYPE_CHECKING:
 #: bumped when profiling records more: a cached profile from before is built again
 #: (2: per-keyword answer counts, for the 'conclave' strategy's estimates; 3: how often wrong
 #: answers agree; 4: the embedded validation questions, the estimates' calibration and
-#: conclave's aggregator check; 5: the scope and the validation questions' answer type)
-PROFILE_FORMAT = 5
+#: conclave's aggregator check; 5: the scope and the validation questions' answer type;
+#: 6: where conclave reads skills under `routing.skills: auto`)
+PROFILE_FORMAT = 6
 
 
 def _hash(obj: object) -> str:
@@ -131,7 +133,9 @@ def profile(
         ex: [a.choice == it.gold_answer for it, a in zip(items, col, strict=True)]
         for ex, col in zip(experts, zip(*per_item, strict=True), strict=True)
     }
-    cal, held, scope = index_questions(conclave, items, outcomes, [kws[it.id][0] for it in items])
+    cal, held, scope, source, skill_scores = index_questions(
+        conclave, items, outcomes, [kws[it.id][0] for it in items]
+    )
     acc = {ex: round(100 * sum(col) / len(items), 2) for ex, col in outcomes.items()}
     best = max(experts, key=lambda e: acc[e])
     scores = aggregation_benchmark(conclave, items, per_item, progress)
@@ -153,6 +157,8 @@ def profile(
         prior_strength=cal.prior_strength,
         calibration=cal.scores,
         scope=scope,
+        skills_source=source,
+        skills_scores=skill_scores,
         answer_type=Counter(it.answer_type for it in items).most_common(1)[0][0],
     )
     conclave.state = state
@@ -176,11 +182,11 @@ def index_questions(
     items: Sequence[Item],
     outcomes: dict[str, list[bool]],
     skills: Sequence[Sequence[str]],
-) -> tuple[Calibration, list[dict[str, float]], float]:
+) -> Indexed:
     """Embed the validation questions with each expert's outcome (the facade's
     `questions`), and choose how 'conclave' estimates (the neighbours' weight against
-    the keywords, their number, the prior strength): the calibration, each question's
-    held-out estimate per expert under it, and the scope (`RoutingState.scope`)."""
+    the keywords, their number, the prior strength) and where it gets a question's skills
+    (`choose_skills`)."""
     from skills.estimates import NEIGHBOURS, PRIOR_STRENGTHS, Calibration, calibrate, held_out
     from skills.neighbours import RIGHT, WRONG, QuestionIndex
 
@@ -197,7 +203,8 @@ def index_questions(
     fixed = conclave.config.routing.prior_strength
     priors = (fixed,) if fixed is not None else PRIOR_STRENGTHS
     if conclave.profiles is None or len(items) < 2:
-        return Calibration(0.0, min(NEIGHBOURS), priors[0], {}), [{} for _ in items], -1.0
+        cal = Calibration(0.0, min(NEIGHBOURS), priors[0], {})
+        return Indexed(cal, [{} for _ in items], -1.0, "keywords", {})
     sims = index.similarities(vectors)
     others = sims.copy()
     np.fill_diagonal(others, -np.inf)
@@ -207,7 +214,61 @@ def index_questions(
     profiles = conclave.profiles.profiles
     cal = calibrate(profiles, skills, outcomes, near, priors)
     held = held_out(profiles, skills, outcomes, near[cal.neighbours], cal.prior_strength, cal.blend)
-    return cal, held, scope
+    # the fast path's skills for each validation question: its neighbours' keywords, itself
+    # left out, estimated under the same calibration
+    near_skills = index.skills_near(sims, SKILL_NEIGHBOURS, exclude=own)
+    fast = held_out(
+        profiles,
+        near_skills,
+        outcomes,
+        near[cal.neighbours],
+        cal.prior_strength,
+        cal.blend,
+        own=skills,
+    )
+    source, scores = choose_skills(held, fast, outcomes)
+    return Indexed(cal, held, scope, source, scores)
+
+
+class Indexed(NamedTuple):
+    """What `index_questions` chose."""
+
+    calibration: Calibration
+    held: list[dict[str, float]]  # each validation question's held-out estimates
+    scope: float  # `RoutingState.scope`
+    skills_source: Literal["keywords", "embedding"]
+    skills_scores: dict[str, float]
+
+
+#: the embedding path may route this many points (of validation accuracy of the expert
+#: ranked first) below the keyword model and still be chosen: it saves the keyword calls
+SKILLS_TOLERANCE = 1.0
+#: validation questions needed to judge the embedding path at all (fewer: keywords)
+MIN_SKILL_QUESTIONS = 20
+
+
+def choose_skills(
+    keyword_estimates: Sequence[dict[str, float]],
+    embedding_estimates: Sequence[dict[str, float]],
+    outcomes: dict[str, list[bool]],
+) -> tuple[Literal["keywords", "embedding"], dict[str, float]]:
+    """Where 'conclave' gets a question's skills under `routing.skills: auto`: from the
+    embedding (its nearest validation questions' keywords, no LLM call) unless, leaving
+    each validation question out in turn, the expert ranked first with those skills is
+    right more than `SKILLS_TOLERANCE` points less often than with the keyword model's,
+    or there are too few validation questions to tell (`MIN_SKILL_QUESTIONS`). Returns
+    the source and each source's score (%)."""
+    from skills.estimates import routing_accuracy
+
+    scores = {
+        "keywords": round(routing_accuracy(keyword_estimates, outcomes), 2),
+        "embedding": round(routing_accuracy(embedding_estimates, outcomes), 2),
+    }
+    fast = (
+        len(keyword_estimates) >= MIN_SKILL_QUESTIONS
+        and scores["embedding"] >= scores["keywords"] - SKILLS_TOLERANCE
+    )
+    return ("embedding" if fast else "keywords"), scores
 
 
 #: a question less like the validation questions than this percentile of them are like

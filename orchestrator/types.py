@@ -102,6 +102,11 @@ class RouteExplanation(BaseModel):
     skills: list[str] = Field(
         default_factory=list, description="The inventory skills the question's keywords map to."
     )
+    skills_from: Literal["keywords", "embedding"] = Field(
+        "keywords",
+        description="Where the skills came from: the keyword model, or the keywords of the "
+        "question's nearest validation questions (routing.skills).",
+    )
     blend: float = Field(
         0.0,
         description="The weight of the question's nearest validation questions against its "
@@ -243,6 +248,18 @@ class RoutingState(BaseModel):
         description="The similarity to its nearest validation question below which a "
         "question is out of scope for 'conclave': the lowest of the validation questions' "
         "own nearest-neighbour similarities (-1: no limit).",
+    )
+    skills_source: Literal["keywords", "embedding"] = Field(
+        "keywords",
+        description="Where 'conclave' gets a question's skills under `routing.skills: "
+        "auto`: 'embedding' (its nearest validation questions' keywords, no LLM call) "
+        "unless, leaving each validation question out, that ranks a right expert first "
+        "clearly less often than the keyword model's skills do.",
+    )
+    skills_scores: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per skills source, how often (%) the expert 'conclave' ranks first "
+        "answered a validation question right, that question left out.",
     )
     calibration: dict[str, float] = Field(
         default_factory=dict,

@@ -27,7 +27,7 @@ specialists little.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from skills.neighbours import Evidence
@@ -81,16 +81,19 @@ def _estimate(
     right: int,
     graded: int,
     leave_out: bool | None = None,
+    own: Collection[str] | None = None,
 ) -> Estimate:
     """`estimate`, with the overall record given; `leave_out` (True: right, False: wrong)
-    takes one graded answer out of the counts of `skills` (calibration's leave-one-out)."""
+    takes one graded answer out of the counts of the question's `own` keywords (default:
+    all of `skills`; calibration's leave-one-out)."""
     mu = (right + 1) / (graded + 2)
     drop_r, drop_n = (int(leave_out), 1) if leave_out is not None else (0, 0)
     if skills:
         per_skill, ev_kw = [], 0.0
         for s in dict.fromkeys(skills):
             r, n = profile.counts.get(s, (0, 0))
-            r, n = max(r - drop_r, 0), max(n - drop_n, 0)
+            if own is None or s in own:
+                r, n = max(r - drop_r, 0), max(n - drop_n, 0)
             per_skill.append((r + prior_strength * mu) / (n + prior_strength))
             ev_kw += n
         p_kw, ev_kw = sum(per_skill) / len(per_skill), ev_kw / len(per_skill)
@@ -115,10 +118,13 @@ def held_out(
     near: Sequence[Mapping[str, Evidence]] | None,
     prior_strength: float = 4.0,
     blend: float = 0.0,
+    own: Sequence[Sequence[str]] | None = None,
 ) -> list[dict[str, float]]:
     """Each validation question's estimate per expert with the question left out of the
     expert's counts (its own answer cannot vouch for it); `near` is each question's
-    leave-one-out neighbour evidence."""
+    leave-one-out neighbour evidence. `own` gives each question's own keywords when
+    `skills` are others (those its neighbours were given): only those counts hold its
+    answer."""
     totals = {e: profiles[e].overall() for e in outcomes if e in profiles}
     out: list[dict[str, float]] = [{} for _ in skills]
     for e, col in outcomes.items():
@@ -137,6 +143,7 @@ def held_out(
                 right - ok,
                 graded - 1,
                 leave_out=bool(ok),
+                own=set(own[i]) if own is not None else None,
             )
             out[i][e] = est.accuracy
     return out
@@ -188,6 +195,25 @@ def calibrate(
                 if (brier, w) < best[:2]:
                     best = (brier, w, k, prior)
     return Calibration(best[1], best[2], best[3], scores)
+
+
+def routing_accuracy(
+    estimates: Sequence[Mapping[str, float]], outcomes: Mapping[str, Sequence[bool]]
+) -> float:
+    """How often (%) the expert the estimates rank first answered right: per question,
+    the mean outcome of the experts tied first. What asking the best alone would score
+    with these estimates, the measure `choose_skills` compares sources by."""
+    if not estimates:
+        return 0.0
+    total = 0.0
+    for i, est in enumerate(estimates):
+        known = {e: p for e, p in est.items() if e in outcomes}
+        if not known:
+            continue
+        top = max(known.values())
+        firsts = [e for e, p in known.items() if math.isclose(p, top)]
+        total += sum(outcomes[e][i] for e in firsts) / len(firsts)
+    return 100 * total / len(estimates)
 
 
 def vote_accuracy(estimates: Sequence[Estimate], options: float, collusion: float = 0.0) -> float:

@@ -127,15 +127,21 @@ class QuestionIndex:
             out.append(ev)
         return out
 
-    def skills_near(self, sims: np.ndarray, k: int) -> list[list[str]]:
+    def skills_near(
+        self, sims: np.ndarray, k: int, exclude: Sequence[int] | None = None
+    ) -> list[list[str]]:
         """Per query row of `sims`: the keywords of its `k` nearest questions, each
         weighing its question's similarity, the heaviest first, as many as those
         questions have on average (the skills the keyword model would most likely
-        name, without asking it)."""
+        name, without asking it). `exclude[i]` leaves question i out of row i's
+        neighbours, as in `evidence`."""
         out: list[list[str]] = []
         n = sims.shape[1]
-        kk = min(k, n)
-        for row in sims:
+        kk = min(k, n - (exclude is not None))
+        for row_i, row in enumerate(sims):
+            if exclude is not None and 0 <= exclude[row_i] < n:
+                row = row.copy()
+                row[exclude[row_i]] = -np.inf
             if kk <= 0:
                 out.append([])
                 continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -14,6 +15,8 @@ from workers.backend import ExpertBackend
 from workers.batch import GenerationRequest, GenerationResult
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from orchestrator.config import ConclaveConfig, ExpertConfig
     from orchestrator.types import Item
 
@@ -106,6 +109,8 @@ class FakeBackend(ExpertBackend):
         finally:
             with _ACTIVE_LOCK:
                 _ACTIVE[0] -= 1
+        if not self._loaded:  # evicted under a running batch: its engine is gone
+            raise EngineDeadError("the model was unloaded mid-batch (fake)", expert=self.name)
         call = len(self.calls)
         self.calls.append([r.item_id for r in requests])
         if call in self.spec.die_on_calls:
@@ -130,6 +135,14 @@ class FakeBackend(ExpertBackend):
         return GenerationResult(
             item_id=r.item_id, expert=self.name, text=text, finish_reason=finish
         )
+
+    def stream(self, request: GenerationRequest) -> Iterator[str | GenerationResult]:
+        """The answer word by word (each with its trailing space), then its result: as an
+        engine streams, though this one generates the whole answer first."""
+        (result,) = self.generate([request])
+        if result.ok and result.text:
+            yield from re.findall(r"\S+\s*|\s+", result.text)
+        yield result
 
     def unload(self) -> None:
         self._unloaded()

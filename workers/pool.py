@@ -13,14 +13,21 @@ Failures are data: a model that fails to load yields error results naming the ex
 the cause for its items; an engine that dies mid-batch is restarted and its items retried
 once; a request for an unknown expert gets an `UnknownExpertError` result. Every request
 gets exactly one result.
+
+Batches may run at once from several threads (the gateway keeps several routed batches in
+flight). Each group holds a claim on its expert while it generates, and an eviction waits
+until no batch's claim is left; one batch at a time decides loads and evictions, so two
+batches never load one model twice. A batch whose experts are all loaded claims them and
+runs without waiting for that.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -61,6 +68,11 @@ class ExpertPool:
         self._executor = ThreadPoolExecutor(
             max_workers=config.pool.max_parallel_groups, thread_name_prefix="pool-group"
         )
+        #: per expert, the groups generating on it now (in any batch): not evicted under them
+        self._using: Counter[str] = Counter()
+        self._residency = threading.Condition()
+        #: one batch at a time decides loads and evictions
+        self._scheduling = threading.Lock()
 
     # ---- public API -------------------------------------------------------------------
 
@@ -87,15 +99,33 @@ class ExpertPool:
             # threads, and the hop is saved.
             ((name, idx),) = groups.items()
             backend = self.backends[name]
-            if backend.loaded:
-                self._last_used[name] = time.monotonic()
-                self.metrics.queued(name, len(idx))
-                for i, res in zip(
-                    idx, self._run_group(backend, [requests[i] for i in idx]), strict=True
-                ):
-                    results[i] = res
+            if self._claim_loaded([name]):
+                try:
+                    self._last_used[name] = time.monotonic()
+                    self.metrics.queued(name, len(idx))
+                    for i, res in zip(
+                        idx, self._run_group(backend, [requests[i] for i in idx]), strict=True
+                    ):
+                        results[i] = res
+                finally:
+                    self._release(name)
                 return _complete(results)
+        # every expert loaded: claimed, and no need to wait for another batch's loads
+        claimed = self._claim_loaded(list(groups))
+        with contextlib.nullcontext() if claimed else self._scheduling:
+            self._schedule(requests, groups, results, progress, claimed)
+        return _complete(results)
 
+    def _schedule(
+        self,
+        requests: list[GenerationRequest],
+        groups: dict[str, list[int]],
+        results: list[GenerationResult | None],
+        progress: bool,
+        claimed: bool,
+    ) -> None:
+        """Load (evicting as needed) and run each group, filling `results`; each group's
+        expert is claimed until it is done (already, when `claimed`)."""
         # Resident experts first: they cost no load and become evictable once submitted.
         order = sorted(groups, key=lambda n: (not self.backends[n].loaded, groups[n][0]))
         pending = {n: len(groups[n]) for n in order}
@@ -108,7 +138,7 @@ class ExpertPool:
             for name in order:
                 backend = self.backends[name]
                 group = [requests[i] for i in groups[name]]
-                needs_load = not backend.loaded
+                needs_load = not claimed and not self._claim_loaded([name])
                 if needs_load:
                     try:
                         backend.prepare()
@@ -120,6 +150,7 @@ class ExpertPool:
                         pending[name] = 0
                         continue
                     self._held.grant(backend)
+                    self._claim(name)
                 bar.describe(f"{'loading' if needs_load else 'generating'} {name}")
                 self._last_used[name] = time.monotonic()
                 # Loads run in the group's thread too, so models load side by side (on a
@@ -127,13 +158,13 @@ class ExpertPool:
                 self.metrics.queued(name, len(group))
                 fut = self._executor.submit(self._load_and_run, backend, group, needs_load)
                 fut.add_done_callback(partial(bar.advance_when_done, len(group)))
+                fut.add_done_callback(partial(self._released, name))
                 in_flight[name] = fut
                 pending[name] = 0
                 next_use.pop(name)
             for name, fut in in_flight.items():
                 for i, res in zip(groups[name], fut.result(), strict=True):
                     results[i] = res
-        return _complete(results)
 
     def preload(self, names: Sequence[str] | None = None, progress: bool = False) -> dict[str, str]:
         """Load the experts (all, or `names`, in that order) that fit side by side, evicting
@@ -191,7 +222,7 @@ class ExpertPool:
         An expert that is not loaded yet is loaded and asked through `run` (its answer then
         comes in one piece); a failure comes back as a failed result, as from `run`."""
         backend = self.backends.get(request.expert)
-        if backend is None or not backend.loaded:
+        if backend is None or not self._claim_loaded([backend.name]):
             (ran,) = self.run([request])
             if ran.ok and ran.text:
                 yield ran.text
@@ -208,6 +239,8 @@ class ExpertPool:
         except Exception as exc:
             result = GenerationResult.failed(request, _as_error(exc, name))
             yield result
+        finally:
+            self._release(name)
         if result is not None:
             self.metrics.batch(name, [result], time.perf_counter() - t0)
 
@@ -236,6 +269,30 @@ class ExpertPool:
         self.close()
 
     # ---- scheduling -------------------------------------------------------------------
+
+    def _claim_loaded(self, names: Sequence[str]) -> bool:
+        """Claim every one of `names` if all are loaded now (nothing evicts them until
+        released); False, claiming none, otherwise."""
+        with self._residency:
+            if not all(self.backends[n].loaded for n in names):
+                return False
+            self._using.update(names)
+            return True
+
+    def _claim(self, name: str) -> None:
+        with self._residency:
+            self._using[name] += 1
+
+    def _release(self, name: str) -> None:
+        with self._residency:
+            self._using[name] -= 1
+            self._residency.notify_all()
+
+    def _released(self, name: str, _done: Future[list[GenerationResult]]) -> None:
+        self._release(name)
+
+    def _idle(self, name: str) -> bool:
+        return self._using[name] == 0
 
     def _unknown(self, name: str) -> UnknownExpertError:
         known = ", ".join(sorted(self.backends))
@@ -282,10 +339,11 @@ class ExpertPool:
                 )
 
             victim = min(victims, key=cost)
-            if (fut := in_flight.get(victim.name)) is not None:
-                fut.result()  # let its group finish before freeing its memory
             log.info("evicting %s to make room for %s: %s", victim.name, backend.name, why)
-            victim.unload()
+            with self._residency:
+                # let its groups finish, this batch's and others', before freeing its memory
+                self._residency.wait_for(partial(self._idle, victim.name))
+                victim.unload()
             self.metrics.eviction(victim.name)
             self._held.release(victim.name)
             with self._lock:

@@ -183,7 +183,7 @@ def _data(data_dir: Path, per_category: int, folder: Path) -> tuple[Path, Path]:
 
 
 def _config(
-    pool: ScriptedPool, url: str, seed: int, embedder: str, cache: Path, skills: str = "keywords"
+    pool: ScriptedPool, url: str, seed: int, embedder: str, cache: Path, skills: str = "auto"
 ) -> ConclaveConfig:
     def expert(name: str, roles: list[str]) -> dict[str, Any]:
         backend = {
@@ -221,7 +221,7 @@ def run_pool(
     strategies: Sequence[str],
     folder: Path,
     embedder: str = "all-MiniLM-L6-v2",
-    skills: str = "keywords",
+    skills: str = "auto",
 ) -> tuple[SeedRun, dict[str, Any]]:
     """One `conclave eval` run of `pool` at `seed` against its scripted server: its
     figures, and the run's summary (strategy -> `StrategySummary` fields)."""
@@ -247,6 +247,8 @@ def run_pool(
                     "neighbours": st.neighbours,
                     "prior_strength": st.prior_strength,
                     "synthesis": st.synthesis,
+                    "skills": c.skills_source(),
+                    "skills_scores": st.skills_scores,
                 }
                 if st is not None
                 else {}
@@ -283,7 +285,7 @@ def run_pools_bench(
     progress: bool = True,
     embedder: str = "all-MiniLM-L6-v2",
     data_dir: Path | None = None,
-    skills: str = "keywords",
+    skills: str = "auto",
 ) -> PoolsBenchResult:
     """Every strategy (default: `default_strategies()`; majority always runs, as the
     oracle is derived from it) on each pool (default: `DEFAULT_POOLS`) at seeds 0 ..

@@ -98,7 +98,7 @@ class PoolsBenchResult(BaseModel):
     strategies: list[str]
     embedder: str
     skills: str = Field(
-        "keywords", description="Where conclave got each question's skills (routing.skills)."
+        "auto", description="Where conclave got each question's skills (routing.skills)."
     )
     machine: str
     wall_s: float

@@ -110,10 +110,11 @@ def bench_routing(
     skills: Annotated[
         str,
         typer.Option(
-            help="Where conclave gets a question's skills (routing.skills): keywords (the "
-            "keyword model) or embedding (its nearest validation questions, no LLM call).",
+            help="Where conclave gets a question's skills (routing.skills): auto (the "
+            "default: what profiling chose per pool), keywords (the keyword model) or "
+            "embedding (its nearest validation questions, no LLM call).",
         ),
-    ] = "keywords",
+    ] = "auto",
     as_json: FiguresJson = False,
     output: FiguresOut = None,
 ) -> None:

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from orchestrator.config import GatewaySettings
 from orchestrator.gateway.batching import MicroBatcher
 from orchestrator.gateway.completions import batch_runner
-from orchestrator.gateway.deps import Gateway
+from orchestrator.gateway.deps import ENSEMBLE, Gateway
 from orchestrator.gateway.errors import add_error_handlers
 from orchestrator.gateway.metrics import GatewayMetrics
 from orchestrator.gateway.middleware import BodyLimit, guard
@@ -39,7 +39,7 @@ def create_app(
         # asked per batch, not bound now: the facade creates its pool on first use
         return bool(conclave.pool.batches_continuously(key))
 
-    batcher = MicroBatcher(batch_runner(conclave), settings, continuous)
+    batcher = MicroBatcher(batch_runner(conclave), settings, continuous, ensemble_key=ENSEMBLE)
     gateway = Gateway(conclave, settings, ensemble, batcher, metrics)
 
     @asynccontextmanager

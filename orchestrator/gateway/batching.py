@@ -41,16 +41,19 @@ class MicroBatcher:
     `run_batch(key, requests) -> outcomes`: each job's response, or the GatewayError that
     is its answer alone (a request its expert refused fails; its neighbours do not).
 
-    A key whose engine batches only what it is given at once (remote APIs, the routed
-    ensemble) runs one batch at a time: a job that finds it idle waits at most `window`
-    seconds for company (or until `max_batch` jobs); jobs that arrive while it is busy
-    queue and go together as the next batch, so under load batches grow by themselves and
-    an idle key adds no more than the window.
+    A key runs up to `slots(key)` batches at a time. A job that finds a slot free waits at
+    most `window` seconds for company (or until `max_batch` jobs); jobs that arrive while
+    every slot is busy queue and go together as the next batch, so under load batches
+    grow by themselves and an idle key adds no more than the window.
 
-    A key whose engine batches continuously (`continuous(key)`: a loaded vLLM engine adds
-    new requests to its running batch at its next step) runs up to `CONTINUOUS_SLOTS`
-    batches at a time: a job never waits for a running batch to finish, only for the
-    window, which still gathers the requests that arrive together into one call.
+    - An expert whose engine batches only what it is given at once (a remote API) has one
+      slot.
+    - An expert whose engine batches continuously (`continuous(key)`: a loaded vLLM engine
+      adds new requests to its running batch at its next step) has `CONTINUOUS_SLOTS`: a
+      job never waits for a running batch to finish, only for the window.
+    - The routed model ('conclave', `ensemble_key`) has `routed_batches`: a pipeline, not
+      a queue. A batch still escalating or voting does not hold back the next one, whose
+      expert calls reach the engines while the first batch's are still generating.
     """
 
     def __init__(
@@ -58,16 +61,20 @@ class MicroBatcher:
         run_batch: Callable[[str, list[ChatRequest]], list[Outcome]],
         settings: GatewaySettings,
         continuous: Callable[[str], bool] = lambda _key: False,
+        ensemble_key: str | None = None,
     ) -> None:
         self.run_batch = run_batch
         self.settings = settings
         self.continuous = continuous
+        self.ensemble_key = ensemble_key
         self.waiting: dict[str, list[_Job]] = {}
         self._depth = 0  # jobs queued or running, and streams running
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._busy: dict[str, set[asyncio.Task[None]]] = {}  # the running batches, per key
         #: where batches (and token streams) run: blocking calls into the pool
-        self.threads = ThreadPoolExecutor(CONTINUOUS_SLOTS + 8, thread_name_prefix="gateway")
+        self.threads = ThreadPoolExecutor(
+            CONTINUOUS_SLOTS + settings.routed_batches + 8, thread_name_prefix="gateway"
+        )
         self.closed = False
 
     @property
@@ -85,9 +92,14 @@ class MicroBatcher:
         finally:
             self._depth -= 1
 
+    def slots(self, key: str) -> int:
+        """Batches of `key` that may run at once (see the class docstring)."""
+        if key == self.ensemble_key:
+            return self.settings.routed_batches
+        return CONTINUOUS_SLOTS if self.continuous(key) else 1
+
     def _full(self, key: str) -> bool:
-        slots = CONTINUOUS_SLOTS if self.continuous(key) else 1
-        return len(self._busy.get(key, ())) >= slots
+        return len(self._busy.get(key, ())) >= self.slots(key)
 
     def admit(self) -> None:
         """Refuse new work while shutting down (503) or past `max_queue` (429)."""

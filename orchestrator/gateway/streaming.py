@@ -1,8 +1,9 @@
 """Answers as server-sent events: OpenAI chat.completion.chunk events, then [DONE].
 
-Two ways: `sse` sends an answer that is already whole (the routed ensemble votes on whole
-answers) in pieces; `token_stream` sends a loaded vLLM expert's answer as its engine
-generates it (`ExpertPool.stream`). Both start the response only once there is something
+Three ways: `sse` sends an answer that is already whole in pieces; `token_stream` sends a
+loaded vLLM expert's answer as its engine generates it (`ExpertPool.stream`);
+`routed_stream` sends the routed model's answer, token by token where one call's text is
+the answer (`Conclave.chat_stream`). Both start the response only once there is something
 to send, so a refused request is still an HTTP status, not an error inside a 200 stream.
 """
 
@@ -20,8 +21,13 @@ from typing import TYPE_CHECKING, Any, cast
 from fastapi.responses import StreamingResponse
 
 from orchestrator.gateway.batching import MicroBatcher
-from orchestrator.gateway.completions import passthrough_request
-from orchestrator.gateway.errors import GatewayError, as_gateway_error, upstream_error
+from orchestrator.gateway.completions import ensemble_item, passthrough_request, question
+from orchestrator.gateway.errors import (
+    GatewayError,
+    as_gateway_error,
+    ensemble_error,
+    upstream_error,
+)
 from orchestrator.gateway.metrics import GatewayMetrics
 from orchestrator.protocol import ChatRequest, CompletionUsage
 
@@ -155,3 +161,77 @@ async def _token_sse(
             yield b"data: [DONE]\n\n"
         finally:
             left.set()  # the producer stops at its next piece; the engine drops the request
+
+
+async def routed_stream(
+    conclave: Conclave, body: ChatRequest, batcher: MicroBatcher, metrics: GatewayMetrics
+) -> StreamingResponse:
+    """The routed model's answer as OpenAI chunks: where one call's text is the answer
+    (the expert asked alone, the common case, or the aggregator's synthesis) its tokens
+    as the engine generates them (`Conclave.chat_stream`), else the whole answer once it
+    is ready. The response starts with the first piece or the answer, so a question no
+    expert could answer is still an HTTP status. Its id is the task's, so feedback can
+    name it; the last chunk carries usage and the `conclave` block."""
+    item = ensemble_item(conclave, question(body), body.seed, body.sampling())
+    base = _chunk_base(body.model) | {"id": f"chatcmpl-{item.id}"}
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue[Any] = asyncio.Queue()
+
+    def produce() -> None:
+        def sink(piece: str) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        try:
+            out: Any = conclave.chat_stream(item, sink)
+        except Exception as exc:  # the whole answer failed: its error is the last event
+            out = exc
+        loop.call_soon_threadsafe(pieces.put_nowait, _Done(out))
+
+    with batcher.counted():  # until the first event; the stream then counts itself
+        loop.run_in_executor(batcher.threads, produce)
+        first = await pieces.get()
+    if isinstance(first, _Done) and isinstance(first.answer, Exception):
+        raise ensemble_error(first.answer)  # nothing sent yet: a plain HTTP status
+    events = _routed_sse(base, first, pieces, body.model, batcher, metrics)
+    return StreamingResponse(events, media_type="text/event-stream")
+
+
+class _Done:
+    """The end of a routed stream: the answer (`ChatAnswer`) or the error that is it."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+
+async def _routed_sse(
+    base: dict[str, Any],
+    first: Any,
+    pieces: asyncio.Queue[Any],
+    model: str,
+    batcher: MicroBatcher,
+    metrics: GatewayMetrics,
+) -> AsyncIterator[bytes]:
+    with batcher.counted():
+        yield _chunk(base, {"role": "assistant", "content": ""})
+        sent, event = "", first
+        while isinstance(event, str):
+            sent += event
+            yield _chunk(base, {"content": event})
+            event = await pieces.get()
+        if isinstance(event.answer, Exception):
+            yield _error_event(ensemble_error(event.answer))
+            return
+        answer = event.answer
+        # what the streamed call left unsaid: all of a vote's answer, or, where more
+        # experts were asked after a streamed answer named no option, the final answer
+        rest = answer.text[len(sent) :] if answer.text.startswith(sent) else f"\n\n{answer.text}"
+        if rest:
+            yield _chunk(base, {"content": rest})
+        metrics.tokens(model, answer.usage.total_tokens)
+        tail = base | {
+            "choices": [{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}],
+            "usage": answer.usage.model_dump(),
+            "conclave": answer.trace.model_dump(),
+        }
+        yield _event(tail)
+        yield b"data: [DONE]\n\n"

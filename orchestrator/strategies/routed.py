@@ -75,10 +75,11 @@ class Conclave:
         blend = c.state.neighbour_weight if c.state is not None else 0.0
         prior = c.state.prior_strength if c.state is not None else 4.0
         profiles = {e: c.profile_of(e) for e in ctx.experts}
+        source = c.skills_source()
         plans = []
         for it, (words, skills, calls, usage), near, (nearest, outside) in zip(
             items,
-            c.skills_of(items, ctx.progress, routing.skills),
+            c.skills_of(items, ctx.progress, source),
             c.reader.neighbours_of(items),
             c.reader.scope_of(items),
             strict=True,
@@ -110,6 +111,7 @@ class Conclave:
                     weights=weights,
                     explanation=RouteExplanation(
                         skills=list(dict.fromkeys(skills)),
+                        skills_from=source,
                         blend=blend if near else 0.0,
                         estimates={e.expert: round(e.accuracy, 4) for e in ests},
                         evidence={e.expert: round(e.evidence, 1) for e in ests},

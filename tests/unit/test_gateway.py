@@ -120,6 +120,30 @@ def test_openai_client_streaming(gw):
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+def test_the_routed_model_streams_its_lone_experts_words_and_its_id_takes_feedback(gw):
+    """One expert asked alone (the common case): its words go out as its engine yields
+    them, then the answer's usage and `conclave` block; the stream's id is the task's, so
+    feedback can name it. The same question unstreamed gets the same text."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused")
+    msg = [{"role": "user", "content": Q}]
+    whole = client.chat.completions.create(model="conclave", messages=msg)
+    chunks = list(client.chat.completions.create(model="conclave", messages=msg, stream=True))
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    tail = chunks[-1].model_extra["conclave"]
+    assert tail["experts"] == whole.model_extra["conclave"]["experts"]
+    assert len(tail["experts"]) == 1  # asked alone: the fakes' skills are all alike
+    assert pieces == ["The ", "answer ", "is ", "(A)."]  # the engine's pieces, not re-cut
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert tail["choice"] == "A" and chunks[-1].usage == whole.usage
+    assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].id.startswith("chatcmpl-req-")
+    fb = httpx.post(f"{gw.url}/v1/feedback", json={"id": chunks[0].id, "correct": True})
+    assert fb.status_code == 200, fb.text
+
+
 def test_streaming_from_a_continuous_engine_sends_each_piece_as_generated(gw):
     """An engine that batches continuously streams through the pool piece by piece; a
     failure mid-stream arrives as an OpenAI error event. (On `slow`: other tests of this
@@ -364,10 +388,15 @@ def test_sdk_clients_sync_and_async(gw):
     assert texts == ["The answer is (B)."] * 3 and "alpha" in models
 
 
-@pytest.mark.parametrize("continuous", [False, True])
-def test_continuous_batching_keys_run_several_batches_at_once(continuous):
+@pytest.mark.parametrize(
+    ("continuous", "routed", "peak_expected"),
+    [(False, None, 1), (True, None, 2), (False, 4, 2), (False, 1, 1)],
+)
+def test_continuous_batching_keys_run_several_batches_at_once(continuous, routed, peak_expected):
     """A key whose engine batches continuously takes a new batch while one runs (the
-    engine merges them); any other key runs one batch at a time, the rest queued."""
+    engine merges them), and so does the routed model, up to `routed_batches` (a
+    pipeline: one batch escalating does not hold back the next); any other key runs one
+    batch at a time, the rest queued."""
     import asyncio
 
     from orchestrator.gateway.batching import MicroBatcher
@@ -390,7 +419,9 @@ def test_continuous_batching_keys_run_several_batches_at_once(continuous):
             active -= 1
         return [{"ok": r.messages[0].content} for r in requests]
 
-    batcher = MicroBatcher(run_batch, GatewaySettings(batch_window_ms=1), lambda _k: continuous)
+    settings = GatewaySettings(batch_window_ms=1, routed_batches=routed or 4)
+    ensemble = "m" if routed is not None else None
+    batcher = MicroBatcher(run_batch, settings, lambda _k: continuous, ensemble_key=ensemble)
 
     def req(text):
         return ChatRequest(model="m", messages=[{"role": "user", "content": text}])
@@ -401,7 +432,7 @@ def test_continuous_batching_keys_run_several_batches_at_once(continuous):
         return await asyncio.gather(first, batcher.submit("m", req("second")))
 
     assert asyncio.run(main()) == [{"ok": "first"}, {"ok": "second"}]
-    assert peak == (2 if continuous else 1)
+    assert peak == peak_expected
 
 
 def test_a_request_the_expert_refuses_gets_400_and_its_batch_neighbours_answers(gw):

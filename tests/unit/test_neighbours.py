@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from orchestrator.errors import ConfigError
-from skills.estimates import calibrate, estimate
+from orchestrator.profiling import choose_skills
+from skills.estimates import calibrate, estimate, routing_accuracy
 from skills.neighbours import RIGHT, UNKNOWN, WRONG, QuestionIndex
 from skills.profiles import ProfileSet
-from tests.unit.test_conclave import items, make
+from tests.unit.test_conclave import ROWS, items, make
 
 
 def _unit(rows: list[list[float]]) -> np.ndarray:
@@ -174,15 +175,16 @@ def test_feedback_and_graded_answers_update_the_estimates_and_are_saved(tmp_path
         assert again.profiles.profiles[asked].provenance[-2].split == "feedback"
 
 
-def test_skills_near_are_the_neighbours_keywords_weighted_by_similarity():
+def _three(keywords: list[list[str]]) -> tuple[np.ndarray, QuestionIndex]:
+    """Three questions, the first two alike, with these keywords."""
     vecs = _unit([[1, 0], [0.9, 0.1], [0, 1]])
-    index = QuestionIndex(
-        ["q0", "q1", "q2"],
-        vecs,
-        {"x": [RIGHT, RIGHT, WRONG]},
-        "test",
-        keywords=[["algebra", "math"], ["algebra", "proofs"], ["history", "dates"]],
+    return vecs, QuestionIndex(
+        ["q0", "q1", "q2"], vecs, {"x": [RIGHT, RIGHT, WRONG]}, "test", keywords=keywords
     )
+
+
+def test_skills_near_are_the_neighbours_keywords_weighted_by_similarity():
+    vecs, index = _three([["algebra", "math"], ["algebra", "proofs"], ["history", "dates"]])
     (near,) = index.skills_near(index.similarities(_unit([[1, 0.05]])), k=2)
     assert near == ["algebra", "math"]  # both neighbours say algebra; q0 is the closer
     (far,) = index.skills_near(index.similarities(_unit([[0, 1]])), k=1)
@@ -209,3 +211,81 @@ def test_the_embedding_path_routes_without_the_keyword_model_and_the_same_way_ea
     assert all(t.calls == len(t.answers) for t in traces)  # no keyword calls
     by_id = {t.id: t for t in again}
     assert all(by_id[t.id].answers == t.answers for t in traces)
+
+
+def test_skills_near_can_leave_a_question_out_of_its_own_neighbours():
+    vecs, index = _three([["math"], ["proofs"], ["history"]])
+    sims = index.similarities(vecs)
+    assert index.skills_near(sims, k=1) == [["math"], ["proofs"], ["history"]]
+    # leaving each out, the nearest other question speaks for it
+    assert index.skills_near(sims, k=1, exclude=[0, 1, 2]) == [["proofs"], ["math"], ["proofs"]]
+
+
+def test_routing_accuracy_scores_the_expert_ranked_first_and_splits_ties():
+    outcomes = {"a": [True, False, True], "b": [False, True, False]}
+    ranked = [{"a": 0.9, "b": 0.1}, {"a": 0.2, "b": 0.8}, {"a": 0.5, "b": 0.5}]
+    # right, right, and a tie between a right and a wrong expert: half
+    assert routing_accuracy(ranked, outcomes) == pytest.approx(100 * 2.5 / 3)
+    source, scores = choose_skills(ranked, [{"a": 0.1, "b": 0.9}] * 3, outcomes)
+    assert (source, scores["embedding"]) == ("keywords", pytest.approx(33.33, abs=0.01))
+    # as good (or within the tolerance): the path without an LLM call wins, once there
+    # are questions enough to tell
+    assert choose_skills(ranked, ranked, outcomes)[0] == "keywords"
+    many = {e: col * 10 for e, col in outcomes.items()}
+    assert choose_skills(ranked * 10, ranked * 10, many)[0] == "embedding"
+    assert routing_accuracy([], outcomes) == 0.0
+
+
+class _Scrambled:
+    """An embedder whose neighbours mean nothing: each text a random unit vector of its
+    own (the same for the same text, so the skill inventory still maps a keyword to
+    itself)."""
+
+    name = "scrambled"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        rows = []
+        for t in texts:
+            rng = np.random.default_rng(int.from_bytes(t.encode()[:8].ljust(8, b"\0")) + len(t))
+            rows.append(rng.normal(size=64))
+        return _unit(rows)
+
+
+class _BySubject(_Scrambled):
+    """An embedder whose neighbours are always right: a question's vector is its subject's
+    (plus a little of its own), so its nearest questions share its keywords."""
+
+    name = "by-subject"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        subject = {q.question: q.category for q in ROWS.values()}
+        own = super().encode(texts)
+        cats = sorted(set(subject.values()))
+        rows = [
+            np.eye(len(cats))[cats.index(subject[t])] if t in subject else np.zeros(len(cats))
+            for t in texts
+        ]
+        return _unit(np.hstack([np.asarray(rows) * 4.0, own]).tolist())
+
+
+@pytest.mark.parametrize(
+    ("embedder", "expected"), [(_BySubject, "embedding"), (_Scrambled, "keywords")]
+)
+def test_auto_skills_take_the_embedding_only_where_its_neighbours_route_as_well(embedder, expected):
+    with make(aggregator="vote") as c:
+        c._embedder = embedder()
+        st = c.profile(items("validation"), dataset="skillmix")
+        assert st.skills_source == expected
+        assert set(st.skills_scores) == {"keywords", "embedding"}
+        assert c.config.routing.skills == "auto"
+        assert c.skills_source() == expected
+        (plan,) = c.plan(items("test")[:1])
+        assert plan.explanation.skills_from == expected
+        if expected == "embedding":  # read from the neighbours: the keyword model not asked
+            assert st.skills_scores["embedding"] >= st.skills_scores["keywords"] - 1
+        else:
+            assert st.skills_scores["embedding"] < st.skills_scores["keywords"] - 1
+        # a config that names a source is obeyed whatever profiling found
+        fixed = c.config.routing.model_copy(update={"skills": "keywords"})
+        c.config = c.config.model_copy(update={"routing": fixed})
+        assert c.skills_source() == "keywords"

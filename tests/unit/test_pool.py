@@ -226,3 +226,36 @@ def test_preload_loads_what_fits_side_by_side_and_evicts_nothing():
     assert pool.run([req(3, "c")])[0].ok and pool.stats.loads == loads + 1
     with pytest.raises(UnknownExpertError, match="'nope'.*known: a, b, bad, c"):
         pool.preload(["nope"])
+
+
+def test_batches_from_several_threads_share_the_pool_without_evicting_each_other():
+    """The gateway keeps several routed batches in flight: with room for one model at a
+    time, batches on four threads still never unload a model under another's running
+    group (the fake's engine dies if they do) nor hold two models at once."""
+    import random
+    import threading
+
+    from workers.fake import FakeBackend
+
+    pool = make_pool({n: {"generate_s": 0.01} for n in "abc"}, budget=1.0)
+    FakeBackend.loaded_now.clear()
+    FakeBackend.max_loaded = 0
+    failures: list[str] = []
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        for round_ in range(8):
+            experts = rng.choices("abc", k=rng.choice([1, 3]))
+            res = pool.run([req(f"{seed}-{round_}-{i}", e) for i, e in enumerate(experts)])
+            failures.extend(r.error.message for r in res if not r.ok and r.error)
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert failures == []
+    assert pool.stats.restarts == 0  # no engine lost mid-batch
+    assert FakeBackend.max_loaded == 1  # the budget held across threads
+    pool.close()

@@ -1,7 +1,9 @@
 """POST /v1/chat/completions: model 'conclave' (the routed ensemble) or an expert's name.
 
 A request joins its model's micro-batch; with `stream: true` a loaded vLLM expert streams
-token by token, any other model sends its whole answer as chunks once it is ready.
+token by token, the routed model streams the tokens of the call whose text is its answer
+(the expert it asked alone, or the synthesis), any other model sends its whole answer as
+chunks once it is ready.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from orchestrator.gateway.completions import question
 from orchestrator.gateway.deps import ENSEMBLE, Served
 from orchestrator.gateway.errors import GatewayError
-from orchestrator.gateway.streaming import sse, token_stream
+from orchestrator.gateway.streaming import routed_stream, sse, token_stream
 from orchestrator.protocol import ChatRequest
 
 router = APIRouter()
@@ -45,6 +47,10 @@ async def chat(body: ChatRequest, request: Request, gw: Served) -> dict[str, Any
     if body.model == ENSEMBLE:
         question(body)  # 400 before queueing
         gw.check_routing()
+    if body.stream and body.model == ENSEMBLE:
+        # the lone expert's (or the synthesis's) tokens as they come
+        gw.batcher.admit()
+        return await routed_stream(gw.conclave, body, gw.batcher, gw.metrics)
     if body.stream and gw.streams_live(body.model):
         # token by token from the engine's running batch
         gw.batcher.admit()
