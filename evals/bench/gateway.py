@@ -65,7 +65,10 @@ class RoutedComparison(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    skills: str = Field(..., description="routing.skills: keywords or embedding.")
+    skills: str = Field(..., description="routing.skills: auto, keywords or embedding.")
+    skills_from: str = Field(
+        "", description="Where the routed model read the question's skills (its /v1/route)."
+    )
     question: str
     expert: str = Field(..., description="The expert the routed model asked first.")
     routed: list[LevelStats]
@@ -141,18 +144,20 @@ def run_routed(
         url = f"{base}/v1/chat/completions"
         first = httpx.post(url, json=routed, timeout=300).json()
         expert = first["conclave"]["experts"][0]
+        plan = httpx.post(f"{base}/v1/route", json={"question": question}, timeout=300).json()
         alone = {**routed, "model": expert}
         stats = sweep(
             {"routed": url, "expert": url},
             routed,
             levels,
-            lambda c: max(24, 6 * c),
+            lambda c: max(40, 8 * c),
             rounds=2,
             bodies={"expert": alone},
         )
     pairs = list(zip(stats["routed"], stats["expert"], strict=True))
     return RoutedComparison(
         skills=skills,
+        skills_from=(plan.get("explanation") or {}).get("skills_from", ""),
         question=question,
         expert=expert,
         routed=stats["routed"],
@@ -317,6 +322,6 @@ def run_gateway_bench(
         if routed_levels:
             res.routed = [
                 run_routed(folder, routed_levels, skills, batch_window_ms)
-                for skills in ("keywords", "embedding")
+                for skills in ("auto", "keywords")
             ]
     return res

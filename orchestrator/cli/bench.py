@@ -201,9 +201,9 @@ def bench_gateway(
         str,
         typer.Option(
             help="Levels for the routed model against the expert it asks, on the embedded "
-            "default, with skills from the keyword model and from embeddings "
-            "(comma-separated, e.g. 1,4,16; empty: skip). Builds and profiles the zoo "
-            "first if needed.",
+            "default, with routing.skills auto (the default: what profiling chose) and "
+            "keywords (the keyword model) (comma-separated, e.g. 1,4,16; empty: skip). "
+            "Builds and profiles the zoo first if needed.",
         ),
     ] = "",
     as_json: FiguresJson = False,
@@ -239,7 +239,8 @@ def bench_gateway(
         runs += [("vLLM's own server", r) for r in res["vllm"]["vllm_server"]]
         runs += [("gateway -> vLLM", r) for r in res["vllm"]["gateway_passthrough"]]
     for cmp in res.get("routed") or []:
-        runs += [(f"conclave ({cmp['skills']})", r) for r in cmp["routed"]]
+        label = cmp["skills"] + (f": {cmp['skills_from']}" if cmp["skills"] == "auto" else "")
+        runs += [(f"conclave ({label})", r) for r in cmp["routed"]]
         runs += [(f"{cmp['expert']} alone", r) for r in cmp["expert_alone"]]
     keys = ("concurrency", "requests", "errors", "p50_ms", "p90_ms", "p99_ms", "requests_per_s")
     print_table(

@@ -144,6 +144,37 @@ def test_the_routed_model_streams_its_lone_experts_words_and_its_id_takes_feedba
     assert fb.status_code == 200, fb.text
 
 
+def test_the_routed_model_streams_the_synthesis_when_an_aggregator_writes_the_answer():
+    """Answers that split go to the aggregator LLM (here the served strategy is
+    Mixture-of-Agents): its words are streamed, not the experts'."""
+    import openai
+
+    agg = "Alpha says A, beta says B; the answer is (A)."
+    experts = [
+        *EXPERTS[:2],
+        EXPERTS[-1],  # the keyword model
+        {"name": "agg", "backend": {"type": "fake", "answer": agg}, "roles": ["aggregator"]},
+    ]
+    s = Served(GatewaySettings(batch_window_ms=1), experts=experts, routing={"strategy": "moa"})
+    try:
+        client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused")
+        msg = [{"role": "user", "content": Q}]
+        # (a model still loading answers in one piece: the first call loads the aggregator)
+        whole = client.chat.completions.create(model="conclave", messages=msg)
+        assert whole.choices[0].message.content == agg
+        chunks = list(client.chat.completions.create(model="conclave", messages=msg, stream=True))
+        pieces = [
+            c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+        ]
+        assert "".join(pieces) == agg
+        assert len(pieces) == len(agg.split(" "))  # word by word, as the engine yields
+        tail = chunks[-1].model_extra["conclave"]
+        assert tail["aggregator"] == "agg" and set(tail["experts"]) == {"alpha", "beta"}
+        assert tail["choice"] == "A"
+    finally:
+        s.close()
+
+
 def test_streaming_from_a_continuous_engine_sends_each_piece_as_generated(gw):
     """An engine that batches continuously streams through the pool piece by piece; a
     failure mid-stream arrives as an OpenAI error event. (On `slow`: other tests of this
