@@ -9,6 +9,7 @@ waiting or running, new ones get 429 with Retry-After.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,8 @@ from typing import Any
 from orchestrator.config import GatewaySettings
 from orchestrator.gateway.errors import GatewayError, as_gateway_error, shutting_down
 from orchestrator.protocol import ChatRequest
+
+log = logging.getLogger(__name__)
 
 #: Calls at once to an engine that batches continuously (each holds a gateway thread while
 #: its requests generate; more requests than this go together in the next call).
@@ -186,9 +189,9 @@ class MicroBatcher:
     async def _run(self, key: str, jobs: list[_Job]) -> None:
         try:
             results = await asyncio.get_running_loop().run_in_executor(
-                self.threads, self.run_batch, key, [j.request for j in jobs]
+                self.threads, self._isolated, key, [j.request for j in jobs]
             )
-        except Exception as exc:  # the whole batch failed: every caller hears why
+        except Exception as exc:  # a bug here: every caller still hears why
             for j in jobs:
                 if not j.future.done():
                     j.future.set_exception(as_gateway_error(exc))
@@ -200,6 +203,24 @@ class MicroBatcher:
                 j.future.set_exception(res)
             else:
                 j.future.set_result(res)
+
+    def _isolated(self, key: str, requests: list[ChatRequest]) -> list[Outcome]:
+        """`run_batch`, with each request's outcome its own: should the whole batch fail
+        (a request that breaks what its batch shares), each request runs again alone, so
+        the failure is the answer of the request that caused it only."""
+        try:
+            return self.run_batch(key, requests)
+        except Exception as exc:
+            if len(requests) == 1:
+                return [as_gateway_error(exc)]
+            log.warning(
+                "a batch of %d for %s failed (%s: %s); answering each request alone",
+                len(requests),
+                key,
+                type(exc).__name__,
+                exc,
+            )
+            return [self._isolated(key, [r])[0] for r in requests]
 
     async def drain(self) -> None:
         """Stop taking jobs; finish the ones already taken."""

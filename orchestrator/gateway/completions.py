@@ -34,11 +34,26 @@ if TYPE_CHECKING:
 
 
 def question(req: ChatRequest) -> str:
-    """What the routed ensemble answers: the last user message (400 without one)."""
-    users = [m.text for m in req.messages if m.role == "user"]
+    """What the routed ensemble answers: the last user message (400 without one, or when
+    it is empty)."""
+    users = [(i, m.text) for i, m in enumerate(req.messages) if m.role == "user"]
     if not users:
-        raise GatewayError(400, "messages need at least one 'user' message", param="messages")
-    return users[-1]
+        raise GatewayError(
+            400,
+            "messages need at least one 'user' message: the routed model answers the last one",
+            code="missing_question",
+            param="messages",
+        )
+    i, text = users[-1]
+    if not text.strip():
+        raise GatewayError(
+            400,
+            f"messages[{i}].content is empty: the routed model answers the last 'user' "
+            "message; put the question there",
+            code="empty_question",
+            param=f"messages[{i}].content",
+        )
+    return text
 
 
 def completion(
@@ -129,12 +144,19 @@ def ensemble_item(
 
 
 def run_ensemble(conclave: Conclave, requests: list[ChatRequest]) -> list[Outcome]:
-    """The requests to the routed ensemble, in one facade batch."""
-    items = [ensemble_item(conclave, question(r), r.seed, r.sampling()) for r in requests]
-    return [
-        ensemble_error(a) if isinstance(a, Exception) else ensemble_completion(a)
-        for a in conclave.chat(items)
-    ]
+    """The requests to the routed ensemble, in one facade batch; a request whose question
+    cannot be read is answered alone (400) and left out of the batch."""
+    out: list[Outcome | None] = [None] * len(requests)
+    items: list[tuple[int, Item]] = []
+    for i, r in enumerate(requests):
+        try:
+            items.append((i, ensemble_item(conclave, question(r), r.seed, r.sampling())))
+        except GatewayError as exc:
+            out[i] = exc
+    answers = conclave.chat([it for _, it in items]) if items else []
+    for (i, _), a in zip(items, answers, strict=True):
+        out[i] = ensemble_error(a) if isinstance(a, Exception) else ensemble_completion(a)
+    return [o for o in out if o is not None]
 
 
 def batch_runner(conclave: Conclave) -> Callable[[str, list[ChatRequest]], list[Outcome]]:

@@ -40,8 +40,27 @@ class GatewayError(Exception):
         self.param, self.retry_after = param, retry_after
 
     def body(self) -> dict[str, Any]:
-        """OpenAI's error object (the value of the response's "error")."""
-        return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        """OpenAI's error object (the value of the response's "error"); every error has a
+        code, the status's when nothing more precise was given."""
+        code = self.code or STATUS_CODES.get(self.status, "error")
+        return {"message": self.message, "type": self.type, "param": self.param, "code": code}
+
+
+#: an error's `code` when nothing more precise names it
+STATUS_CODES = {
+    400: "invalid_request",
+    401: "invalid_api_key",
+    403: "forbidden",
+    404: "not_found",
+    413: "body_too_large",
+    422: "invalid_value",
+    429: "rate_limited",
+    499: "client_closed",
+    500: "internal_error",
+    502: "upstream_error",
+    503: "unavailable",
+    504: "timeout",
+}
 
 
 def error_response(err: GatewayError) -> JSONResponse:

@@ -196,6 +196,14 @@ async def routed_stream(
     return StreamingResponse(events, media_type="text/event-stream")
 
 
+def unsaid(sent: str, text: str) -> str:
+    """What a routed stream still owes once the answer is `text`, after sending `sent`:
+    the rest of it; all of a vote's answer (nothing was streamed); or, where the streamed
+    call's answer named no option and more experts were asked, the final answer after a
+    blank line (what was sent cannot be taken back)."""
+    return text[len(sent) :] if text.startswith(sent) else f"\n\n{text}"
+
+
 class _Done:
     """The end of a routed stream: the answer (`ChatAnswer`) or the error that is it."""
 
@@ -222,9 +230,7 @@ async def _routed_sse(
             yield _error_event(ensemble_error(event.answer))
             return
         answer = event.answer
-        # what the streamed call left unsaid: all of a vote's answer, or, where more
-        # experts were asked after a streamed answer named no option, the final answer
-        rest = answer.text[len(sent) :] if answer.text.startswith(sent) else f"\n\n{answer.text}"
+        rest = unsaid(sent, answer.text)
         if rest:
             yield _chunk(base, {"content": rest})
         metrics.tokens(model, answer.usage.total_tokens)

@@ -144,6 +144,16 @@ def test_the_routed_model_streams_its_lone_experts_words_and_its_id_takes_feedba
     assert fb.status_code == 200, fb.text
 
 
+def test_a_routed_stream_owes_what_it_has_not_said():
+    from orchestrator.gateway.streaming import unsaid
+
+    assert unsaid("The answer ", "The answer is (A).") == "is (A)."  # the streamed call's
+    assert unsaid("", "The answer is (B).") == "The answer is (B)."  # a vote: all of it
+    assert unsaid("The answer is (A).", "The answer is (A).") == ""
+    # the lone expert named no option and two more were asked: the vote's answer follows
+    assert unsaid("I am not sure.", "The answer is (C).") == "\n\nThe answer is (C)."
+
+
 def test_the_routed_model_streams_the_synthesis_when_an_aggregator_writes_the_answer():
     """Answers that split go to the aggregator LLM (here the served strategy is
     Mixture-of-Agents): its words are streamed, not the experts'."""
