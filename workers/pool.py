@@ -166,6 +166,20 @@ class ExpertPool:
                 for i, res in zip(groups[name], fut.result(), strict=True):
                     results[i] = res
 
+    def connect(self) -> dict[str, str]:
+        """Each backend's `prepare` (a vLLM expert's: connect to Ray, starting a local
+        cluster), here, on the calling thread: a server calls it on its main thread before
+        it serves, since Ray installs its signal handlers only there and a first request
+        would otherwise start Ray from a worker thread. Returns the failures by expert
+        (those experts then fail their requests, as they would have)."""
+        failed: dict[str, str] = {}
+        for name, backend in self.backends.items():
+            try:
+                backend.prepare()
+            except ConclaveError as exc:
+                failed[name] = str(exc)
+        return failed
+
     def preload(self, names: Sequence[str] | None = None, progress: bool = False) -> dict[str, str]:
         """Load the experts (all, or `names`, in that order) that fit side by side, evicting
         none: a server's first answers then wait for no model load, and an expert that does

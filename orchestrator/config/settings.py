@@ -144,6 +144,14 @@ class GatewaySettings(Strict):
     max_queue: int = Field(256, ge=1, description="Waiting requests before 429.")
     max_body_bytes: int = Field(1_000_000, ge=1_024, description="Larger bodies get 413.")
     request_timeout_s: float = Field(300.0, gt=0, description="Longer waits get 504.")
+    drain_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM or Ctrl-C: how long the gateway keeps its socket open, "
+        "answering new work 503 and /readyz 'shutting down', while the requests in flight "
+        "finish, before it closes (a second signal stops at once).",
+    )
     preload: bool = Field(
         True,
         description="Load the experts that fit side by side before serving, so first answers "

@@ -48,6 +48,8 @@ def prepare(
                 progress=progress,
                 on_event=on_event,
             )
+        for name, why in conclave.pool.connect().items():
+            on_event(f"  {name}: {why}")
         if config.gateway.preload:
             _preload(conclave, progress, on_event)
     except BaseException:
@@ -94,16 +96,23 @@ def serve(
     import uvicorn
 
     from orchestrator.gateway.app import create_app
+    from orchestrator.gateway.draining import DrainingServer
+    from workers.cluster import shutdown_ray
 
     conclave = prepare(config, ensemble=ensemble, data=data, progress=True, on_event=on_event)
     try:
-        on_event(f"serving on {where} ({auth}); Ctrl-C stops")
-        uvicorn.run(
-            create_app(conclave, settings, ensemble=ensemble),
+        app = create_app(conclave, settings, ensemble=ensemble)
+        uv = uvicorn.Config(
+            app,
             host=settings.host,
             port=settings.port,
             log_level="warning",
             timeout_graceful_shutdown=30,
         )
+        on_event(f"serving on {where} ({auth}); Ctrl-C stops")
+        DrainingServer(uv, app.state.batcher, settings.drain_s, on_event).run()
+        on_event("stopped taking connections; closing the experts")
     finally:
         conclave.close()
+        shutdown_ray()  # a local Ray this process started goes with it
+        on_event("stopped")

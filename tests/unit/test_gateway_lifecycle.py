@@ -77,3 +77,50 @@ def test_passthrough_only_is_ready_without_a_profile():
         assert r.json()["choices"][0]["message"]["content"] == "The answer is (A)."
     finally:
         s.close()
+
+
+def test_sigterm_drains_in_flight_work_with_the_socket_open_then_exits(tmp_path):
+    """`conclave serve` as a process: on SIGTERM it keeps its socket open while the
+    request in flight finishes, answering /readyz and new work 503 meanwhile (a load
+    balancer sees the drain), then exits 0 and says so."""
+    import concurrent.futures as cf
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from tests.unit.test_gateway import _free_port
+
+    slow = {"name": "slow", "backend": {"type": "fake", "answer": "done", "generate_s": 2.0}}
+    cfg = tmp_path / "conclave.json"
+    cfg.write_text(json.dumps({"pool": {"experts": [slow]}, "cache_dir": str(tmp_path)}))
+    port = _free_port()
+    cmd = [sys.executable, "-m", "orchestrator.cli", "serve", "--config", str(cfg)]
+    cmd += ["--port", str(port), "--passthrough-only"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=0.5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
+        with cf.ThreadPoolExecutor(1) as ex:
+            in_flight = ex.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=20)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            ready = httpx.get(f"{url}/readyz", timeout=5)
+            assert (ready.status_code, ready.json()["status"]) == (503, "shutting down")
+            late = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=5)
+            assert late.status_code == 503 and late.json()["error"]["code"]
+            reply = in_flight.result()
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "draining: 1 requests in flight" in out and out.rstrip().endswith("stopped")
+    finally:
+        if proc.poll() is None:
+            proc.kill()

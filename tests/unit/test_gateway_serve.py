@@ -27,22 +27,22 @@ def test_serve_loads_the_experts_that_fit_before_serving(flag, tmp_path, monkeyp
     starts, every expert that fits is loaded, so no first answer waits for a load."""
     import json
 
-    import uvicorn
     from starlette.testclient import TestClient
     from typer.testing import CliRunner
 
     from orchestrator.cli import app
+    from orchestrator.gateway.draining import DrainingServer
 
     big = {"name": "big", "backend": {"type": "fake"}, "resources": {"memory_gb": 2}}
     cfg = tmp_path / "conclave.json"
     cfg.write_text(json.dumps({"pool": {"experts": [*EXPERTS, big], "memory_budget_gb": 5}}))
     seen = {}
 
-    def run(asgi, **_kw):  # instead of serving: what would the first client see?
-        with TestClient(asgi) as client:
+    def run(server):  # instead of serving: what would the first client see?
+        with TestClient(server.config.app) as client:
             seen.update({e["name"]: e["loaded"] for e in client.get("/v1/experts").json()["data"]})
 
-    monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setattr(DrainingServer, "run", run)
     args = ["serve", "--config", str(cfg), "--passthrough-only", *([flag] if flag else [])]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -58,26 +58,29 @@ def test_serve_prepares_the_facade_then_runs_uvicorn(monkeypatch):
     """`orchestrator.gateway.serve`, what `conclave serve` runs: the preload's lines and
     where it serves go to on_event, uvicorn gets the app, and the facade is closed after;
     a set-up error propagates to the caller."""
-    import uvicorn
     from starlette.testclient import TestClient
 
     from orchestrator.errors import ConclaveError
     from orchestrator.gateway import serve
+    from orchestrator.gateway.draining import DrainingServer
 
     big = {"name": "big", "backend": {"type": "fake"}, "resources": {"memory_gb": 2}}
     pool = {"experts": [*EXPERTS, big], "memory_budget_gb": 5}
     cfg = parse_config({"pool": pool, "gateway": {"port": 8123}})
     seen: dict = {}
 
-    def run(asgi, **kw):  # instead of serving: what would the first client see?
-        seen.update(kw)
-        with TestClient(asgi) as client:
+    def run(server):  # instead of serving: what would the first client see?
+        c = server.config
+        seen.update(
+            host=c.host, port=c.port, log_level=c.log_level, grace=c.timeout_graceful_shutdown
+        )
+        with TestClient(c.app) as client:
             seen["models"] = [m["id"] for m in client.get("/v1/models").json()["data"]]
             seen["loaded"] = {
                 e["name"]: e["loaded"] for e in client.get("/v1/experts").json()["data"]
             }
 
-    monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setattr(DrainingServer, "run", run)
     closed = []
     close = Conclave.close
     monkeypatch.setattr(Conclave, "close", lambda self: closed.append(close(self)))
@@ -91,7 +94,8 @@ def test_serve_prepares_the_facade_then_runs_uvicorn(monkeypatch):
     assert lines[1].endswith("(loads on demand)")
     assert lines[2] == "serving on http://127.0.0.1:8123 (no API keys configured); Ctrl-C stops"
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
-    assert seen["log_level"] == "warning" and seen["timeout_graceful_shutdown"] == 30
+    assert seen["log_level"] == "warning" and seen["grace"] == 30
+    assert lines[-2:] == ["stopped taking connections; closing the experts", "stopped"]
     with pytest.raises(ConclaveError, match="does not exist"):
         serve(cfg, data="/nonexistent/questions.jsonl", on_event=lines.append)
     assert len(closed) == 2  # the facade the failed set-up built is closed too
