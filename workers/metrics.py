@@ -21,7 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from orchestrator.errors import RequestRejectedError
 from workers.batch import GenerationResult
+
+#: the error type of a request the engine refused as the client's to fix
+REFUSED = RequestRejectedError.__name__
 
 _BOUNDARIES = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
 
@@ -32,7 +36,12 @@ class ExpertStatus(BaseModel):
     name: str
     loaded: bool = Field(description="Its model is loaded now.")
     requests: int = Field(description="Requests answered since the pool started.")
-    errors: int = Field(description="Requests failed.")
+    errors: int = Field(description="Requests the expert failed (its fault or its engine's).")
+    refused: int = Field(
+        0,
+        description="Requests it refused as the client's to fix (a prompt past its context): "
+        "not counted as errors.",
+    )
     tokens: int = Field(description="Prompt and completion tokens.")
     loads: int = Field(description="Model loads.")
     evictions: int = Field(description="Times its model was evicted to make room.")
@@ -69,6 +78,7 @@ class LiveCounts:
 
     requests: int = 0
     errors: int = 0
+    refused: int = 0
     batches: int = 0
     batch_seconds: float = 0.0
     tokens: int = 0
@@ -83,6 +93,7 @@ class LiveCounts:
             loaded=loaded,
             requests=self.requests,
             errors=self.errors,
+            refused=self.refused,
             tokens=self.tokens,
             loads=self.loads,
             evictions=self.evictions,
@@ -132,10 +143,12 @@ class ExpertMetrics:
         prompt = sum(r.prompt_tokens for r in results)
         completion = sum(r.completion_tokens for r in results)
         failed = sum(r.error is not None for r in results)
+        refused = sum(r.error is not None and r.error.type == REFUSED for r in results)
         with self._lock:
             live = self._live[expert]
             live.requests += len(results) - failed
-            live.errors += failed
+            live.errors += failed - refused
+            live.refused += refused
             live.batches += 1
             live.batch_seconds += seconds
             live.tokens += prompt + completion

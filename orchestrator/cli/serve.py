@@ -40,6 +40,13 @@ def serve_cmd(
             help="Load the experts that fit before serving (config: gateway.preload, on).",
         ),
     ] = None,
+    access_log: Annotated[
+        bool | None,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="A line per request on stderr (config: gateway.access_log, on).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible REST gateway (model 'conclave' or an expert's name).
 
@@ -52,7 +59,7 @@ def serve_cmd(
 
     try:
         cfg = resolve_config(config, zoo, zoo_dir, on_event=err.print)
-        given = (("host", host), ("port", port), ("preload", preload))
+        given = (("host", host), ("port", port), ("preload", preload), ("access_log", access_log))
         settings = cfg.gateway.model_copy(update={k: v for k, v in given if v is not None})
         cfg = cfg.model_copy(update={"gateway": settings})
         serve(

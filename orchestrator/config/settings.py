@@ -144,6 +144,11 @@ class GatewaySettings(Strict):
     max_queue: int = Field(256, ge=1, description="Waiting requests before 429.")
     max_body_bytes: int = Field(1_000_000, ge=1_024, description="Larger bodies get 413.")
     request_timeout_s: float = Field(300.0, gt=0, description="Longer waits get 504.")
+    access_log: bool = Field(
+        True,
+        description="Log a line per request (client, method, path, status, milliseconds, "
+        "model) on the 'conclave.access' logger; `conclave serve` prints it to stderr.",
+    )
     drain_s: float = Field(
         30.0,
         ge=0,

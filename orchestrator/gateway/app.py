@@ -8,6 +8,7 @@ Shared state (`deps.Gateway`) on `app.state.gateway`; errors in OpenAI's shape
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -25,6 +26,9 @@ from orchestrator.gateway.routes import agents, chat, experts, health, models, r
 
 if TYPE_CHECKING:
     from orchestrator.conclave import Conclave
+
+#: the logger of the access log (gateway.access_log), one line per request
+ACCESS_LOG = "conclave.access"
 
 
 def create_app(
@@ -63,7 +67,8 @@ def create_app(
     app.state.metrics = metrics
     add_error_handlers(app)
     # added first, so it runs inside BodyLimit: a chunked body is capped before the checks
-    app.middleware("http")(guard(settings.keys(), settings.max_body_bytes, metrics))
+    access = logging.getLogger(ACCESS_LOG) if settings.access_log else None
+    app.middleware("http")(guard(settings.keys(), settings.max_body_bytes, metrics, access))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, metrics=metrics)
     for resource in (health, models, experts, agents, route, chat):
         app.include_router(resource.router)

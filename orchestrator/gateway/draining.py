@@ -10,6 +10,7 @@ app's lifespan finishes what the batcher still holds.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -32,6 +33,11 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.batcher, self.drain_s, self.on_event = batcher, drain_s, on_event
         self.deadline: float | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.on_event("ready: taking connections")
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.deadline is not None or self.should_exit:

@@ -1,12 +1,15 @@
 """What every request passes before its route: the API key, the body limit, the metrics.
 
 `guard` (HTTP middleware) checks the bearer key (health checks need none) and a declared
-Content-Length against `max_body_bytes`, and records each request's status and latency.
+Content-Length against `max_body_bytes`, and records each request's status and latency,
+by path and by model (the one a chat request named, once the route accepted it), and,
+with an access log, writes a line per request.
 `BodyLimit` (ASGI) holds the same limit for a body sent chunked, with no length declared.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,19 +26,41 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def guard(
-    keys: set[str], max_body_bytes: int, metrics: GatewayMetrics
+    keys: set[str],
+    max_body_bytes: int,
+    metrics: GatewayMetrics,
+    access: logging.Logger | None = None,
 ) -> Callable[[Request, Handler], Awaitable[Response]]:
     """The HTTP middleware: 401 without one of `keys` (when there are any), 413 for a
-    declared body over `max_body_bytes`; every request counted in `metrics`."""
+    declared body over `max_body_bytes`; every request counted in `metrics` and, with
+    `access`, logged there (client, method, path, status, milliseconds, model)."""
 
     async def check(request: Request, call_next: Handler) -> Response:
         t0 = time.perf_counter()
         path = request.url.path
+
+        def done(status: int) -> None:
+            seconds = time.perf_counter() - t0
+            model = getattr(request.state, "model", "")
+            metrics.observe(path, status, seconds, model)
+            if access is not None:
+                client = f"{request.client.host}:{request.client.port}" if request.client else "-"
+                tail = f" model={model}" if model else ""
+                access.info(
+                    '%s "%s %s" %d %.1f ms%s',
+                    client,
+                    request.method,
+                    path,
+                    status,
+                    1000 * seconds,
+                    tail,
+                )
+
         if path not in OPEN_PATHS and keys:
             auth = request.headers.get("authorization", "")
             token = auth[7:] if auth.lower().startswith("bearer ") else ""
             if token not in keys:
-                metrics.observe(path, 401, time.perf_counter() - t0)
+                done(401)
                 return error_response(
                     GatewayError(
                         401,
@@ -46,7 +71,7 @@ def guard(
                 )
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_body_bytes:
-            metrics.observe(path, 413, time.perf_counter() - t0)
+            done(413)
             return error_response(
                 GatewayError(
                     413,
@@ -55,7 +80,7 @@ def guard(
                 )
             )
         response = await call_next(request)
-        metrics.observe(path, response.status_code, time.perf_counter() - t0)
+        done(response.status_code)
         return response
 
     return check

@@ -109,6 +109,8 @@ def serve(
             log_level="warning",
             timeout_graceful_shutdown=30,
         )
+        if settings.access_log:
+            _print_access_log()
         on_event(f"serving on {where} ({auth}); Ctrl-C stops")
         DrainingServer(uv, app.state.batcher, settings.drain_s, on_event).run()
         on_event("stopped taking connections; closing the experts")
@@ -116,3 +118,19 @@ def serve(
         conclave.close()
         shutdown_ray()  # a local Ray this process started goes with it
         on_event("stopped")
+
+
+def _print_access_log() -> None:
+    """The access log's lines to stderr, with the time (once per process)."""
+    import logging
+    import sys
+
+    from orchestrator.gateway.app import ACCESS_LOG
+
+    log = logging.getLogger(ACCESS_LOG)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False

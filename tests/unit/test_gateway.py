@@ -331,8 +331,15 @@ def test_route_models_health_and_metrics(gw):
     assert httpx.get(f"{gw.url}/readyz").status_code == 200
     assert httpx.get(f"{gw.url}/nope").status_code == 404
     text = httpx.get(f"{gw.url}/metrics").text
-    assert 'conclave_gateway_requests_total{path="/v1/chat/completions",status="200"}' in text
-    assert "conclave_gateway_request_seconds_bucket" in text
+    httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        json={"model": "beta", "messages": [{"role": "user", "content": Q}]},
+    )
+    text = httpx.get(f"{gw.url}/metrics").text
+    # by model: the served one a chat request named
+    done = 'conclave_gateway_requests_total{model="beta",path="/v1/chat/completions",status="200"}'
+    assert done in text
+    assert 'conclave_gateway_request_seconds_bucket{le="0.005",model="beta"' in text
     assert "conclave_gateway_queue_depth" in text
 
 
@@ -485,8 +492,17 @@ def test_a_request_the_expert_refuses_gets_400_and_its_batch_neighbours_answers(
         body = {"model": "short", "messages": [{"role": "user", "content": text}]}
         return httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=30)
 
+    def status():
+        (me,) = [
+            e for e in httpx.get(f"{gw.url}/v1/experts").json()["data"] if e["name"] == "short"
+        ]
+        return me["errors"], me["refused"]
+
+    errors, refused = status()
     with cf.ThreadPoolExecutor(3) as ex:  # within one batch window
         long, short1, short2 = ex.map(ask, ["x" * 300, "hi", "hello"])
+    # the client's mistake is counted apart: the expert did not fail
+    assert status() == (errors, refused + 1)
     assert long.status_code == 400, long.text
     err = long.json()["error"]
     assert err["type"] == "invalid_request_error" and "at most 200" in err["message"]

@@ -120,7 +120,11 @@ def test_sigterm_drains_in_flight_work_with_the_socket_open_then_exits(tmp_path)
         assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
+        assert "ready: taking connections" in out
         assert "draining: 1 requests in flight" in out and out.rstrip().endswith("stopped")
+        # the access log: a line per request, the chat one with its model
+        assert '"POST /v1/chat/completions" 200' in out and "model=slow" in out
+        assert '"GET /readyz" 503' in out
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -44,6 +44,7 @@ async def chat(body: ChatRequest, request: Request, gw: Served) -> dict[str, Any
             "model_not_found",
             param="model",
         )
+    request.state.model = body.model  # the metrics' and access log's model label
     if body.model == ENSEMBLE:
         question(body)  # 400 before queueing
         gw.check_routing()
