@@ -38,7 +38,23 @@ def ensure_ray(cluster: ClusterConfig) -> None:
         else:
             kwargs["address"] = address
         log.info("connecting to Ray at %s", address or "a new local cluster")
-        ray.init(**kwargs)
+        ctx = ray.init(**kwargs)
+        dashboard = getattr(ctx, "dashboard_url", None) or None
+        _where["ray"] = (
+            f"Ray: {address or 'a local cluster'} (namespace {cluster.namespace}); dashboard "
+            + (f"http://{dashboard}" if dashboard else "off")
+        )
+        log.info("%s", _where["ray"])
+
+
+#: what `ensure_ray` connected to, for `connected`
+_where: dict[str, str] = {}
+
+
+def connected() -> str | None:
+    """Where this process's Ray is (its address and dashboard URL), once `ensure_ray`
+    connected it; None before."""
+    return _where.get("ray")
 
 
 def shutdown_ray() -> None:

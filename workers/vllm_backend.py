@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -127,7 +128,7 @@ class VLLMBackend(ExpertBackend):
         self._check_placeable()
         self._wait_name_free()
         res = self.config.resources
-        host = ray.remote(EngineHost).options(
+        host = ray.remote(_titled(self.name)).options(
             name=self.actor_name,
             num_cpus=res.num_cpus,
             num_gpus=res.num_gpus,
@@ -147,9 +148,11 @@ class VLLMBackend(ExpertBackend):
             ) from None
         except (RayActorError, RayTaskError) as exc:
             ray.kill(actor)
-            raise ModelLoadError(
-                f"could not load {self.spec.model!r}: {_cause(exc)}", expert=self.name
-            ) from None
+            # the details (with the model's path on this server) go to the log; what
+            # clients see names the expert, not where the server keeps its files
+            log.warning("%s could not load %s: %s", self.name, self.spec.model, _cause(exc))
+            why = _cause(exc).replace(str(self.spec.model), "<its model>")
+            raise ModelLoadError(f"could not load its model: {why}", expert=self.name) from None
         self._actor = actor
         log.info("%s ready in %.1f s", self.name, self.load_info.get("load_s", 0.0))
 
@@ -254,3 +257,11 @@ class VLLMBackend(ExpertBackend):
                 return
             ray.kill(stale)
             time.sleep(0.1)
+
+
+def _titled(expert: str) -> type[EngineHost]:
+    """`EngineHost` under a class name of the expert's (`Expert_facts`): Ray titles an
+    actor's process `ray::<class>`, so `ps`, `top` and the dashboard's process view name
+    the expert, not the engine class they all share."""
+    name = "Expert_" + re.sub(r"\W", "_", expert)
+    return type(name, (EngineHost,), {"__module__": EngineHost.__module__})

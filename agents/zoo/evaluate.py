@@ -62,9 +62,8 @@ def zoo_config(root: Path, manifest: ZooManifest, names: list[str] | None = None
         )
     # a question the specialists were not profiled on goes to the generalist LLM
     routing = {"fallback": FALLBACK} if FALLBACK in chosen else {}
-    return parse_config(
-        {"cluster": {"dashboard": False}, "pool": {"experts": experts}, "routing": routing}
-    )
+    # the Ray dashboard is on (127.0.0.1): `conclave serve` prints its URL at start
+    return parse_config({"pool": {"experts": experts}, "routing": routing})
 
 
 def evaluate_zoo(

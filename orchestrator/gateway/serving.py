@@ -50,6 +50,10 @@ def prepare(
             )
         for name, why in conclave.pool.connect().items():
             on_event(f"  {name}: {why}")
+        from workers.cluster import connected
+
+        if (ray := connected()) is not None:
+            on_event(ray)
         if config.gateway.preload:
             _preload(conclave, progress, on_event)
     except BaseException:
