@@ -179,15 +179,22 @@ class Conclave:
         }
 
     def run(
-        self, requests: list[GenerationRequest], progress: bool = False, stream: bool = False
+        self,
+        requests: list[GenerationRequest],
+        progress: bool = False,
+        stream: bool = False,
+        routed: bool = False,
     ) -> list[GenerationResult]:
         """The requests in one pool batch. With `stream`, while this thread streams an
         answer (`chat_stream`) and nothing was streamed yet, a lone request streams its
         text to the sink as its engine generates it: the answer's one call whose text is
-        the final text (one expert alone, or the aggregator's synthesis)."""
+        the final text (one expert alone, or the aggregator's synthesis). `routed`: the
+        router can ask another expert, so a request to an expert whose engine is
+        restarting fails at once unless `routing.on_expert_down` is 'wait'."""
         live = self._streaming
+        wait = not routed or self.config.routing.on_expert_down == "wait"
         if not (stream and live.sink is not None and not live.sent and len(requests) == 1):
-            return self.pool.run(requests, progress=progress)
+            return self.pool.run(requests, progress=progress, wait_for_restart=wait)
         result = None
         for event in self.pool.stream(requests[0]):
             if isinstance(event, str):
@@ -218,11 +225,12 @@ class Conclave:
         progress: bool = False,
         samples: Sequence[int] | None = None,
         stream: bool = False,
+        routed: bool = False,
     ) -> list[ExpertAnswer]:
         """Each (item, expert) answered once, all in one pool batch. With `reuse_answers`,
         a greedy expert's answer to a question it already answered is reused (marked
-        `cached`): the same prompt to the same greedy model gives the same text. `stream`:
-        see `run`.
+        `cached`): the same prompt to the same greedy model gives the same text. `stream`
+        and `routed`: see `run`.
 
         `samples` (one per pair) numbers repeated draws of one expert for one item: draw
         s > 0 of an expert that samples (temperature > 0) is asked with its own seed, so it
@@ -251,7 +259,7 @@ class Conclave:
             for i in todo
         ]
         fresh = {}
-        for i, r in zip(todo, self.run(reqs, progress, stream), strict=True):
+        for i, r in zip(todo, self.run(reqs, progress, stream, routed), strict=True):
             it, ex = pairs[i]
             fresh[i] = ExpertAnswer(
                 expert=ex,
@@ -462,7 +470,9 @@ class Conclave:
         # probation: a challenger answers what its incumbent answers, in the same batch
         shadow = [(it, shadows[ex]) for it, ex in firsts + asked if watched and ex in shadows]
         extra = [0] * (len(asked) + len(shadow))
-        answered = self.ask(pairs + asked + shadow, progress, samples=nums + extra, stream=True)
+        answered = self.ask(
+            pairs + asked + shadow, progress, samples=nums + extra, stream=True, routed=True
+        )
         got = iter(answered[: len(pairs)])
         probed = answered[len(pairs) : len(pairs) + len(probes)]
         probe_traces = [
@@ -515,7 +525,7 @@ class Conclave:
             todo = [(i, ex) for i, exs in enumerate(more) for ex in exs]
             if not todo:
                 return
-            got = self.ask([(items[i], ex) for i, ex in todo], ctx.progress)
+            got = self.ask([(items[i], ex) for i, ex in todo], ctx.progress, routed=True)
             for (i, ex), a in zip(todo, got, strict=True):
                 plans[i].experts.append(ex)
                 per_item[i].append(a)

@@ -6,6 +6,7 @@
     └── PoolError                   something went wrong running an expert
         ├── ModelLoadError          the model could not be loaded (bad path, out of memory)
         ├── EngineDeadError         the engine died mid-batch            [retryable]
+        ├── ExpertUnavailableError  its engine is restarting; ask another [retryable]
         ├── GenerationError         the engine rejected or failed a request
         │   └── RequestRejectedError    the engine refused it before running it (too long)
         ├── NoAnswerError           every expert chosen for a question failed
@@ -55,6 +56,14 @@ class ModelLoadError(PoolError):
 
 class EngineDeadError(PoolError):
     """The engine process died; restarting it and retrying the unfinished items may succeed."""
+
+    retryable = True
+
+
+class ExpertUnavailableError(PoolError):
+    """The expert's engine died and is restarting in the background: the request was not
+    run. A router asks the next best expert (`routing.on_expert_down`); a retry later can
+    succeed."""
 
     retryable = True
 

@@ -135,6 +135,12 @@ class RouteExplanation(BaseModel):
         description="The chance that the vote's answer is right, under the estimates, "
         "when the strategy stopped asking.",
     )
+    down: list[str] = Field(
+        default_factory=list,
+        description="Experts it would have asked whose engine was down (restarting): "
+        "skipped, or asked and failed, and the next best asked instead "
+        "(routing.on_expert_down).",
+    )
     out_of_scope: str | None = Field(
         None,
         description="Why the question is outside what the profile knows (free-form, or "

@@ -36,6 +36,7 @@ from orchestrator.config import ConclaveConfig
 from orchestrator.errors import (
     ConclaveError,
     EngineDeadError,
+    ExpertUnavailableError,
     GenerationError,
     ModelLoadError,
     UnknownExpertError,
@@ -73,6 +74,8 @@ class ExpertPool:
         self._residency = threading.Condition()
         #: one batch at a time decides loads and evictions
         self._scheduling = threading.Lock()
+        #: experts whose dead engine is being restarted, and when that is done
+        self._restarting: dict[str, Future[None]] = {}
 
     # ---- public API -------------------------------------------------------------------
 
@@ -82,9 +85,19 @@ class ExpertPool:
         return [n for n, b in self.backends.items() if b.loaded and b.resident]
 
     def run(
-        self, requests: list[GenerationRequest], progress: bool = False
+        self,
+        requests: list[GenerationRequest],
+        progress: bool = False,
+        wait_for_restart: bool = True,
     ) -> list[GenerationResult]:
-        """Answer every request; results come back in input order, one per request."""
+        """Answer every request; results come back in input order, one per request.
+
+        An expert whose engine dies is restarted in the background (one restart however
+        many batches saw it die). With `wait_for_restart` (a client that named the
+        expert) its requests wait for the restart and are run then; without (a router
+        that can ask another expert) they fail at once with `ExpertUnavailableError`, so
+        nothing routed elsewhere waits for the reload."""
+        wait = wait_for_restart
         results: list[GenerationResult | None] = [None] * len(requests)
         groups: dict[str, list[int]] = defaultdict(list)
         for i, req in enumerate(requests):
@@ -104,7 +117,9 @@ class ExpertPool:
                     self._last_used[name] = time.monotonic()
                     self.metrics.queued(name, len(idx))
                     for i, res in zip(
-                        idx, self._run_group(backend, [requests[i] for i in idx]), strict=True
+                        idx,
+                        self._run_group(backend, [requests[i] for i in idx], wait),
+                        strict=True,
                     ):
                         results[i] = res
                 finally:
@@ -113,7 +128,7 @@ class ExpertPool:
         # every expert loaded: claimed, and no need to wait for another batch's loads
         claimed = self._claim_loaded(list(groups))
         with contextlib.nullcontext() if claimed else self._scheduling:
-            self._schedule(requests, groups, results, progress, claimed)
+            self._schedule(requests, groups, results, progress, claimed, wait)
         return _complete(results)
 
     def _schedule(
@@ -123,9 +138,11 @@ class ExpertPool:
         results: list[GenerationResult | None],
         progress: bool,
         claimed: bool,
+        wait: bool,
     ) -> None:
         """Load (evicting as needed) and run each group, filling `results`; each group's
-        expert is claimed until it is done (already, when `claimed`)."""
+        expert is claimed until it is done (already, when `claimed`). A group whose
+        expert is restarting waits for it (`wait`) or fails at once."""
         # Resident experts first: they cost no load and become evictable once submitted.
         order = sorted(groups, key=lambda n: (not self.backends[n].loaded, groups[n][0]))
         pending = {n: len(groups[n]) for n in order}
@@ -138,6 +155,19 @@ class ExpertPool:
             for name in order:
                 backend = self.backends[name]
                 group = [requests[i] for i in groups[name]]
+                restart = None if claimed else self._restart_of(name)
+                if restart is not None:
+                    if wait:
+                        in_flight[name] = self._executor.submit(
+                            self._after_restart, backend, group, restart
+                        )
+                    else:
+                        for i, req in zip(groups[name], group, strict=True):
+                            results[i] = GenerationResult.failed(req, _restarting(name))
+                    bar.advance(len(group))
+                    pending[name] = 0
+                    next_use.pop(name)
+                    continue
                 needs_load = not claimed and not self._claim_loaded([name])
                 if needs_load:
                     try:
@@ -156,7 +186,7 @@ class ExpertPool:
                 # Loads run in the group's thread too, so models load side by side (on a
                 # GPU cluster, each on its own GPUs) while memory is granted in order here.
                 self.metrics.queued(name, len(group))
-                fut = self._executor.submit(self._load_and_run, backend, group, needs_load)
+                fut = self._executor.submit(self._load_and_run, backend, group, needs_load, wait)
                 fut.add_done_callback(partial(bar.advance_when_done, len(group)))
                 fut.add_done_callback(partial(self._released, name))
                 in_flight[name] = fut
@@ -285,10 +315,10 @@ class ExpertPool:
     # ---- scheduling -------------------------------------------------------------------
 
     def _claim_loaded(self, names: Sequence[str]) -> bool:
-        """Claim every one of `names` if all are loaded now (nothing evicts them until
-        released); False, claiming none, otherwise."""
+        """Claim every one of `names` if all are loaded now and none is restarting
+        (nothing evicts them until released); False, claiming none, otherwise."""
         with self._residency:
-            if not all(self.backends[n].loaded for n in names):
+            if not all(self.backends[n].loaded and n not in self._restarting for n in names):
                 return False
             self._using.update(names)
             return True
@@ -382,7 +412,11 @@ class ExpertPool:
             self.stats.load_seconds += time.perf_counter() - t0
 
     def _load_and_run(
-        self, backend: ExpertBackend, group: list[GenerationRequest], needs_load: bool
+        self,
+        backend: ExpertBackend,
+        group: list[GenerationRequest],
+        needs_load: bool,
+        wait: bool = True,
     ) -> list[GenerationResult]:
         if needs_load:
             try:
@@ -393,29 +427,28 @@ class ExpertPool:
                 self.metrics.batch(backend.name, failed, 0.0)
                 self.metrics.queued(backend.name, 0)
                 return failed
-        return self._run_group(backend, group)
+        return self._run_group(backend, group, wait)
 
     def _run_group(
-        self, backend: ExpertBackend, group: list[GenerationRequest]
+        self, backend: ExpertBackend, group: list[GenerationRequest], wait: bool = True
     ) -> list[GenerationResult]:
         t0 = time.perf_counter()
-        out = self._generate_group(backend, group)
+        out = self._generate_group(backend, group, wait)
         self.metrics.batch(backend.name, out, time.perf_counter() - t0)
         self.metrics.queued(backend.name, 0)
         return out
 
     def _generate_group(
-        self, backend: ExpertBackend, group: list[GenerationRequest]
+        self, backend: ExpertBackend, group: list[GenerationRequest], wait: bool = True
     ) -> list[GenerationResult]:
         try:
             return self._checked(backend, group, backend.generate(group))
         except EngineDeadError as exc:
-            log.warning("%s died mid-batch (%s); restarting and retrying once", backend.name, exc)
-            with self._lock:
-                self.stats.restarts += 1
+            restart = self._restart(backend, exc)
+            if not wait:
+                return [GenerationResult.failed(r, _restarting(backend.name)) for r in group]
             try:
-                backend.unload()
-                self._load(backend)
+                restart.result()
                 out = self._checked(backend, group, backend.generate(group))
             except Exception as exc2:
                 err = _as_error(exc2, backend.name)
@@ -426,6 +459,61 @@ class ExpertPool:
         except Exception as exc:
             err = _as_error(exc, backend.name)
             return [GenerationResult.failed(r, err) for r in group]
+
+    def _restart_of(self, name: str) -> Future[None] | None:
+        with self._residency:
+            return self._restarting.get(name)
+
+    def _restart(self, backend: ExpertBackend, why: Exception) -> Future[None]:
+        """The restart of `backend`'s dead engine: started here in a thread of its own, or
+        the one already under way (several batches can see one engine die)."""
+        with self._residency:
+            fut = self._restarting.get(backend.name)
+            if fut is not None:
+                return fut
+            fut = Future()
+            self._restarting[backend.name] = fut
+        log.warning("%s died (%s); restarting it", backend.name, why)
+        with self._lock:
+            self.stats.restarts += 1
+        threading.Thread(
+            target=self._do_restart, args=(backend, fut), name=f"restart-{backend.name}"
+        ).start()
+        return fut
+
+    def _do_restart(self, backend: ExpertBackend, fut: Future[None]) -> None:
+        try:
+            backend.unload()
+            self._load(backend)
+        except Exception as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(None)
+        finally:
+            with self._residency:
+                self._restarting.pop(backend.name, None)
+                self._residency.notify_all()
+
+    def _after_restart(
+        self, backend: ExpertBackend, group: list[GenerationRequest], restart: Future[None]
+    ) -> list[GenerationResult]:
+        """A group that waited for its expert's restart: run once it is back."""
+        try:
+            restart.result()
+        except Exception as exc:
+            err = _as_error(exc, backend.name)
+            return [GenerationResult.failed(r, err) for r in group]
+        if not self._claim_loaded([backend.name]):  # evicted or dead again meanwhile
+            return [GenerationResult.failed(r, _restarting(backend.name)) for r in group]
+        try:
+            return self._run_group(backend, group)
+        finally:
+            self._release(backend.name)
+
+    def unavailable(self) -> set[str]:
+        """Experts whose engine is restarting now: a router skips them."""
+        with self._residency:
+            return set(self._restarting)
 
     @staticmethod
     def _checked(
@@ -439,6 +527,13 @@ class ExpertPool:
                 expert=backend.name,
             )
         return out
+
+
+def _restarting(expert: str) -> ExpertUnavailableError:
+    return ExpertUnavailableError(
+        "its engine died and is restarting; ask another expert or retry shortly",
+        expert=expert,
+    )
 
 
 def _as_error(exc: Exception, expert: str) -> ConclaveError:

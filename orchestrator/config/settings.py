@@ -83,6 +83,13 @@ class RoutingConfig(Strict):
         "validation question out, that it ranks a right expert first more than a point "
         "less often than the keyword model (RoutingState.skills_scores).",
     )
+    on_expert_down: Literal["failover", "wait", "fail"] = Field(
+        "failover",
+        description="When an expert the router chose has a dead engine (restarting in the "
+        "background): 'failover' asks the next best expert at once, so nothing waits for "
+        "the reload, and the trace names the expert that was down; 'wait' waits for the "
+        "restart; 'fail' answers the question with the expert's error.",
+    )
     max_expert_calls: int = Field(
         3,
         ge=1,

@@ -76,6 +76,9 @@ class Conclave:
         prior = c.state.prior_strength if c.state is not None else 4.0
         profiles = {e: c.profile_of(e) for e in ctx.experts}
         source = c.skills_source()
+        # an expert whose engine is restarting is skipped (failover), unless the config
+        # says to wait for it or to fail with it
+        down = c.pool.unavailable() if routing.on_expert_down == "failover" else set()
         plans = []
         for it, (words, skills, calls, usage), near, (nearest, outside) in zip(
             items,
@@ -84,10 +87,12 @@ class Conclave:
             c.reader.scope_of(items),
             strict=True,
         ):
-            ests = sorted(
+            ranked = sorted(
                 (estimate(e, profiles[e], skills, prior, near.get(e), blend) for e in ctx.experts),
                 key=lambda x: (-x.accuracy, -x.overall, x.expert),
             )
+            ests = [e for e in ranked if e.expert not in down] or ranked
+            skipped = [e.expert for e in ranked[: ranked.index(ests[0])]]
             k = effective_options(options_in(it), agreement)
             best = ests[0]
             team = ests[: min(budget, 3, len(ests))]
@@ -95,7 +100,7 @@ class Conclave:
             worth = vote_accuracy(team, k, collusion)
             alone = len(team) == 1 or best.accuracy >= worth - 1e-9
             first = [best.expert] if alone or budget == 1 else [e.expert for e in ests[:2]]
-            weights = {e.expert: round(e.weight(k), 4) for e in ests}
+            weights = {e.expert: round(e.weight(k), 4) for e in ranked}
             stopped = ""
             if outside is not None and routing.fallback is not None:
                 # the profile says nothing about this question: a specialist's confident
@@ -113,8 +118,9 @@ class Conclave:
                         skills=list(dict.fromkeys(skills)),
                         skills_from=source,
                         blend=blend if near else 0.0,
-                        estimates={e.expert: round(e.accuracy, 4) for e in ests},
-                        evidence={e.expert: round(e.evidence, 1) for e in ests},
+                        estimates={e.expert: round(e.accuracy, 4) for e in ranked},
+                        evidence={e.expert: round(e.evidence, 1) for e in ranked},
+                        down=skipped,
                         budget=budget,
                         stages=[list(first)],
                         stopped=stopped,
@@ -137,9 +143,11 @@ class Conclave:
         """The next expert for each item where asking more is worth it, the items where
         it is worth most first, while the batch stays within `max_expert_calls` per
         question on average; [] for an item that is done."""
+        from orchestrator.errors import ExpertUnavailableError
         from skills.sequential import gain, posterior
 
-        budget = ctx.conclave.config.routing.max_expert_calls
+        routing = ctx.conclave.config.routing
+        budget = routing.max_expert_calls
         spent = sum(len(p.experts) for p in plans)
         allowance = budget * len(plans) - spent
         worth: list[tuple[float, int, str]] = []
@@ -148,13 +156,19 @@ class Conclave:
             assert why is not None and plan.weights is not None  # set by `plan`
             if why.stopped:
                 continue
+            gone = [a.expert for a in ans if a.error_type == ExpertUnavailableError.__name__]
+            why.down.extend(e for e in gone if e not in why.down)
+            if gone and routing.on_expert_down == "fail" and all(a.error for a in ans):
+                why.stopped = f"{', '.join(gone)} down (routing.on_expert_down: fail)"
+                continue
             tally: dict[str, float] = {}
             for a in ans:
                 if a.choice is not None:
                     tally[a.choice] = tally.get(a.choice, 0.0) + plan.weights[a.expert]
             named, _, _ = posterior(tally, why.options)
             why.confidence = round(max(named), 4) if named else 0.0
-            left = [e for e in why.estimates if e not in plan.experts]  # best first
+            # best first; an expert that was down is not asked again for this question
+            left = [e for e in why.estimates if e not in plan.experts and e not in why.down]
             if not left:
                 why.stopped = "every serving expert answered"
                 continue

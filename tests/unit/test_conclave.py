@@ -135,7 +135,9 @@ def test_reuse_answers_asks_a_greedy_expert_once_per_question():
     c.reuse_answers = True
     calls: list[int] = []
     run = c.pool.run
-    c.pool.run = lambda reqs, progress=False: calls.append(len(reqs)) or run(reqs, progress)
+    c.pool.run = lambda reqs, progress=False, **kw: (
+        calls.append(len(reqs)) or run(reqs, progress, **kw)
+    )
     its = items("test")[:4]
     first = c.ask([(it, "geo") for it in its])
     again = c.ask([(it, ex) for it in its for ex in ("geo", "num")])

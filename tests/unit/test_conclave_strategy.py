@@ -300,3 +300,56 @@ def test_serving_settings_reuse_the_profile_and_learning_settings_do_not():
     same = key()
     assert key(max_expert_calls=5, skills="embedding", fallback="geo", strategy="majority") == same
     assert key(prior_strength=16.0) != same
+
+
+@pytest.mark.parametrize("policy", ["failover", "fail"])
+def test_a_dead_expert_is_failed_over_and_skipped_while_it_restarts(policy):
+    """The expert a question is routed to dies: its engine restarts in the background.
+    'failover' (the default) asks the next best expert in the same request, then skips
+    the dead one while it restarts, and says so; 'fail' answers with its error. Once it
+    is back, it is asked again."""
+    import threading
+
+    from orchestrator.errors import EngineDeadError
+    from tests.unit.test_conclave import ROWS
+
+    hold = threading.Event()
+    with make(aggregator="vote") as c:
+        c.profile(items("validation"), dataset="skillmix")
+        routing = c.config.routing.model_copy(update={"on_expert_down": policy})
+        c.config = c.config.model_copy(update={"routing": routing})
+        geo = c.pool.backends["geo"]
+        qs = [it for it in items("test") if ROWS[it.question].category == "geography"][:2]
+
+        def dies(requests):
+            geo._loaded = False
+            raise EngineDeadError("engine process exited (fake)", expert="geo")
+
+        def restarts():  # held until the test lets it finish
+            hold.wait(10)
+            geo._loaded = True
+
+        geo.generate, geo.load = dies, restarts
+        (first,) = c.answer(qs[:1], "conclave")
+        why = first.explanation
+        assert why.down == ["geo"] and c.pool.unavailable() == {"geo"}
+        assert first.answers[0].expert == "geo"
+        assert first.answers[0].error_type == "ExpertUnavailableError"
+        if policy == "fail":
+            assert len(first.answers) == 1 and first.choice is None
+            assert "geo down" in why.stopped
+        else:  # the next best answered in the same request (and more, as they are weak)
+            assert len(first.answers) >= 2 and not any(a.error for a in first.answers[1:])
+            assert first.choice is not None
+            (second,) = c.answer(qs[1:], "conclave")  # planned while geo restarts
+            assert "geo" not in [a.expert for a in second.answers]
+            assert second.explanation.down == ["geo"] and second.choice is not None
+        del geo.generate  # the restarted engine answers again
+        hold.set()
+        for _ in range(100):
+            if not c.pool.unavailable():
+                break
+            threading.Event().wait(0.05)
+        (back,) = c.answer(qs[1:], "conclave")
+        assert [a.expert for a in back.answers] == ["geo"] and back.correct
+        assert back.explanation.down == [] and c.pool.stats.restarts == 1

@@ -259,3 +259,21 @@ def test_batches_from_several_threads_share_the_pool_without_evicting_each_other
     assert pool.stats.restarts == 0  # no engine lost mid-batch
     assert FakeBackend.max_loaded == 1  # the budget held across threads
     pool.close()
+
+
+def test_a_dead_engine_restarts_once_in_the_background_and_routers_need_not_wait():
+    """An engine dies mid-batch: a router's batch (wait_for_restart=False) gets
+    ExpertUnavailableError for that expert at once and its other experts' answers; a
+    client that named the expert waits for the restart. However many batches saw it
+    die or asked meanwhile, the model loads again once."""
+    pool = make_pool({"a": {"die_on_calls": [0], "load_s": 0.3}, "b": {}})
+    pool.run([req(0, "b")])
+    first = pool.run([req(1, "a"), req(2, "b")], wait_for_restart=False)
+    a1, b1 = first
+    assert a1.error.type == "ExpertUnavailableError" and a1.error.retryable and b1.ok
+    assert "restarting" in a1.error.message and pool.unavailable() == {"a"}
+    again = pool.run([req(3, "a")], wait_for_restart=False)  # still restarting: no wait
+    assert again[0].error.type == "ExpertUnavailableError"
+    waited = pool.run([req(4, "a")])  # a client of `a` itself waits for it
+    assert waited[0].ok and pool.unavailable() == set()
+    assert pool.backends["a"].loads == 2 and pool.stats.restarts == 1
