@@ -54,6 +54,7 @@ def _answer(tr: Trace) -> ChatAnswer | Exception:
         calls=tr.calls,
         confidence=why.confidence if why is not None else None,
         out_of_scope=why.out_of_scope if why is not None else None,
+        down=list(why.down) if why is not None else [],
     )
     prompt = tr.tokens - tr.completion_tokens  # every call of the ensemble counts
     usage = CompletionUsage.of(prompt, tr.completion_tokens)

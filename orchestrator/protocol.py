@@ -245,6 +245,11 @@ class EnsembleTrace(BaseModel):
         description="Why the question is outside what the routed experts were profiled "
         "on, when it is: the fallback expert answered (routing.fallback).",
     )
+    down: list[str] = Field(
+        default_factory=list,
+        description="Experts the router would have asked whose engine was down "
+        "(restarting): the next best answered instead (routing.on_expert_down).",
+    )
 
 
 class ChatAnswer(BaseModel):

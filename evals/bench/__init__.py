@@ -9,6 +9,8 @@ pydantic result (`.model_dump(mode="json")` is what `conclave bench ... --json` 
   requests/s on loopback, against vLLM's own server (load driver in `loopback.py`);
 - `run_free_agents_bench` (`free_agents.py`, `FreeAgentsBenchResult`): the free-agent
   scenario replayed through the facade;
+- `run_failover_bench` (`failover.py`, `FailoverBenchResult`): the routed model on the
+  embedded default while one expert's actor is killed;
 - `run_pools_bench` (`pools.py`, `PoolsBenchResult`, figures in `pools_report.py`):
   every strategy on pools of scripted experts with known accuracy per category, served
   by an OpenAI-compatible test server (`scripted.py`) through the remote backend.
@@ -23,6 +25,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from evals.bench.failover import FailoverBenchResult, run_failover_bench
     from evals.bench.free_agents import FreeAgentsBenchResult, run_free_agents_bench
     from evals.bench.gateway import GatewayBenchResult, run_gateway_bench
     from evals.bench.pool import PoolBenchResult, run_pool_bench
@@ -37,6 +40,8 @@ _LAZY = {
     "RoutingBenchResult": "evals.bench.routing",
     "run_gateway_bench": "evals.bench.gateway",
     "GatewayBenchResult": "evals.bench.gateway",
+    "run_failover_bench": "evals.bench.failover",
+    "FailoverBenchResult": "evals.bench.failover",
     "run_free_agents_bench": "evals.bench.free_agents",
     "FreeAgentsBenchResult": "evals.bench.free_agents",
     "run_pools_bench": "evals.bench.pools",
@@ -44,11 +49,13 @@ _LAZY = {
 }
 
 __all__ = [
+    "FailoverBenchResult",
     "FreeAgentsBenchResult",
     "GatewayBenchResult",
     "PoolBenchResult",
     "PoolsBenchResult",
     "RoutingBenchResult",
+    "run_failover_bench",
     "run_free_agents_bench",
     "run_gateway_bench",
     "run_pool_bench",

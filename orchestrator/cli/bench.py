@@ -322,6 +322,50 @@ def bench_free_agents(
     out.print(res["summary"])
 
 
+@app.command("failover")
+def bench_failover(
+    clients: Annotated[int, typer.Option(min=1, help="Closed-loop clients.")] = 8,
+    seconds: Annotated[float, typer.Option(min=1.0, help="Length of each phase.")] = 30.0,
+    victim: Annotated[
+        str | None,
+        typer.Option(help="The expert whose actor is killed (default: the one most asked)."),
+    ] = None,
+    policy: Annotated[
+        str, typer.Option(help="routing.on_expert_down: failover, wait or fail.")
+    ] = "failover",
+    as_json: FiguresJson = False,
+    output: FiguresOut = None,
+) -> None:
+    """The routed model on the embedded default while one expert's engine dies: latency
+    of the questions routed elsewhere before and after the kill, failures, restart time."""
+    if policy not in ("failover", "wait", "fail"):
+        raise fail(ValueError(f"--policy {policy!r}: choose failover, wait or fail"))
+    from evals.bench import run_failover_bench
+
+    try:
+        res = figures(run_failover_bench(clients, seconds, victim, policy, progress=not as_json))
+    except ConclaveError as exc:
+        raise fail(exc) from None
+    if emit_json(res, output, as_json):
+        return
+    rows = [
+        ("before", "others", res["baseline_others"]),
+        ("before", res["victim"], res["baseline_victim"]),
+        ("after kill", "others", res["after_kill_others"]),
+        ("after kill", res["victim"], res["after_kill_victim"]),
+    ]
+    keys = ("requests", "failed", "failed_over", "p50_ms", "p90_ms", "p99_ms")
+    print_table(
+        f"failover ({res['policy']}, {res['clients']} clients, {res['machine']})",
+        ("phase", "routed to", "requests", "failed", "failed over", "p50 ms", "p90 ms", "p99 ms"),
+        ((phase, who, *(st[k] for k in keys)) for phase, who, st in rows),
+    )
+    out.print(
+        f"p99 of questions routed elsewhere, after the kill over before: "
+        f"{res['p99_ratio_others']}; {res['victim']} back after {res['restart_s']} s"
+    )
+
+
 @app.command("moe")
 def bench_moe(
     tokens: Annotated[str, typer.Option(help="Token counts (comma-separated).")] = (

@@ -30,6 +30,7 @@ the experts asked at each stage and why it stopped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
@@ -175,6 +176,9 @@ class Conclave:
             if len(ans) == 1 and tally and len(why.stages[0]) == 1:
                 why.stopped = "the best expert answered; it is reliably best"
                 continue
+            if not tally:  # no answer yet (its experts failed or were down): one is owed
+                worth.append((math.inf, i, left[0]))
+                continue
             asks = [why.estimates[e] for e in left[:2]]
             # one answer can be worth nothing alone (it can only tie two that disagree):
             # a pair's gain counts too, per call
@@ -190,10 +194,10 @@ class Conclave:
             else:
                 worth.append((value, i, left[0]))
         out: list[list[str]] = [[] for _ in plans]
-        for _, i, nxt in sorted(worth, key=lambda w: (-w[0], w[1])):
+        for value, i, nxt in sorted(worth, key=lambda w: (-w[0], w[1])):
             why = plans[i].explanation
             assert why is not None
-            if allowance <= 0:
+            if allowance <= 0 and value != math.inf:  # an answer owed is asked regardless
                 why.stopped = "the batch's budget is spent"
                 continue
             allowance -= 1

@@ -302,12 +302,13 @@ def test_serving_settings_reuse_the_profile_and_learning_settings_do_not():
     assert key(prior_strength=16.0) != same
 
 
-@pytest.mark.parametrize("policy", ["failover", "fail"])
-def test_a_dead_expert_is_failed_over_and_skipped_while_it_restarts(policy):
+@pytest.mark.parametrize(("policy", "budget"), [("failover", 3), ("failover", 1), ("fail", 3)])
+def test_a_dead_expert_is_failed_over_and_skipped_while_it_restarts(policy, budget):
     """The expert a question is routed to dies: its engine restarts in the background.
     'failover' (the default) asks the next best expert in the same request, then skips
-    the dead one while it restarts, and says so; 'fail' answers with its error. Once it
-    is back, it is asked again."""
+    the dead one while it restarts, and says so; 'fail' answers with its error. A
+    question left with no answer is owed one more expert even past the budget. Once the
+    dead one is back, it is asked again."""
     import threading
 
     from orchestrator.errors import EngineDeadError
@@ -316,7 +317,9 @@ def test_a_dead_expert_is_failed_over_and_skipped_while_it_restarts(policy):
     hold = threading.Event()
     with make(aggregator="vote") as c:
         c.profile(items("validation"), dataset="skillmix")
-        routing = c.config.routing.model_copy(update={"on_expert_down": policy})
+        routing = c.config.routing.model_copy(
+            update={"on_expert_down": policy, "max_expert_calls": budget}
+        )
         c.config = c.config.model_copy(update={"routing": routing})
         geo = c.pool.backends["geo"]
         qs = [it for it in items("test") if ROWS[it.question].category == "geography"][:2]
@@ -340,6 +343,7 @@ def test_a_dead_expert_is_failed_over_and_skipped_while_it_restarts(policy):
             assert "geo down" in why.stopped
         else:  # the next best answered in the same request (and more, as they are weak)
             assert len(first.answers) >= 2 and not any(a.error for a in first.answers[1:])
+            assert budget > 1 or len(first.answers) == 2  # owed one answer, no more
             assert first.choice is not None
             (second,) = c.answer(qs[1:], "conclave")  # planned while geo restarts
             assert "geo" not in [a.expert for a in second.answers]
