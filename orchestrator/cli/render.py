@@ -19,6 +19,12 @@ if TYPE_CHECKING:
 out = Console()
 err = Console(stderr=True)
 
+
+def log_line(line: str) -> None:
+    """A progress or lifecycle line on stderr, never wrapped: a log is read with grep."""
+    err.print(line, soft_wrap=True, highlight=False, markup=False)
+
+
 Figures = Mapping[str, Any]
 
 

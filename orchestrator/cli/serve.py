@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli.options import ConfigOpt, DataOpt, ZooDir, ZooProfile
-from orchestrator.cli.render import err, fail
+from orchestrator.cli.render import fail, log_line
 from orchestrator.errors import ConclaveError
 
 
@@ -58,12 +58,10 @@ def serve_cmd(
     from orchestrator.gateway import serve
 
     try:
-        cfg = resolve_config(config, zoo, zoo_dir, on_event=err.print)
+        cfg = resolve_config(config, zoo, zoo_dir, on_event=log_line)
         given = (("host", host), ("port", port), ("preload", preload), ("access_log", access_log))
         settings = cfg.gateway.model_copy(update={k: v for k, v in given if v is not None})
         cfg = cfg.model_copy(update={"gateway": settings})
-        serve(
-            cfg, ensemble=not passthrough_only, data=data, ray_serve=ray_serve, on_event=err.print
-        )
+        serve(cfg, ensemble=not passthrough_only, data=data, ray_serve=ray_serve, on_event=log_line)
     except ConclaveError as exc:
         raise fail(exc) from None

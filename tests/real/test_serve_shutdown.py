@@ -1,0 +1,84 @@
+"""`conclave serve` as a process on the real path (a vLLM expert in a Ray actor), started
+with and without preloading: SIGTERM with a request in flight drains it, the process
+exits, and no process of ours or Ray's outlives it."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from agents.zoo.tiny import TINY_ENGINE_ARGS
+from evals.bench.loopback import free_port
+
+pytestmark = pytest.mark.real
+
+
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
+def test_sigterm_drains_and_leaves_no_process_behind(tiny_models, tmp_path, preload):
+    import psutil
+
+    expert = {
+        "name": "a",
+        "backend": {"type": "vllm", "model": str(tiny_models["llama-a"])},
+        "sampling": {"max_tokens": 480},  # long answers: still generating at SIGTERM
+        "resources": {"num_cpus": 0.5, "memory_gb": 1.0},
+    }
+    expert["backend"]["engine_args"] = TINY_ENGINE_ARGS
+    config = {
+        "cluster": {"num_cpus": 1, "dashboard_port": free_port()},
+        "pool": {"experts": [expert]},
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    path = tmp_path / "conclave.json"
+    path.write_text(json.dumps(config))
+    port = free_port()
+    cmd = [sys.executable, "-m", "orchestrator.cli", "serve", "--config", str(path)]
+    cmd += ["--port", str(port), "--passthrough-only"] + ([] if preload else ["--no-preload"])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[0]
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        # Ray runs under the server (started on its main thread, even without a preload)
+        ours = psutil.Process(proc.pid).children(recursive=True)
+        assert any("raylet" in p.name() or "gcs_server" in p.name() for p in ours)
+        body = {"model": "a", "messages": [{"role": "user", "content": "count to ten"}]}
+        with cf.ThreadPoolExecutor(4) as ex:
+            in_flight = [
+                ex.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=120)
+                for _ in range(4)
+            ]
+            time.sleep(0.2)  # sent (without a preload, its model is loading now)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            replies = [f.result() for f in in_flight]
+        assert [r.status_code for r in replies] == [200] * 4, [r.text for r in replies]
+        assert all(r.json()["choices"][0]["message"]["content"] for r in replies)
+        out, _ = proc.communicate(timeout=60)
+        took = time.monotonic() - t0
+        assert proc.returncode == 0, out
+        assert took < 30 + 15, f"exited {took:.0f} s after SIGTERM"  # drain + close
+        assert re.search(r"draining: [1-4] requests in flight", out), out
+        assert out.rstrip().endswith("stopped")
+        assert "Ray: a local cluster" in out and "dashboard http://127.0.0.1:" in out
+        assert "not the main thread" not in out
+        time.sleep(2)  # (a process killed a moment ago may linger as a zombie)
+        left = [p for p in ours if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert left == [], [(p.pid, p.name()) for p in left]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
