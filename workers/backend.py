@@ -39,6 +39,8 @@ class ExpertBackend(ABC):
     #: Whether concurrent `generate` calls share the engine's running batch (continuous
     #: batching), so a caller need not wait for the previous call to finish.
     continuous_batching: bool = False
+    #: Whether it runs on Ray (its `prepare` connects this process to a cluster).
+    uses_ray: bool = False
 
     def __init__(self, config: ExpertConfig, service: ConclaveConfig) -> None:
         self.config = config

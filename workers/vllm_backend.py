@@ -51,6 +51,7 @@ class VLLMBackend(ExpertBackend):
     """Hosts the expert's model in a vLLM engine inside a Ray actor."""
 
     continuous_batching = True
+    uses_ray = True
 
     #: How long to wait for the actor to be placed and the engine to start.
     load_timeout_s: float = 1800.0

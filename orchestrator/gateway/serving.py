@@ -52,7 +52,8 @@ def prepare(
             on_event(f"  {name}: {why}")
         from workers.cluster import connected
 
-        if (ray := connected()) is not None:
+        on_ray = any(b.uses_ray for b in conclave.pool.backends.values())
+        if on_ray and (ray := connected()) is not None:
             on_event(ray)
         if config.gateway.preload:
             _preload(conclave, progress, on_event)
