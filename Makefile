@@ -9,7 +9,6 @@ EXTRA ?= cpu
 export CONCLAVE_CACHE ?= $(CURDIR)/.cache/conclave
 export VLLM_CACHE_ROOT ?= $(CURDIR)/.cache/vllm
 export LITELLM_LOCAL_MODEL_COST_MAP ?= True
-export RAY_AUTH_MODE ?= disabled
 
 .PHONY: setup demo test test-fast lint clean
 

@@ -11,7 +11,6 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("CONCLAVE_CACHE", str(ROOT / ".cache" / "tests"))
 os.environ.setdefault("VLLM_CACHE_ROOT", str(ROOT / ".cache" / "tests" / "vllm"))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 @pytest.fixture(autouse=True)

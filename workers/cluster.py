@@ -40,9 +40,20 @@ def ensure_ray(cluster: ClusterConfig) -> None:
         log.info("connecting to Ray at %s", address or "a new local cluster")
         ctx = ray.init(**kwargs)
         dashboard = getattr(ctx, "dashboard_url", None) or None
+        # Ray 2.60 binds its own ports on every interface whatever the node address (seen
+        # with ss -ltnp), so its token auth is what keeps others out: say which it is
+        if os.environ.get("RAY_AUTH_MODE", "token").lower() == "disabled":
+            auth = (
+                "token auth OFF (RAY_AUTH_MODE=disabled): Ray's ports listen on every "
+                "interface, so use this only where no one else can reach the machine"
+            )
+            log.warning("Ray %s", auth)
+        else:
+            auth = "token auth on: `ray get-auth-token` prints the dashboard's token"
         _where["ray"] = (
             f"Ray: {address or 'a local cluster'} (namespace {cluster.namespace}); dashboard "
             + (f"http://{dashboard}" if dashboard else "off")
+            + f"; {auth}"
         )
         log.info("%s", _where["ray"])
 

@@ -75,6 +75,7 @@ def test_sigterm_drains_and_leaves_no_process_behind(tiny_models, tmp_path, prel
         assert re.search(r"draining: [1-4] requests in flight", out), out
         assert out.rstrip().endswith("stopped")
         assert "Ray: a local cluster" in out and "dashboard http://127.0.0.1:" in out
+        assert "token auth on" in out  # Ray's ports listen on every interface: auth stays on
         assert "not the main thread" not in out
         time.sleep(2)  # (a process killed a moment ago may linger as a zombie)
         left = [p for p in ours if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
