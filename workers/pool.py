@@ -97,7 +97,6 @@ class ExpertPool:
         expert) its requests wait for the restart and are run then; without (a router
         that can ask another expert) they fail at once with `ExpertUnavailableError`, so
         nothing routed elsewhere waits for the reload."""
-        wait = wait_for_restart
         results: list[GenerationResult | None] = [None] * len(requests)
         groups: dict[str, list[int]] = defaultdict(list)
         for i, req in enumerate(requests):
@@ -118,7 +117,7 @@ class ExpertPool:
                     self.metrics.queued(name, len(idx))
                     for i, res in zip(
                         idx,
-                        self._run_group(backend, [requests[i] for i in idx], wait),
+                        self._run_group(backend, [requests[i] for i in idx], wait_for_restart),
                         strict=True,
                     ):
                         results[i] = res
@@ -128,7 +127,7 @@ class ExpertPool:
         # every expert loaded: claimed, and no need to wait for another batch's loads
         claimed = self._claim_loaded(list(groups))
         with contextlib.nullcontext() if claimed else self._scheduling:
-            self._schedule(requests, groups, results, progress, claimed, wait)
+            self._schedule(requests, groups, results, progress, claimed, wait_for_restart)
         return _complete(results)
 
     def _schedule(

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from evals.bench.loopback import free_port
+from evals.bench.loopback import free_port, percentile_ms
 
 
 class PhaseStats(BaseModel):
@@ -73,9 +73,8 @@ def _stats(rows: list[dict[str, Any]]) -> PhaseStats:
     ok = sorted(r["seconds"] for r in rows if r["status"] == 200)
 
     def pct(p: float) -> float | None:
-        if not ok:
-            return None
-        return round(1000 * ok[min(len(ok) - 1, int(p * len(ok)))], 1)
+        ms = percentile_ms(ok, p)
+        return None if ms is None else round(ms, 1)
 
     return PhaseStats(
         requests=len(rows),

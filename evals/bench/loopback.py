@@ -106,15 +106,22 @@ async def _drive(url: str, body: dict[str, Any], concurrency: int, requests: int
     return {"concurrency": concurrency, "latencies": latencies, "errors": errors, "wall": wall}
 
 
+def percentile_ms(ordered: list[float], p: float) -> float | None:
+    """The `p` quantile (0-1) of latencies in seconds, sorted, in milliseconds: the
+    request at rank floor(p * n); None without any."""
+    if not ordered:
+        return None
+    return 1000 * ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
 def _summary(runs: list[dict[str, Any]]) -> LevelStats:
     """p50/p99 over every request of `runs` (same level), and requests/s over their time."""
     latencies = sorted(x for r in runs for x in r["latencies"])
     wall = sum(r["wall"] for r in runs)
 
     def pct(p: float) -> float:
-        if not latencies:
-            return float("nan")
-        return round(1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))], 2)
+        ms = percentile_ms(latencies, p)
+        return float("nan") if ms is None else round(ms, 2)
 
     return LevelStats(
         concurrency=runs[0]["concurrency"],
