@@ -269,6 +269,24 @@ class Conclave(Asking):
             for it, p in zip(items, plans, strict=True)
         ]
 
+    def lanes(self, items: Sequence[Item]) -> list[str]:
+        """Per item, the experts the served strategy would ask first (comma-joined), where
+        knowing costs no model call: 'conclave' reading skills from the question index
+        (embeddings and the profile only). Otherwise '' for every item, one lane: planning
+        would ask the keyword model, twice per question. The gateway batches routed
+        questions by lane, so the questions of a slow expert (or of the one a dead
+        expert's questions failed over to) never wait for a batch of theirs."""
+        if self.config.routing.strategy != "conclave" or self.skills_source() != "embedding":
+            return ["" for _ in items]
+        # a question failed over from a dead expert has a lane of its own: its load on
+        # the next best expert does not queue that expert's own questions behind it
+        return [
+            ",".join(p.experts) + "".join(f" for {d}" for d in p.explanation.down)
+            if p.explanation is not None
+            else ",".join(p.experts)
+            for p in self.plan(items)
+        ]
+
     def routed(
         self, items: Sequence[Item], progress: bool, experts: Sequence[str] | None = None
     ) -> list[tuple[RoutingDecision, int, Usage]]:

@@ -27,13 +27,20 @@ log = logging.getLogger(__name__)
 #: its requests generate; more requests than this go together in the next call).
 CONTINUOUS_SLOTS = 32
 
+#: Routed lanes whose batches have threads ready at once (more wait for a thread).
+ROUTED_LANES = 8
+
 #: A batch's outcome per request: its response, or the error that is its answer alone.
 Outcome = dict[str, Any] | GatewayError
 
 
+#: Where a job queues: its model, and its lane within the model (one queue per pair).
+Queue = tuple[str, str]
+
+
 @dataclass
 class _Job:
-    key: str  # the model: one batch per key
+    key: str  # the model
     request: ChatRequest
     future: asyncio.Future[dict[str, Any]]
     enqueued: float = field(default_factory=time.perf_counter)
@@ -44,7 +51,10 @@ class MicroBatcher:
     `run_batch(key, requests) -> outcomes`: each job's response, or the GatewayError that
     is its answer alone (a request its expert refused fails; its neighbours do not).
 
-    A key runs up to `slots(key)` batches at a time. A job that finds a slot free waits at
+    Jobs queue per model and lane: one model's jobs batch together, except that the routed
+    model's go by lane (`Conclave.lanes`: the experts each question is routed to), so the
+    questions of a slow expert, or of one that is down, hold no slot the others need.
+    A queue runs up to `slots(key)` batches at a time. A job that finds a slot free waits at
     most `window` seconds for company (or until `max_batch` jobs); jobs that arrive while
     every slot is busy queue and go together as the next batch, so under load batches
     grow by themselves and an idle key adds no more than the window.
@@ -70,13 +80,15 @@ class MicroBatcher:
         self.settings = settings
         self.continuous = continuous
         self.ensemble_key = ensemble_key
-        self.waiting: dict[str, list[_Job]] = {}
+        self.waiting: dict[Queue, list[_Job]] = {}
         self._depth = 0  # jobs queued or running, and streams running
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._busy: dict[str, set[asyncio.Task[None]]] = {}  # the running batches, per key
-        #: where batches (and token streams) run: blocking calls into the pool
+        self._timers: dict[Queue, asyncio.TimerHandle] = {}
+        self._busy: dict[Queue, set[asyncio.Task[None]]] = {}  # the running batches
+        #: where batches (and token streams) run: blocking calls into the pool (threads
+        #: start as needed: room for the routed batches of several lanes at once)
         self.threads = ThreadPoolExecutor(
-            CONTINUOUS_SLOTS + settings.routed_batches + 8, thread_name_prefix="gateway"
+            CONTINUOUS_SLOTS + ROUTED_LANES * settings.routed_batches + 8,
+            thread_name_prefix="gateway",
         )
         self.closed = False
 
@@ -101,8 +113,8 @@ class MicroBatcher:
             return self.settings.routed_batches
         return CONTINUOUS_SLOTS if self.continuous(key) else 1
 
-    def _full(self, key: str) -> bool:
-        return len(self._busy.get(key, ())) >= self.slots(key)
+    def _full(self, queue: Queue) -> bool:
+        return len(self._busy.get(queue, ())) >= self.slots(queue[0])
 
     def admit(self) -> None:
         """Refuse new work while shutting down (503) or past `max_queue` (429)."""
@@ -117,23 +129,24 @@ class MicroBatcher:
                 retry_after=1,
             )
 
-    async def submit(self, key: str, request: ChatRequest) -> dict[str, Any]:
-        """`request`'s response, once the batch it joins has run (504 past
-        `request_timeout_s`); a caller cancelled while queued drops its job."""
+    async def submit(self, key: str, request: ChatRequest, lane: str = "") -> dict[str, Any]:
+        """`request`'s response, once the batch it joins (in `key`'s `lane`) has run (504
+        past `request_timeout_s`); a caller cancelled while queued drops its job."""
         self.admit()
         loop = asyncio.get_running_loop()
         job = _Job(key, request, loop.create_future())
+        queue = (key, lane)
         self._depth += 1
         try:
-            jobs = self.waiting.setdefault(key, [])
+            jobs = self.waiting.setdefault(queue, [])
             jobs.append(job)
-            if self._full(key):
+            if self._full(queue):
                 pass  # goes with the next batch, when a running one finishes
             elif len(jobs) >= self.settings.max_batch or self.settings.batch_window_ms == 0:
-                self._flush(key)
-            elif key not in self._timers:
-                self._timers[key] = loop.call_later(
-                    self.settings.batch_window_ms / 1000, self._flush, key
+                self._flush(queue)
+            elif queue not in self._timers:
+                self._timers[queue] = loop.call_later(
+                    self.settings.batch_window_ms / 1000, self._flush, queue
                 )
             return await asyncio.wait_for(
                 asyncio.shield(job.future), timeout=self.settings.request_timeout_s
@@ -152,38 +165,38 @@ class MicroBatcher:
         finally:
             self._depth -= 1
 
-    def _flush(self, key: str) -> None:
-        timer = self._timers.pop(key, None)
+    def _flush(self, queue: Queue) -> None:
+        timer = self._timers.pop(queue, None)
         if timer is not None:
             timer.cancel()
-        if self._full(key):
+        if self._full(queue):
             return
-        jobs = self.waiting.pop(key, [])
+        jobs = self.waiting.pop(queue, [])
         live = [j for j in jobs if not j.future.done()]  # callers gone: their work too
         batch, rest = live[: self.settings.max_batch], live[self.settings.max_batch :]
         if rest:
-            self.waiting[key] = rest
+            self.waiting[queue] = rest
         if batch:
-            task = asyncio.get_running_loop().create_task(self._run(key, batch))
-            self._busy.setdefault(key, set()).add(task)
-            task.add_done_callback(lambda t: self._next(key, t))
+            task = asyncio.get_running_loop().create_task(self._run(queue[0], batch))
+            self._busy.setdefault(queue, set()).add(task)
+            task.add_done_callback(lambda t: self._next(queue, t))
 
-    def _next(self, key: str, done: asyncio.Task[None]) -> None:
+    def _next(self, queue: Queue, done: asyncio.Task[None]) -> None:
         """A batch finished: the jobs that queued behind it go next, after the window,
         so that the callers it just answered can join them when they come straight back
         (a closed loop of clients otherwise splits into two half batches that take turns)."""
-        busy = self._busy.get(key, set())
+        busy = self._busy.get(queue, set())
         busy.discard(done)
         if not busy:
-            self._busy.pop(key, None)
-        waiting = self.waiting.get(key)
+            self._busy.pop(queue, None)
+        waiting = self.waiting.get(queue)
         if not waiting:
             return
         if len(waiting) >= self.settings.max_batch or self.settings.batch_window_ms == 0:
-            self._flush(key)
-        elif key not in self._timers:
-            self._timers[key] = asyncio.get_running_loop().call_later(
-                self.settings.batch_window_ms / 1000, self._flush, key
+            self._flush(queue)
+        elif queue not in self._timers:
+            self._timers[queue] = asyncio.get_running_loop().call_later(
+                self.settings.batch_window_ms / 1000, self._flush, queue
             )
 
     async def _run(self, key: str, jobs: list[_Job]) -> None:
@@ -225,8 +238,8 @@ class MicroBatcher:
     async def drain(self) -> None:
         """Stop taking jobs; finish the ones already taken."""
         self.closed = True
-        for key in list(self.waiting):
-            self._flush(key)
+        for queue in list(self.waiting):
+            self._flush(queue)
         while self._busy or any(self.waiting.values()):
             running = [t for tasks in self._busy.values() for t in tasks]
             await asyncio.gather(*running, return_exceptions=True)

@@ -4,6 +4,8 @@ metrics (a `Gateway` on `app.state.gateway`, handed to routes by the `Served` de
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,6 +19,9 @@ from orchestrator.gateway.metrics import GatewayMetrics
 if TYPE_CHECKING:
     from agents.free_agents import FreeAgentMonitor
     from orchestrator.conclave import Conclave
+    from orchestrator.protocol import ChatRequest
+
+log = logging.getLogger(__name__)
 
 #: The routed ensemble's model name; every other model is an expert's.
 ENSEMBLE = "conclave"
@@ -57,6 +62,21 @@ class Gateway:
             raise GatewayError(
                 503, "no routing profile loaded yet", "service_unavailable", retry_after=5
             )
+
+    async def lane(self, body: ChatRequest) -> str:
+        """The routed request's batching lane (`Conclave.lanes`), planned in a gateway
+        thread; '' (the one shared lane) should planning fail: the batch then says why."""
+        from orchestrator.gateway.completions import ensemble_item, question
+
+        def plan() -> str:
+            item = ensemble_item(self.conclave, question(body), body.seed, body.sampling())
+            return self.conclave.lanes([item])[0]
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.batcher.threads, plan)
+        except Exception as exc:
+            log.debug("no lane for a routed request (%s: %s)", type(exc).__name__, exc)
+            return ""
 
     def monitor(self) -> FreeAgentMonitor:
         """The free-agent monitor (404 when it is off)."""

@@ -357,3 +357,38 @@ def test_a_dead_expert_is_failed_over_and_skipped_while_it_restarts(policy, budg
         (back,) = c.answer(qs[1:], "conclave")
         assert [a.expert for a in back.answers] == ["geo"] and back.correct
         assert back.explanation.down == [] and c.pool.stats.restarts == 1
+
+
+def test_lanes_follow_the_plan_set_failovers_apart_and_need_no_model_call():
+    """The gateway's batching lane of a routed question is whom 'conclave' asks first,
+    read from the question index and the profile alone; a question failed over from a
+    dead expert gets a lane of its own; where planning would ask the keyword model, or
+    another strategy serves, every question shares one lane."""
+    with make() as c:
+        c.profile(items("validation"), dataset="skillmix")
+        from tests.unit.test_conclave import ROWS
+
+        by_category = {ROWS[it.question].category: it for it in items("test")}
+        qs = list(by_category.values())
+
+        def serve(**routing):
+            c.config = c.config.model_copy(
+                update={"routing": c.config.routing.model_copy(update=routing)}
+            )
+
+        serve(skills="embedding")
+        asked: list[object] = []
+        run = c.pool.run
+        c.pool.run = lambda reqs, **kw: asked.extend(reqs) or run(reqs, **kw)  # type: ignore[method-assign]
+        lanes = c.lanes(qs)
+        assert asked == []  # no model was asked
+        assert lanes == [",".join(p.experts) for p in c.plan(qs)]
+        assert len(set(lanes)) > 1  # different questions, different experts
+        first = lanes[0].split(",")[0]
+        c.pool.unavailable = lambda: {first}  # type: ignore[method-assign]
+        moved = c.lanes(qs[:1])[0]
+        assert moved.endswith(f" for {first}") and not moved.startswith(first)
+        serve(skills="keywords")
+        assert c.lanes(qs) == [""] * len(qs)
+        serve(skills="embedding", strategy="symbolic-moe")
+        assert c.lanes(qs) == [""] * len(qs)

@@ -483,6 +483,44 @@ def test_continuous_batching_keys_run_several_batches_at_once(continuous, routed
     assert peak == peak_expected
 
 
+def test_a_slow_lane_holds_no_slot_of_another_lane():
+    """Routed questions queue by lane (the experts they are routed to): while every
+    routed slot of one lane is taken by a batch that waits on a slow expert, a question
+    routed elsewhere runs at once, and one in the busy lane waits for its turn."""
+    import asyncio
+
+    from orchestrator.gateway.batching import MicroBatcher
+    from orchestrator.protocol import ChatRequest
+
+    release = threading.Event()
+    order: list[str] = []
+
+    def run_batch(key, requests):
+        text = requests[0].messages[0].content
+        if text == "slow":
+            release.wait(timeout=5)
+        order.append(text)
+        return [{"ok": r.messages[0].content} for r in requests]
+
+    settings = GatewaySettings(batch_window_ms=1, routed_batches=1)
+    batcher = MicroBatcher(run_batch, settings, ensemble_key="conclave")
+
+    def req(text):
+        return ChatRequest(model="conclave", messages=[{"role": "user", "content": text}])
+
+    async def main():
+        slow = asyncio.create_task(batcher.submit("conclave", req("slow"), "gemma"))
+        await asyncio.sleep(0.1)  # the slow lane's one slot is taken
+        queued = asyncio.create_task(batcher.submit("conclave", req("queued"), "gemma"))
+        fast = await asyncio.wait_for(batcher.submit("conclave", req("fast"), "facts"), 2)
+        assert not slow.done() and not queued.done()
+        release.set()
+        return fast, await slow, await queued
+
+    assert asyncio.run(main()) == ({"ok": "fast"}, {"ok": "slow"}, {"ok": "queued"})
+    assert order == ["fast", "slow", "queued"]
+
+
 def test_a_request_the_expert_refuses_gets_400_and_its_batch_neighbours_answers(gw):
     """A prompt over the expert's context is the client's error (400, the engine's reason),
     not the expert's (502); requests batched with it are answered."""

@@ -56,7 +56,8 @@ async def chat(body: ChatRequest, request: Request, gw: Served) -> dict[str, Any
         # token by token from the engine's running batch
         gw.batcher.admit()
         return await token_stream(gw.conclave, body, gw.batcher, gw.metrics)
-    result = await _unless_disconnected(request, gw.batcher.submit(body.model, body))
+    lane = await gw.lane(body) if body.model == ENSEMBLE else ""
+    result = await _unless_disconnected(request, gw.batcher.submit(body.model, body, lane))
     gw.metrics.tokens(body.model, result["usage"]["total_tokens"])
     if body.stream:
         # an answer that comes in one piece (the routed ensemble votes on whole answers;
