@@ -68,6 +68,20 @@ def connected() -> str | None:
     return _where.get("ray")
 
 
+def job_id() -> str:
+    """This process's Ray job (its driver's id, unique on the cluster): the experts'
+    actors are named after it, so two jobs on one cluster never share, nor kill, each
+    other's actors."""
+    import ray
+
+    return str(ray.get_runtime_context().get_job_id())
+
+
+def actor_name(expert: str, job: str) -> str:
+    """The name of `expert`'s actor in job `job` (`ray list actors` shows it)."""
+    return f"expert:{expert}@job-{job}"
+
+
 def shutdown_ray() -> None:
     import ray
 

@@ -30,7 +30,7 @@ from orchestrator.errors import (
 )
 from workers.backend import ExpertBackend
 from workers.batch import GenerationRequest, GenerationResult
-from workers.cluster import ensure_ray
+from workers.cluster import actor_name, ensure_ray, job_id
 from workers.engine_host import ENGINE_CALLS, EngineHost
 
 if TYPE_CHECKING:
@@ -65,7 +65,8 @@ class VLLMBackend(ExpertBackend):
 
     @property
     def actor_name(self) -> str:
-        return f"expert:{self.name}"
+        """This job's actor for the expert (Ray connected): each job loads its own."""
+        return actor_name(self.name, job_id())
 
     @property
     def loaded(self) -> bool:

@@ -187,7 +187,12 @@ def run_failover_bench(
             def kill() -> None:
                 time.sleep(kill_after_s)
                 killed["at"] = time.perf_counter()
-                ray.kill(ray.get_actor(f"expert:{victim}"), no_restart=True)
+                (name,) = [  # the server's actor for the victim (named after its job)
+                    a["name"]
+                    for a in ray.util.list_named_actors(all_namespaces=True)
+                    if a["name"].startswith(f"expert:{victim}@")
+                ]
+                ray.kill(ray.get_actor(name), no_restart=True)
                 say(f"killed {victim}'s actor")
                 seen_down = False  # back once the server saw it die and loaded it again
                 while time.perf_counter() - killed["at"] < seconds + 120:

@@ -11,6 +11,7 @@ import pytest
 from agents.zoo.tiny import TINY_ENGINE_ARGS
 from orchestrator.config import parse_config
 from workers.batch import GenerationRequest
+from workers.cluster import actor_name, job_id
 from workers.pool import ExpertPool
 
 pytestmark = pytest.mark.real
@@ -67,10 +68,51 @@ def test_batch_loads_each_expert_once_and_reports_bad_models(pool, ray_cluster):
             assert r.finish_reason in {"stop", "length"}
     assert pool.stats.loads_by_expert == {"a": 1, "b": 1}
     assert pool.stats.evictions == 0 and pool.stats.load_failures == 1
-    for name in ("a", "b"):  # named actors, alive, and listed by the dashboard's state API
-        ray_cluster.get_actor(f"expert:{name}", namespace="conclave")
+    # named actors of this job, alive, and listed by the dashboard's state API
+    names = {name: actor_name(name, job_id()) for name in ("a", "b")}
+    for name in names.values():
+        ray_cluster.get_actor(name, namespace="conclave")
     listed = {(a.name, a.state) for a in list_actors(limit=1000)}
-    assert {("expert:a", "ALIVE"), ("expert:b", "ALIVE")} <= listed, listed
+    assert {(names["a"], "ALIVE"), (names["b"], "ALIVE")} <= listed, listed
+
+
+SECOND_JOB = """
+import json, sys
+from orchestrator.config import parse_config
+from workers.batch import GenerationRequest
+from workers.pool import ExpertPool
+with ExpertPool(parse_config(json.loads(sys.argv[1]))) as pool:
+    (r,) = pool.run([GenerationRequest(item_id="0", expert="a", prompt="The answer is")])
+    print(json.dumps({"ok": r.ok, "actor": pool.backends["a"].actor_name}))
+"""
+
+
+def test_a_second_job_on_the_cluster_loads_its_own_experts_and_leaves_ours(pool, ray_cluster):
+    """Another driver on the same Ray cluster (a second eval, or an eval beside a serve)
+    with an expert of the same name gets an actor of its own, named after its job, and
+    never touches this job's: ours answers afterwards with nothing reloaded."""
+    import json
+    import subprocess
+    import sys
+
+    assert pool.run([chat(0, "a")])[0].ok
+    loads = dict(pool.stats.loads_by_expert)
+    ours = pool.backends["a"].actor_name
+    cfg = pool.config.model_dump(mode="json", exclude_none=True)
+    cfg["pool"]["experts"] = [e for e in cfg["pool"]["experts"] if e["name"] == "a"]
+    cfg["cluster"]["address"] = ray_cluster.get_runtime_context().gcs_address
+    out = subprocess.run(
+        [sys.executable, "-c", SECOND_JOB, json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    theirs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert theirs["ok"] and theirs["actor"] != ours and theirs["actor"].startswith("expert:a@")
+    ray_cluster.get_actor(ours, namespace="conclave")  # still alive
+    assert pool.run([chat(1, "a")])[0].ok
+    assert pool.stats.loads_by_expert == loads and pool.stats.restarts == 0
 
 
 def test_second_batch_loads_nothing_and_honours_sampling(pool):
@@ -165,7 +207,7 @@ def test_a_request_the_engine_rejects_fails_alone(pool):
 
     import ray
 
-    actor = ray.get_actor("expert:a", namespace="conclave")
+    actor = ray.get_actor(pool.backends["a"].actor_name, namespace="conclave")
     pid, restarts = ray.get(actor.info.remote())["pid"], pool.stats.restarts
     too_long = GenerationRequest(
         item_id="long", expert="a", messages=[{"role": "user", "content": "word " * 2000}]
@@ -189,7 +231,9 @@ def test_a_request_the_engine_rejects_fails_alone(pool):
 def test_dead_engine_is_restarted_and_moe_expert_evicts_the_idle_one(pool, ray_cluster):
     import ray
 
-    ray.kill(ray.get_actor("expert:a", namespace="conclave"))  # the engine dies under us
+    ray.kill(
+        ray.get_actor(pool.backends["a"].actor_name, namespace="conclave")
+    )  # the engine dies under us
     restarts, evictions = pool.stats.restarts, pool.stats.evictions
     results = pool.run([chat(0, "a"), chat(1, "moe"), chat(2, "a")])
     assert all(r.ok for r in results), [r.error for r in results]
