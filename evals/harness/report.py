@@ -63,15 +63,24 @@ def report_md(summary: dict[str, Any], spec: EvalSpec, extra: dict[str, Any]) ->
         f"- machine: {extra.get('machine')}",
         "",
         "| strategy | accuracy % | calls / q | expert calls / q | tokens / q | wall s | "
-        "model loads |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "model loads | failed calls |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in summary.items():
+        failed = s.get("errors", 0)
         lines.append(
             f"| {name} | {s['accuracy']:.1f} | {s['calls_per_question']:g} | "
             f"{s['expert_calls_per_question']:g} | {s['tokens_per_question']:g} | "
-            f"{s['seconds']:g} | {s['model_loads']} |"
+            f"{s['seconds']:g} | {s['model_loads']} | "
+            + (f"{failed} ({s['error_share']:.0%})" if failed else "0")
+            + " |"
         )
+    by_expert = {n: s["errors_by_expert"] for n, s in summary.items() if s.get("errors_by_expert")}
+    if by_expert:
+        lines += ["", "Failed expert calls (each error is in results.jsonl):", ""]
+        lines += [
+            f"- {n}: " + ", ".join(f"{ex} {k}" for ex, k in e.items()) for n, e in by_expert.items()
+        ]
     cats = sorted({c for s in summary.values() for c in s["by_category"]})
     lines += ["", "## Accuracy per category (%)", ""]
     lines.append("| strategy | " + " | ".join(cats) + " |")

@@ -34,9 +34,12 @@ def run_strategies(
     run_dir: Path,
     progress: Callable[[str, int, int], None] = lambda s, done, total: None,
 ) -> list[dict[str, Any]]:
-    """Answer `items` with each strategy, resuming from `results.jsonl`; returns all rows."""
-    rows = read_results(run_dir)
-    done = {(r["strategy"], r["id"]) for r in rows}
+    """Answer `items` with each strategy, resuming from `results.jsonl`; returns the rows,
+    the latest per (strategy, question). A resumed run asks again the questions whose
+    row lost an expert call to an error (its new row, appended, replaces the old one)."""
+    rows = _latest(read_results(run_dir))
+    done = {(r["strategy"], r["id"]) for r in rows if not _failed(r)}
+    rows = [r for r in rows if (r["strategy"], r["id"]) in done]
     for strategy in strategies:
         todo = [it for it in items if (strategy, it.id) not in done]
         finished = len(items) - len(todo)
@@ -57,6 +60,15 @@ def run_strategies(
             finished += len(chunk)
             progress(strategy, finished, len(items))
     return rows
+
+
+def _latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last row of each (strategy, question): a retried row replaces the first."""
+    return list({(r["strategy"], r["id"]): r for r in rows}.values())
+
+
+def _failed(row: dict[str, Any]) -> bool:
+    return any(a.get("error") for a in row["answers"])
 
 
 def machine() -> str:

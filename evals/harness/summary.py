@@ -9,7 +9,7 @@ category on the test split itself and is an upper reference, not a strategy.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,12 +35,34 @@ class StrategySummary(BaseModel):
         "earlier strategy in this run (counted in calls and tokens, not in seconds).",
     )
     model_loads: int
+    errors: int = Field(0, description="Expert calls that failed (no answer came back).")
+    error_share: float = Field(0.0, description="Of the expert calls, the share that failed.")
+    errors_by_expert: dict[str, int] = Field(
+        default_factory=dict, description="Failed calls per expert (only those with any)."
+    )
     by_category: dict[str, float] = Field(default_factory=dict)
     derived: str | None = Field(None, description="How a row without its own run was derived.")
 
 
 def _pct(xs: Sequence[bool | None]) -> float:
     return round(100 * sum(bool(x) for x in xs) / len(xs), 2) if xs else 0.0
+
+
+def _errors(answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A row's error fields from the expert answers behind it."""
+    failed = Counter(a["expert"] for a in answers if a.get("error"))
+    total = sum(failed.values())
+    return {
+        "errors": total,
+        "error_share": round(total / len(answers), 4) if answers else 0.0,
+        "errors_by_expert": dict(sorted(failed.items())),
+    }
+
+
+def lossy(summary: dict[str, Any], max_share: float) -> dict[str, float]:
+    """The rows (strategies and experts alone) that lost more than `max_share` of their
+    expert calls to errors, with the share lost: their accuracy is not a measurement."""
+    return {n: s["error_share"] for n, s in summary.items() if s["error_share"] > max_share}
 
 
 def summarize(rows: Sequence[dict[str, Any]], strategies: Sequence[str]) -> dict[str, Any]:
@@ -66,6 +88,7 @@ def summarize(rows: Sequence[dict[str, Any]], strategies: Sequence[str]) -> dict
             seconds=round(sum(r["seconds"] for r in rs), 1),
             reused_per_question=round(sum(r.get("reused_calls", 0) for r in rs) / len(rs), 2),
             model_loads=sum(r["model_loads"] for r in rs),
+            **_errors([a for r in rs for a in r["answers"]]),
             by_category={c: _pct(v) for c, v in sorted(cats.items())},
         ).model_dump()
     source = next((s for s in strategies if get_strategy(s).asks_every_expert), None)
@@ -80,10 +103,12 @@ def _derived(full: Sequence[dict[str, Any]], source: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     per_expert: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     tokens: dict[str, int] = defaultdict(int)
+    answers: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in full:
         for a in r["answers"]:
             per_expert[a["expert"]][str(r["category"])].append(a["choice"] == r["gold"])
             tokens[a["expert"]] += a.get("tokens", 0)
+            answers[a["expert"]].append(a)
     for ex, cats in per_expert.items():
         flat = [x for v in cats.values() for x in v]
         out[f"single:{ex}"] = StrategySummary(
@@ -94,6 +119,7 @@ def _derived(full: Sequence[dict[str, Any]], source: str) -> dict[str, Any]:
             tokens_per_question=round(tokens[ex] / len(flat), 1),
             seconds=0.0,
             model_loads=0,
+            **_errors(answers[ex]),
             by_category={c: _pct(v) for c, v in sorted(cats.items())},
             derived=f"this expert's answers in the {source} strategy",
         ).model_dump()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli.render import fail, print_json, simple_table
+from orchestrator.cli.render import err, fail, print_json, simple_table
 from orchestrator.errors import ConclaveError
 
 app = typer.Typer(help="Check and explain configuration files.", no_args_is_help=True)
@@ -18,12 +18,21 @@ def config_validate(
     path: Annotated[Path, typer.Argument(help="YAML config file.")],
 ) -> None:
     """Validate a config file and list its experts."""
-    from orchestrator.config import load_config
+    from orchestrator.config import VLLMBackendConfig, load_config
 
     try:
         cfg = load_config(path)
     except ConclaveError as exc:
         raise fail(exc) from None
+    problems = [
+        f"pool.experts[{i}] ({e.name}): {why}"
+        for i, e in enumerate(cfg.pool.experts)
+        if isinstance(e.backend, VLLMBackendConfig)
+        for why in e.backend.local_problems()
+    ]
+    if problems:
+        err.print(f"[red]error:[/] {path}: " + "; ".join(problems))
+        raise typer.Exit(code=1)
     simple_table(
         f"{path}: valid",
         ("expert", "backend", "model", "roles", "memory_gb"),

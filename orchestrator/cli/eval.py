@@ -53,6 +53,18 @@ def eval_cmd(
     zoo: ZooProfile = "full",
     zoo_dir: ZooDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json only.")] = False,
+    max_error_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Exit 1 when a strategy or expert lost more than this share of its expert "
+            "calls to errors (its accuracy is then not a measurement).",
+        ),
+    ] = 0.05,
+    allow_errors: Annotated[
+        bool, typer.Option("--allow-errors", help="Exit 0 however many calls failed.")
+    ] = False,
 ) -> None:
     """Evaluate the strategies on a benchmark (the main job).
 
@@ -64,6 +76,7 @@ def eval_cmd(
 
     from agents.zoo.default import resolve_config
     from evals.harness import DEFAULT_STRATEGIES, EvalSpec, run_eval
+    from evals.harness.summary import lossy
     from orchestrator.conclave import Conclave
 
     spec = EvalSpec(
@@ -91,11 +104,22 @@ def eval_cmd(
         raise typer.Exit(code=130) from None
     if as_json:
         print_json(res)
-        return
-    print_summary(res)
-    out.print(
-        f"run directory: [bold]{output}[/]  (report.md, summary.json, results.jsonl, chart.png)"
-    )
+    else:
+        print_summary(res)
+        out.print(
+            f"run directory: [bold]{output}[/]  (report.md, summary.json, results.jsonl, chart.png)"
+        )
+    lost = lossy(res["strategies"], max_error_share)
+    if lost and not allow_errors:
+        err.print(
+            "[red]error:[/] failed expert calls: "
+            + ", ".join(f"{n} lost {share:.0%}" for n, share in lost.items())
+            + f" of its calls (more than --max-error-share {max_error_share:g}); their "
+            "accuracy is not a measurement. results.jsonl has each error; fix the "
+            "experts (`conclave config validate`) and run the same command to retry the "
+            "failed questions, or pass --allow-errors"
+        )
+        raise typer.Exit(code=1)
 
 
 def profile_cmd(

@@ -104,11 +104,22 @@ def print_summary(res: Figures) -> None:
         title=f"{res['dataset']} {res['split']}: {res['questions']} questions "
         f"({res['wall_s']} s, {res['machine']})",
         caption="calls, experts, reused answers and tokens are per question",
-        box=box.SIMPLE_HEAD,  # fits 80 columns without truncating a header
-        pad_edge=False,
-        collapse_padding=True,
+        # a space between columns (the box's) and no padding: 72 columns, whole headers
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 0),
     )
-    cols = ("strategy", "acc %", "calls", "experts", "reused", "tokens", "wall s", "loads")
+    cols = (
+        "strategy",
+        "acc %",
+        "calls",
+        "experts",
+        "reused",
+        "tokens",
+        "wall s",
+        "loads",
+        "errors",
+    )
     for col in cols:
         left = col == "strategy"
         table.add_column(col, justify="left" if left else "right", no_wrap=True)
@@ -123,9 +134,20 @@ def print_summary(res: Figures) -> None:
             f"{s['tokens_per_question']:g}",
             f"{s['seconds']:g}" if not s.get("derived") else "-",
             str(s["model_loads"]) if not s.get("derived") else "-",
+            f"[red]{s.get('errors', 0)}[/]" if s.get("errors") else "0",
             style=style,
         )
     out.print(table)
+    failed: dict[str, int] = {}
+    for s in res["strategies"].values():
+        if not s.get("derived"):
+            for ex, n in s.get("errors_by_expert", {}).items():
+                failed[ex] = failed.get(ex, 0) + n
+    if failed:
+        out.print(
+            "[red]failed expert calls[/] (results.jsonl has each error): "
+            + ", ".join(f"{ex} {n}" for ex, n in sorted(failed.items(), key=lambda x: -x[1]))
+        )
     out.print(
         f"aggregator: {res['aggregator']}  best single on validation: {res['best_single']}  "
         f"profile: {res['profile']}"

@@ -5,6 +5,7 @@ with the schema its `type` is registered under in `BACKEND_CONFIGS` (the built-i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,6 +57,29 @@ class VLLMBackendConfig(BackendConfig):
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables for the engine's actor."
     )
+
+    def local_problems(self) -> list[str]:
+        """What is wrong with the model and tokenizer on this machine: a local path (one
+        that starts with '/', '.' or '~', or exists) that is missing, unreadable, or a
+        folder without config.json. A Hugging Face id ('org/name', not a path here) is
+        not checked: the engine's machine may reach a hub this one cannot."""
+        problems = []
+        for field, value in (("model", self.model), ("tokenizer", self.tokenizer)):
+            if value is None:
+                continue
+            path = Path(value).expanduser()
+            if not (value.startswith(("/", ".", "~")) or path.exists()):
+                continue
+            if not path.exists():
+                problems.append(f"{field} {value!r} does not exist: give the model's folder")
+            elif not os.access(path, os.R_OK):
+                problems.append(f"{field} {value!r} cannot be read by this user")
+            elif path.is_dir() and field == "model" and not (path / "config.json").is_file():
+                problems.append(
+                    f"model {value!r} has no config.json: give the folder a Hugging Face "
+                    "model was saved to (save_pretrained), not its parent"
+                )
+        return problems
 
     @field_validator("engine_args")
     @classmethod

@@ -38,6 +38,31 @@ def test_validate_names_the_bad_field(tmp_path):
     assert "pool.experts.0.backend.fake.anser" in res.output and "unknown field" in res.output
 
 
+def test_validate_checks_that_local_model_folders_exist_and_hold_a_model(tmp_path):
+    """A vLLM expert's local model path that is missing, or a folder without a model's
+    config.json, fails validation naming the expert and the fix; a folder with one and a
+    Hugging Face id pass."""
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "config.json").write_text("{}")
+
+    def validate(model):
+        path = tmp_path / "c.yaml"
+        path.write_text(
+            "pool:\n  experts:\n    - name: local\n"
+            f"      backend: {{type: vllm, model: '{model}'}}\n"
+        )
+        return runner.invoke(app, ["config", "validate", str(path)], env={"COLUMNS": "200"})
+
+    missing = validate(tmp_path / "gone")
+    assert missing.exit_code == 1
+    assert "pool.experts[0] (local): model" in missing.output and "does not exist" in missing.output
+    empty = validate(tmp_path)
+    assert empty.exit_code == 1 and "has no config.json" in empty.output
+    assert validate(good).exit_code == 0
+    assert validate("HuggingFaceTB/SmolLM2-135M-Instruct").exit_code == 0
+
+
 def test_pool_run_json_reports_each_answer_and_error(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(FAKE)

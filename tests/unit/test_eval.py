@@ -277,3 +277,82 @@ def test_eval_profile_and_route_share_one_cached_profile(config_path, tmp_path):
     assert json.loads(ev.stdout)["profile"].startswith("reused")
     route = runner.invoke(app, ["route", "-c", str(config_path), "-q", "What is 2+2?"])
     assert route.exit_code == 0 and "profile reused" in route.output
+
+
+def test_failed_calls_are_counted_shown_and_fail_the_eval(config_path, tmp_path):
+    """An expert whose model cannot load: its failed calls are counted per strategy and
+    per expert in summary.json, the table and report.md, and the eval exits 1 naming
+    who lost how much, unless --allow-errors."""
+    broken = "    - {name: broken, backend: {type: fake, fail_load: true}}\n"
+    text = config_path.read_text().replace("\nrouting:", "\n" + broken + "routing:", 1)
+    assert "broken" in text
+    config_path.write_text(text)
+    res = _eval(config_path, tmp_path / "run", "-s", "majority", "-s", "best-single")
+    assert res.exit_code == 1, res.output
+    assert "majority lost 25%" in res.output and "single:broken lost 100%" in res.output
+    assert "--allow-errors" in res.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())["strategies"]
+    assert summary["majority"]["errors"] == 6 and summary["majority"]["error_share"] == 0.25
+    assert summary["majority"]["errors_by_expert"] == {"broken": 6}
+    assert summary["single:broken"]["errors"] == 6 and summary["best-single"]["errors"] == 0
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| 6 (25%) |" in report and "- majority: broken 6" in report
+    again = _eval(
+        config_path, tmp_path / "run", "-s", "majority", "-s", "best-single", "--allow-errors"
+    )
+    assert again.exit_code == 0, again.output
+    table = runner.invoke(
+        app,
+        [
+            "eval",
+            "-c",
+            str(config_path),
+            "--limit",
+            "3",
+            "--out",
+            str(tmp_path / "run"),
+            *(a for c in CATS for a in ("--category", c)),
+            "-s",
+            "majority",
+            "-s",
+            "best-single",
+            "--allow-errors",
+        ],
+        env={"COLUMNS": "80"},
+    )
+    assert " errors" in table.output and "…" not in table.output  # whole headers at 80
+    assert "failed expert calls" in table.output
+    assert "broken 6" in table.output
+
+
+def test_a_resumed_run_asks_again_the_questions_that_lost_a_call(config_path, tmp_path):
+    """Rows with a failed call are not done: the next run with the same directory asks
+    them again; the new rows replace them in the summary."""
+    cfg = load_config(config_path)
+    spec = EvalSpec(limit=3, categories=CATS, strategies=["majority"])
+    out = tmp_path / "run"
+
+    class Flaky(Conclave):
+        def answer(self, items, strategy="symbolic-moe", expert=None, progress=False):
+            traces = super().answer(items, strategy, expert, progress)
+            traces[0].answers[0].error = "connection reset (injected)"
+            return traces
+
+    with Flaky(cfg) as c:
+        first = run_eval(c, spec, out, tmp_path / "cache", progress=False)
+    assert first["strategies"]["majority"]["errors"] >= 1
+    asked: list[str] = []
+
+    class Counts(Conclave):
+        def answer(self, items, strategy="symbolic-moe", expert=None, progress=False):
+            asked.extend(i.id for i in items)
+            return super().answer(items, strategy, expert, progress)
+
+    with Counts(cfg) as c:
+        second = run_eval(c, spec, out, tmp_path / "cache", progress=False)
+    failed = {
+        r["id"] for r in read_jsonl(out / "results.jsonl") if any(a["error"] for a in r["answers"])
+    }
+    assert set(asked) == failed and asked  # only those
+    assert second["strategies"]["majority"]["errors"] == 0
+    assert second["strategies"]["majority"]["questions"] == 6
