@@ -49,7 +49,7 @@ def config_path(tmp_path):
     return path
 
 
-def _eval(config_path, out, *extra):
+def _eval(config_path, out, *extra, as_json=True):
     return runner.invoke(
         app,
         [
@@ -60,10 +60,11 @@ def _eval(config_path, out, *extra):
             "3",
             "--out",
             str(out),
-            "--json",
+            *(["--json"] if as_json else []),
             *(a for c in CATS for a in ("--category", c)),
             *extra,
         ],
+        env={"COLUMNS": "80"},
     )
 
 
@@ -301,24 +302,11 @@ def test_failed_calls_are_counted_shown_and_fail_the_eval(config_path, tmp_path)
         config_path, tmp_path / "run", "-s", "majority", "-s", "best-single", "--allow-errors"
     )
     assert again.exit_code == 0, again.output
-    table = runner.invoke(
-        app,
-        [
-            "eval",
-            "-c",
-            str(config_path),
-            "--limit",
-            "3",
-            "--out",
-            str(tmp_path / "run"),
-            *(a for c in CATS for a in ("--category", c)),
-            "-s",
-            "majority",
-            "-s",
-            "best-single",
-            "--allow-errors",
-        ],
-        env={"COLUMNS": "80"},
+    table = _eval(
+        config_path,
+        tmp_path / "run",
+        *("-s", "majority", "-s", "best-single", "--allow-errors"),
+        as_json=False,
     )
     assert " errors" in table.output and "…" not in table.output  # whole headers at 80
     assert "failed expert calls" in table.output
