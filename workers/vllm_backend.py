@@ -32,6 +32,7 @@ from workers.backend import ExpertBackend
 from workers.batch import GenerationRequest, GenerationResult
 from workers.cluster import actor_name, ensure_ray, job_id
 from workers.engine_host import ENGINE_CALLS, EngineHost
+from workers.placement import bundle, release, reserve
 
 if TYPE_CHECKING:
     from orchestrator.config import ConclaveConfig, ExpertConfig
@@ -61,6 +62,7 @@ class VLLMBackend(ExpertBackend):
         assert isinstance(config.backend, VLLMBackendConfig)
         self.spec: VLLMBackendConfig = config.backend
         self._actor: Any = None
+        self._pg: Any = None  # the placement group reserving the actor's node room
         self.load_info: dict[str, Any] = {}
 
     @property
@@ -125,15 +127,22 @@ class VLLMBackend(ExpertBackend):
     def load(self) -> None:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         ensure_ray(self.cluster)
         self._check_placeable()
         self._wait_name_free()
         res = self.config.resources
+        # room on one node first, or an error within the timeout (not a silent wait)
+        pg = reserve(self.name, res, self.cluster.placement_timeout_s, self.actor_name)
         host = ray.remote(_titled(self.name)).options(
             name=self.actor_name,
             num_cpus=res.num_cpus,
             num_gpus=res.num_gpus,
+            resources={k: v for k, v in bundle(res).items() if k not in ("CPU", "GPU")},
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_bundle_index=0
+            ),
             runtime_env=self.runtime_env(),
             max_restarts=0,
             # callers wait in threads of their own while the engine's thread batches them
@@ -144,18 +153,20 @@ class VLLMBackend(ExpertBackend):
             self.load_info = ray.get(actor.info.remote(), timeout=self.load_timeout_s)
         except GetTimeoutError:
             ray.kill(actor)
+            release(pg)
             raise ModelLoadError(
-                f"engine not ready after {self.load_timeout_s:.0f} s (not placed, or too slow)",
+                f"engine not ready after {self.load_timeout_s:.0f} s (too slow)",
                 expert=self.name,
             ) from None
         except (RayActorError, RayTaskError) as exc:
             ray.kill(actor)
+            release(pg)
             # the details (with the model's path on this server) go to the log; what
             # clients see names the expert, not where the server keeps its files
             log.warning("%s could not load %s: %s", self.name, self.spec.model, _cause(exc))
             why = _cause(exc).replace(str(self.spec.model), "<its model>")
             raise ModelLoadError(f"could not load its model: {why}", expert=self.name) from None
-        self._actor = actor
+        self._actor, self._pg = actor, pg
         log.info("%s ready in %.1f s", self.name, self.load_info.get("load_s", 0.0))
 
     def _payload(self, requests: list[GenerationRequest]) -> list[dict[str, Any]]:
@@ -246,6 +257,9 @@ class VLLMBackend(ExpertBackend):
             ray.kill(self._actor)
             self._actor = None
             self._wait_name_free()
+        if self._pg is not None:  # its node's room goes back to the cluster
+            release(self._pg)
+            self._pg = None
 
     def _wait_name_free(self, timeout_s: float = 30.0) -> None:
         """Ray frees an actor's name only once it is dead; a new load reuses the name."""

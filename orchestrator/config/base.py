@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$"
 
@@ -64,3 +60,29 @@ class Resources(Strict):
         description="Estimated resident memory (host RAM on CPU, GPU memory on GPU); the "
         "pool keeps models resident while their sum fits `pool.memory_budget_gb`.",
     )
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources the actor needs, e.g. {'fast_disk': 1} for a node "
+        "started with `ray start --resources '{\"fast_disk\": 4}'`.",
+    )
+    accelerator_type: str | None = Field(
+        None,
+        description="The GPU type to run on, as Ray names it (e.g. 'A100', 'H100'): the actor "
+        "goes only to a node that has one.",
+    )
+    node_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels the actor must run on (Ray's label selector), e.g. "
+        "{'ray.io/availability-zone': 'us-east-1a'} or a label of `ray start --labels`.",
+    )
+
+    @field_validator("custom")
+    @classmethod
+    def _custom_amounts(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, amount in v.items():
+            if key in ("CPU", "GPU", "memory") or amount <= 0:
+                raise ValueError(
+                    f"custom resource {key!r}: {amount!r}; give a positive amount of a custom "
+                    "resource (CPU, GPU and memory have fields of their own)"
+                )
+        return v

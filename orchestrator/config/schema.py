@@ -74,6 +74,12 @@ class ClusterConfig(Strict):
     dashboard: bool = Field(True, description="Start the Ray dashboard with a local Ray.")
     dashboard_host: str = Field("127.0.0.1", description="Dashboard bind address.")
     dashboard_port: int = Field(8265, ge=1, le=65535, description="Dashboard port.")
+    placement_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="How long an expert's actor may wait for a node with room for it (its "
+        "resources); past it the expert's load fails naming what it needs and what is free.",
+    )
 
 
 class PoolConfig(Strict):

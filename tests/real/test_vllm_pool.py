@@ -83,7 +83,8 @@ from workers.batch import GenerationRequest
 from workers.pool import ExpertPool
 with ExpertPool(parse_config(json.loads(sys.argv[1]))) as pool:
     (r,) = pool.run([GenerationRequest(item_id="0", expert="a", prompt="The answer is")])
-    print(json.dumps({"ok": r.ok, "actor": pool.backends["a"].actor_name}))
+    error = r.error and r.error.message
+    print(json.dumps({"ok": r.ok, "actor": pool.backends["a"].actor_name, "error": error}))
 """
 
 
@@ -109,7 +110,8 @@ def test_a_second_job_on_the_cluster_loads_its_own_experts_and_leaves_ours(pool,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     theirs = json.loads(out.stdout.strip().splitlines()[-1])
-    assert theirs["ok"] and theirs["actor"] != ours and theirs["actor"].startswith("expert:a@")
+    assert theirs["ok"], theirs
+    assert theirs["actor"] != ours and theirs["actor"].startswith("expert:a@")
     ray_cluster.get_actor(ours, namespace="conclave")  # still alive
     assert pool.run([chat(1, "a")])[0].ok
     assert pool.stats.loads_by_expert == loads and pool.stats.restarts == 0
@@ -264,3 +266,47 @@ def test_per_expert_metrics_reach_rays_prometheus_export(pool, ray_cluster):
         assert f"ray_conclave_expert_{name}_total" in text, name
     assert "ray_conclave_expert_batch_seconds_bucket" in text
     assert "ray_conclave_expert_errors_total{" in text and 'error="ModelLoadError"' in text
+
+
+def test_an_expert_no_node_can_take_fails_within_the_timeout_naming_what_it_needs(
+    tiny_models, ray_cluster
+):
+    """An expert that needs what no node has free (here a custom resource no node has)
+    fails its requests within `cluster.placement_timeout_s`, naming the expert, what it
+    needs and what the roomiest node has free; nothing is left pending."""
+    import time
+
+    from ray.util.placement_group import placement_group_table
+
+    cfg = parse_config(
+        {
+            "cluster": {"placement_timeout_s": 3},
+            "pool": {
+                "experts": [
+                    {
+                        "name": "picky",
+                        "backend": {
+                            "type": "vllm",
+                            "model": str(tiny_models["llama-a"]),
+                            "engine_args": TINY_ENGINE_ARGS,
+                        },
+                        "resources": {"num_cpus": 0.25, "custom": {"gpu_box": 1}},
+                    }
+                ]
+            },
+        }
+    )
+    t0 = time.perf_counter()
+    with ExpertPool(cfg) as p:
+        (r,) = p.run([chat(0, "picky")])
+    assert time.perf_counter() - t0 < 30
+    assert r.error.type == "ModelLoadError"
+    msg = r.error.message
+    assert msg.startswith("[picky] cannot be placed: no node had 0.25 CPU, 1 gpu_box free")
+    assert "free now: largest node" in msg and "CPU" in msg
+    states = [
+        g["state"]
+        for g in placement_group_table().values()
+        if g["name"].startswith("expert:picky@")
+    ]
+    assert states and all(s == "REMOVED" for s in states)

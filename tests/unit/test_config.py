@@ -284,3 +284,29 @@ def test_register_backend_refuses_a_taken_name_and_a_mismatched_schema():
     with pytest.raises(ConfigError, match="must subclass"):
         register_backend("mine", FakeBackend, Sampling)
     assert "mine" not in BACKENDS and "mine" not in BACKEND_CONFIGS
+
+
+def test_resources_for_placement_name_custom_resources_accelerators_and_labels():
+    """What an expert needs of one node: its CPUs and GPUs, custom resources, the
+    accelerator type as the resource Ray gives nodes that have one; a custom amount that
+    is not positive, or one named like a built-in, is refused naming it."""
+    from orchestrator.config.base import Resources
+    from workers.placement import bundle
+
+    res = Resources(
+        num_cpus=2,
+        num_gpus=1,
+        custom={"fast_disk": 1},
+        accelerator_type="A100",
+        node_labels={"zone": "a"},
+    )
+    assert bundle(res) == {
+        "CPU": 2,
+        "GPU": 1,
+        "fast_disk": 1,
+        "accelerator_type:A100": 0.001,
+    }
+    assert bundle(Resources()) == {"CPU": 0.25}  # no zero amounts: Ray refuses them
+    for bad in ({"fast_disk": 0}, {"GPU": 1}):
+        with pytest.raises(ValueError, match="give a positive amount of a custom resource"):
+            Resources(custom=bad)
