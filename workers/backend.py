@@ -80,7 +80,9 @@ class ExpertBackend(ABC):
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]: ...
 
     @abstractmethod
-    def unload(self) -> None: ...
+    def unload(self) -> None:
+        """Free the model, and stop a load under way in another thread (it then fails); a
+        no-op when there is neither."""
 
     def stream(self, request: GenerationRequest) -> Iterator[str | GenerationResult]:
         """The answer's text in pieces as it is generated, then its result (which has the

@@ -76,6 +76,7 @@ class ExpertPool:
         self._scheduling = threading.Lock()
         #: experts whose dead engine is being restarted, and when that is done
         self._restarting: dict[str, Future[None]] = {}
+        self._closing = False  # set by close: an engine that dies now stays dead
 
     # ---- public API -------------------------------------------------------------------
 
@@ -302,8 +303,13 @@ class ExpertPool:
             self.unload(name)
 
     def close(self) -> None:
-        self.unload_all()
-        self._executor.shutdown(wait=True)
+        """Stop: every engine goes, and nothing is restarted (a batch still generating
+        fails, as its engine is gone, instead of reloading it)."""
+        self._closing = True
+        for name, backend in self.backends.items():
+            backend.unload()  # loaded or still loading: a load under way fails now
+            self._held.release(name)
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> ExpertPool:
         return self
@@ -443,6 +449,8 @@ class ExpertPool:
         try:
             return self._checked(backend, group, backend.generate(group))
         except EngineDeadError as exc:
+            if self._closing:  # killed by close (or dying as it runs): not reloaded
+                return [GenerationResult.failed(r, exc) for r in group]
             restart = self._restart(backend, exc)
             if not wait:
                 return [GenerationResult.failed(r, _restarting(backend.name)) for r in group]

@@ -63,6 +63,7 @@ class VLLMBackend(ExpertBackend):
         self.spec: VLLMBackendConfig = config.backend
         self._actor: Any = None
         self._pg: Any = None  # the placement group reserving the actor's node room
+        self._starting: Any = None  # the actor while its engine loads
         self.load_info: dict[str, Any] = {}
 
     @property
@@ -149,6 +150,7 @@ class VLLMBackend(ExpertBackend):
             max_concurrency=ENGINE_CALLS,
         )
         actor = host.remote(self.spec.model, self.spec.tokenizer, self.engine_args())
+        self._starting = actor  # an unload meanwhile (the pool closing) kills it too
         try:
             self.load_info = ray.get(actor.info.remote(), timeout=self.load_timeout_s)
         except GetTimeoutError:
@@ -161,11 +163,15 @@ class VLLMBackend(ExpertBackend):
         except (RayActorError, RayTaskError) as exc:
             ray.kill(actor)
             release(pg)
+            if self._starting is None:  # unloaded while it started: that is the cause
+                raise ModelLoadError("unloaded while loading", expert=self.name) from None
             # the details (with the model's path on this server) go to the log; what
             # clients see names the expert, not where the server keeps its files
             log.warning("%s could not load %s: %s", self.name, self.spec.model, _cause(exc))
             why = _cause(exc).replace(str(self.spec.model), "<its model>")
             raise ModelLoadError(f"could not load its model: {why}", expert=self.name) from None
+        finally:
+            self._starting = None
         self._actor, self._pg = actor, pg
         log.info("%s ready in %.1f s", self.name, self.load_info.get("load_s", 0.0))
 
@@ -253,10 +259,11 @@ class VLLMBackend(ExpertBackend):
     def unload(self) -> None:
         import ray
 
-        if self._actor is not None:
-            ray.kill(self._actor)
-            self._actor = None
-            self._wait_name_free()
+        for actor in (self._actor, self._starting):
+            # no wait for Ray to free the name: the next load waits for it, if one comes
+            if actor is not None:
+                ray.kill(actor)
+        self._actor = self._starting = None
         if self._pg is not None:  # its node's room goes back to the cluster
             release(self._pg)
             self._pg = None

@@ -27,6 +27,20 @@ if TYPE_CHECKING:
     from skills.profiles import ProfileSet
 
 
+def stop_on_sigterm(conclave: Conclave) -> None:
+    """SIGTERM stops the run as Ctrl-C does (the pool closes, nothing reloads, the run
+    directory keeps every finished chunk). Ray is connected first, on this thread: its own
+    SIGTERM handler, installed then, would exit from inside a Ray call instead."""
+    import signal
+
+    conclave.pool.connect()
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def eval_cmd(
     config: ConfigOpt = None,
     data: DataOpt = "skillmix",
@@ -95,6 +109,7 @@ def eval_cmd(
             stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
             output = cache / "runs" / f"{stamp}-{Path(data).stem}"
         with Conclave(cfg, reuse_answers=True) as c:
+            stop_on_sigterm(c)
             res = figures(run_eval(c, spec, output, cache, progress=not as_json, log=err.print))
     except ConclaveError as exc:
         raise fail(exc) from None

@@ -344,3 +344,32 @@ def test_a_resumed_run_asks_again_the_questions_that_lost_a_call(config_path, tm
     assert set(asked) == failed and asked  # only those
     assert second["strategies"]["majority"]["errors"] == 0
     assert second["strategies"]["majority"]["questions"] == 6
+
+
+def test_sigterm_stops_an_eval_like_ctrl_c_and_it_resumes(config_path, tmp_path):
+    """SIGTERM mid-run (an expert generating): the eval says it was interrupted and how to resume, exits 130
+    with every finished chunk kept, and the same command finishes the rest."""
+    import signal
+    import time
+
+    slow = config_path.read_text().replace("{type: fake,", "{type: fake, generate_s: 1,")
+    config_path.write_text(slow)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "orchestrator.cli", "eval", "-c", str(config_path)]
+    cmd += ["--limit", "3", "--out", str(out), "-s", "majority", "-s", "symbolic-moe"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "results.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert time.monotonic() - t0 < 10
+    assert f"interrupted; resume with the same command and --out {out}" in " ".join(output.split())
+    kept = read_jsonl(out / "results.jsonl")
+    assert 0 < len(kept) < 2 * 24  # some chunks, not all
+    done = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = read_jsonl(out / "results.jsonl")
+    assert rows[: len(kept)] == kept and len({(r["strategy"], r["id"]) for r in rows}) == len(rows)

@@ -277,3 +277,23 @@ def test_a_dead_engine_restarts_once_in_the_background_and_routers_need_not_wait
     waited = pool.run([req(4, "a")])  # a client of `a` itself waits for it
     assert waited[0].ok and pool.unavailable() == set()
     assert pool.backends["a"].loads == 2 and pool.stats.restarts == 1
+
+
+def test_closing_the_pool_mid_batch_restarts_nothing():
+    """Ctrl-C in an eval closes the pool while a batch generates: the engines go, the
+    batch's requests fail with the engine gone, and no engine is loaded again."""
+    import threading
+    import time
+
+    pool = make_pool({"a": {"generate_s": 0.5}, "b": {"generate_s": 0.5}})
+    pool.run([req(0, "a"), req(1, "b")])  # loaded
+    out: list = []
+    t = threading.Thread(target=lambda: out.extend(pool.run([req(2, "a"), req(3, "b")])))
+    t.start()
+    time.sleep(0.2)  # generating
+    pool.close()
+    t.join(timeout=5)
+    assert len(out) == 2 and not any(r.ok for r in out)
+    assert all(r.error.type == "EngineDeadError" for r in out)
+    assert pool.stats.restarts == 0 and pool.stats.loads == 2
+    assert not any(b.loaded for b in pool.backends.values())
