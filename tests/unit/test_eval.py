@@ -347,8 +347,9 @@ def test_a_resumed_run_asks_again_the_questions_that_lost_a_call(config_path, tm
 
 
 def test_sigterm_stops_an_eval_like_ctrl_c_and_it_resumes(config_path, tmp_path):
-    """SIGTERM mid-run (an expert generating): the eval says it was interrupted and how to resume, exits 130
-    with every finished chunk kept, and the same command finishes the rest."""
+    """SIGTERM mid-run (an expert generating): the eval says it was interrupted and how
+    to resume, exits 130 with every finished chunk kept, and the same command finishes
+    the rest."""
     import signal
     import time
 
