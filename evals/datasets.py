@@ -21,8 +21,8 @@ def load_dataset(
 ) -> list[Item]:
     """Items of `dataset`: 'skillmix' (generated; `per_category` questions of each
     category in `split`) or a path to a local file (its own rows; `split` is ignored).
-    `categories` keeps those categories; `limit` keeps the first N per category for
-    skillmix, the first N rows for a file."""
+    `categories` keeps those categories; `limit` keeps N per category: skillmix's first
+    N, a file's N drawn with `seed`."""
     cats = tuple(categories or ())
     if dataset == "skillmix":
         from evals.skillmix import CATEGORIES, SPLITS, generate
@@ -48,7 +48,22 @@ def load_dataset(
                 f"{', '.join(sorted(str(c) for c in have))}"
             )
         items = [i for i in items if i.category in cats]
-    return items[:limit] if limit else items
+    return _per_category(items, limit, seed) if limit else items
+
+
+def _per_category(items: list[Item], limit: int, seed: int) -> list[Item]:
+    """At most `limit` items of each category, drawn with `seed` (a file's first rows are
+    often one category: MMLU-Pro's first 40 are all biology), in the file's order."""
+    import random
+
+    by: dict[str | None, list[int]] = {}
+    for i, it in enumerate(items):
+        by.setdefault(it.category, []).append(i)
+    rng = random.Random(seed)
+    kept = sorted(
+        i for idx in by.values() for i in (rng.sample(idx, limit) if len(idx) > limit else idx)
+    )
+    return [items[i] for i in kept]
 
 
 #: skillmix questions per category by default: 80 test and 80 validation questions keep

@@ -33,7 +33,10 @@ ProfileDataOpt = Annotated[
 LimitOpt = Annotated[
     int | None,
     typer.Option(
-        "--limit", "-n", min=1, help="Questions per category (skillmix; eval: 10) or rows."
+        "--limit",
+        "-n",
+        min=1,
+        help="Questions per category (skillmix, eval: 10; a file: drawn with --seed).",
     ),
 ]
 CategoryOpt = Annotated[

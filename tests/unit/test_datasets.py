@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,21 @@ def test_real_mmlu_pro_files_load_with_letters_and_categories():
     assert test[0].id == "MMLU_Pro_test-0"
     some = load_dataset(str(SHARED / "MMLU_Pro_train.json"), categories=["law"], limit=5)
     assert len(some) == 5 and {i.category for i in some} == {"law"}
+
+
+def test_limit_on_a_file_draws_that_many_per_category_with_the_seed():
+    """--limit on a file: N per category, drawn with the seed, in the file's order (its
+    first rows are all one category), the same draw for the same seed."""
+    path = str(SHARED / "MMLU_Pro_test.json")
+    assert {i.category for i in load_file(path)[:40]} == {"biology"}  # why not the first N
+    some = load_dataset(path, limit=3, seed=0)
+    by = Counter(i.category for i in some)
+    assert len(by) == 14 and set(by.values()) == {3}
+    order = [int(i.id.rsplit("-", 1)[1]) for i in some]
+    assert order == sorted(order)
+    assert [i.id for i in load_dataset(path, limit=3, seed=0)] == [i.id for i in some]
+    assert [i.id for i in load_dataset(path, limit=3, seed=1)] != [i.id for i in some]
+    assert len(load_dataset(path, limit=1000)) == 2100  # fewer than N: all of them
 
 
 def test_real_aime_files_are_integer_answers():
