@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from orchestrator.cli.options import ConfigOpt, JsonOnly, ZooDir
@@ -57,20 +59,31 @@ def experts_list(
     if as_json:
         print_json({"gateway": url, "live": why, "experts": rows})
         return
-    table = Table(title=f"{len(rows)} experts; live status from {url}: {why}")
-    for col in ("expert", "backend", "architecture", "roles", "trained on", "memory GB"):
-        table.add_column(col)
-    for col in ("state", "requests", "errors", "batch s"):
-        table.add_column(col, justify="right")
+    # 80 columns: one-word cells that never wrap; with a gateway answering, its live
+    # columns, else the zoo's training categories, wrapping in the last column (--json
+    # has every field)
+    table = Table(
+        title=f"{len(rows)} experts; live status from {url}: {why}",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    for col in ("expert", "backend", "model", "roles", "GB"):
+        table.add_column(col, no_wrap=True, justify="right" if col == "GB" else "left")
+    if live:
+        for col in ("state", "requests", "errors", "batch s"):
+            table.add_column(col, justify="right", no_wrap=True)
+    else:
+        table.add_column("trained on", ratio=1)
     for r in rows:
+        model = r["architecture"] or (Path(r["model"]).name if r["model"] else "-")
         table.add_row(
             r["name"],
             r["backend"],
-            r["architecture"] or str(r["model"]),
+            model.removesuffix("ForCausalLM"),
             ", ".join(r["roles"]),
-            ", ".join(r["trained_on"] or []) or "-",
             f"{r['memory_gb']:g}",
-            *_live_cells(r["live"]),
+            *(_live_cells(r["live"]) if live else [", ".join(r["trained_on"] or []) or "-"]),
         )
     out.print(table)
 

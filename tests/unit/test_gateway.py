@@ -398,11 +398,19 @@ def test_live_expert_status_through_endpoint_sdk_and_cli(gw, tmp_path):
     out = json.loads(res.output)
     rows = {r["name"]: r for r in out["experts"]}
     assert out["live"] == "serving" and rows["alpha"]["live"]["requests"] >= 3
+    # the table, live, at 80 columns: whole names and headers
+    res = CliRunner().invoke(
+        app, ["experts", "list", "--config", str(cfg), "--gateway", gw.url], env={"COLUMNS": "80"}
+    )
+    assert res.exit_code == 0 and "…" not in res.output, res.output
+    assert all(h in res.output for h in ("expert", "state", "requests", "errors", "batch s"))
+    assert "alpha" in res.output and "loaded" in res.output
     # no gateway there: the static listing still works and says so
     res = CliRunner().invoke(
         app, ["experts", "list", "--config", str(cfg), "--gateway", "http://127.0.0.1:9"]
     )
     assert res.exit_code == 0 and "no gateway running" in res.output
+    assert "state" not in res.output  # no live columns to fill
 
 
 def test_sdk_clients_sync_and_async(gw):
