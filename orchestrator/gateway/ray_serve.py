@@ -65,9 +65,23 @@ def run_on_ray_serve(
 
     ensure_ray(config.cluster)
     serve.start(http_options={"host": host, "port": port})
-    serve.run(
-        gateway_application(config, ensemble, data),
-        name=APP_NAME,
-        route_prefix="/",
-        blocking=blocking,
-    )
+    try:
+        serve.run(
+            gateway_application(config, ensemble, data),
+            name=APP_NAME,
+            route_prefix="/",
+            blocking=blocking,
+        )
+    finally:
+        if blocking:  # stopped (Ctrl-C, SIGTERM) or failed: take down what it deployed
+            stop_ray_serve()
+
+
+def stop_ray_serve() -> None:
+    """Delete the gateway's Serve application (its replicas, and with them the experts'
+    actors they own); shut Serve down too unless other applications still run on it."""
+    from ray import serve
+
+    serve.delete(APP_NAME, _blocking=True)
+    if not serve.status().applications:
+        serve.shutdown()

@@ -26,7 +26,7 @@ EXPERTS = [
 def test_gateway_runs_as_a_ray_serve_application(ray_cluster, tmp_path):
     from ray import serve
 
-    from orchestrator.gateway.ray_serve import APP_NAME, run_on_ray_serve
+    from orchestrator.gateway.ray_serve import APP_NAME, run_on_ray_serve, stop_ray_serve
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -58,4 +58,9 @@ def test_gateway_runs_as_a_ray_serve_application(ray_cluster, tmp_path):
         r = httpx.post(f"{base}/v1/chat/completions", json={**body, "model": "beta"}, headers=auth)
         assert r.json()["choices"][0]["message"]["content"] == "The answer is (B)."
     finally:
-        serve.shutdown()
+        stop_ray_serve()
+    # nothing it deployed is left: no replica, no proxy answering, no Serve controller
+    left = {a["name"] for a in ray_cluster.util.list_named_actors(all_namespaces=True)}
+    assert not any("SERVE" in n or APP_NAME in n for n in left), left
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{base}/readyz", timeout=5)

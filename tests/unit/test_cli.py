@@ -183,6 +183,33 @@ def test_serve_applies_its_overrides_and_hands_the_config_to_the_gateway(tmp_pat
     assert res.exit_code == 2 and "error: no expert fits" in res.stderr
 
 
+def test_a_stopped_ray_serve_deployment_takes_down_what_it_deployed(monkeypatch):
+    """`serve --ray-serve` blocks in Serve's run; Ctrl-C (or SIGTERM, which Ray turns into
+    an exit) ends it, and the app it deployed is deleted on the way out, not left running."""
+    import pytest
+    from ray import serve
+
+    import orchestrator.gateway.ray_serve as rs
+    import workers.cluster
+    from orchestrator.config import parse_config
+
+    calls: list[str] = []
+    monkeypatch.setattr(workers.cluster, "ensure_ray", lambda _c: calls.append("ray"))
+    monkeypatch.setattr(serve, "start", lambda **_kw: calls.append("start"))
+    monkeypatch.setattr(rs, "gateway_application", lambda *_a: "app")
+
+    def run(app, **kw):
+        calls.append("run")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serve, "run", run)
+    monkeypatch.setattr(rs, "stop_ray_serve", lambda: calls.append("stopped"))
+    cfg = parse_config({"pool": {"experts": [{"name": "a", "backend": {"type": "fake"}}]}})
+    with pytest.raises(KeyboardInterrupt):
+        rs.run_on_ray_serve(cfg, True, "skillmix", "127.0.0.1", 1, blocking=True)
+    assert calls == ["ray", "start", "run", "stopped"]
+
+
 def test_bench_gateway_renders_a_typed_result_without_the_vllm_comparison(monkeypatch):
     from pydantic import BaseModel
 
