@@ -99,6 +99,15 @@ def report_md(summary: dict[str, Any], spec: EvalSpec, extra: dict[str, Any]) ->
         )
         + ").",
     ]
+    resumed = {n: s["resumed"] for n, s in summary.items() if s.get("resumed")}
+    if resumed:
+        lines += [
+            "",
+            "Resumed: questions answered by an earlier, interrupted run of this directory "
+            "(not in this run's wall seconds): "
+            + ", ".join(f"{n} {k}" for n, k in resumed.items())
+            + ".",
+        ]
     notes = [f"- {n}: {s['derived']}" for n, s in summary.items() if s.get("derived")]
     if notes:
         lines += ["", "Rows without their own run:", "", *notes]

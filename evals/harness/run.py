@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,7 @@ def run_strategies(
     strategies: Sequence[str],
     run_dir: Path,
     progress: Callable[[str, int, int], None] = lambda s, done, total: None,
+    session: str = "",
 ) -> list[dict[str, Any]]:
     """Answer `items` with each strategy, resuming from `results.jsonl`; returns the rows,
     the latest per (strategy, question). A resumed run asks again the questions whose
@@ -52,7 +54,7 @@ def run_strategies(
             dt = time.perf_counter() - t0
             loads = conclave.pool.stats.loads - loads0
             new = [
-                result_row(it, tr, dt / len(chunk), loads if i == 0 else 0)
+                result_row(it, tr, dt / len(chunk), loads if i == 0 else 0, session)
                 for i, (it, tr) in enumerate(zip(chunk, traces, strict=True))
             ]
             append_results(run_dir, new)
@@ -115,11 +117,12 @@ def run_eval(
         folder, reused = ensure_profile(
             conclave, val, profile_source, cache_dir, progress=progress, on_event=log
         )
+    session = uuid.uuid4().hex[:12]  # this run of the directory
     with _StrategyBars(spec.strategies, progress) as bar:
-        rows = run_strategies(conclave, test, spec.strategies, run_dir, bar.update)
+        rows = run_strategies(conclave, test, spec.strategies, run_dir, bar.update, session)
     wanted = {(s, i.id) for s in spec.strategies for i in test}
     rows = [r for r in rows if (r["strategy"], r["id"]) in wanted]
-    summary = summarize(rows, spec.strategies)
+    summary = summarize(rows, spec.strategies, session)
     state = conclave.state
     extra = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

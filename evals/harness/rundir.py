@@ -55,8 +55,11 @@ def append_results(run_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
     append_jsonl(run_dir / RESULTS, list(rows))
 
 
-def result_row(item: Item, tr: Trace, seconds: float, loads: int) -> dict[str, Any]:
-    """One line of `results.jsonl`: what a person needs to audit one answer."""
+def result_row(
+    item: Item, tr: Trace, seconds: float, loads: int, session: str = ""
+) -> dict[str, Any]:
+    """One line of `results.jsonl`: what a person needs to audit one answer (`session`:
+    which run of the directory answered it, so a resumed run counts its own time)."""
     return {
         "strategy": tr.strategy,
         "id": item.id,
@@ -86,4 +89,5 @@ def result_row(item: Item, tr: Trace, seconds: float, loads: int) -> dict[str, A
         "tokens": tr.tokens,
         "seconds": round(seconds, 4),
         "model_loads": loads,
+        "session": session,
     }

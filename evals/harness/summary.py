@@ -28,7 +28,14 @@ class StrategySummary(BaseModel):
         0.0, description="Of those, expert answers (not keyword or aggregator calls)."
     )
     tokens_per_question: float
-    seconds: float = Field(..., description="Wall time in this run (0 for derived rows).")
+    seconds: float = Field(
+        ...,
+        description="Wall time of this run's answers (0 for derived rows; a resumed run's "
+        "questions answered before it are in `resumed`, not here).",
+    )
+    resumed: int = Field(
+        0, description="Questions answered by an earlier, interrupted run of the directory."
+    )
     reused_per_question: float = Field(
         0.0,
         description="Of the calls, answers reused from an identical greedy call of an "
@@ -59,15 +66,22 @@ def _errors(answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _ours(row: dict[str, Any], session: str | None) -> bool:
+    return session is None or row.get("session") == session
+
+
 def lossy(summary: dict[str, Any], max_share: float) -> dict[str, float]:
     """The rows (strategies and experts alone) that lost more than `max_share` of their
     expert calls to errors, with the share lost: their accuracy is not a measurement."""
     return {n: s["error_share"] for n, s in summary.items() if s["error_share"] > max_share}
 
 
-def summarize(rows: Sequence[dict[str, Any]], strategies: Sequence[str]) -> dict[str, Any]:
+def summarize(
+    rows: Sequence[dict[str, Any]], strategies: Sequence[str], session: str | None = None
+) -> dict[str, Any]:
     """summary.json's strategies: per strategy (in run order), then each expert alone and
-    the oracle, derived from the first strategy that asks every expert, when one ran."""
+    the oracle, derived from the first strategy that asks every expert, when one ran.
+    With `session` (this run of the directory), seconds count this run's answers only."""
     by: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by[r["strategy"]].append(r)
@@ -85,7 +99,8 @@ def summarize(rows: Sequence[dict[str, Any]], strategies: Sequence[str]) -> dict
             calls_per_question=round(sum(r["calls"] for r in rs) / len(rs), 2),
             expert_calls_per_question=round(sum(len(r["experts"]) for r in rs) / len(rs), 2),
             tokens_per_question=round(sum(r["tokens"] for r in rs) / len(rs), 1),
-            seconds=round(sum(r["seconds"] for r in rs), 1),
+            seconds=round(sum(r["seconds"] for r in rs if _ours(r, session)), 1),
+            resumed=sum(not _ours(r, session) for r in rs),
             reused_per_question=round(sum(r.get("reused_calls", 0) for r in rs) / len(rs), 2),
             model_loads=sum(r["model_loads"] for r in rs),
             **_errors([a for r in rs for a in r["answers"]]),

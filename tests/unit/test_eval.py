@@ -159,6 +159,10 @@ def test_a_killed_eval_resumes_without_recomputing(config_path, tmp_path, monkey
     assert len(answered) == 4 and all(a.startswith("symbolic-moe:") for a in answered)
     assert len(rows) == 12 and len({(r["strategy"], r["id"]) for r in rows}) == 12
     assert res["strategies"]["majority"]["questions"] == 6
+    # its own time: the questions the killed run answered are counted apart, not timed
+    assert res["strategies"]["majority"]["resumed"] == 6
+    assert res["strategies"]["majority"]["seconds"] == 0
+    assert res["strategies"]["symbolic-moe"]["resumed"] == 2
 
 
 def test_a_run_directory_refuses_other_settings(config_path, tmp_path):
