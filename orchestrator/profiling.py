@@ -60,8 +60,11 @@ SERVING_ONLY = {"strategy", "max_expert_calls", "skills", "fallback"}
 
 
 def profile_key(config: ConclaveConfig, items: Sequence[Item], dataset: str) -> str:
-    experts = [
-        {**e.model_dump(mode="json"), "files": _model_files(getattr(e.backend, "model", ""))}
+    experts = [  # where an expert runs (its resources) does not change its answers
+        {
+            **e.model_dump(mode="json", exclude={"resources"}),
+            "files": _model_files(getattr(e.backend, "model", "")),
+        }
         for e in config.pool.experts
     ]
     rows = [(i.id, i.question, i.gold_answer, i.answer_type) for i in items]

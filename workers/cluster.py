@@ -51,7 +51,8 @@ def ensure_ray(cluster: ClusterConfig) -> None:
         else:
             auth = "token auth on: `ray get-auth-token` prints the dashboard's token"
         _where["ray"] = (
-            f"Ray: {address or 'a local cluster'} (namespace {cluster.namespace}); dashboard "
+            f"Ray: {address or 'a local cluster'} (namespace {cluster.namespace}, job "
+            f"{job_id()}: `--attach {job_id()}` shares its experts); dashboard "
             + (f"http://{dashboard}" if dashboard else "off")
             + f"; {auth}"
         )

@@ -64,12 +64,31 @@ class VLLMBackend(ExpertBackend):
         self._actor: Any = None
         self._pg: Any = None  # the placement group reserving the actor's node room
         self._starting: Any = None  # the actor while its engine loads
+        self._borrowed = False  # the actor is another job's (cluster.attach)
         self.load_info: dict[str, Any] = {}
 
     @property
     def actor_name(self) -> str:
-        """This job's actor for the expert (Ray connected): each job loads its own."""
-        return actor_name(self.name, job_id())
+        """This job's actor for the expert (Ray connected): each job loads its own, unless
+        it attaches to another's (`cluster.attach`)."""
+        return actor_name(self.name, self.cluster.attach or job_id())
+
+    def _attach(self) -> None:
+        """Use the actor another job loaded (`cluster.attach`), without owning it."""
+        import ray
+
+        ensure_ray(self.cluster)
+        try:
+            actor = ray.get_actor(self.actor_name, namespace=self.cluster.namespace)
+        except ValueError:
+            raise ModelLoadError(
+                f"job {self.cluster.attach} (cluster.attach) has no loaded engine for this "
+                "expert: load it there (preload), or drop --attach to load one here",
+                expert=self.name,
+            ) from None
+        self.load_info = ray.get(actor.info.remote(), timeout=60)
+        self._actor, self._borrowed = actor, True
+        log.info("%s: using job %s's engine", self.name, self.cluster.attach)
 
     @property
     def loaded(self) -> bool:
@@ -130,6 +149,8 @@ class VLLMBackend(ExpertBackend):
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        if self.cluster.attach:
+            return self._attach()
         ensure_ray(self.cluster)
         self._check_placeable()
         self._wait_name_free()
@@ -261,9 +282,10 @@ class VLLMBackend(ExpertBackend):
 
         for actor in (self._actor, self._starting):
             # no wait for Ray to free the name: the next load waits for it, if one comes
-            if actor is not None:
+            if actor is not None and not self._borrowed:  # another job's: not ours to stop
                 ray.kill(actor)
         self._actor = self._starting = None
+        self._borrowed = False
         if self._pg is not None:  # its node's room goes back to the cluster
             release(self._pg)
             self._pg = None

@@ -67,6 +67,13 @@ def eval_cmd(
     zoo: ZooProfile = "full",
     zoo_dir: ZooDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json only.")] = False,
+    attach: Annotated[
+        str | None,
+        typer.Option(
+            help="Use the experts a running `conclave serve` on the same Ray cluster loaded "
+            "(its job id, printed at its start) instead of loading them again.",
+        ),
+    ] = None,
     max_error_share: Annotated[
         float,
         typer.Option(
@@ -104,6 +111,10 @@ def eval_cmd(
     )
     try:
         cfg = resolve_config(config, zoo, zoo_dir, on_event=err.print)
+        if attach:
+            cfg = cfg.model_copy(
+                update={"cluster": cfg.cluster.model_copy(update={"attach": attach})}
+            )
         cache = cfg.resolved_cache_dir()
         if output is None:
             stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")

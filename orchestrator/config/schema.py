@@ -74,6 +74,13 @@ class ClusterConfig(Strict):
     dashboard: bool = Field(True, description="Start the Ray dashboard with a local Ray.")
     dashboard_host: str = Field("127.0.0.1", description="Dashboard bind address.")
     dashboard_port: int = Field(8265, ge=1, le=65535, description="Dashboard port.")
+    attach: str | None = Field(
+        None,
+        description="Share the experts of another job on this cluster (a `conclave serve`: "
+        "its Ray job id, which it prints at start): use its loaded experts instead of "
+        "loading them again. This job neither loads nor stops them; an expert that job has "
+        "not loaded fails here. Unset: this job loads experts of its own.",
+    )
     placement_timeout_s: float = Field(
         30.0,
         gt=0.0,

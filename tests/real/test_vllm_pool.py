@@ -87,32 +87,70 @@ with ExpertPool(parse_config(json.loads(sys.argv[1]))) as pool:
     print(json.dumps({"ok": r.ok, "actor": pool.backends["a"].actor_name, "error": error}))
 """
 
+ATTACHED_JOB = """
+import json, sys
+from orchestrator.config import parse_config
+from workers.batch import GenerationRequest
+from workers.pool import ExpertPool
+asks = [GenerationRequest(item_id=str(i), expert=e, prompt="The answer is")
+        for i, e in enumerate(["a", "moe"])]
+with ExpertPool(parse_config(json.loads(sys.argv[1]))) as pool:
+    a, moe = pool.run(asks)
+    print(json.dumps({"ok": a.ok, "actor": pool.backends["a"].actor_name,
+                      "moe": moe.error and moe.error.message}))
+"""
+
+
+def _other_job(script: str, cfg: dict) -> dict:
+    """Run `script` as another Ray driver with config `cfg`; what it printed last."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(cfg)], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
 
 def test_a_second_job_on_the_cluster_loads_its_own_experts_and_leaves_ours(pool, ray_cluster):
     """Another driver on the same Ray cluster (a second eval, or an eval beside a serve)
     with an expert of the same name gets an actor of its own, named after its job, and
     never touches this job's: ours answers afterwards with nothing reloaded."""
-    import json
-    import subprocess
-    import sys
-
     assert pool.run([chat(0, "a")])[0].ok
     loads = dict(pool.stats.loads_by_expert)
     ours = pool.backends["a"].actor_name
     cfg = pool.config.model_dump(mode="json", exclude_none=True)
     cfg["pool"]["experts"] = [e for e in cfg["pool"]["experts"] if e["name"] == "a"]
     cfg["cluster"]["address"] = ray_cluster.get_runtime_context().gcs_address
-    out = subprocess.run(
-        [sys.executable, "-c", SECOND_JOB, json.dumps(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    theirs = json.loads(out.stdout.strip().splitlines()[-1])
+    theirs = _other_job(SECOND_JOB, cfg)
     assert theirs["ok"], theirs
     assert theirs["actor"] != ours and theirs["actor"].startswith("expert:a@")
     ray_cluster.get_actor(ours, namespace="conclave")  # still alive
+    assert pool.run([chat(1, "a")])[0].ok
+    assert pool.stats.loads_by_expert == loads and pool.stats.restarts == 0
+
+
+def test_a_job_attached_to_ours_uses_our_engines_and_leaves_them_running(pool, ray_cluster):
+    """Sharing is explicit: a second driver with `cluster.attach` set to our job id asks
+    our loaded engine (same actor name, nothing loaded) and, when it closes, stops
+    nothing of ours; an expert we have not loaded fails there, naming the fix."""
+    assert pool.run([chat(0, "a")])[0].ok
+    loads = dict(pool.stats.loads_by_expert)
+    ours = pool.backends["a"].actor_name
+    cfg = pool.config.model_dump(mode="json", exclude_none=True)
+    cfg["pool"]["experts"] = [e for e in cfg["pool"]["experts"] if e["name"] in ("a", "moe")]
+    cfg["cluster"]["address"] = ray_cluster.get_runtime_context().gcs_address
+    cfg["cluster"]["attach"] = job_id()
+    theirs = _other_job(ATTACHED_JOB, cfg)
+    assert theirs["ok"], theirs
+    assert theirs["actor"] == ours  # our engine, not a copy
+    if "moe" in pool.resident:
+        assert theirs["moe"] is None
+    else:
+        assert "has no loaded engine for this expert" in theirs["moe"]
+    ray_cluster.get_actor(ours, namespace="conclave")  # still alive after they closed
     assert pool.run([chat(1, "a")])[0].ok
     assert pool.stats.loads_by_expert == loads and pool.stats.restarts == 0
 

@@ -300,6 +300,11 @@ def test_serving_settings_reuse_the_profile_and_learning_settings_do_not():
     same = key()
     assert key(max_expert_calls=5, skills="embedding", fallback="geo", strategy="majority") == same
     assert key(prior_strength=16.0) != same
+    moved = cfg.pool.experts[0].model_copy(
+        update={"resources": cfg.pool.experts[0].resources.model_copy(update={"num_cpus": 2})}
+    )
+    pool = cfg.pool.model_copy(update={"experts": [moved, *cfg.pool.experts[1:]]})
+    assert profile_key(cfg.model_copy(update={"pool": pool}), its, "skillmix") == same
 
 
 @pytest.mark.parametrize(("policy", "budget"), [("failover", 3), ("failover", 1), ("fail", 3)])
