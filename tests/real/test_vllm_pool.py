@@ -348,3 +348,27 @@ def test_an_expert_no_node_can_take_fails_within_the_timeout_naming_what_it_need
         if g["name"].startswith("expert:picky@")
     ]
     assert states and all(s == "REMOVED" for s in states)
+
+
+def test_a_prompt_the_context_check_flags_is_one_the_engine_refuses(pool, tiny_models):
+    """`workers.context.overflow` counts prompts with the expert's own tokenizer against
+    its max_model_len: a prompt it flags is refused by the engine, one it passes is
+    answered."""
+    from orchestrator.config import ExpertConfig
+    from workers.context import overflow
+
+    short = [{"role": "user", "content": "word " * 20}]
+    long = [{"role": "user", "content": "word " * 900}]  # over TINY_ENGINE_ARGS' 512
+    spec = pool.config.pool.experts[0]
+    assert isinstance(spec, ExpertConfig) and spec.name == "a"
+    over = overflow(spec, [short, long, short])
+    assert over is not None and over.refused == 1 and over.prompts == 3
+    assert over.limit == f"{TINY_ENGINE_ARGS['max_model_len']} tokens" and over.longest > 512
+    assert overflow(spec, [short]) is None
+    ok, refused = pool.run(
+        [
+            GenerationRequest(item_id="0", expert="a", messages=short),
+            GenerationRequest(item_id="1", expert="a", messages=long),
+        ]
+    )
+    assert ok.ok and not refused.ok and refused.error.type == "RequestRejectedError"

@@ -63,6 +63,29 @@ def test_validate_checks_that_local_model_folders_exist_and_hold_a_model(tmp_pat
     assert validate("HuggingFaceTB/SmolLM2-135M-Instruct").exit_code == 0
 
 
+def test_validate_with_data_warns_of_experts_whose_context_is_too_short(tmp_path):
+    """--data: an expert that would refuse some of the dataset's prompts as too long is
+    named, with how many and its limit; the config is still valid (a warning)."""
+    rows = [
+        {"question": "Short? The options are: (A) yes (B) no", "gold_answer": "A", "category": "c"},
+        {
+            "question": "Long " * 80 + "? The options are: (A) yes (B) no",
+            "gold_answer": "B",
+            "category": "c",
+        },
+    ]
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / "c.yaml"
+    path.write_text(FAKE.replace("fail_load: true", "max_prompt_chars: 300"))
+    res = runner.invoke(
+        app, ["config", "validate", str(path), "--data", str(data)], env={"COLUMNS": "200"}
+    )
+    assert res.exit_code == 0, res.output
+    assert "warning: broken: 1 of 2 prompts" in res.output and "300 characters" in res.output
+    assert "alpha:" not in res.output  # no limit, no warning
+
+
 def test_pool_run_json_reports_each_answer_and_error(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(FAKE)
