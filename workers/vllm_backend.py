@@ -280,12 +280,14 @@ class VLLMBackend(ExpertBackend):
     def unload(self) -> None:
         import ray
 
-        for actor in (self._actor, self._starting):
-            # no wait for Ray to free the name: the next load waits for it, if one comes
-            if actor is not None and not self._borrowed:  # another job's: not ours to stop
-                ray.kill(actor)
+        # cleared before the kill: a load it interrupts then knows why it failed
+        actors, borrowed = (self._actor, self._starting), self._borrowed
         self._actor = self._starting = None
         self._borrowed = False
+        for actor in actors:
+            # no wait for Ray to free the name: the next load waits for it, if one comes
+            if actor is not None and not borrowed:  # another job's: not ours to stop
+                ray.kill(actor)
         if self._pg is not None:  # its node's room goes back to the cluster
             release(self._pg)
             self._pg = None

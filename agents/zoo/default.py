@@ -69,7 +69,9 @@ def resolve_config(
     manifest, built = build_zoo(root, zoo, progress=progress)
     if built:
         on_event(f"built zoo models {', '.join(built)} in {root}")
-    return zoo_config(root, manifest)
+    # the profile's models only: a zoo folder that also holds another profile's (a
+    # `--zoo reduced` run into the same folder) does not change the embedded default
+    return zoo_config(root, manifest, [s.name for s in PROFILES[zoo]])
 
 
 def built_zoo(zoo_dir: Path | None, hint: str = "run `conclave zoo build` first") -> ZooManifest:

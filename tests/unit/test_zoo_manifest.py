@@ -43,3 +43,21 @@ def test_a_manifest_written_in_another_order_loads_in_the_profile_order(tmp_path
     # the pool serves the zoo in that order, so seeded choices over experts repeat
     names = [e.name for e in zoo_config(tmp_path, loaded).pool.experts]
     assert names == FULL
+
+
+def test_the_embedded_default_serves_its_profile_only_whatever_else_the_folder_holds(
+    monkeypatch, tmp_path
+):
+    """A zoo folder that also holds another profile's models (a `--zoo reduced` run into
+    the same folder) does not change the embedded default's pool, nor the reduced one's."""
+    import agents.zoo.default as default
+
+    reduced = [s.name for s in PROFILES["reduced"]]
+    everything = ZooManifest(
+        updated="now", skillmix_seed=0, entries={n: _entry(n) for n in FULL + reduced}
+    )
+    monkeypatch.setattr(default, "build_zoo", lambda *_a, **_kw: (everything, []))
+    full = default.resolve_config(None, "full", tmp_path, progress=False)
+    assert [e.name for e in full.pool.experts] == FULL
+    small = default.resolve_config(None, "reduced", tmp_path, progress=False)
+    assert [e.name for e in small.pool.experts] == reduced
