@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
 from orchestrator.config import ExpertConfig, FakeBackendConfig, VLLMBackendConfig
+from workers.batch import GenerationRequest
 
 Messages = list[dict[str, str]]
 
@@ -37,7 +39,11 @@ def overflow(expert: ExpertConfig, prompts: Sequence[Messages]) -> Overflow | No
     if isinstance(spec, FakeBackendConfig):
         if spec.max_prompt_chars is None:
             return None
-        sizes = [len("\n".join(m["content"] for m in p)) for p in prompts]
+        # what the fake measures: the request's prompt text
+        sizes = [
+            len(GenerationRequest(item_id="check", expert=expert.name, messages=p).prompt_text())
+            for p in prompts
+        ]
         return _over(expert.name, sizes, spec.max_prompt_chars, "characters")
     if not isinstance(spec, VLLMBackendConfig) or spec.local_problems():
         return None
@@ -54,15 +60,15 @@ def overflow(expert: ExpertConfig, prompts: Sequence[Messages]) -> Overflow | No
     return _over(expert.name, sizes, int(context), "tokens")
 
 
-def _tokens(tok: object, messages: Messages) -> int:
-    template = getattr(tok, "chat_template", None)
-    if template:
-        out = tok.apply_chat_template(messages, add_generation_prompt=True)  # type: ignore[attr-defined]
+def _tokens(tok: Any, messages: Messages) -> int:
+    """The prompt's tokens as the engine sees it: through the chat template, if any."""
+    if getattr(tok, "chat_template", None):
+        out = tok.apply_chat_template(messages, add_generation_prompt=True)
         # transformers 5 returns the encoding (input_ids, attention_mask), 4 the ids
         ids = out["input_ids"] if hasattr(out, "keys") else out
         return len(ids)
     text = "\n".join(m["content"] for m in messages)
-    return len(tok(text)["input_ids"])  # type: ignore[operator]
+    return len(tok(text)["input_ids"])
 
 
 def _max_positions(model: Path) -> int | None:
@@ -75,7 +81,8 @@ def _max_positions(model: Path) -> int | None:
 
 
 def _over(expert: str, sizes: list[int], limit: int, unit: str) -> Overflow | None:
-    refused = sum(s >= limit if unit == "tokens" else s > limit for s in sizes)
+    # both engines refuse a prompt longer than the limit (vLLM: prompt_len > max_model_len)
+    refused = sum(s > limit for s in sizes)
     if not refused:
         return None
     return Overflow(

@@ -293,9 +293,8 @@ class ExpertPool:
         return [self.metrics.live(name, b.loaded) for name, b in self.backends.items()]
 
     def unload(self, name: str) -> None:
-        backend = self.backends[name]
-        if backend.loaded:
-            backend.unload()
+        """Free `name`'s model, or stop its load under way (the backend's `unload`)."""
+        self.backends[name].unload()
         self._held.release(name)
 
     def unload_all(self) -> None:
@@ -306,9 +305,7 @@ class ExpertPool:
         """Stop: every engine goes, and nothing is restarted (a batch still generating
         fails, as its engine is gone, instead of reloading it)."""
         self._closing = True
-        for name, backend in self.backends.items():
-            backend.unload()  # loaded or still loading: a load under way fails now
-            self._held.release(name)
+        self.unload_all()  # loaded or still loading: a load under way fails now
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> ExpertPool:
