@@ -76,6 +76,12 @@ class ExpertBackend(ABC):
     @abstractmethod
     def load(self) -> None: ...
 
+    def reload(self) -> None:
+        """Load again after the engine died, while the other experts serve. By default
+        `load`; a backend whose load competes with their serving for this machine's
+        cores loads at a lower priority here."""
+        self.load()
+
     @abstractmethod
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]: ...
 

@@ -41,6 +41,29 @@ def _refusals() -> tuple[type[BaseException], ...]:
     return (ValueError, TypeError, VLLMClientError)
 
 
+def can_renice() -> bool:
+    """Whether this process may lower its niceness again (root, or RLIMIT_NICE allows 0):
+    only then does a restart load at a lower priority, so no engine is left niced."""
+    if not hasattr(os, "setpriority"):
+        return False
+    if os.geteuid() == 0:
+        return True
+    import resource
+
+    # an unprivileged process may set a niceness down to 20 - RLIMIT_NICE
+    soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    return soft == resource.RLIM_INFINITY or soft >= 20
+
+
+def _renice_all(nice: int) -> None:
+    """Every thread of this process to `nice` (on Linux a niceness is per thread)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+        except (ProcessLookupError, PermissionError):  # gone meanwhile, or not ours to change
+            pass
+
+
 #: Calls an engine actor takes at once (each waits in a thread of its own while the
 #: engine batches their requests together).
 ENGINE_CALLS = 256
@@ -57,8 +80,21 @@ class EngineHost:
     that one thread: vLLM's in-process engine is not thread-safe.
     """
 
-    def __init__(self, model: str, tokenizer: str | None, engine_args: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        model: str,
+        tokenizer: str | None,
+        engine_args: dict[str, Any],
+        load_nice: int = 0,
+    ) -> None:
         t0 = time.perf_counter()
+        # A restart loads while the other experts serve: on a small CPU machine its imports
+        # and warm-up took the cores from them (p99 of their requests 3-5x). Loading at a
+        # lower priority (this thread, and the threads it starts, inherit it) lets serving
+        # win. Only where the OS lets us go back (`can_renice`): no engine stays niced.
+        load_nice = load_nice if load_nice and can_renice() else 0
+        if load_nice:
+            os.setpriority(os.PRIO_PROCESS, 0, load_nice)
         import dataclasses
 
         import torch
@@ -78,6 +114,9 @@ class EngineHost:
         if not os.path.exists(model) and (model.startswith(("/", ".", "~")) or os.sep * 2 in model):
             raise FileNotFoundError(f"model path {model!r} does not exist")
         self.llm = LLM(model=model, tokenizer=tokenizer, **engine_args)
+        if load_nice:
+            _renice_all(0)
+        self.load_nice = load_nice
         self.load_s = time.perf_counter() - t0
         from vllm.platforms import current_platform
 
@@ -93,7 +132,7 @@ class EngineHost:
         threading.Thread(target=self._loop, name="engine-steps", daemon=True).start()
 
     def info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "load_s": self.load_s}
+        return {"pid": os.getpid(), "load_s": self.load_s, "load_nice": self.load_nice}
 
     # ---- the engine's thread --------------------------------------------------------------
 

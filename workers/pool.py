@@ -395,10 +395,10 @@ class ExpertPool:
             with self._lock:
                 self.stats.evictions += 1
 
-    def _load(self, backend: ExpertBackend) -> None:
+    def _load(self, backend: ExpertBackend, again: bool = False) -> None:
         t0 = time.perf_counter()
         try:
-            backend.load()
+            backend.reload() if again else backend.load()
         except ConclaveError:
             with self._lock:
                 self.stats.load_failures += 1
@@ -488,7 +488,7 @@ class ExpertPool:
     def _do_restart(self, backend: ExpertBackend, fut: Future[None]) -> None:
         try:
             backend.unload()
-            self._load(backend)
+            self._load(backend, again=True)
         except Exception as exc:
             fut.set_exception(exc)
         else:

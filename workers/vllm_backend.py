@@ -145,6 +145,12 @@ class VLLMBackend(ExpertBackend):
             ) from exc
 
     def load(self) -> None:
+        self._load()
+
+    def reload(self) -> None:
+        self._load(nice=self.cluster.restart_nice)
+
+    def _load(self, nice: int = 0) -> None:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -170,7 +176,7 @@ class VLLMBackend(ExpertBackend):
             # callers wait in threads of their own while the engine's thread batches them
             max_concurrency=ENGINE_CALLS,
         )
-        actor = host.remote(self.spec.model, self.spec.tokenizer, self.engine_args())
+        actor = host.remote(self.spec.model, self.spec.tokenizer, self.engine_args(), nice)
         self._starting = actor  # an unload meanwhile (the pool closing) kills it too
         try:
             self.load_info = ray.get(actor.info.remote(), timeout=self.load_timeout_s)
@@ -194,7 +200,13 @@ class VLLMBackend(ExpertBackend):
         finally:
             self._starting = None
         self._actor, self._pg = actor, pg
-        log.info("%s ready in %.1f s", self.name, self.load_info.get("load_s", 0.0))
+        niced = self.load_info.get("load_nice")
+        log.info(
+            "%s ready in %.1f s%s",
+            self.name,
+            self.load_info.get("load_s", 0.0),
+            f" (loaded at niceness {niced})" if niced else "",
+        )
 
     def _payload(self, requests: list[GenerationRequest]) -> list[dict[str, Any]]:
         return [

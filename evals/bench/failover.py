@@ -39,6 +39,17 @@ class PhaseStats(BaseModel):
     failed_over: int = Field(0, description="Answers whose trace names an expert that was down.")
 
 
+class SlowRequest(BaseModel):
+    """One slow request: when it started and whom it asked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ms: float
+    started_s: float = Field(..., description="Seconds after the kill (negative: before).")
+    experts: list[str] = Field(..., description="The experts that answered, in order.")
+    down: list[str] = Field(..., description="Experts it found down.")
+
+
 class FailoverBenchResult(BaseModel):
     """`conclave bench failover --json`."""
 
@@ -66,6 +77,10 @@ class FailoverBenchResult(BaseModel):
     )
     p99_ratio_others: float | None = Field(
         ..., description="p99 of questions routed elsewhere, after the kill over before."
+    )
+    slowest_others: list[SlowRequest] = Field(
+        default_factory=list,
+        description="The slowest questions routed elsewhere after the kill: where the tail is.",
     )
 
 
@@ -116,6 +131,7 @@ async def _drive(
                         "status": status,
                         "seconds": time.perf_counter() - t0,
                         "down": trace.get("down") or [],
+                        "experts": trace.get("experts") or [],
                     }
                 )
 
@@ -233,4 +249,13 @@ def run_failover_bench(
         p99_ratio_others=ratio,
         restarting_others=_stats([r for r in others_after if at <= r["start"] < end]),
         restarted_others=_stats([r for r in others_after if r["start"] >= end]),
+        slowest_others=[
+            SlowRequest(
+                ms=round(r["seconds"] * 1000, 1),
+                started_s=round(r["start"] - at, 2),
+                experts=r["experts"],
+                down=r["down"],
+            )
+            for r in sorted(others_after, key=lambda r: -r["seconds"])[:8]
+        ],
     )

@@ -87,6 +87,14 @@ class ClusterConfig(Strict):
         description="How long an expert's actor may wait for a node with room for it (its "
         "resources); past it the expert's load fails naming what it needs and what is free.",
     )
+    restart_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness of a dead engine's restart while it loads (0: none), so the "
+        "experts still serving keep the CPU; back to normal once loaded. Applied where the "
+        "engine's user may go back (root, or RLIMIT_NICE >= 20); elsewhere it loads as usual.",
+    )
 
 
 class PoolConfig(Strict):

@@ -151,6 +151,9 @@ class Conclave:
         budget = routing.max_expert_calls
         spent = sum(len(p.experts) for p in plans)
         allowance = budget * len(plans) - spent
+        # down now (it may have died since the plan): not asked, as at planning
+        c = ctx.conclave
+        down_now = c.pool.unavailable() if routing.on_expert_down == "failover" else set()
         worth: list[tuple[float, int, str]] = []
         for i, (plan, ans) in enumerate(zip(plans, answers, strict=True)):
             why = plan.explanation
@@ -169,7 +172,11 @@ class Conclave:
             named, _, _ = posterior(tally, why.options)
             why.confidence = round(max(named), 4) if named else 0.0
             # best first; an expert that was down is not asked again for this question
-            left = [e for e in why.estimates if e not in plan.experts and e not in why.down]
+            left = [
+                e
+                for e in why.estimates
+                if e not in plan.experts and e not in why.down and e not in down_now
+            ]
             if not left:
                 why.stopped = "every serving expert answered"
                 continue

@@ -6,6 +6,8 @@ every engine start (~10-15 s each) is shared.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from agents.zoo.tiny import TINY_ENGINE_ARGS
@@ -282,6 +284,22 @@ def test_dead_engine_is_restarted_and_moe_expert_evicts_the_idle_one(pool, ray_c
     # budget 2.5 GB: loading the MoE expert evicted b, which this batch did not need
     assert pool.stats.evictions == evictions + 1
     assert sorted(pool.resident) == ["a", "moe"]
+    # the restart loaded at a lower priority (the others kept the CPU) and went back to
+    # normal once loaded: no thread of the engine's process stays niced
+    from workers.engine_host import can_renice
+
+    info = pool.backends["a"].load_info
+    assert info["load_nice"] == (pool.config.cluster.restart_nice if can_renice() else 0)
+    assert _nices(info["pid"]) == {0}
+
+
+def _nices(pid: int) -> set[int]:
+    """The niceness of every thread of process `pid` (field 19 of /proc/.../stat)."""
+    out = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            out.add(int(f.read().rsplit(")", 1)[1].split()[16]))
+    return out
 
 
 def test_per_expert_metrics_reach_rays_prometheus_export(pool, ray_cluster):

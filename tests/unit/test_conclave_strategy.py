@@ -121,6 +121,19 @@ def test_escalation_asks_the_next_expert_only_while_it_could_matter(
         assert 0 < plan.explanation.confidence <= 1
 
 
+def test_escalation_skips_an_expert_that_died_after_the_plan():
+    """A tie to break: 'c' is next, but its engine died since the question was planned,
+    so the next one serving is asked instead (not a stage spent failing on 'c')."""
+    strat = get_strategy("conclave")
+    accuracy = {**EVEN, "d": 0.5}
+    plan = _escalation(accuracy, ["a", "b"])
+    answers = [ExpertAnswer(expert="a", choice="A"), ExpertAnswer(expert="b", choice="B")]
+    with make() as c:
+        c.pool.unavailable = lambda: {"c"}  # type: ignore[method-assign]
+        ctx = StrategyContext(c, list(accuracy))
+        assert strat.escalate(ctx, items("test")[:1], [plan], [answers]) == [["d"]]
+
+
 def test_the_budget_is_an_average_spent_where_one_more_answer_is_worth_most():
     strat = get_strategy("conclave")
     acc = {"a": 0.6, "b": 0.58, "c": 0.56, "d": 0.55, "e": 0.5}
