@@ -1,19 +1,23 @@
-"""`conclave bench moe`: the fused MoE path against a per-expert loop and the reference.
+"""`conclave bench moe`: the MoE layer's paths, and what `auto` chose, on this CPU.
 
-For each token count, the same layer (same weights, routing included) runs through each
-backend, each timed in blocks of repeated calls; twelve rounds each time every backend
-at every token count in rotating order (see `_time_all`); times are medians over rounds,
-ratios the median of each round's ratio, so a machine whose speed drifts biases no
-backend and no token count. Each speedup is also given best against best (each path's
-fastest round, the rule `timeit` documents: slower rounds measure the neighbours, not
-the code), and each row says how far the machine drifted during the run: the dense
-matmul's median round against its fastest (`machine_drift`; 1.0 is a steady machine).
-On a shared VM, neighbours slow the AMX units by up to 2.5x for minutes at a time, and
-that slows the fused kernel (all AMX) more than the loop (half framework overhead), so
-the median speedup falls in a slow spell while the best-of one holds. The fused path's
-achieved GFLOP/s counts useful FLOPs only (top_k experts per token: 6*K*N each, the
-gate/up and down projections) and is set next to a dense bf16 matmul doing the same
-FLOPs ([M*top_k, K] x [K, 2N] then [M*top_k, N] x [N, K]) on the same machine.
+The paths: vLLM's fused kernel, the grouped oneDNN GEMMs (`kernels.grouped`), the per-
+expert loop, and `auto` (the fastest of them by its own measurement, made when it first
+met the token count's bucket or read from its cache: `kernels.autotune`), with the CPU's
+model and ISA flags, since which path wins depends on them. For each token count, the
+same layer (same weights, routing included) runs through each backend, each timed in
+blocks of repeated calls; twelve rounds each time every backend at every token count in
+rotating order (see `_time_all`); times are medians over rounds, ratios the median of
+each round's ratio, so a machine whose speed drifts biases no backend and no token
+count. Each speedup is also given best against best (each path's fastest round, the rule
+`timeit` documents: slower rounds measure the neighbours, not the code), and each row
+says how far the machine drifted during the run: the dense matmul's median round against
+its fastest (`machine_drift`; 1.0 is a steady machine). On a shared VM, neighbours slow
+the AMX units by up to 2.5x for minutes at a time, and that slows the fused kernel (all
+AMX) more than the loop (half framework overhead), so the median speedup falls in a slow
+spell while the best-of one holds. The fused path's achieved GFLOP/s counts useful FLOPs
+only (top_k experts per token: 6*K*N each, the gate/up and down projections) and is set
+next to a dense bf16 matmul doing the same FLOPs ([M*top_k, K] x [K, 2N] then [M*top_k,
+N] x [N, K]) on the same machine.
 """
 
 from __future__ import annotations
@@ -21,39 +25,24 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from kernels.moe import MoEConfig, MoELayer
+from kernels.autotune import cpu, cpu_line, time_paths
+from kernels.grouped import unavailable
+from kernels.moe import KERNELS, MoEConfig, MoELayer
 
 
 def _time_all(
     fns: dict[str, Callable[[], Any]], min_s: float = 0.1, min_reps: int = 5, blocks: int = 12
 ) -> dict[str, list[float]]:
-    """Seconds per call of each function in each of `blocks` rounds: a round times every
-    function in a block of its own (median of repeated calls, after a warm-up call), in a
-    rotating order. Blocks keep each function's caches warm as in real use; rounds give
-    paired figures: on a shared VM, neighbours slow compute-bound kernels by up to 2x for
-    seconds at a time, so ratios are taken within a round (see `_ratio`)."""
-    per: dict[str, list[float]] = {k: [] for k in fns}
-    names = list(fns)
-    for rnd in range(blocks):
-        for k in names[rnd % len(names) :] + names[: rnd % len(names)]:
-            fn = fns[k]
-            fn()
-            times: list[float] = []
-            start = time.perf_counter()
-            while len(times) < min_reps or (
-                time.perf_counter() - start < min_s and len(times) < 200
-            ):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            per[k].append(statistics.median(times))
-    return per
+    """Seconds per call of each function in each of `blocks` rounds (`time_paths`, with
+    longer blocks than `auto` uses). Blocks keep each function's caches warm as in real
+    use; rounds give paired figures: on a shared VM, neighbours slow compute-bound
+    kernels by up to 2x for seconds at a time, so ratios are taken within a round."""
+    return time_paths(fns, rounds=blocks, min_s=min_s, min_reps=min_reps)
 
 
 def _ratio(slow: list[float], fast: list[float]) -> float:
@@ -88,32 +77,37 @@ def run_moe_bench(
     cfg = MoEConfig(
         hidden=hidden, intermediate=intermediate, experts=experts, top_k=top_k, dtype=dtype
     )
+    dt = getattr(torch, dtype)
+    grouped = device == "cpu" and unavailable(torch.device(device), dt) is None
+    paths = ("fused", "grouped", "naive") if grouped else ("fused", "naive")
     layers = {
         b: MoELayer(cfg.model_copy(update={"backend": b}), device=device)
-        for b in ("fused", "naive", "reference")
+        for b in (*paths, "auto", "reference")
     }
-    dt = getattr(torch, dtype)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     inputs = {
         m: torch.randn(m, hidden, generator=torch.Generator().manual_seed(m)).to(device, dt)
         for m in tokens
     }
+    # auto's choice per count first (measured now, or read from its cache on disk)
+    choices = {m: layers["auto"].choice_for(x) for m, x in inputs.items()}
 
     def call(layer: MoELayer, x: torch.Tensor) -> Callable[[], Any]:
         return lambda: (layer(x), sync())
 
+    timed = (*paths, "auto")
     with torch.inference_mode():
         # every token count in every round: a slow spell of the machine (seconds long)
         # falls on a few rounds of each count instead of on all rounds of one
         fns: dict[str, Callable[[], Any]] = {}
         for m, x in inputs.items():
-            fns |= {f"{b}@{m}": call(layers[b], x) for b in ("fused", "naive")}
+            fns |= {f"{b}@{m}": call(layers[b], x) for b in timed}
             fns[f"dense@{m}"] = _dense(m * top_k, hidden, intermediate, dt, device, sync)
         times = _time_all(fns, blocks=rounds)
     rows = []
     for m, x in inputs.items():
-        t = {b: times[f"{b}@{m}"] for b in ("fused", "naive", "dense")}
-        fused, naive, dense = (statistics.median(t[k]) for k in ("fused", "naive", "dense"))
+        t = {b: times[f"{b}@{m}"] for b in (*timed, "dense")}
+        med = {b: statistics.median(v) for b, v in t.items()}
         with torch.inference_mode():
             # the reference alone: its dense float32 work would evict the others' caches
             ref = (
@@ -121,29 +115,42 @@ def run_moe_bench(
                 if m <= reference_up_to
                 else None
             )
-            err = float((layers["fused"](x).float() - layers["reference"](x).float()).abs().max())
+            truth = layers["reference"](x).float()
+            err = {b: float((layers[b](x).float() - truth).abs().max()) for b in timed}
         flops = 6 * m * top_k * hidden * intermediate
-        rows.append(
-            {
-                "tokens": m,
-                "fused_ms": round(1000 * fused, 4),
-                "naive_ms": round(1000 * naive, 4),
-                "reference_ms": round(1000 * ref, 4) if ref is not None else None,
-                "speedup_vs_naive": round(_ratio(t["naive"], t["fused"]), 2),
-                "speedup_vs_naive_best": round(min(t["naive"]) / min(t["fused"]), 2),
-                "speedup_vs_reference": round(ref / fused, 2) if ref is not None else None,
-                "fused_gflops": round(flops / fused / 1e9, 1),
-                "dense_matmul_gflops": round(flops / dense / 1e9, 1),
-                "fused_vs_dense": round(_ratio(t["dense"], t["fused"]), 2),
-                "max_abs_error_vs_reference": round(err, 5),
-                "machine_drift": round(dense / min(t["dense"]), 2),
-            }
-        )
+        row: dict[str, Any] = {
+            "tokens": m,
+            "fused_ms": round(1000 * med["fused"], 4),
+            "naive_ms": round(1000 * med["naive"], 4),
+            "grouped_ms": round(1000 * med["grouped"], 4) if grouped else None,
+            "auto_ms": round(1000 * med["auto"], 4),
+            "auto_path": choices[m].path,
+            "auto_kernel": KERNELS[choices[m].path],
+            "auto_why": choices[m].why,
+            "reference_ms": round(1000 * ref, 4) if ref is not None else None,
+            "speedup_vs_naive": round(_ratio(t["naive"], t["fused"]), 2),
+            "speedup_vs_naive_best": round(min(t["naive"]) / min(t["fused"]), 2),
+            "speedup_vs_reference": round(ref / med["fused"], 2) if ref is not None else None,
+            "auto_vs_naive": round(_ratio(t["naive"], t["auto"]), 2),
+            "auto_vs_fused": round(_ratio(t["fused"], t["auto"]), 2),
+            "auto_vs_dense": round(_ratio(t["dense"], t["auto"]), 2),
+            "grouped_vs_dense": round(_ratio(t["dense"], t["grouped"]), 2) if grouped else None,
+            "fused_gflops": round(flops / med["fused"] / 1e9, 1),
+            "auto_gflops": round(flops / med["auto"] / 1e9, 1),
+            "dense_matmul_gflops": round(flops / med["dense"] / 1e9, 1),
+            "fused_vs_dense": round(_ratio(t["dense"], t["fused"]), 2),
+            "max_abs_error_vs_reference": round(err["fused"], 5),
+            "max_abs_error_by_path": {b: round(e, 5) for b, e in err.items()},
+            "machine_drift": round(med["dense"] / min(t["dense"]), 2),
+        }
+        rows.append(row)
     probe = torch.zeros(1, hidden, device=device, dtype=dt)
     fused_backend = layers["fused"].backend_for(probe)
     return {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads "
         f"{torch.get_num_threads()}",
+        "cpu": cpu(),
+        "cpu_line": cpu_line(),
         "device": device if device == "cpu" else torch.cuda.get_device_name(),
         "config": cfg.model_dump(exclude={"backend"}),
         "fused_backend": fused_backend,

@@ -18,26 +18,47 @@ Backends (`MoEConfig.backend`), all behind `MoELayer.forward`:
   intermediate width that is not is zero-padded to the next multiple of 32 when packing,
   as vLLM's own CPU MoE layer does (exact: a zero gate row gives silu(0) * 0 = 0). On a
   GPU, vLLM's Triton `fused_experts`.
+- "grouped": tokens sorted by expert into contiguous blocks, each expert's FFN as oneDNN
+  GEMMs on weights packed once, the activation and the routing weight fused into their
+  epilogues (`kernels.grouped`): the fast path on CPUs without AMX.
 - "naive": a per-expert loop (gather the tokens routed to each expert, run it, scatter).
 - "reference": every expert on every token in float32, then the routing weights: the
   ground truth the others are tested against.
-- "auto" (default): "fused" where vLLM's kernels run for this device and dtype, else
-  "naive".
+- "auto" (default): the fastest path that runs here, by measurement: the first call in a
+  token-count bucket times every candidate (vLLM's fused kernel with each ISA it offers,
+  "grouped", "naive") on this layer and keeps the fastest, cached on disk per CPU model,
+  shapes, dtype and bucket (`kernels.autotune`). `choice_for` says which and why.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import statistics
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kernels.autotune import CHOICES, Choice, ChoiceCache, bucket, cpu, time_paths
+from kernels.grouped import Packed, grouped_moe, pack, unavailable
+
 log = logging.getLogger(__name__)
 
-Backend = Literal["auto", "fused", "naive", "reference"]
+Backend = Literal["auto", "fused", "grouped", "naive", "reference"]
+
+#: What each path is called in reports.
+KERNELS = {
+    "fused:amx": "cpu_fused_moe (amx)",
+    "fused:vec": "cpu_fused_moe (vec)",
+    "fused:triton": "fused_experts (Triton)",
+    "grouped": "grouped oneDNN GEMMs",
+    "naive": "per-expert loop",
+    "reference": "float32 reference",
+}
 
 
 class MoEConfig(BaseModel):
@@ -78,6 +99,10 @@ class MoEConfig(BaseModel):
         return self
 
 
+def _shape(cfg: MoEConfig) -> str:
+    return f"[K={cfg.hidden}, N={cfg.intermediate}, E={cfg.experts}, top-{cfg.top_k}, {cfg.dtype}]"
+
+
 class MoEBackendError(RuntimeError):
     """A backend that cannot run this device/dtype combination."""
 
@@ -96,13 +121,20 @@ def _cpu_isa_ok() -> bool:
     return False
 
 
-def cpu_isa(cfg: MoEConfig, dtype: torch.dtype) -> str | None:
-    """The `cpu_fused_moe` isa for this layer, or None when the op cannot run it."""
+def cpu_isas(cfg: MoEConfig, dtype: torch.dtype) -> list[str]:
+    """The `cpu_fused_moe` isas that can run this layer, the preferred first; [] none."""
     if not _cpu_isa_ok():
-        return None
+        return []
     if cfg.hidden % 32 or dtype == torch.float16:  # (the intermediate width is padded)
-        return None
-    return "amx" if dtype == torch.bfloat16 and torch.cpu._is_amx_tile_supported() else "vec"
+        return []
+    amx = dtype == torch.bfloat16 and torch.cpu._is_amx_tile_supported()
+    return ["amx", "vec"] if amx else ["vec"]
+
+
+def cpu_isa(cfg: MoEConfig, dtype: torch.dtype) -> str | None:
+    """The preferred `cpu_fused_moe` isa for this layer, or None when the op cannot run it."""
+    isas = cpu_isas(cfg, dtype)
+    return isas[0] if isas else None
 
 
 def _swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
@@ -167,7 +199,11 @@ class MoELayer(torch.nn.Module):
                 f"unknown weights {sorted(given)}, or weights this config has no use for"
             )
         self._packed: tuple[int, int, str, torch.Tensor, torch.Tensor] | None = None
+        self._grouped: tuple[tuple[int, int, str], Packed] | None = None
         self.packs = 0  # how many times the weights were prepacked (tests check: once)
+        # auto's choices by (device, dtype, bucket); `cache` is where they persist
+        self._choices: dict[tuple[str, torch.dtype, int], Choice] = {}
+        self.cache: ChoiceCache = CHOICES
 
     @classmethod
     def from_weights(
@@ -234,28 +270,88 @@ class MoELayer(torch.nn.Module):
             weights = (top - logits.logsumexp(dim=-1, keepdim=True)).exp()
         return weights, ids.to(torch.int32)
 
+    def paths(self, x: torch.Tensor) -> list[str]:
+        """The paths that can run `x` here (what `auto` measures), fused ones first."""
+        if x.device.type == "cuda":
+            fused = ["fused:triton"] if self._fused_reason(x) is None else []
+            return [*fused, "naive"]
+        if x.device.type != "cpu":
+            return ["naive"]
+        grouped = ["grouped"] if unavailable(x.device, x.dtype) is None else []
+        return [*(f"fused:{isa}" for isa in cpu_isas(self.cfg, x.dtype)), *grouped, "naive"]
+
+    def path_for(self, x: torch.Tensor) -> str:
+        """The path that runs `x`: the configured backend's, or `auto`'s choice."""
+        return self.choice_for(x).path
+
     def backend_for(self, x: torch.Tensor) -> str:
-        """The backend that runs `x`: the configured one, or the best that can."""
-        want = self.cfg.backend
-        if want in ("naive", "reference"):
-            return want
-        can = self._fused_reason(x) is None
-        if want == "fused" and not can:
-            raise MoEBackendError(
-                f"backend 'fused' cannot run here: {self._fused_reason(x)}; use backend "
-                "'auto' (falls back to 'naive') or 'naive'"
-            )
-        return "fused" if can else "naive"
+        """The backend that runs `x` ("fused", "grouped", "naive" or "reference")."""
+        return self.path_for(x).split(":")[0]
 
     def kernel_for(self, x: torch.Tensor) -> str:
         """The kernel that runs `x`, for reports: "cpu_fused_moe (amx)", "fused_experts
-        (Triton)", "per-expert loop" or "float32 reference"."""
-        backend = self.backend_for(x)
-        if backend == "fused":
-            if x.device.type == "cuda":
-                return "fused_experts (Triton)"
-            return f"cpu_fused_moe ({cpu_isa(self.cfg, x.dtype)})"
-        return "per-expert loop" if backend == "naive" else "float32 reference"
+        (Triton)", "grouped oneDNN GEMMs", "per-expert loop" or "float32 reference"."""
+        return KERNELS[self.path_for(x)]
+
+    def choice_for(self, x: torch.Tensor) -> Choice:
+        """What runs `x` and why: the configured backend, or what `auto` measured (once
+        per token-count bucket, then cached: `kernels.autotune`)."""
+        want, b = self.cfg.backend, bucket(x.shape[0])
+        if want in ("naive", "reference"):
+            return Choice(path=want, bucket=b, source="configured")
+        if want == "fused":
+            reason = self._fused_reason(x)
+            if reason is not None:
+                raise MoEBackendError(
+                    f"backend 'fused' cannot run here: {reason}; use backend 'auto' (the "
+                    "fastest path that runs) or 'naive'"
+                )
+            return Choice(path=self.paths(x)[0], bucket=b, source="configured")
+        if want == "grouped":
+            reason = unavailable(x.device, x.dtype)
+            if reason is not None:
+                raise MoEBackendError(f"backend 'grouped' cannot run here: {reason}")
+            return Choice(path="grouped", bucket=b, source="configured")
+        # measured on the layer's own dtype (what runs once the caller casts to it)
+        x = torch.empty(0, self.cfg.hidden, dtype=self.w13.dtype, device=x.device)
+        key = (str(x.device), x.dtype, b)
+        got = self._choices.get(key)
+        if got is None:
+            got = self._measure(x, b)
+            self._choices[key] = got
+        return got
+
+    def _measure(self, x: torch.Tensor, b: int) -> Choice:
+        candidates = self.paths(x)
+        if len(candidates) == 1:
+            return Choice(path=candidates[0], bucket=b, source="only")
+        cfg = self.cfg
+        key = json.dumps(
+            {
+                "cpu": cpu() if x.device.type == "cpu" else str(x.device),
+                "layer": cfg.model_dump(exclude={"backend", "masked"}),
+                "dtype": str(x.dtype),
+                "bucket": b,
+            },
+            sort_keys=True,
+        )
+        cached = self.cache.get(key)
+        if cached is not None and cached.path in candidates:
+            return cached.model_copy(update={"source": "cached"})
+        probe = torch.randn(b, cfg.hidden, generator=torch.Generator().manual_seed(b))
+        probe = probe.to(device=x.device, dtype=x.dtype)
+        sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+
+        def call(path: str) -> Callable[[], object]:
+            return lambda: (self._forward(probe, path), sync())
+
+        with torch.inference_mode():
+            times = time_paths({p: call(p) for p in candidates})
+        ms = {p: round(1000 * statistics.median(t), 4) for p, t in times.items()}
+        choice = Choice(path=min(ms, key=ms.__getitem__), bucket=b, ms=ms, source="measured")
+        log.info("MoE layer %s: auto runs %s (%s)", _shape(cfg), choice.path, choice.why)
+        self.cache.put(key, choice)
+        return choice
 
     def _fused_reason(self, x: torch.Tensor) -> str | None:
         if x.device.type == "cuda":
@@ -278,8 +374,10 @@ class MoELayer(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.cfg.hidden:
             raise ValueError(f"x must be [tokens, {self.cfg.hidden}], got {list(x.shape)}")
-        backend = self.backend_for(x)
-        if backend == "reference":
+        return self._forward(x, self.path_for(x))
+
+    def _forward(self, x: torch.Tensor, path: str) -> torch.Tensor:
+        if path == "reference":
             return self.reference(x)
         weights, ids = self.route(x)
         cfg = self.cfg
@@ -291,14 +389,16 @@ class MoELayer(torch.nn.Module):
             ffn = ids < cfg.experts
             w = torch.where(ffn, weights, torch.zeros_like(weights))
             i = torch.where(ffn, ids, torch.zeros_like(ids))
-        if backend == "naive":
+        if path == "naive":
             routed = self._naive(x, w, i)
-        elif x.device.type == "cuda":
+        elif path == "grouped":
+            routed = grouped_moe(x, self._grouped_weights(x.dtype), w, i)
+        elif path == "fused:triton":
             from vllm.model_executor.layers.fused_moe import fused_experts
 
             routed = fused_experts(x, self.w13, self.w2, w, i)
         else:
-            routed = self._cpu_fused(x, w, i)
+            routed = self._cpu_fused(x, w, i, path.split(":")[1])
         if not extras and not cfg.shared_experts:
             return routed.to(x.dtype)  # the common case: nothing to add
         out = self._shared(x)
@@ -306,11 +406,11 @@ class MoELayer(torch.nn.Module):
             out = out + self._zero_compute(x, weights, ids)
         return (routed.float() + out).to(x.dtype)
 
-    def _cpu_fused(self, x: torch.Tensor, w: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def _cpu_fused(
+        self, x: torch.Tensor, w: torch.Tensor, ids: torch.Tensor, isa: str
+    ) -> torch.Tensor:
         import vllm._custom_ops as ops
 
-        isa = cpu_isa(self.cfg, x.dtype)
-        assert isa is not None
         w13, w2 = self.prepacked(isa, x.dtype)
         out = torch.empty_like(x)
         ops.cpu_fused_moe(
@@ -342,9 +442,18 @@ class MoELayer(torch.nn.Module):
             self.packs += 1
         return self._packed[3], self._packed[4]
 
+    def _grouped_weights(self, dtype: torch.dtype) -> Packed:
+        """The grouped path's packed weights, packed as `prepacked` packs the fused ones."""
+        key = (self.w13._version + self.w2._version, id(self.w13) ^ id(self.w2), str(dtype))
+        if self._grouped is None or self._grouped[0] != key:
+            self._grouped = (key, pack(self.w13.data, self.w2.data, dtype))
+            self.packs += 1
+        return self._grouped[1]
+
     def repack(self) -> None:
-        """Forget the packed weights: the next fused call packs them again."""
+        """Forget the packed weights: the next fused or grouped call packs them again."""
         self._packed = None
+        self._grouped = None
 
     def _naive(self, x: torch.Tensor, w: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)

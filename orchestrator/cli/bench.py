@@ -383,8 +383,9 @@ def bench_moe(
     as_json: FiguresJson = False,
     output: FiguresOut = None,
 ) -> None:
-    """The in-model MoE layer: vLLM's fused path vs a per-expert loop vs the reference,
-    with the fused path's GFLOP/s next to a dense matmul of the same useful FLOPs."""
+    """The in-model MoE layer on this CPU: vLLM's fused kernel, the grouped GEMMs, the
+    per-expert loop and the path `auto` chose, against a dense matmul of the same
+    useful FLOPs and the float32 reference."""
     from kernels.bench import run_moe_bench
 
     if dtype not in ("bfloat16", "float32"):
@@ -401,37 +402,45 @@ def bench_moe(
         raise fail(exc) from None
     if emit_json(res, output, as_json):
         return
+    out.print(f"CPU: {res['cpu_line']}; {res['machine']}")
     print_table(
         f"MoE layer ({res['device']}, fused = {res['fused_kernel']}, {res['rounds']} rounds)",
         (
             "tokens",
             "fused\nms",
+            "grouped\nms",
             "loop\nms",
-            "x\nloop",
-            "x\nbest",
-            "x\nref",
-            "fused\nGFLOP/s",
-            "dense\nGFLOP/s",
-            "error",
+            "auto\nms",
+            "auto\npath",
+            "auto\nx loop",
+            "auto\nx fused",
+            "auto\nx dense",
             "drift",
         ),
         (_moe_cells(r) for r in res["rows"]),
-        caption="x loop: median of the rounds' paired ratios; x best: the loop's fastest round "
-        "over the fused path's; drift: the dense matmul's median round over its fastest",
+        caption="x: median of the rounds' paired speed ratios; x dense: against a dense "
+        "matmul doing the same useful FLOPs; drift: the dense matmul's median round over "
+        "its fastest. --json adds best-of ratios, GFLOP/s and errors.",
     )
+    for r in res["rows"]:
+        out.print(f"auto at {r['tokens']} tokens: {r['auto_kernel']}, {r['auto_why']}")
+
+
+#: auto's path in the table's narrow column (the lines under it name the kernel)
+_SHORT = {"fused:amx": "amx", "fused:vec": "vec", "fused:triton": "triton", "naive": "loop"}
 
 
 def _moe_cells(r: dict[str, Any]) -> tuple[object, ...]:
-    ref = r["speedup_vs_reference"]
+    grouped = r["grouped_ms"]
     return (
         r["tokens"],
         f"{r['fused_ms']:.2f}",
+        f"{grouped:.2f}" if grouped is not None else "-",
         f"{r['naive_ms']:.2f}",
-        r["speedup_vs_naive"],
-        r["speedup_vs_naive_best"],
-        f"{ref:.0f}" if ref else "-",
-        round(r["fused_gflops"]),
-        round(r["dense_matmul_gflops"]),
-        f"{r['max_abs_error_vs_reference']:.3f}",
+        f"{r['auto_ms']:.2f}",
+        _SHORT.get(r["auto_path"], r["auto_path"]),
+        r["auto_vs_naive"],
+        r["auto_vs_fused"],
+        r["auto_vs_dense"],
         r["machine_drift"],
     )

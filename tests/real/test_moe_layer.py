@@ -44,12 +44,12 @@ def configs(draw: st.DrawFn) -> tuple[MoEConfig, int]:
 
 @settings(max_examples=60, deadline=None)
 @given(configs(), st.integers(0, 3))
-def test_fused_and_naive_match_the_reference(case, seed):
+def test_fused_grouped_and_naive_match_the_reference(case, seed):
     cfg, tokens = case
     x = torch.randn(tokens, cfg.hidden, generator=torch.Generator().manual_seed(seed))
     x = x.to(getattr(torch, cfg.dtype))
     ref = MoELayer(cfg, seed=seed).reference(x)
-    for backend in ("fused", "naive"):
+    for backend in ("fused", "grouped", "naive"):
         layer = MoELayer(cfg.model_copy(update={"backend": backend}), seed=seed)
         assert layer.backend_for(x) == backend
         _close(layer(x), ref, cfg.dtype)
@@ -118,6 +118,7 @@ def test_an_unsupported_combination_falls_back_or_says_why():
     x = torch.randn(4, 48).half()  # float16, and 48 is not a multiple of 32
     auto = MoELayer(MoEConfig(hidden=48, intermediate=64, experts=2, dtype="float16"))
     assert auto.backend_for(x) == "naive" and auto.kernel_for(x) == "per-expert loop"
+    assert auto.choice_for(x).source == "only"  # nothing to measure
     _close(auto(x), auto.reference(x), "bfloat16")
     fused = MoELayer(
         MoEConfig(hidden=48, intermediate=64, experts=2, dtype="float16", backend="fused")
@@ -160,9 +161,13 @@ def test_bench_moe_prints_paired_and_best_speedups_with_the_machine_drift():
     out = json.loads(res.stdout)
     assert out["fused_backend"] == "fused" and out["rounds"] == 2
     assert out["fused_kernel"] in ("cpu_fused_moe (amx)", "cpu_fused_moe (vec)")
+    assert out["cpu"]["model"] and out["cpu_line"].startswith(out["cpu"]["model"])
     assert [r["tokens"] for r in out["rows"]] == [1, 16]
     for row in out["rows"]:
-        assert row["max_abs_error_vs_reference"] < 0.05
+        assert all(e < 0.05 for e in row["max_abs_error_by_path"].values())
+        # auto ran what it measured fastest there, and says so with the figures
+        assert row["auto_path"] in ("fused:amx", "fused:vec", "grouped", "naive")
+        assert row["auto_path"] in row["auto_why"] and row["auto_vs_naive"] > 0
         assert row["speedup_vs_naive"] > 0 and row["speedup_vs_naive_best"] > 0
         assert row["machine_drift"] >= 1.0  # the median round against the fastest
     bad = CliRunner().invoke(app, ["bench", "moe", "--tokens", "0,16"])
@@ -184,7 +189,7 @@ def test_a_hugging_face_mixtral_block_runs_on_the_fused_kernel_with_its_weights(
     with torch.no_grad():
         want = block(x)[0]
         for dtype in ("float32", "bfloat16"):
-            layer = MoELayer.from_mixtral(block.to(getattr(torch, dtype)))
+            layer = MoELayer.from_mixtral(block.to(getattr(torch, dtype)), backend="fused")
             assert layer.cfg.top_k == 2 and layer.backend_for(x[0]) == "fused"
             assert layer.w13.data_ptr() == block.experts.gate_up_proj.data_ptr()  # no copy
             _close(layer(x[0].to(layer.w13.dtype)), want, dtype)

@@ -1,0 +1,170 @@
+"""How the MoE layer's `auto` backend picks a path: by measurement, cached per machine.
+
+Which path is fastest depends on the CPU (vLLM's fused kernel is 2.5-2.9x the per-expert
+loop on a CPU with AMX at 512 tokens, and 0.58x of it on an AMD EPYC without AMX), on the
+layer's shapes and dtype, and on the token count. So `auto` does not guess: the first
+time a layer meets a token count in a new bucket, it times every path that can run
+(`MoELayer.paths`) on the layer's own weights at the bucket's token count, in paired
+rounds (`time_paths`), and keeps the fastest. The choice is cached in memory and on disk
+(`$CONCLAVE_CACHE/kernels/moe-auto.json`, written atomically) under the CPU's model
+and ISA flags, the shapes, the dtype and the bucket, so a process measures a layer shape
+once per machine, not once per run. A CPU model change (a VM moved to another host)
+is a new key, so it is measured again.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+
+#: Token-count buckets: a call uses the choice measured at the nearest (in log scale).
+BUCKETS = (1, 16, 128, 512, 2048)
+
+#: Version of what a cached choice means: bump when a path changes, to measure again.
+VERSION = 1
+
+
+def bucket(tokens: int) -> int:
+    """The bucket nearest `tokens` in log scale (a 300-token call uses 512's choice)."""
+    return min(BUCKETS, key=lambda b: (abs(math.log(max(tokens, 1) / b)), b))
+
+
+@functools.cache
+def cpu() -> dict[str, Any]:
+    """This machine's CPU model and the ISA flags that decide between the paths."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set[str]()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == platform.machine():
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux: the model from platform, no flags
+        pass
+    if model in ("", "x86_64"):
+        model = platform.machine()
+    wanted = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "asimd", "sve")
+    return {"model": model, "flags": [f for f in wanted if f in flags]}
+
+
+def cpu_line() -> str:
+    """'AMD EPYC (avx512_bf16, avx512f, avx2; no AMX)' for reports."""
+    c = cpu()
+    amx = "" if "amx_bf16" in c["flags"] else "; no AMX"
+    return f"{c['model']} ({', '.join(c['flags']) or 'no ISA flags read'}{amx})"
+
+
+class Choice(BaseModel):
+    """What `auto` runs at one bucket, and why."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(..., description="The path: 'fused:amx', 'fused:vec', 'grouped', ...")
+    bucket: int = Field(..., description="The token count it was measured at.")
+    ms: dict[str, float] = Field(
+        default_factory=dict, description="Each candidate's median ms per call there."
+    )
+    source: str = Field(..., description="'measured' now, 'cached' on disk, or 'only' path.")
+
+    @property
+    def why(self) -> str:
+        if not self.ms:
+            return f"the only path that can run here ({self.source})"
+        ranked = sorted(self.ms.items(), key=lambda kv: kv[1])
+        figures = ", ".join(f"{p} {ms:.3g} ms" for p, ms in ranked)
+        return f"fastest at {self.bucket} tokens ({self.source}): {figures}"
+
+
+def time_paths(
+    fns: dict[str, Callable[[], Any]], rounds: int = 3, min_s: float = 0.02, min_reps: int = 3
+) -> dict[str, list[float]]:
+    """Seconds per call of each function in each round: a round times every function in
+    a block of its own (median of repeated calls after a warm-up call), in a rotating
+    order, so a machine whose speed drifts favours none (`conclave bench moe` uses it
+    with more rounds)."""
+    per: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for rnd in range(rounds):
+        for k in names[rnd % len(names) :] + names[: rnd % len(names)]:
+            fn = fns[k]
+            fn()
+            times: list[float] = []
+            start = time.perf_counter()
+            while len(times) < min_reps or (
+                time.perf_counter() - start < min_s and len(times) < 200
+            ):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            per[k].append(statistics.median(times))
+    return per
+
+
+class ChoiceCache:
+    """Choices by key, in memory and in one JSON file (read once, written atomically)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._path = path
+        self._mem: dict[str, Choice] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            from orchestrator.config.schema import default_cache_dir
+
+            self._path = default_cache_dir() / "kernels" / "moe-auto.json"
+        return self._path
+
+    def _load(self) -> dict[str, Choice]:
+        if self._mem is None:
+            self._mem = {}
+            try:
+                raw = json.loads(self.path.read_text())
+                if raw.get("version") == VERSION:
+                    self._mem = {k: Choice(**v) for k, v in raw.get("choices", {}).items()}
+            except (OSError, ValueError, TypeError) as exc:  # none yet, or unreadable
+                if self.path.exists():
+                    log.warning("ignoring %s (%s): measuring again", self.path, exc)
+        return self._mem
+
+    def get(self, key: str) -> Choice | None:
+        with self._lock:
+            return self._load().get(key)
+
+    def put(self, key: str, choice: Choice) -> None:
+        from orchestrator.files import atomic_write_json
+
+        with self._lock:
+            mem = self._load()
+            mem[key] = choice
+            data = {"version": VERSION, "choices": {k: c.model_dump() for k, c in mem.items()}}
+            try:
+                atomic_write_json(self.path, data)
+            except OSError as exc:  # a read-only cache: keep it for this process
+                log.warning("cannot save the MoE path choice to %s: %s", self.path, exc)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._mem = {}
+            self.path.unlink(missing_ok=True)
+
+
+#: The process's cache (tests give layers one of their own).
+CHOICES = ChoiceCache()
