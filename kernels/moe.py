@@ -329,7 +329,7 @@ class MoELayer(torch.nn.Module):
         key = json.dumps(
             {
                 "cpu": cpu() if x.device.type == "cpu" else str(x.device),
-                "layer": cfg.model_dump(exclude={"backend", "masked"}),
+                "layer": cfg.model_dump(exclude={"backend"}),
                 "dtype": str(x.dtype),
                 "bucket": b,
             },
