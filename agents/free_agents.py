@@ -39,17 +39,22 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import BaseModel, Field
 
+from agents.swap_rules import cusum, own_level
 from orchestrator.config import FreeAgentSettings, RewardWeights
 from orchestrator.files import append_jsonl, read_jsonl
 
 if TYPE_CHECKING:
+    from agents.swap_rules import Decision
     from orchestrator.types import ExpertAnswer, Trace
 
 Event = Literal["release", "probation_start", "promotion", "rejection", "no_replacement"]
+
+#: Graded answers kept per agent for a rule that judges them (`release_graded`).
+GRADED_KEPT = 1000
 
 
 class TaskOutcome(BaseModel):
@@ -63,6 +68,9 @@ class TaskOutcome(BaseModel):
     tokens: int = 0
     failed: bool = Field(False, description="An error or a timeout.")
     unparsable: bool = Field(False, description="An answer with no option in it.")
+    expected: float | None = Field(
+        None, description="Its accuracy on this question as its profile predicts it."
+    )
 
 
 def reward(o: TaskOutcome, w: RewardWeights) -> float:
@@ -77,10 +85,11 @@ def reward(o: TaskOutcome, w: RewardWeights) -> float:
     return base - w.penalty * (o.failed or o.unparsable)
 
 
-def outcome(trace: Trace, a: ExpertAnswer) -> TaskOutcome:
+def outcome(trace: Trace, a: ExpertAnswer, expected: float | None = None) -> TaskOutcome:
     """An expert's outcome on an answered question: its answer against the gold (when
-    known) and against the final answer."""
+    known) and against the final answer; `expected`, what its profile predicted."""
     return TaskOutcome(
+        expected=expected,
         agent=a.expert,
         task=trace.id,
         choice=a.choice,
@@ -150,6 +159,12 @@ class Probation:
     graded: list[tuple[list[str], bool]] = field(default_factory=list)  # for its profile
 
 
+def _cusum_now(graded: Sequence[tuple[bool, float]], settings: FreeAgentSettings) -> float:
+    """The expectation test's statistic on an agent's evidence now (0 until its level is set)."""
+    level = own_level(list(graded), settings)
+    return cusum(level[1], settings.detect_drop) if level is not None else 0.0
+
+
 class FreeAgentMonitor:
     """Scores agents, releases underperformers, runs probations, promotes on evidence."""
 
@@ -171,6 +186,16 @@ class FreeAgentMonitor:
         self.free: list[str] = [e for e in settings.free_agents if e in experts]
         self.serving: list[str] = [e for e in experts if e not in self.free]
         self.windows: dict[str, deque[float]] = {e: deque(maxlen=settings.window) for e in experts}
+        #: (right?, predicted accuracy) per graded answer since the agent's last reset
+        self.graded: dict[str, deque[tuple[bool, float]]] = {
+            e: deque(maxlen=GRADED_KEPT) for e in experts
+        }
+        self._fresh: set[str] = set()  # agents with evidence the rule has not judged yet
+        #: agents released with no free agent to replace them: task flagged at
+        self.flagged: dict[str, int] = {}
+        #: free agents' rejections, and the task each may shadow again from (back-off)
+        self.rejections: dict[str, int] = {}
+        self.available_at: dict[str, int] = {}
         self.probations: dict[str, Probation] = {}  # by incumbent
         self.tasks = 0
         self._lock = threading.Lock()
@@ -193,25 +218,28 @@ class FreeAgentMonitor:
         self,
         traces: Iterable[Trace],
         shadow: dict[str, list[tuple[str, ExpertAnswer]]] | None = None,
+        expected: dict[str, dict[str, float]] | None = None,
     ) -> list[AuditEntry]:
         """Score a batch: each trace's experts, and the shadow answers given for it
-        (trace id -> [(incumbent, challenger's ExpertAnswer)]). Returns the decisions."""
+        (trace id -> [(incumbent, challenger's ExpertAnswer)]); `expected`, per trace id,
+        each agent's accuracy on it as its profile predicts. Returns the decisions."""
         w = self.settings.weights
-        shadow = shadow or {}
+        shadow, expected = shadow or {}, expected or {}
         decisions: list[AuditEntry] = []
         with self._lock:
             for tr in traces:
                 self.tasks += 1
-                outs = [outcome(tr, a) for a in tr.answers]
+                pred = expected.get(tr.id, {})
+                outs = [outcome(tr, a, pred.get(a.expert)) for a in tr.answers]
                 by_agent = {o.agent: reward(o, w) for o in outs}
-                for agent, r in by_agent.items():
-                    self._record(agent, r)
+                for o in outs:
+                    self._record(o.agent, by_agent[o.agent], o)
                 shadows = []
                 for incumbent, ans in shadow.get(tr.id, []):
                     p = self.probations.get(incumbent)
                     if p is None or ans.expert != p.challenger or incumbent not in by_agent:
                         continue  # a probation decided since this batch was planned
-                    c = outcome(tr, ans)
+                    c = outcome(tr, ans, pred.get(ans.expert))
                     shadows.append((incumbent, c))
                     if c.correct is not None:  # evidence once graded: here, or by feedback
                         p.pairs[tr.id] = (by_agent[incumbent], reward(c, w))
@@ -237,7 +265,7 @@ class FreeAgentMonitor:
             outs, shadows, keywords = self._recent[task]
             graded = {o.agent: g for o in outs if (g := _graded(o, correct, gold)) is not None}
             for agent, g in graded.items():
-                self._record(agent, reward(g, w))
+                self._record(agent, reward(g, w), g)
             for incumbent, c in shadows:
                 p = self.probations.get(incumbent)
                 gc = _graded(c, correct, gold)
@@ -262,6 +290,7 @@ class FreeAgentMonitor:
                     if agent in self.serving
                     else "free agent"
                 )
+                graded = self.graded[agent]
                 rows.append(
                     {
                         "agent": agent,
@@ -269,17 +298,48 @@ class FreeAgentMonitor:
                         "shadows": shadows.get(agent),
                         "window": len(win),
                         "mean_reward": round(statistics.fmean(win), 4) if win else None,
+                        "graded": len(graded),
+                        "accuracy": round(statistics.fmean(r for r, _ in graded), 4)
+                        if graded
+                        else None,
+                        "expected": round(statistics.fmean(e for _, e in graded), 4)
+                        if graded
+                        else None,
+                        "cusum": round(_cusum_now(graded, self.settings), 3),
+                        "flagged_at": self.flagged.get(agent),
+                        "rejections": self.rejections.get(agent, 0),
+                        "available_at": self.available_at.get(agent)
+                        if agent in self.free
+                        else None,
                     }
                 )
             return rows
 
     # ---- the rules ---------------------------------------------------------------------
 
-    def _record(self, agent: str, r: float) -> None:
-        """A serving agent's reward joins its window (and the metrics)."""
+    def _record(self, agent: str, r: float, o: TaskOutcome | None = None) -> None:
+        """A serving agent's reward joins its window (and the metrics); a graded answer
+        with a prediction joins its graded evidence."""
         if agent in self.serving and agent in self.windows:
             self.windows[agent].append(r)
             self.metrics.reward(agent, r)
+            if o is not None and o.correct is not None and o.expected is not None:
+                self.graded[agent].append((o.correct, o.expected))
+                self._fresh.add(agent)
+
+    def _reset(self, agent: str) -> None:
+        """Forget an agent's evidence: a new decision about it needs fresh evidence."""
+        self.windows[agent].clear()
+        self.graded[agent].clear()
+
+    def _judge(self, agent: str) -> Decision | None:
+        graded_rule = getattr(self.rule, "release_graded", None)
+        if graded_rule is None:
+            return self.rule.release(list(self.windows[agent]), self.settings)
+        if agent not in self._fresh:
+            return None
+        self._fresh.discard(agent)
+        return cast("Decision | None", graded_rule(list(self.graded[agent]), self.settings))
 
     def _entry(
         self, event: Event, agent: str, incumbent: str | None, reason: str, **figures: float
@@ -299,26 +359,40 @@ class FreeAgentMonitor:
         for agent in list(self.serving):
             if agent in self.probations:
                 continue
-            release = self.rule.release(list(self.windows[agent]), self.settings)
+            flagged = self.flagged.get(agent)
+            if flagged is not None:
+                # flagged once with no one to replace it: a free agent that is free now
+                # goes to shadow it; otherwise it waits out the cooldown
+                challenger = self._best_free()
+                if challenger is not None:
+                    del self.flagged[agent]
+                    out.append(self._start(challenger, agent, f"flagged at task {flagged}: "))
+                    continue
+                if self.tasks - flagged < self.settings.flag_cooldown:
+                    continue
+                del self.flagged[agent]  # examined again, on the evidence since the flag
+            release = self._judge(agent)
             if release is None:
                 continue
             out.append(self._entry("release", agent, None, release.reason, **release.figures))
             challenger = self._best_free()
             if challenger is None:
-                out.append(
-                    self._entry(
-                        "no_replacement", agent, None, "no free agent waiting: it keeps serving"
-                    )
+                self.flagged[agent] = self.tasks
+                self.metrics.flag(agent, True)
+                waiting = ", ".join(
+                    f"{e} from task {self.available_at[e]}"
+                    for e in self.free
+                    if self.available_at.get(e, 0) > self.tasks
                 )
-                self.windows[agent].clear()  # ask again after a fresh window
+                why = (
+                    "no free agent waiting: it keeps serving, flagged; examined again "
+                    f"after {self.settings.flag_cooldown} tasks or when a free agent is free"
+                    + (f" ({waiting})" if waiting else "")
+                )
+                out.append(self._entry("no_replacement", agent, None, why))
+                self._reset(agent)  # ask again on fresh evidence
                 continue
-            self.free.remove(challenger)
-            self.probations[agent] = Probation(challenger, agent, self.tasks)
-            out.append(
-                self._entry(
-                    "probation_start", challenger, agent, f"shadows {agent} on every task it takes"
-                )
-            )
+            out.append(self._start(challenger, agent))
         for incumbent, p in list(self.probations.items()):
             verdict = self.rule.verdict(list(p.pairs.values()), incumbent, self.settings)
             if verdict is None:
@@ -327,8 +401,8 @@ class FreeAgentMonitor:
                 self._swap(p)
             else:
                 del self.probations[incumbent]
-                self.free.append(p.challenger)
-                self.windows[incumbent].clear()
+                self._to_pool(p.challenger, rejected=True)
+                self._reset(incumbent)
             out.append(
                 self._entry(
                     verdict.event, p.challenger, incumbent, verdict.reason, **verdict.figures
@@ -336,12 +410,29 @@ class FreeAgentMonitor:
             )
         return out
 
+    def _start(self, challenger: str, incumbent: str, why: str = "") -> AuditEntry:
+        self.free.remove(challenger)
+        self.probations[incumbent] = Probation(challenger, incumbent, self.tasks)
+        self.metrics.flag(incumbent, False)
+        reason = f"shadows {incumbent} on every task it takes"
+        return self._entry("probation_start", challenger, incumbent, f"{why}{reason}")
+
+    def _to_pool(self, agent: str, rejected: bool) -> None:
+        """`agent` to the free-agent pool, free to shadow someone again only after a
+        back-off that doubles with each rejection it has had."""
+        if rejected:
+            self.rejections[agent] = self.rejections.get(agent, 0) + 1
+        wait = self.settings.backoff_tasks * 2 ** max(self.rejections.get(agent, 0) - 1, 0)
+        self.available_at[agent] = self.tasks + wait
+        self.free.append(agent)
+
     def _swap(self, p: Probation) -> None:
         del self.probations[p.incumbent]
         at = self.serving.index(p.incumbent)
         self.serving[at] = p.challenger
-        self.free.append(p.incumbent)
-        self.windows[p.incumbent].clear()
+        self._to_pool(p.incumbent, rejected=False)
+        self._reset(p.incumbent)
+        self.graded[p.challenger].clear()
         win = self.windows[p.challenger]
         win.clear()
         win.extend(c for _, c in p.pairs.values())
@@ -349,6 +440,8 @@ class FreeAgentMonitor:
         self.metrics.swap(p.challenger, p.incumbent)
 
     def _best_free(self) -> str | None:
-        if not self.free:
+        """The free agent with the best record among those past their back-off."""
+        ready = [e for e in self.free if self.available_at.get(e, 0) <= self.tasks]
+        if not ready:
             return None
-        return max(self.free, key=lambda e: (self.record.get(e, -1.0), -self.free.index(e)))
+        return max(ready, key=lambda e: (self.record.get(e, -1.0), -self.free.index(e)))

@@ -1,5 +1,6 @@
 """The free-agent monitor's figures in the Ray dashboard (`ray_conclave_agent_*`): the
-latest reward per agent, decisions by kind, and swaps. No-ops without Ray."""
+latest reward per agent, decisions by kind, swaps, and which agents are flagged (released
+with no free agent to replace them). No-ops without Ray."""
 
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ class AgentMetrics:
                         "conclave_agent_decisions", "Monitor decisions.", ("event", "agent")
                     ),
                     "swaps": Counter("conclave_agent_swaps", "Promotions.", ("agent", "replaced")),
+                    "flagged": Gauge(
+                        "conclave_agent_flagged",
+                        "1 while an agent is flagged with no free agent to replace it.",
+                        ("agent",),
+                    ),
                 }
             return self._m
 
@@ -41,3 +47,7 @@ class AgentMetrics:
     def swap(self, agent: str, replaced: str) -> None:
         if (m := self._metrics()) is not None:
             m["swaps"].inc(1, {"agent": agent, "replaced": replaced})
+
+    def flag(self, agent: str, on: bool) -> None:
+        if (m := self._metrics()) is not None:
+            m["flagged"].set(1.0 if on else 0.0, {"agent": agent})

@@ -5,10 +5,17 @@ ends.
         release(window, settings)  -> Decision | None   release this serving agent?
         verdict(pairs, settings)   -> Decision | None   promote or reject a challenger?
 
+A rule may judge releases on graded answers instead of rewards:
+
+        release_graded(graded, settings) -> Decision | None
+            graded: (right?, the accuracy its profile predicted for that question), oldest
+            first, since the agent's evidence was last reset
+
 The monitor (`agents.free_agents.FreeAgentMonitor`) owns the state (windows of rewards,
-probations, the audit log) and applies a decision; a rule only judges the evidence it is
-given, so a new rule is one small class. Built in, and what `free_agents.swap_rule`
-names: `window-mean` (`WindowMean`). Plug-ins add theirs with `SWAP_RULES.add`.
+graded answers, probations, the audit log) and applies a decision; a rule only judges the
+evidence it is given, so a new rule is one small class. Built in, and what
+`free_agents.swap_rule` names: `expectation` (`Expectation`, the default) and
+`window-mean` (`WindowMean`, an absolute floor). Plug-ins add theirs with `SWAP_RULES.add`.
 """
 
 from __future__ import annotations
@@ -105,5 +112,84 @@ class WindowMean:
         return None
 
 
+def cusum(graded: Sequence[tuple[bool, float]], drop: float) -> float:
+    """The Bernoulli CUSUM statistic of `graded` answers: max(0, S + log-likelihood ratio)
+    per answer, of "right with p - drop" against "right with p", p the accuracy predicted
+    for that answer's question (clamped to [0.05, 0.95], so one surprising answer moves it
+    by at most log(19))."""
+    s = 0.0
+    for right, expected in graded:
+        s = cusum_step(s, right, expected, drop)
+    return s
+
+
+def cusum_step(s: float, right: bool, expected: float, drop: float) -> float:
+    """One graded answer's step of `cusum`."""
+    p0 = min(max(expected, 0.05), 0.95)
+    p1 = max(p0 - drop, 0.01)
+    return max(0.0, s + (math.log(p1 / p0) if right else math.log((1 - p1) / (1 - p0))))
+
+
+#: Pseudo-answers at offset 0 in an agent's own level: a level from few answers stays
+#: near its profile's (a lucky first run of answers does not raise the bar).
+LEVEL_PRIOR = 20
+
+
+def own_level(
+    graded: Sequence[tuple[bool, float]], settings: FreeAgentSettings
+) -> tuple[float, list[tuple[bool, float]]] | None:
+    """(the agent's own offset from its profile, its latest answers judged with their
+    predictions shifted by it); None until `level_samples` answers set a level.
+
+    The latest `detect_window` answers are judged; every older one sets the level: the
+    mean of (right - predicted), shrunk toward 0 by `LEVEL_PRIOR`, kept within
+    [-`calibration_limit`, 0]. So a profile that over-predicts this agent a little (a
+    small validation set) is corrected by its own record, a lucky first run does not
+    raise the bar, and a drop shows in the latest answers against the level before."""
+    n = len(graded)
+    if n <= settings.level_samples:
+        return None
+    ref = max(n - settings.detect_window, settings.level_samples)
+    lim = settings.calibration_limit
+    # only down: an agent luckier than its profile at first is not held to its luck
+    offset = sum(r - e for r, e in graded[:ref]) / (ref + LEVEL_PRIOR)
+    offset = min(max(offset, -lim), 0.0)
+    return offset, [(r, e + offset) for r, e in graded[ref:]]
+
+
+class Expectation(WindowMean):
+    """Release: an agent whose graded answers fall short of what its profile predicts for
+    the very questions it was given, corrected by its own first answers (`own_level`),
+    by a sequential test (a Bernoulli CUSUM tuned to a fall of `detect_drop`, alarm at
+    `detect_threshold`). An agent less accurate by nature is predicted to be, so it is
+    judged against itself: a drop is a change in the agent, not a low level. Verdicts as
+    `window-mean`."""
+
+    def release(self, window: Sequence[float], settings: FreeAgentSettings) -> Decision | None:
+        return None  # rewards alone do not release: `release_graded` does
+
+    def release_graded(
+        self, graded: Sequence[tuple[bool, float]], settings: FreeAgentSettings
+    ) -> Decision | None:
+        level = own_level(graded, settings)
+        if level is None:
+            return None
+        offset, judged = level
+        s = cusum(judged, settings.detect_drop)
+        if s < settings.detect_threshold:
+            return None
+        n = len(judged)
+        right = sum(r for r, _ in judged) / n
+        expected = statistics.fmean(e for _, e in judged)
+        return Decision(
+            "release",
+            f"right on {right:.0%} of {n} graded answers where its own record predicts "
+            f"{expected:.0%} (its profile {offset:+.2f}; CUSUM {s:.1f} >= "
+            f"{settings.detect_threshold})",
+            {"cusum": s, "graded": n, "accuracy": right, "expected": expected, "offset": offset},
+        )
+
+
 SWAP_RULES: Registry[SwapRule] = Registry("swap rule", "free_agents.swap_rule")
+SWAP_RULES.add("expectation", Expectation())
 SWAP_RULES.add("window-mean", WindowMean())

@@ -87,6 +87,8 @@ class Conclave(Asking):
         self.reader = QuestionReader(self)
         self._streaming = Streaming()
         self.state: RoutingState | None = None
+        #: (the profiles as profiling left them, a copy the monitor's predictions use)
+        self._reference: tuple[ProfileSet | None, ProfileSet | None] = (None, None)
         self.monitor: FreeAgentMonitor | None = None
         self.probes = ProbeScheduler(config.free_agents.probes_per_task)
         if config.free_agents.active:
@@ -225,6 +227,33 @@ class Conclave(Asking):
                 prof.add(keywords, correct)
             return prof
         return None
+
+    def expected(self, trace: Trace) -> dict[str, float]:
+        """Each answering (and shadowing) agent's accuracy on the trace's question as its
+        profile predicts, on the question's skills (else its keywords): what the free-agent
+        monitor judges each agent against; an agent with no profile gets no prediction.
+
+        From the profiles as profiling (or loading) left them, not as feedback goes on
+        teaching them: a profile that learnt from a degraded agent's answers would predict
+        the drop, and the monitor would never see it."""
+        from skills.estimates import estimate
+
+        if self.profiles is not self._reference[0]:
+            copy = self.profiles.model_copy(deep=True) if self.profiles is not None else None
+            self._reference = (self.profiles, copy)
+        reference = self._reference[1]
+        skills = (trace.routing.skills if trace.routing is not None else []) or trace.keywords
+        prior = self.state.prior_strength if self.state is not None else 4.0
+        out: dict[str, float] = {}
+        for a in [*trace.answers, *trace.shadow]:
+            if a.expert in out:
+                continue
+            profile = (
+                reference.profiles.get(a.expert) if reference is not None else None
+            ) or self.profile_of(a.expert)
+            if profile is not None:
+                out[a.expert] = estimate(a.expert, profile, skills, prior).accuracy
+        return out
 
     def router(self, experts: Sequence[str] | None = None) -> Router:
         """The router over `experts` (default: those serving now). A free agent promoted
@@ -380,7 +409,9 @@ class Conclave(Asking):
             incumbent = {ch: inc for inc, ch in shadows.items()}
             scored = traces + probe_traces
             self.monitor.observe(
-                scored, {tr.id: [(incumbent[a.expert], a) for a in tr.shadow] for tr in scored}
+                scored,
+                {tr.id: [(incumbent[a.expert], a) for a in tr.shadow] for tr in scored},
+                {tr.id: self.expected(tr) for tr in scored},
             )
         self.recent.record(items, traces)
         return traces

@@ -205,14 +205,69 @@ class FreeAgentSettings(Strict):
     window: int = Field(50, ge=1, description="Sliding window of rewards per agent.")
     min_samples: int = Field(50, ge=1, description="Rewards in the window before a release.")
     swap_rule: str = Field(
-        "window-mean",
+        "expectation",
         min_length=1,
         description="The registered swap rule (agents.swap_rules.SWAP_RULES) deciding "
-        "releases and probation verdicts: 'window-mean' (a window's mean reward under "
-        "release_below releases; one-sided bounds decide probations), or a plug-in's.",
+        "releases and probation verdicts: 'expectation' (each agent judged against what "
+        "its profile predicts for the questions it was given: a CUSUM test on its graded "
+        "answers), 'window-mean' (an absolute floor: a window's mean reward under "
+        "release_below releases), or a plug-in's. Both decide probations on one-sided "
+        "bounds of the paired reward difference.",
     )
     release_below: float = Field(
-        0.85, description="Release an agent whose mean reward over the window is below this."
+        0.85,
+        description="'window-mean': release an agent whose mean reward over the window is "
+        "below this. Both rules: a challenger whose mean reward's lower bound clears it is "
+        "promoted.",
+    )
+    detect_drop: float = Field(
+        0.25,
+        gt=0.0,
+        lt=1.0,
+        description="'expectation': the fall in accuracy, below what the profile predicts "
+        "for each question, that the test looks for. Smaller detects smaller drops, later "
+        "and with more false alarms from a profile that is a little off.",
+    )
+    detect_threshold: float = Field(
+        10.0,
+        gt=0.0,
+        description="'expectation': the CUSUM's log-likelihood-ratio threshold. With the "
+        "defaults, an agent answering as its profile predicts raised about one false alarm "
+        "per 50,000+ graded answers in simulation (README); one whose accuracy falls from "
+        "0.9 to 0.3 is caught after about 12 graded answers (at most 24 in 60 runs).",
+    )
+    level_samples: int = Field(
+        100,
+        ge=1,
+        description="'expectation': graded answers that set an agent's own level against "
+        "its profile before it can be released (after a swap or an alarm, again).",
+    )
+    detect_window: int = Field(
+        200,
+        ge=1,
+        description="'expectation': the latest graded answers the test judges; the older "
+        "ones keep setting the agent's level.",
+    )
+    calibration_limit: float = Field(
+        0.15,
+        ge=0.0,
+        le=1.0,
+        description="'expectation': how far an agent's own first graded answers may move "
+        "its profile's predictions (a profile a little off for it is corrected; a drop "
+        "larger than this from the start is still caught).",
+    )
+    flag_cooldown: int = Field(
+        500,
+        ge=1,
+        description="Tasks before an agent flagged with no free agent to replace it is "
+        "examined again (it is flagged once, not every window); a free agent that becomes "
+        "available meanwhile is sent to shadow it at once.",
+    )
+    backoff_tasks: int = Field(
+        200,
+        ge=0,
+        description="Tasks a demoted or rejected agent waits in the free-agent pool before "
+        "it may shadow anyone; doubled with each rejection it has had.",
     )
     probes_per_task: float = Field(
         0.0,

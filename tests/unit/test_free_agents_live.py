@@ -79,6 +79,8 @@ def test_live_swap_under_concurrent_traffic_loses_and_duplicates_nothing(tmp_pat
                 "free_agents": ["backup"],
                 "window": 20,
                 "min_samples": 20,
+                "level_samples": 20,
+                "detect_window": 20,
                 "probation_min": 20,
                 "audit_log": str(tmp_path / "audit.jsonl"),
             },
@@ -179,10 +181,13 @@ def test_probes_score_serving_experts_on_validation_questions_never_shown(tmp_pa
         assert {p.split(":", 1)[1] for p in probes} <= validation_ids
         assert len(c.monitor.windows["facts"]) == 15  # 10 tasks + 5 probes, all scored
         # probation: the challenger shadows the probes as well as the tasks
-        # a release on the next task: every mean reward is below 2
+        # a release on the next task: the absolute floor, and every mean reward is below 2
+        from agents.swap_rules import SWAP_RULES
+
         c.monitor.settings = c.monitor.settings.model_copy(
-            update={"min_samples": 1, "release_below": 2.0}
+            update={"min_samples": 1, "release_below": 2.0, "swap_rule": "window-mean"}
         )
+        c.monitor.rule = SWAP_RULES.get("window-mean")
         c.answer([test[0]], "symbolic-moe")
         assert "facts" in c.monitor.probations
         backup = c.pool.backends["backup"]
