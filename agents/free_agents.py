@@ -145,6 +145,10 @@ class AuditLog:
         with self._lock:
             return [AuditEntry.model_validate(r) for r in read_jsonl(self.path)]
 
+    def read_dicts(self) -> list[dict[str, Any]]:
+        """`read`, as the JSON the gateway and the CLI show."""
+        return [e.model_dump() for e in self.read()]
+
 
 _Recent = tuple[list[TaskOutcome], list[tuple[str, TaskOutcome]], list[str]]
 

@@ -18,6 +18,7 @@ and OpenAI's error type. Bodies and responses follow the gateway's own models
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -145,9 +146,18 @@ class ConclaveClient:
         body = _feedback_body(response_id, correct, answer)
         return _scored(_check(self._http.post("/v1/feedback", json=body)))
 
-    def agents(self) -> dict[str, Any]:
-        """The free-agent monitor: agents with state and mean reward, recent decisions."""
-        return _check(self._http.get("/v1/agents"))
+    def agents(self, history: int = 50, offset: int | None = None) -> dict[str, Any]:
+        """The free-agent monitor: agents with state and evidence, and decisions (the last
+        `history`, or with `offset` a page of the whole audit log from its start)."""
+        return _check(self._http.get("/v1/agents", params=_page(history, offset)))
+
+    def audit(self, page: int = 500) -> Iterator[dict[str, Any]]:
+        """Every decision of the audit log, oldest first, fetched a page at a time."""
+        offset: int | None = 0
+        while offset is not None:
+            got = self.agents(history=page, offset=offset)
+            yield from got["history"]
+            offset = got["next_offset"]
 
     def close(self) -> None:
         self._http.close()
@@ -191,8 +201,8 @@ class AsyncConclaveClient:
         r = await self._http.post("/v1/feedback", json=_feedback_body(response_id, correct, answer))
         return _scored(_check(r))
 
-    async def agents(self) -> dict[str, Any]:
-        return _check(await self._http.get("/v1/agents"))
+    async def agents(self, history: int = 50, offset: int | None = None) -> dict[str, Any]:
+        return _check(await self._http.get("/v1/agents", params=_page(history, offset)))
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -202,3 +212,7 @@ class AsyncConclaveClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _page(history: int, offset: int | None) -> dict[str, int]:
+    return {"history": history} | ({"offset": offset} if offset is not None else {})

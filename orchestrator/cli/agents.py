@@ -21,9 +21,18 @@ def agents_history(
         Path | None, typer.Option(help="Audit log (default: the config's, else the cache's).")
     ] = None,
     last: Annotated[int, typer.Option(min=1, help="Show the last N decisions.")] = 50,
+    offset: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Page from the log's start instead: the first decision's index (0 based)."
+        ),
+    ] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Every decision, oldest first.")] = False,
     as_json: JsonOnly = False,
 ) -> None:
-    """The monitor's decisions: releases, probations, promotions, rejections."""
+    """The monitor's decisions: releases, flags, probations, promotions, rejections. The
+    last 50 by default; --offset pages through the whole audit log with --last as the
+    page size; --all shows it all."""
     from datetime import datetime
 
     from agents.free_agents import AuditLog
@@ -35,14 +44,23 @@ def agents_history(
         path = log or default_cache_dir() / AUDIT_LOG
         if not path.exists():
             raise ConclaveError(f"no audit log at {path}: the monitor has decided nothing yet")
-        entries = AuditLog(path).read()[-last:]
+        whole = AuditLog(path).read()
+        if show_all:
+            start, entries = 0, whole
+        elif offset is not None:
+            start = min(offset, len(whole))
+            entries = whole[start : start + last]
+        else:
+            start = max(len(whole) - last, 0)
+            entries = whole[start:]
     except (ConclaveError, ValueError) as exc:
         raise fail(exc) from None
     if as_json:
         print_json([e.model_dump() for e in entries])
         return
+    shown = f"{start + 1}-{start + len(entries)}" if entries else "none"
     simple_table(
-        f"last {len(entries)} decisions ({path})",
+        f"decisions {shown} of {len(whole)} ({path})",
         ("time", "task", "event", "agent", "incumbent", "reason"),
         (
             (

@@ -12,6 +12,7 @@ import httpx
 import uvicorn
 from typer.testing import CliRunner
 
+from agents.free_agents import AuditLog
 from evals.skillmix import generate
 from orchestrator.answers import extract_choice
 from orchestrator.cli import app
@@ -116,6 +117,10 @@ def test_live_swap_under_concurrent_traffic_loses_and_duplicates_nothing(tmp_pat
         with ConclaveClient(url) as c:
             agents = {a["agent"]: a for a in c.agents()["agents"]}
             history = c.agents()["history"]
+            # the whole audit log, a page at a time, oldest first
+            whole = list(c.audit(page=2))
+            first = c.agents(history=2, offset=0)
+            past_end = c.agents(history=5, offset=10_000)
     finally:
         server.should_exit = True
         time.sleep(0.5)
@@ -132,13 +137,19 @@ def test_live_swap_under_concurrent_traffic_loses_and_duplicates_nothing(tmp_pat
     assert promoted_at < sent
     last = sorted(replies, key=lambda r: r["n"])[-20:]
     assert all(r["experts"] == ["backup"] for r in last)
-    # the audit log is what `conclave agents history` shows
-    res = CliRunner().invoke(
-        app, ["agents", "history", "--log", str(tmp_path / "audit.jsonl"), "--json"]
-    )
+    assert whole == AuditLog(tmp_path / "audit.jsonl").read_dicts()
+    assert first["history"] == whole[:2] and first["total"] == len(whole)
+    assert first["next_offset"] == (2 if len(whole) > 2 else None)
+    assert past_end["history"] == [] and past_end["next_offset"] is None
+    # the audit log is what `conclave agents history` shows, the last ones or a page
+    log = ["agents", "history", "--log", str(tmp_path / "audit.jsonl"), "--json"]
+    res = CliRunner().invoke(app, log)
     assert res.exit_code == 0 and [e["event"] for e in json.loads(res.stdout)] == [
         e for e, _ in events
     ]
+    page = CliRunner().invoke(app, [*log, "--offset", "1", "--last", "1"])
+    assert json.loads(page.stdout) == whole[1:2]
+    assert json.loads(CliRunner().invoke(app, [*log, "--all"]).stdout) == whole
 
 
 def test_bench_free_agents_replays_the_scenario_through_the_facade():

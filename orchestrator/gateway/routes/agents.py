@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from orchestrator.gateway.deps import Served
 from orchestrator.gateway.errors import GatewayError
@@ -15,11 +15,29 @@ router = APIRouter()
 
 
 @router.get("/v1/agents")
-async def agents(gw: Served, history: int = 50) -> dict[str, Any]:
-    """The monitor's view: each agent's state and mean reward, and its last decisions."""
+async def agents(
+    gw: Served,
+    history: Annotated[int, Query(ge=0, le=10_000, description="Decisions to return.")] = 50,
+    offset: Annotated[
+        int | None,
+        Query(ge=0, description="Page from the audit log's start: the first decision's index."),
+    ] = None,
+) -> dict[str, Any]:
+    """The monitor's view: each agent's state, evidence and flags, and its decisions:
+    the last `history` of them, or with `offset` a page of the whole audit log from its
+    start (`next_offset` is the next page's, None after the last)."""
     mon = gw.monitor()
-    entries = mon.log.read()[-max(0, min(history, 10_000)) :] if history > 0 else []
-    return {"agents": mon.status(), "history": [e.model_dump() for e in entries]}
+    log = await anyio.to_thread.run_sync(mon.log.read)
+    start = max(len(log) - history, 0) if offset is None else min(offset, len(log))
+    entries = log[start : start + history]
+    end = start + len(entries)
+    return {
+        "agents": mon.status(),
+        "history": [e.model_dump() for e in entries],
+        "total": len(log),
+        "offset": start,
+        "next_offset": end if offset is not None and end < len(log) else None,
+    }
 
 
 @router.post("/v1/feedback")
