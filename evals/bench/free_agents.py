@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from evals.bench.free_agents_pools import PoolsBenchResult
 from orchestrator.config import ConclaveConfig, parse_config
 from orchestrator.errors import ConfigError
 from orchestrator.types import Item
@@ -110,7 +111,8 @@ class FreeAgentsSummary(BaseModel):
 
 
 class FreeAgentsBenchResult(BaseModel):
-    """`conclave bench free-agents`: the scenario, each run and control run, a summary."""
+    """`conclave bench free-agents`: the scenario, each run and control run, a summary;
+    with `--pools`, the heterogeneous pools served through the gateway too."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -118,6 +120,7 @@ class FreeAgentsBenchResult(BaseModel):
     runs: list[DropRun]
     controls: list[ControlRun]
     summary: FreeAgentsSummary
+    pools: PoolsBenchResult | None = None
 
 
 def _items(split: Split, per_category: int) -> list[Item]:

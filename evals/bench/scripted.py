@@ -203,17 +203,23 @@ def create_app(script: Script) -> FastAPI:
 
 @contextmanager
 def scripted_server(
-    pool: ScriptedPool, items: Sequence[Item], seed: int, timeout_s: float = 30
+    pool: ScriptedPool,
+    items: Sequence[Item],
+    seed: int,
+    timeout_s: float = 30,
+    script: Script | None = None,
 ) -> Iterator[str]:
     """Serve `pool`'s scripted models on 127.0.0.1 (a free port) in a daemon thread until
-    the block ends; yields the base URL (`http://127.0.0.1:PORT/v1`)."""
+    the block ends; yields the base URL (`http://127.0.0.1:PORT/v1`). Pass `script` to
+    change what a model answers while it serves (fault injection: replace one of its
+    `experts`)."""
     import uvicorn
 
     from evals.bench.loopback import free_port
 
     port = free_port()
     config = uvicorn.Config(
-        create_app(Script(pool, items, seed)),
+        create_app(script or Script(pool, items, seed)),
         host="127.0.0.1",
         port=port,
         log_level="error",

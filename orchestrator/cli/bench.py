@@ -264,31 +264,55 @@ def bench_free_agents(
         float, typer.Option(min=0.0, max=10.0, help="free_agents.probes_per_task (0: none).")
     ] = 2.0,
     window: Annotated[int, typer.Option(min=1, help="free_agents.window = min_samples.")] = 80,
+    pools: Annotated[
+        bool,
+        typer.Option(
+            "--pools",
+            help="Also serve heterogeneous pools of scripted remote experts through the "
+            "gateway (8 clients, feedback on every answer, the monitor's defaults): "
+            "specialists, a generalist and a free agent, a drop in one specialist, and "
+            "control runs (minutes per run).",
+        ),
+    ] = False,
+    pool: Annotated[
+        list[str] | None, typer.Option(help="With --pools: only these pools (repeatable).")
+    ] = None,
     as_json: FiguresJson = False,
     output: FiguresOut = None,
 ) -> None:
     """The free-agent scenario: an expert degrades mid-stream, the monitor releases it and
-    promotes a free agent after probation; a control run without the drop per seed."""
+    promotes a free agent after probation; a control run without the drop per seed. With
+    --pools, the same in heterogeneous pools served through the gateway."""
     if drop_at >= requests:
         raise fail(ValueError(f"--drop-at {drop_at} must come before the end (--requests)"))
     for name, v in (("incumbent", incumbent), ("degraded", degraded), ("free-agent", free_agent)):
         if not 0 <= v <= 1:
             raise fail(ValueError(f"--{name} {v} is not an accuracy between 0 and 1"))
     from evals.bench import run_free_agents_bench
+    from evals.bench.free_agents_pools import POOLS, run_free_agent_pools
 
-    res = figures(
-        run_free_agents_bench(
-            seeds,
-            requests,
-            drop_at,
-            incumbent,
-            degraded,
-            free_agent,
-            probes,
-            window,
-            progress=not as_json,
-        )
+    unknown = [p for p in pool or [] if p not in POOLS]
+    if unknown:
+        raise fail(ValueError(f"unknown pool {unknown[0]!r}: choose from {', '.join(POOLS)}"))
+    result = run_free_agents_bench(
+        seeds,
+        requests,
+        drop_at,
+        incumbent,
+        degraded,
+        free_agent,
+        probes,
+        window,
+        progress=not as_json,
     )
+    if pools:
+        try:
+            result.pools = run_free_agent_pools(
+                pool, seeds, requests, drop_at, progress=not as_json
+            )
+        except ConclaveError as exc:
+            raise fail(exc) from None
+    res = figures(result)
     if emit_json(res, output, as_json):
         return
     print_table(
@@ -320,6 +344,51 @@ def bench_free_agents(
         ),
     )
     out.print(res["summary"])
+    if res["pools"] is not None:
+        _print_pools(res["pools"])
+
+
+def _print_pools(p: dict[str, Any]) -> None:
+    """The heterogeneous pools' runs: one row per run and control run."""
+    print_table(
+        "free agents in heterogeneous pools, through the gateway",
+        (
+            "pool",
+            "seed",
+            "run",
+            "false\nreleases",
+            "detected\nafter",
+            "promoted\nafter",
+            "acc\nbefore %",
+            "during\n%",
+            "after\n%",
+            "lost",
+        ),
+        (
+            (
+                r["pool"],
+                r["seed"],
+                "drop" if r["drop_at"] is not None else "control",
+                r["false_releases"],
+                _dash(r["detected_after"]),
+                _dash(r["promoted_after"]),
+                _dash(r["accuracy_before"]),
+                _dash(r["accuracy_during"]),
+                _dash(r["accuracy_after"]),
+                r["lost"],
+            )
+            for r in [*p["runs"], *p["controls"]]
+        ),
+        caption="after: requests sent from the drop; accuracy on the victim's subjects "
+        "(before the drop, until the promotion, after it)",
+    )
+    for name, what in p["pools"].items():
+        out.print(f"{name}: {what}")
+    out.print(p["summary"])
+
+
+def _dash(v: object) -> object:
+    return "-" if v is None else v
 
 
 @app.command("failover")

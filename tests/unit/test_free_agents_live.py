@@ -207,3 +207,37 @@ def test_probes_score_serving_experts_on_validation_questions_never_shown(tmp_pa
         shadowed = [i for call in backup.calls[before:] for i in call]
         assert sum(i.startswith("probe") for i in shadowed) == 2
         assert len(shadowed) == 6
+
+
+def test_bench_free_agents_pools_serves_scripted_experts_through_the_gateway():
+    """The heterogeneous scenario on the real path: scripted remote experts behind an
+    OpenAI-compatible server, the gateway, 8 clients with feedback, the monitor's
+    defaults. The degraded specialist is released soon after the drop and the free agent
+    promoted; no healthy agent is released, nothing is lost."""
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "free-agents",
+            "--seeds",
+            "1",
+            "--requests",
+            "400",
+            "--drop-at",
+            "200",
+            "--pools",
+            "--pool",
+            "three-specialists",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    pools = json.loads(res.stdout)["pools"]
+    (run,), (control,) = pools["runs"], pools["controls"]
+    assert run["lost"] == 0 and control["lost"] == 0
+    assert run["false_releases"] == 0 and control["false_releases"] == 0, (run, control)
+    assert run["releases"][0].startswith("stem@")
+    assert run["detected_after"] is not None and run["detected_after"] <= 50
+    assert run["promoted_after"] is not None and run["accuracy_after"] is not None
+    bad = CliRunner().invoke(app, ["bench", "free-agents", "--pools", "--pool", "nope"])
+    assert bad.exit_code != 0 and "unknown pool 'nope'" in bad.output

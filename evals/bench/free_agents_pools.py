@@ -1,0 +1,404 @@
+"""`conclave bench free-agents --pools`: free agents in heterogeneous pools, served for real.
+
+What a user of `conclave serve` would see. Scripted experts (`evals.bench.scripted`)
+answer MMLU-Pro questions behind an OpenAI-compatible server on 127.0.0.1 and are reached
+through the remote (litellm) backend; the pool is served by `conclave serve` in a
+process of its own (profiled at start on the shared MMLU-Pro validation file), where 8
+client threads ask the routed model `conclave` test questions and send `/v1/feedback`
+(with the right answer) on every reply. The free-agent monitor runs with its defaults and `probes_per_task` 2.
+
+Each pool has specialists (strong on their own subjects, weak elsewhere), a generalist
+(mediocre everywhere) and a free agent nearly as good as one specialist (the victim) on
+its subjects. In a drop run, the victim's accuracy on its subjects falls from request
+`drop_at` on (fault injection in the scripted server); a control run serves the same
+questions without it. Reported per run: every release of a healthy agent (a false
+alarm), the requests from the drop to the victim's release and to the free agent's
+promotion, served accuracy on the victim's subjects before the drop, during, and after
+the promotion, and requests that failed or came back without an answer.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from evals.bench.pools import KEY_ENV, SHARED_DATA, _data, _specialist
+from evals.bench.scripted import (
+    AGGREGATOR,
+    KEYWORD_MODEL,
+    Script,
+    ScriptedExpert,
+    ScriptedPool,
+    scripted_server,
+)
+from orchestrator.config import ConclaveConfig, parse_config
+from orchestrator.errors import ConfigError
+
+
+class HeteroPool(BaseModel):
+    """A pool for the scenario: who degrades, to what, and who can replace it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool: ScriptedPool
+    victim: str = Field(..., description="The specialist whose accuracy drops.")
+    free_agent: str = Field(..., description="The expert waiting in the free-agent pool.")
+    degraded: float = Field(..., description="The victim's accuracy on its subjects after.")
+
+
+STEM = ("math", "physics", "engineering", "computer science")
+LIFE = ("biology", "chemistry", "health")
+SOCIAL = ("business", "economics", "psychology", "law")
+
+POOLS: dict[str, HeteroPool] = {
+    p.pool.name: p
+    for p in (
+        HeteroPool(
+            pool=ScriptedPool(
+                name="three-specialists",
+                description="stem, life and social specialists (0.9 on their subjects, 0.3 "
+                "elsewhere), a 0.6 generalist; the free agent is 0.87 on stem's subjects",
+                experts=[
+                    _specialist("stem", STEM, 0.9, 0.3),
+                    _specialist("life", LIFE, 0.9, 0.3),
+                    _specialist("social", SOCIAL, 0.9, 0.3),
+                    ScriptedExpert(name="generalist", default=0.6),
+                    _specialist("understudy", STEM, 0.87, 0.35),
+                ],
+            ),
+            victim="stem",
+            free_agent="understudy",
+            degraded=0.3,
+        ),
+        HeteroPool(
+            pool=ScriptedPool(
+                name="uneven",
+                description="a strong life specialist (0.95), a weaker social one (0.75), "
+                "a 0.5 generalist; the life specialist drops to 0.45; the free agent is "
+                "0.92 on life's subjects",
+                experts=[
+                    _specialist("life", LIFE, 0.95, 0.3),
+                    _specialist("social", SOCIAL, 0.75, 0.35),
+                    ScriptedExpert(name="generalist", default=0.5),
+                    _specialist("backup", LIFE, 0.92, 0.3),
+                ],
+            ),
+            victim="life",
+            free_agent="backup",
+            degraded=0.45,
+        ),
+    )
+}
+
+
+class PoolRun(BaseModel):
+    """One stream of requests through the gateway."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool: str
+    seed: int
+    requests: int
+    drop_at: int | None = Field(..., description="None: a control run.")
+    lost: int = Field(..., description="Requests that failed or came back without an answer.")
+    false_releases: int = Field(
+        ...,
+        description="Releases of a healthy agent (any, in a control run; another than "
+        "the victim, or the victim before the drop, in a drop run).",
+    )
+    releases: list[str] = Field(
+        ..., description="Every release: 'agent@request: the monitor's reason'."
+    )
+    decisions: int = Field(..., description="Audit log entries.")
+    detected_after: int | None = Field(
+        None, description="Requests sent from the drop to the victim's release."
+    )
+    promoted_after: int | None = Field(
+        None, description="Requests sent from the drop to the free agent's promotion."
+    )
+    accuracy_before: float | None = Field(
+        None, description="Served accuracy (%) on the victim's subjects before the drop."
+    )
+    accuracy_during: float | None = Field(None, description="From the drop to the promotion.")
+    accuracy_after: float | None = Field(None, description="After the promotion.")
+    seconds: float
+
+
+def _config(pool: ScriptedPool, url: str, free_agent: str, cache: Path) -> ConclaveConfig:
+    def expert(name: str, roles: list[str]) -> dict[str, Any]:
+        backend = {
+            "type": "remote",
+            "model": f"openai/{name}",
+            "api_base": url,
+            "api_key_env": KEY_ENV,
+            "max_concurrency": 32,
+            "max_retries": 1,
+            "backoff_s": 0.05,
+            "timeout_s": 30,
+        }
+        return {"name": name, "roles": roles, "backend": backend}
+
+    return parse_config(
+        {
+            "pool": {
+                "experts": [
+                    *(expert(e.name, ["expert"]) for e in pool.experts),
+                    expert(KEYWORD_MODEL, ["keywords"]),
+                    expert(AGGREGATOR, ["aggregator"]),
+                ]
+            },
+            "routing": {"embedder": "ngram"},
+            "gateway": {"access_log": False},
+            "free_agents": {
+                "free_agents": [free_agent],
+                "probes_per_task": 2.0,
+                "audit_log": str(cache / "audit.jsonl"),
+            },
+            "cache_dir": str(cache),
+        }
+    )
+
+
+def run_pool_stream(
+    spec: HeteroPool,
+    seed: int,
+    requests: int,
+    drop_at: int | None,
+    folder: Path,
+    clients: int = 8,
+) -> PoolRun:
+    """Serve `spec`'s pool with `conclave serve` (profiled on the validation file at
+    start) and drive `requests` routed questions with feedback from `clients` threads;
+    the victim degrades at request `drop_at`."""
+    import sys
+
+    import httpx
+
+    from evals.bench.loopback import free_port, server
+    from orchestrator.formats import load_file
+
+    t0 = time.perf_counter()
+    profile_file, test_file = _data(SHARED_DATA, 150, folder)
+    validation, test = load_file(profile_file), load_file(test_file)
+    os.environ.setdefault(KEY_ENV, "scripted")
+    script = Script(spec.pool, validation + test, seed)
+    victim_subjects = set(script.experts[spec.victim].accuracy)
+    rng = random.Random(seed)
+    stream = [rng.choice(test) for _ in range(requests)]
+    run = folder / f"{spec.pool.name}-{seed}-{'drop' if drop_at is not None else 'control'}"
+    run.mkdir(parents=True)
+    rows: list[dict[str, Any]] = []
+    sent = iter(range(requests))
+    lock = threading.Lock()
+    with scripted_server(spec.pool, validation + test, seed, script=script) as url:
+        config = _config(spec.pool, url, spec.free_agent, run / "cache")
+        (run / "config.json").write_text(config.model_dump_json(exclude_none=True))
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "orchestrator.cli", "serve", "--config"]
+        cmd += [str(run / "config.json"), "--port", str(port), "--data", str(profile_file)]
+        with server(cmd, f"{base}/readyz", run / "serve.log", timeout_s=600):
+
+            def client() -> None:
+                with httpx.Client(base_url=base, timeout=120) as http:
+                    while True:
+                        with lock:
+                            n = next(sent, None)
+                            if n is None:
+                                return
+                            if n == drop_at:  # fault injection, from this request on
+                                _degrade(script, spec)
+                            started = time.time()
+                        item = stream[n]
+                        row: dict[str, Any] = {
+                            "n": n,
+                            "started": started,
+                            "category": item.category,
+                        }
+                        try:
+                            row |= _ask(http, item.question, item.gold_answer)
+                        except Exception as exc:  # a lost request, counted
+                            row["error"] = f"{type(exc).__name__}: {exc}"
+                        with lock:
+                            rows.append(row)
+
+            with cf.ThreadPoolExecutor(clients) as ex:
+                for fut in [ex.submit(client) for _ in range(clients)]:
+                    fut.result()
+            log = _audit(base)
+    return _summarise(spec, seed, requests, drop_at, rows, log, victim_subjects, t0)
+
+
+def _ask(http: Any, question: str, gold: str | None) -> dict[str, Any]:
+    """One routed question and the user's feedback on its answer (with the right one)."""
+    body = {"model": "conclave", "messages": [{"role": "user", "content": question}]}
+    r = http.post("/v1/chat/completions", json=body)
+    r.raise_for_status()
+    reply = r.json()
+    choice = (reply.get("conclave") or {}).get("choice")
+    right = choice == gold
+    fb = http.post("/v1/feedback", json={"id": reply["id"], "correct": right, "answer": gold})
+    fb.raise_for_status()
+    return {"right": right, "answered": choice is not None}
+
+
+def _audit(base: str) -> list[dict[str, Any]]:
+    """The server's whole audit log through `GET /v1/agents`, a page at a time."""
+    import httpx
+
+    out: list[dict[str, Any]] = []
+    offset: int | None = 0
+    with httpx.Client(base_url=base, timeout=60) as http:
+        while offset is not None:
+            page = http.get("/v1/agents", params={"history": 500, "offset": offset}).json()
+            out += page["history"]
+            offset = page["next_offset"]
+    return out
+
+
+def _degrade(script: Script, spec: HeteroPool) -> None:
+    expert = script.experts[spec.victim]
+    script.experts[spec.victim] = expert.model_copy(
+        update={"accuracy": dict.fromkeys(expert.accuracy, spec.degraded)}
+    )
+
+
+def _summarise(
+    spec: HeteroPool,
+    seed: int,
+    requests: int,
+    drop_at: int | None,
+    rows: list[dict[str, Any]],
+    log: list[dict[str, Any]],
+    subjects: set[str],
+    t0: float,
+) -> PoolRun:
+    by_start = sorted(rows, key=lambda r: r["started"])
+
+    def at(when: float) -> int:
+        """The requests sent before `when`."""
+        return sum(r["started"] < when for r in by_start)
+
+    drop_time = next((r["started"] for r in rows if r["n"] == drop_at), None)
+    releases = [(e["agent"], e["time"]) for e in log if e["event"] == "release"]
+    reasons = [e["reason"] for e in log if e["event"] == "release"]
+    false = [a for a, t in releases if drop_time is None or a != spec.victim or t < drop_time]
+    victim_release = next(
+        (t for a, t in releases if a == spec.victim and drop_time and t >= drop_time), None
+    )
+    promotion = next(
+        (
+            e["time"]
+            for e in log
+            if e["event"] == "promotion"
+            and e["agent"] == spec.free_agent
+            and drop_time is not None
+            and e["time"] >= drop_time
+        ),
+        None,
+    )
+
+    def acc(lo: float, hi: float) -> float | None:
+        part = [
+            r["right"]
+            for r in by_start
+            if lo <= r["started"] < hi and r["category"] in subjects and "right" in r
+        ]
+        return round(100 * sum(part) / len(part), 1) if part else None
+
+    inf = float("inf")
+    end_during = promotion if promotion is not None else inf
+    return PoolRun(
+        pool=spec.pool.name,
+        seed=seed,
+        requests=requests,
+        drop_at=drop_at,
+        lost=sum("error" in r or not r.get("answered") for r in rows) + (requests - len(rows)),
+        false_releases=len(false),
+        releases=[f"{a}@{at(t)}: {why}" for (a, t), why in zip(releases, reasons, strict=True)],
+        decisions=len(log),
+        detected_after=None if victim_release is None else at(victim_release) - (drop_at or 0),
+        promoted_after=None if promotion is None else at(promotion) - (drop_at or 0),
+        accuracy_before=acc(0.0, drop_time if drop_time is not None else inf),
+        accuracy_during=acc(drop_time, end_during) if drop_time is not None else None,
+        accuracy_after=acc(promotion, inf) if promotion is not None else None,
+        seconds=round(time.perf_counter() - t0, 1),
+    )
+
+
+class PoolsSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    false_releases: int = Field(..., description="Over every run and control run.")
+    detected_after_max: int | None = Field(..., description="None if a drop went unseen.")
+    after_gap_points_max: float | None = Field(
+        ...,
+        description="Largest (before - after the promotion) accuracy on the victim's "
+        "subjects; None if a run promoted no one.",
+    )
+    lost: int
+
+
+class PoolsBenchResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pools: dict[str, str] = Field(..., description="Name -> description.")
+    runs: list[PoolRun]
+    controls: list[PoolRun]
+    summary: PoolsSummary
+
+
+def run_free_agent_pools(
+    pools: list[str] | None = None,
+    seeds: int = 2,
+    requests: int = 2000,
+    drop_at: int = 1000,
+    progress: bool = True,
+) -> PoolsBenchResult:
+    """Each pool, `seeds` drop runs and as many control runs."""
+    from orchestrator.progress import progress_bar
+
+    names = pools or list(POOLS)
+    unknown = [n for n in names if n not in POOLS]
+    if unknown:
+        raise ConfigError(f"unknown pool {unknown[0]!r}: choose from {', '.join(POOLS)}")
+    if not 0 < drop_at < requests:
+        raise ConfigError(f"drop_at {drop_at} must fall inside the {requests} requests")
+    runs: list[PoolRun] = []
+    controls: list[PoolRun] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="conclave-free-agent-pools-") as tmp,
+        progress_bar(disable=not progress) as bar,
+    ):
+        task = bar.add_task("free agents in heterogeneous pools", total=2 * seeds * len(names))
+        for name in names:
+            for seed in range(seeds):
+                runs.append(run_pool_stream(POOLS[name], seed, requests, drop_at, Path(tmp)))
+                bar.advance(task)
+                controls.append(run_pool_stream(POOLS[name], seed, requests, None, Path(tmp)))
+                bar.advance(task)
+    detected = [r.detected_after for r in runs]
+    gaps = [
+        r.accuracy_before - r.accuracy_after
+        for r in runs
+        if r.accuracy_before is not None and r.accuracy_after is not None
+    ]
+    return PoolsBenchResult(
+        pools={n: POOLS[n].pool.description for n in names},
+        runs=runs,
+        controls=controls,
+        summary=PoolsSummary(
+            false_releases=sum(r.false_releases for r in [*runs, *controls]),
+            detected_after_max=None if None in detected else max(d or 0 for d in detected),
+            after_gap_points_max=round(max(gaps), 1) if len(gaps) == len(runs) else None,
+            lost=sum(r.lost for r in [*runs, *controls]),
+        ),
+    )
