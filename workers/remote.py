@@ -9,9 +9,12 @@ group are unaffected.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import random
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator.config import RemoteBackendConfig
 from orchestrator.errors import (
@@ -28,6 +31,8 @@ from workers.batch import GenerationRequest, GenerationResult
 if TYPE_CHECKING:
     from orchestrator.config import ConclaveConfig, ExpertConfig
 
+T = TypeVar("T")
+
 
 def _litellm() -> Any:
     # litellm fetches a price map from the internet on import unless told not to.
@@ -36,6 +41,57 @@ def _litellm() -> Any:
 
     litellm.suppress_debug_info = True
     return litellm
+
+
+class _Loop:
+    """The process's one event loop for remote calls, in a daemon thread of its own.
+
+    litellm binds async state (its logging worker, its HTTP clients) to the loop it first
+    ran on. A new loop per batch (`asyncio.run`) made it print "LoggingWorker error:
+    cannot reuse already awaited coroutine" tracebacks and "Task was destroyed but it is
+    pending!" between the progress bars, though every call succeeded; one loop for the
+    process keeps it quiet, and lets connections be reused across batches."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    lock = threading.Lock()
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls.lock:
+            if cls.loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=loop.run_forever, name="remote-experts", daemon=True
+                ).start()
+                cls.loop = loop
+                atexit.register(cls.stop)
+            return cls.loop
+
+    @classmethod
+    def stop(cls) -> None:
+        """At exit: let what is pending (litellm's logging tasks) end, then stop."""
+        loop = cls.loop
+        if loop is None or not loop.is_running():
+            return
+
+        async def drain() -> None:
+            me = asyncio.current_task()
+            pending = [t for t in asyncio.all_tasks() if t is not me]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout=5)
+        except Exception:  # noqa: BLE001 - exiting anyway: nothing left to tell
+            pass
+        loop.call_soon_threadsafe(loop.stop)
+
+
+def run_on_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on the process's remote-call loop and wait for its result (from any
+    thread but the loop's own)."""
+    return asyncio.run_coroutine_threadsafe(coro, _Loop.get()).result()
 
 
 def classify(exc: BaseException, expert: str) -> RemoteError:
@@ -69,6 +125,7 @@ class RemoteBackend(ExpertBackend):
         assert isinstance(config.backend, RemoteBackendConfig)
         self.spec: RemoteBackendConfig = config.backend
         self._ready = False
+        self._sem: asyncio.Semaphore | None = None
 
     @property
     def loaded(self) -> bool:
@@ -95,11 +152,12 @@ class RemoteBackend(ExpertBackend):
         self._ready = False
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        return asyncio.run(self._generate_all(requests))
+        return run_on_loop(self._generate_all(requests))
 
     async def _generate_all(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        sem = asyncio.Semaphore(self.spec.max_concurrency)
-        return list(await asyncio.gather(*(self._one(r, sem) for r in requests)))
+        if self._sem is None:  # made on the loop, once: the limit holds across batches
+            self._sem = asyncio.Semaphore(self.spec.max_concurrency)
+        return list(await asyncio.gather(*(self._one(r, self._sem) for r in requests)))
 
     async def _one(self, req: GenerationRequest, sem: asyncio.Semaphore) -> GenerationResult:
         lm = _litellm()

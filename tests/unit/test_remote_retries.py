@@ -135,3 +135,35 @@ def test_missing_api_key_variable_is_named(stub, monkeypatch):
     results = ask(pool_for(stub, "ok", api_key_env="CONCLAVE_TEST_KEY"), "ok", ["k"])
     assert results[0].error.type == "ConfigError"
     assert "CONCLAVE_TEST_KEY" in results[0].error.message
+
+
+def test_an_eval_with_remote_experts_leaves_stderr_clean(tmp_path):
+    """`conclave eval` with remote experts against a local OpenAI-compatible server (the
+    scripted one): litellm's logging worker once printed hundreds of tracebacks ("cannot
+    reuse already awaited coroutine", "Task was destroyed but it is pending!") between the
+    progress bars though every call succeeded. Now stderr holds no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from evals.bench.pools import KEY_ENV, POOLS, SHARED_DATA, _config, _data
+    from evals.bench.scripted import scripted_server
+    from orchestrator.formats import load_file
+
+    profile, test = _data(SHARED_DATA, 2, tmp_path)
+    pool = POOLS["faulty"]  # errors and garbage too: retries must stay quiet
+    items = load_file(profile) + load_file(test)
+    with scripted_server(pool, items, 0) as url:
+        cfg = _config(pool, url, 0, "ngram", tmp_path / "cache")
+        path = tmp_path / "pool.json"
+        path.write_text(cfg.model_dump_json(exclude_none=True))
+        cmd = [sys.executable, "-m", "orchestrator.cli", "eval", "-c", str(path)]
+        cmd += ["--data", str(test), "--profile-data", str(profile), "-s", "conclave"]
+        cmd += ["-s", "majority", "--out", str(tmp_path / "run"), "--json", "--allow-errors"]
+        env = {**os.environ, KEY_ENV: "scripted"}
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr and "Task was destroyed" not in res.stderr, res.stderr[
+        -3000:
+    ]
+    assert "LoggingWorker" not in res.stderr
