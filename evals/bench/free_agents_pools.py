@@ -5,7 +5,8 @@ answer MMLU-Pro questions behind an OpenAI-compatible server on 127.0.0.1 and ar
 through the remote (litellm) backend; the pool is served by `conclave serve` in a
 process of its own (profiled at start on the shared MMLU-Pro validation file), where 8
 client threads ask the routed model `conclave` test questions and send `/v1/feedback`
-(with the right answer) on every reply. The free-agent monitor runs with its defaults and `probes_per_task` 2.
+(with the right answer) on every reply. The free-agent monitor runs with its defaults
+and `probes_per_task` 2.
 
 Each pool has specialists (strong on their own subjects, weak elsewhere), a generalist
 (mediocre everywhere) and a free agent nearly as good as one specialist (the victim) on
