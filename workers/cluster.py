@@ -27,6 +27,9 @@ def ensure_ray(cluster: ClusterConfig) -> None:
             "namespace": cluster.namespace,
             "ignore_reinit_error": True,
             "log_to_driver": False,
+            # Ray's own "Started a local Ray instance" INFO line: ours below says where
+            # it is (and its dashboard) in the product's log instead
+            "logging_level": logging.WARNING,
         }
         if address is None:
             kwargs.update(
@@ -38,6 +41,12 @@ def ensure_ray(cluster: ClusterConfig) -> None:
         else:
             kwargs["address"] = address
         log.info("connecting to Ray at %s", address or "a new local cluster")
+        # Ray warns at every start that token auth is on, with how to turn it off: the
+        # line below says it is on (and how to get the token); turning it off is not advice
+        # to print by default
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR
+        )
         ctx = ray.init(**kwargs)
         dashboard = getattr(ctx, "dashboard_url", None) or None
         # Ray 2.60 binds its own ports on every interface whatever the node address (seen
