@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from orchestrator.cli.experts import memory_gb
 from orchestrator.cli.render import err, fail, print_json, simple_table
 from orchestrator.errors import ConclaveError
 
@@ -57,7 +58,7 @@ def config_validate(
                 e.backend.type,
                 getattr(e.backend, "model", "-"),
                 ", ".join(r.value for r in e.roles),
-                f"{e.resources.memory_gb:g}",
+                "-" if (gb := memory_gb(e)) is None else f"{gb:g}",
             )
             for e in cfg.pool.experts
         ),

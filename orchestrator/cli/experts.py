@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -12,6 +12,9 @@ from rich.table import Table
 from orchestrator.cli.options import ConfigOpt, JsonOnly, ZooDir
 from orchestrator.cli.render import fail, out, print_json
 from orchestrator.errors import ConclaveError
+
+if TYPE_CHECKING:
+    from orchestrator.config import ExpertConfig
 
 app = typer.Typer(help="The experts of a config or the embedded zoo.", no_args_is_help=True)
 
@@ -50,7 +53,7 @@ def experts_list(
                 "backend": e.backend.type,
                 "model": getattr(e.backend, "model", None),
                 "roles": [r.value for r in e.roles],
-                "memory_gb": e.resources.memory_gb,
+                "memory_gb": memory_gb(e),
                 "trained_on": entry.trained_on if entry else None,
                 "architecture": entry.architecture if entry else None,
                 "live": live[e.name].model_dump() if e.name in live else None,
@@ -82,7 +85,7 @@ def experts_list(
             r["backend"],
             model.removesuffix("ForCausalLM"),
             ", ".join(r["roles"]),
-            f"{r['memory_gb']:g}",
+            "-" if r["memory_gb"] is None else f"{r['memory_gb']:g}",
             *(_live_cells(r["live"]) if live else [", ".join(r["trained_on"] or []) or "-"]),
         )
     out.print(table)
@@ -112,3 +115,15 @@ def _live_status(url: str, api_key: str | None) -> tuple[dict[str, Any], str]:
         return {}, "no gateway running there"
     except GatewayClientError as exc:
         return {}, f"the gateway answered {exc.status}: {exc.message}"
+
+
+def memory_gb(e: ExpertConfig) -> float | None:
+    """The memory an expert's model takes on this cluster; None for a backend that holds
+    none here (a remote expert: its model runs at the provider)."""
+    from workers.backend import BACKENDS
+
+    try:
+        resident = getattr(BACKENDS.get(e.backend.type), "resident", True)
+    except ConclaveError:  # a plug-in not importable here: say what the config says
+        resident = True
+    return e.resources.memory_gb if resident else None

@@ -30,6 +30,18 @@ def test_validate_lists_experts(tmp_path):
     assert "alpha" in res.output and "broken" in res.output and "valid" in res.output
 
 
+def test_a_remote_expert_is_shown_without_a_memory_figure(tmp_path):
+    """A remote expert's model runs at its provider: no local memory to show ('-'), where
+    a local one shows its memory_gb."""
+    path = tmp_path / "c.yaml"
+    remote = "    - name: far\n      backend: {type: remote, model: openai/x}\n"
+    path.write_text(FAKE + remote)
+    res = runner.invoke(app, ["config", "validate", str(path)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    rows = {line.split("│")[1].strip(): line for line in res.output.splitlines() if "│" in line}
+    assert rows["far"].rstrip(" │").endswith("-") and rows["alpha"].rstrip(" │").endswith("1")
+
+
 def test_validate_names_the_bad_field(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(FAKE.replace("type: fake, answer", "type: fake, anser"))
