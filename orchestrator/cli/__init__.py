@@ -7,6 +7,8 @@ litellm) load only inside the commands that need them, so `conclave --help` is i
 
 from __future__ import annotations
 
+import inspect
+
 import typer
 
 from orchestrator.cli import agents, bench, config, experts, kernels, pool, serve, zoo
@@ -29,6 +31,31 @@ app.command("serve")(serve.serve_cmd)
 app.add_typer(experts.app, name="experts")
 app.add_typer(kernels.app, name="kernels")
 app.add_typer(agents.app, name="agents")
+
+
+def _reflow(text: str) -> str:
+    """A help text's paragraphs each on one line (a paragraph marked with \\b kept)."""
+    return "\n\n".join(
+        p if p.startswith("\b") else " ".join(p.split())
+        for p in inspect.cleandoc(text).split("\n\n")
+    )
+
+
+def _reflow_help(t: typer.Typer) -> None:
+    """Typer keeps a docstring's line breaks inside the paragraphs after the first, and
+    then wraps the lines again to the terminal: in 80 columns sentences broke mid-line
+    ("with each" / "strategy"). Each command's help is its docstring with every paragraph
+    on one line, for the terminal to wrap."""
+    for cmd in t.registered_commands:
+        text = cmd.help or (cmd.callback.__doc__ if cmd.callback else None)
+        if text:
+            cmd.help = _reflow(text)
+    for group in t.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_help(group.typer_instance)
+
+
+_reflow_help(app)
 
 
 def main() -> None:

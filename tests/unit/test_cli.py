@@ -4,6 +4,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
@@ -330,3 +331,27 @@ def test_without_a_config_the_zoo_is_built_first_and_served(tmp_path, monkeypatc
     again, manifest = default.existing_config(None, root)
     assert manifest is not None and sorted(manifest.entries) == sorted(names)
     assert again == cfg
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval"],
+        ["serve"],
+        ["profile"],
+        ["bench", "moe"],
+        ["bench", "free-agents"],
+        ["agents", "history"],
+    ],
+)
+def test_help_paragraphs_wrap_at_80_columns_without_breaking_sentences(command):
+    """Each paragraph of a command's description flows to the terminal's width: a line
+    of it that stops short (under 60 of the 80 columns) ends a sentence or the paragraph
+    (Typer once kept the docstring's own line breaks: "with each" / "strategy")."""
+    res = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert res.exit_code == 0, res.output
+    head = res.output.split("╭")[0].splitlines()[3:]  # the description, after Usage
+    lines = [line.strip() for line in head]
+    for line, nxt in zip(lines, [*lines[1:], ""], strict=True):
+        if line and nxt and len(line) < 60:
+            assert line.endswith((".", ":", ")")), (command, line)
