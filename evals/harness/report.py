@@ -12,43 +12,109 @@ from evals.harness.spec import EvalSpec
 from orchestrator.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from orchestrator.strategies import get_strategy
 
+#: Where a label may go around its point, in points (tried in order; then further out).
+_OFFSETS = [(6, 4), (6, -11), (-6, 4), (-6, -11), (0, 10), (0, -17)]
+ORACLE = "oracle (reference)"
+
 
 def chart_png(summary: dict[str, Any], title: str, featured: Collection[str] = ()) -> bytes:
-    """Accuracy against expert calls per question, one labelled point per row; the
-    `featured` strategies (the product's own) in red, derived rows as grey crosses."""
+    """Accuracy against expert calls per question (`draw_chart`), as PNG bytes."""
     import io
 
+    fig, _ = draw_chart(summary, title, featured)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def draw_chart(
+    summary: dict[str, Any], title: str, featured: Collection[str] = ()
+) -> tuple[Any, list[Any]]:
+    """The chart and its point labels: one point per strategy (the `featured` ones, the
+    product's own, in red; derived rows as grey crosses), single experts smaller and grey,
+    the oracle as a dashed reference line. Labels are placed so that none overlaps
+    another: each tries spots around its point, then further out with a leader line
+    (several strategies often share a point, and every single expert sits at 1 call)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for name, s in summary.items():
-        derived = s.get("derived") is not None
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    oracle = summary.get(ORACLE)
+    rows = [(n, s) for n, s in summary.items() if n != ORACLE]
+    # strategies first: they get the best spots; single experts after, quieter
+    rows.sort(key=lambda kv: (kv[0].startswith("single:"), -kv[1]["accuracy"]))
+    for name, s in rows:
+        single, derived = name.startswith("single:"), s.get("derived") is not None
+        color = "tab:red" if name in featured else "tab:gray" if derived or single else "tab:blue"
         ax.scatter(
             s["calls_per_question"],
             s["accuracy"],
-            marker="o" if not derived else "x",
-            s=60,
-            color="tab:red" if name in featured else "tab:gray" if derived else "tab:blue",
+            marker="x" if derived else "o",
+            s=22 if single else 60,
+            color=color,
+            alpha=0.7 if single else 1.0,
+            zorder=3,
         )
-        ax.annotate(
-            name,
-            (s["calls_per_question"], s["accuracy"]),
+    if oracle is not None:
+        ax.axhline(oracle["accuracy"], color="tab:green", linestyle="--", linewidth=1, zorder=1)
+        ax.text(
+            1.0,
+            oracle["accuracy"],
+            f" oracle {oracle['accuracy']:.1f}",
+            transform=ax.get_yaxis_transform(),
+            va="center",
+            ha="left",
             fontsize=8,
-            xytext=(4, 3),
-            textcoords="offset points",
+            color="tab:green",
         )
     ax.set_xlabel("LLM calls per question")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    buf = io.BytesIO()
+    ax.margins(x=0.15, y=0.12)
     fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []  # boxes (display coordinates) of labels and points
+    labels = []
+    for name, s in rows:
+        single = name.startswith("single:")
+        xy = (s["calls_per_question"], s["accuracy"])
+        text = ax.annotate(
+            name.removeprefix("single:") if single else name,
+            xy,
+            fontsize=7 if single else 8,
+            color="dimgray" if single else "black",
+            textcoords="offset points",
+            xytext=_OFFSETS[0],
+            zorder=4,
+        )
+        _place(text, placed, renderer)
+        placed.append(text.get_window_extent(renderer).expanded(1.04, 1.15))
+        labels.append(text)
+    return fig, labels
+
+
+def _place(text: Any, placed: list[Any], renderer: Any) -> None:
+    """Move `text` to the first spot around its point that overlaps no placed label;
+    past the near spots, further up or down by a line at a time, with a leader line."""
+    candidates = list(_OFFSETS)
+    for step in range(1, 40):
+        for dx in (6, -6):
+            candidates += [(dx, 4 + 11 * step), (dx, -11 - 11 * step)]
+    for i, (dx, dy) in enumerate(candidates):
+        text.set_position((dx, dy))
+        text.set_horizontalalignment("left" if dx >= 0 else "right")
+        box = text.get_window_extent(renderer)
+        if not any(box.overlaps(other) for other in placed):
+            if i >= len(_OFFSETS):  # far from its point: a thin line shows whose it is
+                text.arrow_patch = None
+                text.set(arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6})
+            return
 
 
 def report_md(summary: dict[str, Any], spec: EvalSpec, extra: dict[str, Any]) -> str:

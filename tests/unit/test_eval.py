@@ -378,3 +378,34 @@ def test_sigterm_stops_an_eval_like_ctrl_c_and_it_resumes(config_path, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = read_jsonl(out / "results.jsonl")
     assert rows[: len(kept)] == kept and len({(r["strategy"], r["id"]) for r in rows}) == len(rows)
+
+
+def test_a_chart_with_eight_single_experts_has_no_overlapping_labels():
+    """Strategies that share a point and eight single experts at 1 call: every label is
+    placed apart (before, "best-single" and five `single:*` labels printed over each
+    other); the oracle is a reference line, not a point."""
+    from evals.harness.report import ORACLE, draw_chart
+
+    summary = {
+        "conclave": {"accuracy": 95.0, "calls_per_question": 1.14},
+        "symbolic-moe": {"accuracy": 95.0, "calls_per_question": 1.14},
+        "best-single": {"accuracy": 37.5, "calls_per_question": 1.0, "derived": "best"},
+        "majority": {"accuracy": 56.2, "calls_per_question": 8.0},
+        **{
+            f"single:expert-{i}": {"accuracy": a, "calls_per_question": 1.0}
+            for i, a in enumerate((37.5, 37.5, 36.2, 25.0, 23.8, 21.2, 18.8, 3.8))
+        },
+        ORACLE: {"accuracy": 96.2, "calls_per_question": 1.0},
+    }
+    fig, labels = draw_chart(summary, "eight singles", ["conclave"])
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert len(labels) == len(summary) - 1  # every row but the oracle has a label
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (
+                labels[boxes.index(a)].get_text(),
+                labels[boxes.index(b)].get_text(),
+            )
+    ax = fig.axes[0]
+    assert [round(line.get_ydata()[0], 1) for line in ax.get_lines()] == [96.2]
