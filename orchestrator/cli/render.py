@@ -152,3 +152,16 @@ def print_summary(res: Figures) -> None:
         f"aggregator: {res['aggregator']}  best single on validation: {res['best_single']}  "
         f"profile: {res['profile']}"
     )
+    out.print(VARIES, style="dim")
+
+
+#: What the eval table's figures depend on, printed under it: a reader comparing two
+#: runs (or the README's table) knows which differences are noise.
+VARIES = (
+    "What varies: accuracy repeats on one machine, except where an expert's greedy "
+    "answers follow how its engine batched them (vLLM's CPU build is not "
+    "batch-invariant: majority vote moved between 56.2 and 57.5 in the README's runs); "
+    "across CPU families (AMX or not) the answers, so every accuracy, can differ by a "
+    "few points, and calls per question with them where a strategy asks more experts "
+    "on disagreement; wall seconds follow the machine's load."
+)
