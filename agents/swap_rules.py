@@ -175,16 +175,21 @@ class Expectation(WindowMean):
         if level is None:
             return None
         offset, judged = level
-        s = cusum(judged, settings.detect_drop)
+        s, since = 0.0, 0  # the statistic, and where its current climb from 0 began
+        for i, (right, expected) in enumerate(judged):
+            s = cusum_step(s, right, expected, settings.detect_drop)
+            if s == 0.0:
+                since = i + 1
         if s < settings.detect_threshold:
             return None
-        n = len(judged)
-        right = sum(r for r, _ in judged) / n
-        expected = statistics.fmean(e for _, e in judged)
+        run = judged[since:] or judged
+        n = len(run)
+        right = sum(r for r, _ in run) / n
+        expected = statistics.fmean(e for _, e in run)
         return Decision(
             "release",
-            f"right on {right:.0%} of {n} graded answers where its own record predicts "
-            f"{expected:.0%} (its profile {offset:+.2f}; CUSUM {s:.1f} >= "
+            f"right on {right:.0%} of its last {n} graded answers where its own record "
+            f"predicts {expected:.0%} (its profile {offset:+.2f}; CUSUM {s:.1f} >= "
             f"{settings.detect_threshold})",
             {"cusum": s, "graded": n, "accuracy": right, "expected": expected, "offset": offset},
         )
