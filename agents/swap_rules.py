@@ -176,8 +176,8 @@ class Expectation(WindowMean):
             return None
         offset, judged = level
         s, since = 0.0, 0  # the statistic, and where its current climb from 0 began
-        for i, (right, expected) in enumerate(judged):
-            s = cusum_step(s, right, expected, settings.detect_drop)
+        for i, (ok, predicted) in enumerate(judged):
+            s = cusum_step(s, ok, predicted, settings.detect_drop)
             if s == 0.0:
                 since = i + 1
         if s < settings.detect_threshold:
