@@ -28,8 +28,10 @@ def ensure_ray(cluster: ClusterConfig) -> None:
             "ignore_reinit_error": True,
             "log_to_driver": False,
             # Ray's own "Started a local Ray instance" INFO line: ours below says where
-            # it is (and its dashboard) in the product's log instead
-            "logging_level": logging.WARNING,
+            # it is (and its dashboard) in the product's log instead (--verbose: Ray's too)
+            "logging_level": logging.INFO
+            if os.environ.get("CONCLAVE_VERBOSE")
+            else logging.WARNING,
         }
         if address is None:
             kwargs.update(

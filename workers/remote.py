@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import os
 import random
 import threading
@@ -39,8 +40,20 @@ def _litellm() -> Any:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
+    if verbose():
+        litellm.suppress_debug_info = False
+        return litellm
+    # its own warnings (retries, its logging worker, cost lookups) are not the user's
+    # business: our errors name what failed; `conclave --verbose` shows them
     litellm.suppress_debug_info = True
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     return litellm
+
+
+def verbose() -> bool:
+    """`conclave --verbose` (CONCLAVE_VERBOSE=1): libraries' own logging left on."""
+    return os.environ.get("CONCLAVE_VERBOSE", "") not in ("", "0")
 
 
 class _Loop:

@@ -20,6 +20,26 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _options(
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Log what Conclave does (INFO) and leave libraries' own logging on "
+        "(litellm's, Ray's); by default only their errors show.",
+    ),
+) -> None:
+    if verbose:
+        import logging
+        import os
+
+        os.environ["CONCLAVE_VERBOSE"] = "1"
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+
 app.add_typer(config.app, name="config")
 app.add_typer(pool.app, name="pool")
 app.add_typer(bench.app, name="bench")

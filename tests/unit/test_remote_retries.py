@@ -167,3 +167,19 @@ def test_an_eval_with_remote_experts_leaves_stderr_clean(tmp_path):
         -3000:
     ]
     assert "LoggingWorker" not in res.stderr
+
+
+def test_litellm_logs_only_errors_unless_verbose(monkeypatch):
+    import logging
+
+    from workers import remote
+
+    monkeypatch.delenv("CONCLAVE_VERBOSE", raising=False)
+    logging.getLogger("LiteLLM").setLevel(logging.NOTSET)
+    remote._litellm()
+    assert logging.getLogger("LiteLLM").level == logging.ERROR
+    monkeypatch.setenv("CONCLAVE_VERBOSE", "1")
+    logging.getLogger("LiteLLM").setLevel(logging.NOTSET)
+    lm = remote._litellm()
+    assert logging.getLogger("LiteLLM").level == logging.NOTSET and not lm.suppress_debug_info
+    lm.suppress_debug_info = True
