@@ -427,11 +427,16 @@ class MoELayer(torch.nn.Module):
         )
         return out
 
+    def _weights_key(self) -> tuple[int, int]:
+        """What says the weights changed: in-place updates (version counters) or new
+        Parameters (identity). A packed copy made under another key is stale."""
+        return (self.w13._version + self.w2._version, id(self.w13) ^ id(self.w2))
+
     def prepacked(self, isa: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The weights in the op's layout, packed once per layer, again only when the
         weights change (an in-place update or new Parameters; an edit through `.data`
         bypasses PyTorch's version counter: call `repack()` after one) or the isa does."""
-        key = (self.w13._version + self.w2._version, id(self.w13) ^ id(self.w2), isa)
+        key = (*self._weights_key(), isa)
         if self._packed is None or self._packed[:3] != key:
             import vllm._custom_ops as ops
 
@@ -444,7 +449,7 @@ class MoELayer(torch.nn.Module):
 
     def _grouped_weights(self, dtype: torch.dtype) -> Packed:
         """The grouped path's packed weights, packed as `prepacked` packs the fused ones."""
-        key = (self.w13._version + self.w2._version, id(self.w13) ^ id(self.w2), str(dtype))
+        key = (*self._weights_key(), str(dtype))
         if self._grouped is None or self._grouped[0] != key:
             self._grouped = (key, pack(self.w13.data, self.w2.data, dtype))
             self.packs += 1

@@ -31,10 +31,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from evals.bench.pools import KEY_ENV, SHARED_DATA, _data, _specialist
+from evals.bench.pools import KEY_ENV, SHARED_DATA, _data, _specialist, scripted_experts
 from evals.bench.scripted import (
-    AGGREGATOR,
-    KEYWORD_MODEL,
     Script,
     ScriptedExpert,
     ScriptedPool,
@@ -134,28 +132,9 @@ class PoolRun(BaseModel):
 
 
 def _config(pool: ScriptedPool, url: str, free_agent: str, cache: Path) -> ConclaveConfig:
-    def expert(name: str, roles: list[str]) -> dict[str, Any]:
-        backend = {
-            "type": "remote",
-            "model": f"openai/{name}",
-            "api_base": url,
-            "api_key_env": KEY_ENV,
-            "max_concurrency": 32,
-            "max_retries": 1,
-            "backoff_s": 0.05,
-            "timeout_s": 30,
-        }
-        return {"name": name, "roles": roles, "backend": backend}
-
     return parse_config(
         {
-            "pool": {
-                "experts": [
-                    *(expert(e.name, ["expert"]) for e in pool.experts),
-                    expert(KEYWORD_MODEL, ["keywords"]),
-                    expert(AGGREGATOR, ["aggregator"]),
-                ]
-            },
+            "pool": {"experts": scripted_experts(pool, url, max_concurrency=32)},
             "routing": {"embedder": "ngram"},
             "gateway": {"access_log": False},
             "free_agents": {
@@ -357,6 +336,13 @@ class PoolsBenchResult(BaseModel):
     summary: PoolsSummary
 
 
+def check_pools(names: list[str]) -> None:
+    """ConfigError naming the first of `names` that is not a pool here, and the pools."""
+    unknown = [n for n in names if n not in POOLS]
+    if unknown:
+        raise ConfigError(f"unknown pool {unknown[0]!r}: choose from {', '.join(POOLS)}")
+
+
 def run_free_agent_pools(
     pools: list[str] | None = None,
     seeds: int = 2,
@@ -368,9 +354,7 @@ def run_free_agent_pools(
     from orchestrator.progress import progress_bar
 
     names = pools or list(POOLS)
-    unknown = [n for n in names if n not in POOLS]
-    if unknown:
-        raise ConfigError(f"unknown pool {unknown[0]!r}: choose from {', '.join(POOLS)}")
+    check_pools(names)
     if not 0 < drop_at < requests:
         raise ConfigError(f"drop_at {drop_at} must fall inside the {requests} requests")
     runs: list[PoolRun] = []

@@ -182,31 +182,36 @@ def _data(data_dir: Path, per_category: int, folder: Path) -> tuple[Path, Path]:
     return profile, out
 
 
-def _config(
-    pool: ScriptedPool, url: str, seed: int, embedder: str, cache: Path, skills: str = "auto"
-) -> ConclaveConfig:
+def scripted_experts(pool: ScriptedPool, url: str, max_concurrency: int) -> list[dict[str, Any]]:
+    """The config's experts for `pool` on its scripted server at `url`: each scripted
+    model, the keyword model and the aggregator, as remote (litellm) experts."""
+
     def expert(name: str, roles: list[str]) -> dict[str, Any]:
         backend = {
             "type": "remote",
             "model": f"openai/{name}",
             "api_base": url,
             "api_key_env": KEY_ENV,
-            "max_concurrency": 16,
+            "max_concurrency": max_concurrency,
             "max_retries": 1,
             "backoff_s": 0.05,
             "timeout_s": 30,
         }
         return {"name": name, "roles": roles, "backend": backend}
 
+    return [
+        *(expert(e.name, ["expert"]) for e in pool.experts),
+        expert(KEYWORD_MODEL, ["keywords"]),
+        expert(AGGREGATOR, ["aggregator"]),
+    ]
+
+
+def _config(
+    pool: ScriptedPool, url: str, seed: int, embedder: str, cache: Path, skills: str = "auto"
+) -> ConclaveConfig:
     return parse_config(
         {
-            "pool": {
-                "experts": [
-                    *(expert(e.name, ["expert"]) for e in pool.experts),
-                    expert(KEYWORD_MODEL, ["keywords"]),
-                    expert(AGGREGATOR, ["aggregator"]),
-                ]
-            },
+            "pool": {"experts": scripted_experts(pool, url, max_concurrency=16)},
             "routing": {"embedder": embedder, "router": {"seed": seed}, "skills": skills},
             "cache_dir": str(cache),
         }

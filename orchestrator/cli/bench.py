@@ -289,11 +289,12 @@ def bench_free_agents(
         if not 0 <= v <= 1:
             raise fail(ValueError(f"--{name} {v} is not an accuracy between 0 and 1"))
     from evals.bench import run_free_agents_bench
-    from evals.bench.free_agents_pools import POOLS, run_free_agent_pools
+    from evals.bench.free_agents_pools import check_pools, run_free_agent_pools
 
-    unknown = [p for p in pool or [] if p not in POOLS]
-    if unknown:
-        raise fail(ValueError(f"unknown pool {unknown[0]!r}: choose from {', '.join(POOLS)}"))
+    try:
+        check_pools(pool or [])  # before the facade scenario runs, not after
+    except ConclaveError as exc:
+        raise fail(exc) from None
     result = run_free_agents_bench(
         seeds,
         requests,
