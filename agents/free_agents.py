@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import BaseModel, Field
 
-from agents.swap_rules import cusum, own_level
+from agents.swap_rules import Graded, cusum, own_level
 from orchestrator.config import FreeAgentSettings, RewardWeights
 from orchestrator.files import append_jsonl, read_jsonl
 
@@ -71,6 +71,7 @@ class TaskOutcome(BaseModel):
     expected: float | None = Field(
         None, description="Its accuracy on this question as its profile predicts it."
     )
+    probe: bool = Field(False, description="A probe (a validation question), not a task.")
 
 
 def reward(o: TaskOutcome, w: RewardWeights) -> float:
@@ -90,6 +91,7 @@ def outcome(trace: Trace, a: ExpertAnswer, expected: float | None = None) -> Tas
     known) and against the final answer; `expected`, what its profile predicted."""
     return TaskOutcome(
         expected=expected,
+        probe=trace.strategy == "probe",
         agent=a.expert,
         task=trace.id,
         choice=a.choice,
@@ -163,7 +165,7 @@ class Probation:
     graded: list[tuple[list[str], bool]] = field(default_factory=list)  # for its profile
 
 
-def _cusum_now(graded: Sequence[tuple[bool, float]], settings: FreeAgentSettings) -> float:
+def _cusum_now(graded: Sequence[Graded], settings: FreeAgentSettings) -> float:
     """The expectation test's statistic on an agent's evidence now (0 until its level is set)."""
     level = own_level(list(graded), settings)
     return cusum(level[1], settings.detect_drop) if level is not None else 0.0
@@ -190,11 +192,13 @@ class FreeAgentMonitor:
         self.free: list[str] = [e for e in settings.free_agents if e in experts]
         self.serving: list[str] = [e for e in experts if e not in self.free]
         self.windows: dict[str, deque[float]] = {e: deque(maxlen=settings.window) for e in experts}
-        #: (right?, predicted accuracy) per graded answer since the agent's last reset
-        self.graded: dict[str, deque[tuple[bool, float]]] = {
+        #: (right?, predicted accuracy, a probe?) per graded answer since its last reset
+        self.graded: dict[str, deque[Graded]] = {
             e: deque(maxlen=GRADED_KEPT) for e in experts
         }
         self._fresh: set[str] = set()  # agents with evidence the rule has not judged yet
+        #: each agent's expectation statistic when its evidence was last judged
+        self.cusums: dict[str, float] = {}
         #: agents released with no free agent to replace them: task flagged at
         self.flagged: dict[str, int] = {}
         #: free agents' rejections, and the task each may shadow again from (back-off)
@@ -217,6 +221,20 @@ class FreeAgentMonitor:
         probation: one consistent snapshot for a batch."""
         with self._lock:
             return list(self.serving), {i: p.challenger for i, p in self.probations.items()}
+
+    def suspects(self) -> list[str]:
+        """Serving agents whose CUSUM has reached `suspect_at` of `detect_threshold`: the
+        facade probes them on every request until the statistic falls back or decides
+        (a flagged agent waits for its cooldown instead)."""
+        if self.settings.suspect_at is None:
+            return []
+        bar = self.settings.suspect_at * self.settings.detect_threshold
+        with self._lock:
+            return [
+                a
+                for a in self.serving
+                if self.cusums.get(a, 0.0) >= bar and a not in self.flagged
+            ]
 
     def observe(
         self,
@@ -303,13 +321,18 @@ class FreeAgentMonitor:
                         "window": len(win),
                         "mean_reward": round(statistics.fmean(win), 4) if win else None,
                         "graded": len(graded),
-                        "accuracy": round(statistics.fmean(r for r, _ in graded), 4)
+                        "accuracy": round(statistics.fmean(g[0] for g in graded), 4)
                         if graded
                         else None,
-                        "expected": round(statistics.fmean(e for _, e in graded), 4)
+                        "expected": round(statistics.fmean(g[1] for g in graded), 4)
                         if graded
                         else None,
                         "cusum": round(_cusum_now(graded, self.settings), 3),
+                        "suspect": agent in self.serving
+                        and self.settings.suspect_at is not None
+                        and agent not in self.flagged
+                        and self.cusums.get(agent, 0.0)
+                        >= self.settings.suspect_at * self.settings.detect_threshold,
                         "flagged_at": self.flagged.get(agent),
                         "rejections": self.rejections.get(agent, 0),
                         "available_at": self.available_at.get(agent)
@@ -328,13 +351,14 @@ class FreeAgentMonitor:
             self.windows[agent].append(r)
             self.metrics.reward(agent, r)
             if o is not None and o.correct is not None and o.expected is not None:
-                self.graded[agent].append((o.correct, o.expected))
+                self.graded[agent].append((o.correct, o.expected, o.probe))
                 self._fresh.add(agent)
 
     def _reset(self, agent: str) -> None:
         """Forget an agent's evidence: a new decision about it needs fresh evidence."""
         self.windows[agent].clear()
         self.graded[agent].clear()
+        self.cusums.pop(agent, None)
 
     def _judge(self, agent: str) -> Decision | None:
         graded_rule = getattr(self.rule, "release_graded", None)
@@ -343,7 +367,9 @@ class FreeAgentMonitor:
         if agent not in self._fresh:
             return None
         self._fresh.discard(agent)
-        return cast("Decision | None", graded_rule(list(self.graded[agent]), self.settings))
+        graded = list(self.graded[agent])
+        self.cusums[agent] = _cusum_now(graded, self.settings)
+        return cast("Decision | None", graded_rule(graded, self.settings))
 
     def _entry(
         self, event: Event, agent: str, incumbent: str | None, reason: str, **figures: float
@@ -437,6 +463,7 @@ class FreeAgentMonitor:
         self._to_pool(p.incumbent, rejected=False)
         self._reset(p.incumbent)
         self.graded[p.challenger].clear()
+        self.cusums.pop(p.challenger, None)
         win = self.windows[p.challenger]
         win.clear()
         win.extend(c for _, c in p.pairs.values())

@@ -8,7 +8,7 @@ ends.
 A rule may judge releases on graded answers instead of rewards:
 
         release_graded(graded, settings) -> Decision | None
-            graded: (right?, the accuracy its profile predicted for that question), oldest
+            graded: (right?, the accuracy predicted for that question, a probe?), oldest
             first, since the agent's evidence was last reset
 
 The monitor (`agents.free_agents.FreeAgentMonitor`) owns the state (windows of rewards,
@@ -112,6 +112,10 @@ class WindowMean:
         return None
 
 
+#: A graded answer: (right?, the accuracy predicted for it[, a probe?]).
+Graded = tuple[bool, float] | tuple[bool, float, bool]
+
+
 def cusum(graded: Sequence[tuple[bool, float]], drop: float) -> float:
     """The Bernoulli CUSUM statistic of `graded` answers: max(0, S + log-likelihood ratio)
     per answer, of "right with p - drop" against "right with p", p the accuracy predicted
@@ -136,25 +140,35 @@ LEVEL_PRIOR = 20
 
 
 def own_level(
-    graded: Sequence[tuple[bool, float]], settings: FreeAgentSettings
-) -> tuple[float, list[tuple[bool, float]]] | None:
-    """(the agent's own offset from its profile, its latest answers judged with their
-    predictions shifted by it); None until `level_samples` answers set a level.
+    graded: Sequence[Graded], settings: FreeAgentSettings
+) -> tuple[dict[bool, float], list[tuple[bool, float]]] | None:
+    """(the agent's own offsets from its predictions, for tasks (False) and probes
+    (True), and its latest answers judged with their predictions shifted by them); None
+    until `level_samples` answers set a level.
 
-    The latest `detect_window` answers are judged; every older one sets the level: the
-    mean of (right - predicted), shrunk toward 0 by `LEVEL_PRIOR`, kept within
+    The latest `detect_window` answers are judged; every older one sets the level: per
+    kind (tasks, probes: their predictions come from different places), the mean of
+    (right - predicted), shrunk toward 0 by `LEVEL_PRIOR`, kept within
     [-`calibration_limit`, 0]. So a profile that over-predicts this agent a little (a
-    small validation set) is corrected by its own record, a lucky first run does not
-    raise the bar, and a drop shows in the latest answers against the level before."""
+    small validation set, an expert that repeats itself less than greedy decoding
+    promises) is corrected by its own record, a lucky first run does not raise the bar,
+    and a drop shows in the latest answers against the level before."""
     n = len(graded)
     if n <= settings.level_samples:
         return None
     ref = max(n - settings.detect_window, settings.level_samples)
     lim = settings.calibration_limit
-    # only down: an agent luckier than its profile at first is not held to its luck
-    offset = sum(r - e for r, e in graded[:ref]) / (ref + LEVEL_PRIOR)
-    offset = min(max(offset, -lim), 0.0)
-    return offset, [(r, e + offset) for r, e in graded[ref:]]
+    offsets = {}
+    for kind in (False, True):
+        seen = [g for g in graded[:ref] if _is_probe(g) == kind]
+        # only down: an agent luckier than its profile at first is not held to its luck
+        offset = sum(g[0] - g[1] for g in seen) / (len(seen) + LEVEL_PRIOR)
+        offsets[kind] = min(max(offset, -lim), 0.0)
+    return offsets, [(g[0], g[1] + offsets[_is_probe(g)]) for g in graded[ref:]]
+
+
+def _is_probe(g: Graded) -> bool:
+    return len(g) > 2 and bool(g[2])
 
 
 class Expectation(WindowMean):
@@ -169,12 +183,12 @@ class Expectation(WindowMean):
         return None  # rewards alone do not release: `release_graded` does
 
     def release_graded(
-        self, graded: Sequence[tuple[bool, float]], settings: FreeAgentSettings
+        self, graded: Sequence[Graded], settings: FreeAgentSettings
     ) -> Decision | None:
         level = own_level(graded, settings)
         if level is None:
             return None
-        offset, judged = level
+        offsets, judged = level
         s, since = 0.0, 0  # the statistic, and where its current climb from 0 began
         for i, (ok, predicted) in enumerate(judged):
             s = cusum_step(s, ok, predicted, settings.detect_drop)
@@ -189,9 +203,16 @@ class Expectation(WindowMean):
         return Decision(
             "release",
             f"right on {right:.0%} of its last {n} graded answers where its own record "
-            f"predicts {expected:.0%} (its profile {offset:+.2f}; CUSUM {s:.1f} >= "
-            f"{settings.detect_threshold})",
-            {"cusum": s, "graded": n, "accuracy": right, "expected": expected, "offset": offset},
+            f"predicts {expected:.0%} (its predictions {offsets[False]:+.2f} on tasks, "
+            f"{offsets[True]:+.2f} on probes; CUSUM {s:.1f} >= {settings.detect_threshold})",
+            {
+                "cusum": s,
+                "graded": n,
+                "accuracy": right,
+                "expected": expected,
+                "offset": offsets[False],
+                "probe_offset": offsets[True],
+            },
         )
 
 

@@ -33,6 +33,7 @@ from orchestrator.traces import new_trace, probe_trace, weigh
 from orchestrator.types import (
     ExpertAnswer,
     Item,
+    Probe,
     RoutePlan,
     RoutingDecision,
     RoutingState,
@@ -53,6 +54,10 @@ if TYPE_CHECKING:
 
 #: stages a strategy may add after its first batch (each one pool batch)
 MAX_STAGES = 4
+#: the chance a greedy expert answers right again a question it answered right when
+#: profiled: not 1, as batching on some builds changes a greedy answer now and then (the
+#: monitor's own level moves it further down for an expert that repeats itself less)
+REPEAT = 0.95
 
 
 class Conclave(Asking):
@@ -89,6 +94,8 @@ class Conclave(Asking):
         self.state: RoutingState | None = None
         #: (the profiles as profiling left them, a copy the monitor's predictions use)
         self._reference: tuple[ProfileSet | None, ProfileSet | None] = (None, None)
+        #: each expert's probe bank and its question ids (`_repeats`)
+        self._banks: dict[str, tuple[list[Probe], set[str]]] = {}
         self.monitor: FreeAgentMonitor | None = None
         self.probes = ProbeScheduler(config.free_agents.probes_per_task)
         if config.free_agents.active:
@@ -238,6 +245,10 @@ class Conclave(Asking):
         the drop, and the monitor would never see it."""
         from skills.estimates import estimate
 
+        if trace.strategy == "probe":  # a question from the expert's own bank, or not
+            repeat = self._repeats(trace)
+            if repeat is not None:
+                return repeat
         if self.profiles is not self._reference[0]:
             copy = self.profiles.model_copy(deep=True) if self.profiles is not None else None
             self._reference = (self.profiles, copy)
@@ -254,6 +265,21 @@ class Conclave(Asking):
             if profile is not None:
                 out[a.expert] = estimate(a.expert, profile, skills, prior).accuracy
         return out
+
+    def _repeats(self, probe: Trace) -> dict[str, float] | None:
+        """What a greedy expert is expected to score on a probe from its own bank (a
+        validation question it answered right): `REPEAT`, since greedy decoding gives the
+        same answer again; None for a sampling expert or a question from another's bank
+        (the profile's prediction then)."""
+        a = probe.answers[0] if probe.answers else None
+        if a is None or self.state is None or self.samples(a.expert):
+            return None
+        question = probe.id.split(":", 1)[-1]
+        bank = self._banks.get(a.expert)
+        if bank is None or bank[0] is not self.state.probes.get(a.expert):
+            own = self.state.probes.get(a.expert) or []
+            bank = self._banks[a.expert] = (own, {p.item.id for p in own})
+        return {a.expert: REPEAT} if question in bank[1] else None
 
     def router(self, experts: Sequence[str] | None = None) -> Router:
         """The router over `experts` (default: those serving now). A free agent promoted
@@ -379,7 +405,10 @@ class Conclave(Asking):
         nums = [n for d in draws for _, n in d]
         watched = strat.monitored and self.monitor is not None
         firsts = [(it, ex) for (it, ex), n in zip(pairs, nums, strict=True) if n == 0]
-        probes = self.probes.draw(firsts, self.state.probes) if watched and self.state else []
+        probes = []
+        if watched and self.state is not None and self.monitor is not None:
+            suspects = self.monitor.suspects()  # probed on every request, asked or not
+            probes = self.probes.draw(firsts, self.state.probes, suspects, len(items))
         asked = [(it, ex) for it, ex, _ in probes]
         # probation: a challenger answers what its incumbent answers, in the same batch
         shadow = [(it, shadows[ex]) for it, ex in firsts + asked if watched and ex in shadows]

@@ -168,16 +168,56 @@ def profile(
     state.synthesis, state.synthesis_scores = choose_synthesis(
         conclave, items, per_item, held, progress
     )
-    probes: dict[str, list[Probe]] = {}
-    router = conclave.router()
-    for it in items:
-        words = kws[it.id][0]
-        for ex in router.select(it.id, inventory.map(words), keywords=words).chosen:
-            probes.setdefault(ex, []).append(Probe(item=it, keywords=words))
-    state.probes = probes
+    state.probes = probe_banks(conclave, items, [kws[it.id][0] for it in items], outcomes)
     if conclave.monitor is not None:  # picks the free agent with the best validation record
         conclave.monitor.record = dict(acc)
     return state
+
+
+#: The share of the validation questions in an expert's probe bank, and the fewest.
+PROBE_SHARE, PROBE_MIN = 1 / 3, 30
+
+
+def probe_banks(
+    conclave: Conclave,
+    items: Sequence[Item],
+    keywords: Sequence[list[str]],
+    outcomes: dict[str, list[bool]],
+) -> dict[str, list[Probe]]:
+    """Each profiled expert's probes: validation questions it answered right, where it
+    is strong (its validation accuracy in the question's category when the items have
+    categories, else on the question's keywords as its profile predicts, at least halfway
+    from its average to its best), at least `PROBE_MIN` and at most `PROBE_SHARE` of the
+    questions, strongest first, kept in their order.
+
+    Right ones, because a greedy expert answers a question it got right again (the
+    monitor expects it to: `Conclave.expected`), so a miss is strong evidence of a change;
+    where it is strongest, because a fall shows most where it is good and that is where
+    the router relies on it. Chosen from its own record, not from the questions the
+    profiling router sent it, so an expert the router seldom picked has probes too."""
+    from skills.estimates import estimate
+
+    if conclave.profiles is None or conclave.state is None:
+        return {}
+    prior = conclave.state.prior_strength
+    keep = max(min(PROBE_MIN, len(items)), round(PROBE_SHARE * len(items)))
+    banks: dict[str, list[Probe]] = {}
+    for ex, right in outcomes.items():
+        profile = conclave.profiles.profiles.get(ex)
+        if all(it.category for it in items):
+            by_cat: dict[str, list[bool]] = {}
+            for it, ok in zip(items, right, strict=True):
+                by_cat.setdefault(str(it.category), []).append(ok)
+            strength = [sum(by_cat[str(it.category)]) / len(by_cat[str(it.category)]) for it in items]
+        else:
+            strength = [estimate(ex, profile, words, prior).accuracy for words in keywords]
+        ranked = sorted((i for i in range(len(items)) if right[i]), key=lambda i: -strength[i])
+        # where it is strong: halfway from its average to its best, or the best PROBE_MIN
+        bar = (sum(right) / max(len(right), 1) + max(strength, default=0.0)) / 2
+        strong = [i for i in ranked if strength[i] >= bar]
+        chosen = ranked[: min(max(len(strong), PROBE_MIN), keep)]
+        banks[ex] = [Probe(item=items[i], keywords=list(keywords[i])) for i in sorted(chosen)]
+    return banks
 
 
 def index_questions(

@@ -287,6 +287,6 @@ class RoutingState(BaseModel):
     )
     probes: dict[str, list[Probe]] = Field(
         default_factory=dict,
-        description="Per serving expert, the validation questions the router sends it: "
-        "the free-agent monitor's probes (free_agents.probes_per_task).",
+        description="Per profiled expert, validation questions it answered right where "
+        "it is strongest: the free-agent monitor's probes (free_agents.probes_per_task).",
     )

@@ -56,6 +56,7 @@ class HeteroPool(BaseModel):
 STEM = ("math", "physics", "engineering", "computer science")
 LIFE = ("biology", "chemistry", "health")
 SOCIAL = ("business", "economics", "psychology", "law")
+HUMANITIES = ("history", "philosophy")
 
 POOLS: dict[str, HeteroPool] = {
     p.pool.name: p
@@ -64,13 +65,14 @@ POOLS: dict[str, HeteroPool] = {
             pool=ScriptedPool(
                 name="three-specialists",
                 description="stem, life and social specialists (0.9 on their subjects, 0.3 "
-                "elsewhere), a 0.6 generalist; the free agent is 0.87 on stem's subjects",
+                "elsewhere), a 0.6 generalist; stem drops to 0.3; the free agent is 0.89 "
+                "on stem's subjects",
                 experts=[
                     _specialist("stem", STEM, 0.9, 0.3),
                     _specialist("life", LIFE, 0.9, 0.3),
                     _specialist("social", SOCIAL, 0.9, 0.3),
                     ScriptedExpert(name="generalist", default=0.6),
-                    _specialist("understudy", STEM, 0.87, 0.35),
+                    _specialist("understudy", STEM, 0.89, 0.35),
                 ],
             ),
             victim="stem",
@@ -82,17 +84,36 @@ POOLS: dict[str, HeteroPool] = {
                 name="uneven",
                 description="a strong life specialist (0.95), a weaker social one (0.75), "
                 "a 0.5 generalist; the life specialist drops to 0.45; the free agent is "
-                "0.92 on life's subjects",
+                "0.94 on life's subjects",
                 experts=[
                     _specialist("life", LIFE, 0.95, 0.3),
                     _specialist("social", SOCIAL, 0.75, 0.35),
                     ScriptedExpert(name="generalist", default=0.5),
-                    _specialist("backup", LIFE, 0.92, 0.3),
+                    _specialist("backup", LIFE, 0.94, 0.3),
                 ],
             ),
             victim="life",
             free_agent="backup",
             degraded=0.45,
+        ),
+        HeteroPool(
+            pool=ScriptedPool(
+                name="narrow",
+                description="stem, life and social specialists at 0.85, a humanities one "
+                "at 0.9 on two subjects only (history, philosophy), a 0.55 generalist; "
+                "humanities drops to 0.5; the free agent is 0.89 on its subjects",
+                experts=[
+                    _specialist("stem", STEM, 0.85, 0.3),
+                    _specialist("life", LIFE, 0.85, 0.3),
+                    _specialist("social", SOCIAL, 0.85, 0.3),
+                    _specialist("humanities", HUMANITIES, 0.9, 0.3),
+                    ScriptedExpert(name="generalist", default=0.55),
+                    _specialist("scholar", HUMANITIES, 0.89, 0.3),
+                ],
+            ),
+            victim="humanities",
+            free_agent="scholar",
+            degraded=0.5,
         ),
     )
 }
@@ -128,6 +149,11 @@ class PoolRun(BaseModel):
     )
     accuracy_during: float | None = Field(None, description="From the drop to the promotion.")
     accuracy_after: float | None = Field(None, description="After the promotion.")
+    free_agent_alone_after: float | None = Field(
+        None,
+        description="What the free agent alone answers right (%) on the same questions "
+        "after the promotion: the level the served accuracy can reach without help.",
+    )
     seconds: float
 
 
@@ -214,6 +240,8 @@ def run_pool_stream(
                 for fut in [ex.submit(client) for _ in range(clients)]:
                     fut.result()
             log = _audit(base)
+    for row in rows:  # what the free agent alone would have answered
+        row["alone"] = script.right(spec.free_agent, stream[row["n"]])
     return _summarise(spec, seed, requests, drop_at, rows, log, victim_subjects, t0)
 
 
@@ -286,9 +314,9 @@ def _summarise(
         None,
     )
 
-    def acc(lo: float, hi: float) -> float | None:
+    def acc(lo: float, hi: float, key: str = "right") -> float | None:
         part = [
-            r["right"]
+            r[key]
             for r in by_start
             if lo <= r["started"] < hi and r["category"] in subjects and "right" in r
         ]
@@ -310,6 +338,7 @@ def _summarise(
         accuracy_before=acc(0.0, drop_time if drop_time is not None else inf),
         accuracy_during=acc(drop_time, end_during) if drop_time is not None else None,
         accuracy_after=acc(promotion, inf) if promotion is not None else None,
+        free_agent_alone_after=acc(promotion, inf, "alone") if promotion is not None else None,
         seconds=round(time.perf_counter() - t0, 1),
     )
 

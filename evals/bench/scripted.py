@@ -143,6 +143,10 @@ class Script:
         letter = distractor if rng.random() < self.pool.distractor else rng.choice(wrong)
         return f"The answer is ({letter})."
 
+    def right(self, model: str, item: Item, sample: int = 0) -> bool:
+        """Whether `model`'s answer to `item` (its greedy one by default) is the gold one."""
+        return self.reply(model, item, sample) == f"The answer is ({item.gold_answer})."
+
     def _keywords(self, item: Item, sample: int) -> str:
         category = item.category if item.category in KEYWORDS else "other"
         draw = () if self.pool.keyword_error_per_question else (sample,)

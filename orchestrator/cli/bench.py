@@ -363,6 +363,7 @@ def _print_pools(p: dict[str, Any]) -> None:
             "acc\nbefore %",
             "during\n%",
             "after\n%",
+            "free agent\nalone %",
             "lost",
         ),
         (
@@ -376,12 +377,14 @@ def _print_pools(p: dict[str, Any]) -> None:
                 _dash(r["accuracy_before"]),
                 _dash(r["accuracy_during"]),
                 _dash(r["accuracy_after"]),
+                _dash(r["free_agent_alone_after"]),
                 r["lost"],
             )
             for r in [*p["runs"], *p["controls"]]
         ),
         caption="after: requests sent from the drop; accuracy on the victim's subjects "
-        "(before the drop, until the promotion, after it)",
+        "(before the drop, until the promotion, after it; the free agent alone on the same "
+        "questions after it)",
     )
     for name, what in p["pools"].items():
         out.print(f"{name}: {what}")

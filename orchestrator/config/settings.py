@@ -278,6 +278,16 @@ class FreeAgentSettings(Strict):
         "tasks, never shown to users. Accuracy evidence when live traffic brings no gold "
         "answer or feedback; costs that many extra calls per task.",
     )
+    suspect_at: float | None = Field(
+        0.2,
+        gt=0.0,
+        le=1.0,
+        description="With probes on: a serving agent whose CUSUM reaches this fraction of "
+        "`detect_threshold` (2 of 10: one or two surprising misses) is probed on every "
+        "request, whether the router sends it the request or not, until the statistic falls "
+        "back or decides. Evidence comes when it is needed: an agent the router stops asking "
+        "once it fails would otherwise go unjudged. None: probes only with the tasks it takes.",
+    )
     probation_min: int = Field(30, ge=1, description="Shadow tasks before any verdict.")
     probation_max: int = Field(200, ge=1, description="Shadow tasks before a rejection.")
     promote_margin: float = Field(

@@ -269,3 +269,92 @@ def test_the_false_alarm_rate_of_the_default_test():
         if stat >= s.detect_threshold:
             alarms, stat = alarms + 1, 0.0
     assert alarms <= 2
+
+
+def test_probe_banks_hold_right_answers_where_each_expert_is_strong():
+    """A specialist's probes are the questions of its own subject it answered right (a
+    miss there is the evidence of a fall), not the ones it got right by luck elsewhere; a
+    flat expert still gets a bank; nobody's bank holds a question it answered wrong."""
+    from types import SimpleNamespace
+
+    from orchestrator.profiling import PROBE_MIN, probe_banks
+    from orchestrator.types import Item
+    from skills.profiles import ProfileSet
+
+    rng = random.Random(3)
+    items = [
+        Item(id=f"{cat}{i}", question=f"q {cat} {i}", gold_answer="A", category=cat)
+        for cat in ("law", "math", "art", "music")
+        for i in range(40)
+    ]
+    outcomes = {
+        "lawyer": [rng.random() < (0.9 if it.category == "law" else 0.3) for it in items],
+        "flat": [rng.random() < 0.6 for _ in items],
+    }
+    stand_in = SimpleNamespace(profiles=ProfileSet(), state=SimpleNamespace(prior_strength=4.0))
+    banks = probe_banks(stand_in, items, [[] for _ in items], outcomes)  # type: ignore[arg-type]
+    ids = {it.id: i for i, it in enumerate(items)}
+    lawyer = banks["lawyer"]
+    assert {p.item.category for p in lawyer} == {"law"}
+    assert len(lawyer) == sum(ok for it, ok in zip(items, outcomes["lawyer"]) if it.category == "law")
+    assert len(banks["flat"]) >= PROBE_MIN
+    for ex, bank in banks.items():
+        assert all(outcomes[ex][ids[p.item.id]] for p in bank)
+
+
+def test_probes_and_tasks_set_their_own_levels():
+    """An expert whose probes come back right less often than greedy decoding promises
+    (0.85 against 0.95) while its tasks go as predicted: the probes' own level absorbs
+    it (no alarm), and the tasks' level stays where their predictions put it."""
+    from agents.swap_rules import SWAP_RULES, own_level
+
+    s = FreeAgentSettings()
+    rng = random.Random(11)
+    graded = []
+    for i in range(600):
+        if i % 3:
+            graded.append((rng.random() < 0.85, 0.95, True))
+        else:
+            graded.append((rng.random() < 0.7, 0.7, False))
+    level = own_level(graded, s)
+    assert level is not None
+    offsets, _ = level
+    assert -0.15 <= offsets[True] < -0.05 and offsets[False] > -0.05
+    assert SWAP_RULES.get("expectation").release_graded(graded, s) is None  # type: ignore[attr-defined]
+
+
+def test_a_suspect_is_probed_on_every_request_asked_or_not():
+    """Probes follow the tasks an expert takes, except for a suspect (its CUSUM past
+    `suspect_at`): it is probed for every request of the batch, so an expert the router
+    stops asking once it fails is still judged."""
+    from orchestrator.probes import ProbeScheduler
+    from orchestrator.types import Item, Probe
+
+    bank = {
+        ex: [Probe(item=Item(id=f"{ex}{i}", question="q", gold_answer="A")) for i in range(9)]
+        for ex in ("a", "b")
+    }
+    batch = [(Item(id=f"t{i}", question="q"), "a") for i in range(4)]  # all routed to a
+    calm = ProbeScheduler(1.0).draw(batch, bank)
+    assert [ex for _, ex, _ in calm] == ["a"] * 4
+    watched = ProbeScheduler(1.0).draw(batch, bank, watch=["b"], requests=4)
+    assert sorted(ex for _, ex, _ in watched) == ["a"] * 4 + ["b"] * 4
+
+
+def test_an_agent_becomes_a_suspect_on_surprising_misses_and_stops_after(tmp_path):
+    """Misses where an agent is predicted right lift its CUSUM past `suspect_at`; a
+    run of right answers brings it back under."""
+    s = FreeAgentSettings(level_samples=20)
+    mon = FreeAgentMonitor(s, ["a", "b"], AuditLog(tmp_path / "audit.jsonl"))
+    for i in range(40):
+        mon._record("a", 1.0, TaskOutcome(agent="a", task=str(i), correct=True, expected=0.9))
+        mon._judge("a")
+    assert mon.suspects() == []
+    for i in range(2):
+        mon._record("a", 0.0, TaskOutcome(agent="a", task=f"m{i}", correct=False, expected=0.9))
+        mon._judge("a")
+    assert mon.suspects() == ["a"]
+    for i in range(30):
+        mon._record("a", 1.0, TaskOutcome(agent="a", task=f"r{i}", correct=True, expected=0.9))
+        mon._judge("a")
+    assert mon.suspects() == []

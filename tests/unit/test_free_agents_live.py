@@ -20,6 +20,7 @@ from orchestrator.conclave import Conclave
 from orchestrator.config import parse_config
 from orchestrator.gateway import GatewaySettings, create_app
 from orchestrator.sdk import ConclaveClient
+from orchestrator.types import ExpertAnswer
 
 
 def _serve(conclave: Conclave, port: int) -> uvicorn.Server:
@@ -181,7 +182,9 @@ def test_probes_score_serving_experts_on_validation_questions_never_shown(tmp_pa
     validation_ids = {it.id for it in validation}
     with Conclave(cfg) as c:
         c.profile(validation, dataset="skillmix")
-        assert set(c.state.probes) == {"facts"}  # the router sends facts every question
+        # every profiled expert has a bank of its own: questions it answered right
+        assert set(c.state.probes) == {"facts", "backup"}
+        assert all(p.item.gold_answer for bank in c.state.probes.values() for p in bank)
         facts = c.pool.backends["facts"]
         before = len(facts.calls)
         traces = [c.answer([it], "symbolic-moe")[0] for it in test]
@@ -191,6 +194,16 @@ def test_probes_score_serving_experts_on_validation_questions_never_shown(tmp_pa
         assert len(asked) == 15 and len(probes) == 5 == c.probes_asked
         assert {p.split(":", 1)[1] for p in probes} <= validation_ids
         assert len(c.monitor.windows["facts"]) == 15  # 10 tasks + 5 probes, all scored
+        # a greedy expert is expected to answer its own probes right again
+        from orchestrator.conclave import REPEAT
+        from orchestrator.traces import probe_trace
+
+        own = c.state.probes["facts"][0]
+        asked = own.item.model_copy(update={"id": f"probe99:{own.item.id}"})
+        answer = ExpertAnswer(expert="facts", text="", choice=own.item.gold_answer)
+        assert c.expected(probe_trace(asked, own.keywords, answer)) == {"facts": REPEAT}
+        live = c.expected(traces[0])["facts"]
+        assert live != REPEAT  # a task: what its profile predicts on the question's skills
         # probation: the challenger shadows the probes as well as the tasks
         # a release on the next task: the absolute floor, and every mean reward is below 2
         from agents.swap_rules import SWAP_RULES
