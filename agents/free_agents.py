@@ -193,9 +193,7 @@ class FreeAgentMonitor:
         self.serving: list[str] = [e for e in experts if e not in self.free]
         self.windows: dict[str, deque[float]] = {e: deque(maxlen=settings.window) for e in experts}
         #: (right?, predicted accuracy, a probe?) per graded answer since its last reset
-        self.graded: dict[str, deque[Graded]] = {
-            e: deque(maxlen=GRADED_KEPT) for e in experts
-        }
+        self.graded: dict[str, deque[Graded]] = {e: deque(maxlen=GRADED_KEPT) for e in experts}
         self._fresh: set[str] = set()  # agents with evidence the rule has not judged yet
         #: each agent's expectation statistic when its evidence was last judged
         self.cusums: dict[str, float] = {}
@@ -231,9 +229,7 @@ class FreeAgentMonitor:
         bar = self.settings.suspect_at * self.settings.detect_threshold
         with self._lock:
             return [
-                a
-                for a in self.serving
-                if self.cusums.get(a, 0.0) >= bar and a not in self.flagged
+                a for a in self.serving if self.cusums.get(a, 0.0) >= bar and a not in self.flagged
             ]
 
     def observe(

@@ -147,12 +147,13 @@ def own_level(
     until `level_samples` answers set a level.
 
     The latest `detect_window` answers are judged; every older one sets the level: per
-    kind (tasks, probes: their predictions come from different places), the mean of
-    (right - predicted), shrunk toward 0 by `LEVEL_PRIOR`, kept within
-    [-`calibration_limit`, 0]. So a profile that over-predicts this agent a little (a
-    small validation set, an expert that repeats itself less than greedy decoding
-    promises) is corrected by its own record, a lucky first run does not raise the bar,
-    and a drop shows in the latest answers against the level before."""
+    kind (tasks, probes), the mean of (right - predicted), shrunk toward 0 by
+    `LEVEL_PRIOR`, no lower than -`calibration_limit`, and for tasks no higher than 0. So
+    a profile that over-predicts this agent a little (a small validation set) is
+    corrected by its own record, a lucky first run of tasks does not raise the bar, a
+    greedy agent is held to repeating its own right answers (probes) and one that
+    samples to what it does, and a drop shows in the latest answers against the level
+    before."""
     n = len(graded)
     if n <= settings.level_samples:
         return None
@@ -161,9 +162,11 @@ def own_level(
     offsets = {}
     for kind in (False, True):
         seen = [g for g in graded[:ref] if _is_probe(g) == kind]
-        # only down: an agent luckier than its profile at first is not held to its luck
         offset = sum(g[0] - g[1] for g in seen) / (len(seen) + LEVEL_PRIOR)
-        offsets[kind] = min(max(offset, -lim), 0.0)
+        # tasks only down: an agent luckier than its profile at first is not held to its
+        # luck; probes up too: they are its own right answers, which a greedy agent
+        # repeats, so its level there is its record's (shrunk), not its accuracy's
+        offsets[kind] = max(offset, -lim) if kind else min(max(offset, -lim), 0.0)
     return offsets, [(g[0], g[1] + offsets[_is_probe(g)]) for g in graded[ref:]]
 
 

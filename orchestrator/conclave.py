@@ -54,10 +54,6 @@ if TYPE_CHECKING:
 
 #: stages a strategy may add after its first batch (each one pool batch)
 MAX_STAGES = 4
-#: the chance a greedy expert answers right again a question it answered right when
-#: profiled: not 1, as batching on some builds changes a greedy answer now and then (the
-#: monitor's own level moves it further down for an expert that repeats itself less)
-REPEAT = 0.95
 
 
 class Conclave(Asking):
@@ -94,8 +90,8 @@ class Conclave(Asking):
         self.state: RoutingState | None = None
         #: (the profiles as profiling left them, a copy the monitor's predictions use)
         self._reference: tuple[ProfileSet | None, ProfileSet | None] = (None, None)
-        #: each expert's probe bank and its question ids (`_repeats`)
-        self._banks: dict[str, tuple[list[Probe], set[str]]] = {}
+        #: each expert's probe bank and its strength per question (`_own_probe`)
+        self._banks: dict[str, tuple[list[Probe], dict[str, float]]] = {}
         self.monitor: FreeAgentMonitor | None = None
         self.probes = ProbeScheduler(config.free_agents.probes_per_task)
         if config.free_agents.active:
@@ -246,9 +242,9 @@ class Conclave(Asking):
         from skills.estimates import estimate
 
         if trace.strategy == "probe":  # a question from the expert's own bank, or not
-            repeat = self._repeats(trace)
-            if repeat is not None:
-                return repeat
+            own = self._own_probe(trace)
+            if own is not None:
+                return own
         if self.profiles is not self._reference[0]:
             copy = self.profiles.model_copy(deep=True) if self.profiles is not None else None
             self._reference = (self.profiles, copy)
@@ -266,20 +262,20 @@ class Conclave(Asking):
                 out[a.expert] = estimate(a.expert, profile, skills, prior).accuracy
         return out
 
-    def _repeats(self, probe: Trace) -> dict[str, float] | None:
-        """What a greedy expert is expected to score on a probe from its own bank (a
-        validation question it answered right): `REPEAT`, since greedy decoding gives the
-        same answer again; None for a sampling expert or a question from another's bank
-        (the profile's prediction then)."""
+    def _own_probe(self, probe: Trace) -> dict[str, float] | None:
+        """A probe from the answering expert's own bank: its strength there (its
+        validation accuracy in the question's category); None for another's question
+        (its profile's prediction then)."""
         a = probe.answers[0] if probe.answers else None
-        if a is None or self.state is None or self.samples(a.expert):
+        if a is None or self.state is None:
             return None
-        question = probe.id.split(":", 1)[-1]
         bank = self._banks.get(a.expert)
         if bank is None or bank[0] is not self.state.probes.get(a.expert):
             own = self.state.probes.get(a.expert) or []
-            bank = self._banks[a.expert] = (own, {p.item.id for p in own})
-        return {a.expert: REPEAT} if question in bank[1] else None
+            strengths = {p.item.id: p.strength for p in own if p.strength is not None}
+            bank = self._banks[a.expert] = (own, strengths)
+        strength = bank[1].get(probe.id.split(":", 1)[-1])
+        return None if strength is None else {a.expert: strength}
 
     def router(self, experts: Sequence[str] | None = None) -> Router:
         """The router over `experts` (default: those serving now). A free agent promoted

@@ -176,6 +176,8 @@ def profile(
 
 #: The share of the validation questions in an expert's probe bank, and the fewest.
 PROBE_SHARE, PROBE_MIN = 1 / 3, 30
+#: Pseudo-answers at an expert's overall accuracy in each category's strength.
+CATEGORY_PRIOR = 10
 
 
 def probe_banks(
@@ -191,10 +193,11 @@ def probe_banks(
     questions, strongest first, kept in their order.
 
     Right ones, because a greedy expert answers a question it got right again (the
-    monitor expects it to: `Conclave.expected`), so a miss is strong evidence of a change;
-    where it is strongest, because a fall shows most where it is good and that is where
-    the router relies on it. Chosen from its own record, not from the questions the
-    profiling router sent it, so an expert the router seldom picked has probes too."""
+    monitor learns how often from its own record: `agents.swap_rules.own_level`), so a
+    miss is strong evidence of a change; where it is strong, because a fall shows most
+    where it is good and that is where the router relies on it. Chosen from its own
+    record, not from the questions the profiling router sent it, so an expert the router
+    seldom picked has probes too."""
     from skills.estimates import estimate
 
     if conclave.profiles is None or conclave.state is None:
@@ -208,7 +211,14 @@ def probe_banks(
             by_cat: dict[str, list[bool]] = {}
             for it, ok in zip(items, right, strict=True):
                 by_cat.setdefault(str(it.category), []).append(ok)
-            strength = [sum(by_cat[str(it.category)]) / len(by_cat[str(it.category)]) for it in items]
+            # shrunk toward its overall accuracy: the categories it looks best in are
+            # partly the ones it was lucky in, and the monitor's bar starts here
+            overall = sum(right) / max(len(right), 1)
+            shrunk = {
+                c: (sum(oks) + CATEGORY_PRIOR * overall) / (len(oks) + CATEGORY_PRIOR)
+                for c, oks in by_cat.items()
+            }
+            strength = [shrunk[str(it.category)] for it in items]
         else:
             strength = [estimate(ex, profile, words, prior).accuracy for words in keywords]
         ranked = sorted((i for i in range(len(items)) if right[i]), key=lambda i: -strength[i])
@@ -216,7 +226,10 @@ def probe_banks(
         bar = (sum(right) / max(len(right), 1) + max(strength, default=0.0)) / 2
         strong = [i for i in ranked if strength[i] >= bar]
         chosen = ranked[: min(max(len(strong), PROBE_MIN), keep)]
-        banks[ex] = [Probe(item=items[i], keywords=list(keywords[i])) for i in sorted(chosen)]
+        banks[ex] = [
+            Probe(item=items[i], keywords=list(keywords[i]), strength=strength[i])
+            for i in sorted(chosen)
+        ]
     return banks
 
 

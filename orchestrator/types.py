@@ -208,6 +208,12 @@ class Probe(BaseModel):
 
     item: Item
     keywords: list[str] = Field(default_factory=list)
+    strength: float | None = Field(
+        None,
+        description="The expert's validation accuracy where the question comes from (its "
+        "category, else its keywords' skills): what the monitor expects of it there, before "
+        "its own record moves it (a greedy expert repeats its right answers).",
+    )
 
 
 class RoutingState(BaseModel):

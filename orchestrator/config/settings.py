@@ -249,12 +249,14 @@ class FreeAgentSettings(Strict):
         "ones keep setting the agent's level.",
     )
     calibration_limit: float = Field(
-        0.15,
+        0.25,
         ge=0.0,
         le=1.0,
-        description="'expectation': how far an agent's own first graded answers may move "
-        "its profile's predictions (a profile a little off for it is corrected; a drop "
-        "larger than this from the start is still caught).",
+        description="'expectation': how far down an agent's own first graded answers may "
+        "move its profile's predictions. A profile off for it is corrected (a 30-question "
+        "validation set puts about 0.09 of noise on a 0.6 agent's accuracy; at 0.15, one "
+        "agent in twenty was over-predicted past the limit and released when healthy); a "
+        "fall larger than this from the start is still caught.",
     )
     flag_cooldown: int = Field(
         500,
@@ -273,10 +275,11 @@ class FreeAgentSettings(Strict):
         0.0,
         ge=0.0,
         le=10.0,
-        description="Validation questions (answers known) asked of each serving expert per "
-        "task it serves, in the same batch, and of its challenger on probation: scored like "
-        "tasks, never shown to users. Accuracy evidence when live traffic brings no gold "
-        "answer or feedback; costs that many extra calls per task.",
+        description="Validation questions asked of each serving expert per task it serves "
+        "(ones it answered right when profiled, where it is strong), in the same batch, and "
+        "of its challenger on probation: scored like tasks, never shown to users. Accuracy "
+        "evidence when live traffic brings no gold answer or feedback; costs that many extra "
+        "calls per task (and per request for a suspect: `suspect_at`).",
     )
     suspect_at: float | None = Field(
         0.2,

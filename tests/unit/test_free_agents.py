@@ -123,7 +123,8 @@ def test_a_weaker_challenger_is_rejected_and_the_incumbent_gets_a_fresh_window(t
 def test_no_free_agent_left_keeps_the_incumbent_serving(tmp_path):
     settings = FreeAgentSettings(enabled=True)
     mon = FreeAgentMonitor(settings, ["inc", "other"], AuditLog(tmp_path / "a.jsonl"))
-    _run(mon, 200, acc_inc=0.5, acc_free=0.0, seed=0)
+    # 0.3 against 0.95: further below its prediction than calibration_limit corrects
+    _run(mon, 200, acc_inc=0.3, acc_free=0.0, seed=0)
     assert [e.event for e in mon.log.read()][:2] == ["release", "no_replacement"]
     assert mon.plan()[0] == ["inc", "other"]
 
@@ -296,7 +297,8 @@ def test_probe_banks_hold_right_answers_where_each_expert_is_strong():
     ids = {it.id: i for i, it in enumerate(items)}
     lawyer = banks["lawyer"]
     assert {p.item.category for p in lawyer} == {"law"}
-    assert len(lawyer) == sum(ok for it, ok in zip(items, outcomes["lawyer"]) if it.category == "law")
+    law = [ok for it, ok in zip(items, outcomes["lawyer"], strict=True) if it.category == "law"]
+    assert len(lawyer) == sum(law)
     assert len(banks["flat"]) >= PROBE_MIN
     for ex, bank in banks.items():
         assert all(outcomes[ex][ids[p.item.id]] for p in bank)
@@ -319,8 +321,12 @@ def test_probes_and_tasks_set_their_own_levels():
     level = own_level(graded, s)
     assert level is not None
     offsets, _ = level
-    assert -0.15 <= offsets[True] < -0.05 and offsets[False] > -0.05
+    assert -0.25 <= offsets[True] < -0.05 and offsets[False] > -0.05
     assert SWAP_RULES.get("expectation").release_graded(graded, s) is None  # type: ignore[attr-defined]
+    # a greedy agent repeats its right answers: its probes' level goes up (tasks' never)
+    repeats = [(True, 0.8, i % 2 == 0) for i in range(300)]
+    offsets, _ = own_level(repeats, s)  # type: ignore[misc]
+    assert offsets[True] > 0.1 and offsets[False] == 0.0
 
 
 def test_a_suspect_is_probed_on_every_request_asked_or_not():

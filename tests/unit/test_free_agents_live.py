@@ -194,16 +194,17 @@ def test_probes_score_serving_experts_on_validation_questions_never_shown(tmp_pa
         assert len(asked) == 15 and len(probes) == 5 == c.probes_asked
         assert {p.split(":", 1)[1] for p in probes} <= validation_ids
         assert len(c.monitor.windows["facts"]) == 15  # 10 tasks + 5 probes, all scored
-        # a greedy expert is expected to answer its own probes right again
-        from orchestrator.conclave import REPEAT
+        # its own probe is expected at its strength there (validation accuracy in the
+        # question's category: 1.0 for facts, always right)
         from orchestrator.traces import probe_trace
 
         own = c.state.probes["facts"][0]
         asked = own.item.model_copy(update={"id": f"probe99:{own.item.id}"})
         answer = ExpertAnswer(expert="facts", text="", choice=own.item.gold_answer)
-        assert c.expected(probe_trace(asked, own.keywords, answer)) == {"facts": REPEAT}
+        assert own.strength == 1.0
+        assert c.expected(probe_trace(asked, own.keywords, answer)) == {"facts": 1.0}
         live = c.expected(traces[0])["facts"]
-        assert live != REPEAT  # a task: what its profile predicts on the question's skills
+        assert live < 1.0  # a task: what its profile predicts on the question's skills
         # probation: the challenger shadows the probes as well as the tasks
         # a release on the next task: the absolute floor, and every mean reward is below 2
         from agents.swap_rules import SWAP_RULES
