@@ -56,6 +56,14 @@ Event = Literal["release", "probation_start", "promotion", "rejection", "no_repl
 #: Graded answers kept per agent for a rule that judges them (`release_graded`).
 GRADED_KEPT = 1000
 
+#: Failures that are not the agent's doing, so not misses in its graded record: the pool
+#: restarts a dead engine and asks another meanwhile, a request too long for it is the
+#: client's, and a provider's rate limit is ours. Any other error (a 5xx, a timeout, a
+#: failed generation) and an answer with no option in it count as a miss.
+NOT_ITS_FAULT = frozenset(
+    {"EngineDeadError", "ExpertUnavailableError", "RequestRejectedError", "RateLimitedError"}
+)
+
 
 class TaskOutcome(BaseModel):
     """What one agent did on one task, as the reward sees it."""
@@ -67,6 +75,7 @@ class TaskOutcome(BaseModel):
     agreed: bool = Field(False, description="Its answer was the final answer.")
     tokens: int = 0
     failed: bool = Field(False, description="An error or a timeout.")
+    error_type: str | None = Field(None, description="The error's class, when it failed.")
     unparsable: bool = Field(False, description="An answer with no option in it.")
     expected: float | None = Field(
         None, description="Its accuracy on this question as its profile predicts it."
@@ -99,6 +108,7 @@ def outcome(trace: Trace, a: ExpertAnswer, expected: float | None = None) -> Tas
         agreed=a.choice is not None and a.choice == trace.choice,
         tokens=a.tokens,
         failed=a.error is not None,
+        error_type=a.error_type if a.error is not None else None,
         unparsable=a.error is None and a.choice is None,
     )
 
@@ -346,8 +356,13 @@ class FreeAgentMonitor:
         if agent in self.serving and agent in self.windows:
             self.windows[agent].append(r)
             self.metrics.reward(agent, r)
-            if o is not None and o.correct is not None and o.expected is not None:
+            if o is None or o.expected is None:
+                return
+            if o.correct is not None:
                 self.graded[agent].append((o.correct, o.expected, o.probe))
+                self._fresh.add(agent)
+            elif o.unparsable or (o.failed and o.error_type not in NOT_ITS_FAULT):
+                self.graded[agent].append((False, o.expected, o.probe))  # a miss, gold or not
                 self._fresh.add(agent)
 
     def _reset(self, agent: str) -> None:

@@ -51,6 +51,8 @@ class HeteroPool(BaseModel):
     victim: str = Field(..., description="The specialist whose accuracy drops.")
     free_agent: str = Field(..., description="The expert waiting in the free-agent pool.")
     degraded: float = Field(..., description="The victim's accuracy on its subjects after.")
+    errors: float = Field(0.0, description="The share of its calls that fail (HTTP 500) after.")
+    garbage: float = Field(0.0, description="The share of its answers with no option after.")
 
 
 STEM = ("math", "physics", "engineering", "computer science")
@@ -114,6 +116,27 @@ POOLS: dict[str, HeteroPool] = {
             victim="humanities",
             free_agent="scholar",
             degraded=0.5,
+        ),
+        HeteroPool(
+            pool=ScriptedPool(
+                name="flaky",
+                description="stem, life and social specialists (0.9 on their subjects), a "
+                "0.6 generalist; social starts failing: 30% of its calls get an HTTP 500 and "
+                "20% of its answers name no option (its right answers stay right); the free "
+                "agent is 0.89 on social's subjects",
+                experts=[
+                    _specialist("stem", STEM, 0.9, 0.3),
+                    _specialist("life", LIFE, 0.9, 0.3),
+                    _specialist("social", SOCIAL, 0.9, 0.3),
+                    ScriptedExpert(name="generalist", default=0.6),
+                    _specialist("deputy", SOCIAL, 0.89, 0.3),
+                ],
+            ),
+            victim="social",
+            free_agent="deputy",
+            degraded=0.9,
+            errors=0.3,
+            garbage=0.2,
         ),
     )
 }
@@ -275,7 +298,11 @@ def _audit(base: str) -> list[dict[str, Any]]:
 def _degrade(script: Script, spec: HeteroPool) -> None:
     expert = script.experts[spec.victim]
     script.experts[spec.victim] = expert.model_copy(
-        update={"accuracy": dict.fromkeys(expert.accuracy, spec.degraded)}
+        update={
+            "accuracy": dict.fromkeys(expert.accuracy, spec.degraded),
+            "errors": spec.errors,
+            "garbage": spec.garbage,
+        }
     )
 
 

@@ -364,3 +364,25 @@ def test_an_agent_becomes_a_suspect_on_surprising_misses_and_stops_after(tmp_pat
         mon._record("a", 1.0, TaskOutcome(agent="a", task=f"r{i}", correct=True, expected=0.9))
         mon._judge("a")
     assert mon.suspects() == []
+
+
+@pytest.mark.parametrize(
+    ("error_type", "released"),
+    [("RemoteUnavailableError", True), ("ExpertUnavailableError", False)],
+)
+def test_failures_are_misses_unless_not_the_agents_doing(tmp_path, error_type, released):
+    """An agent whose calls start failing (a provider's 5xx) is released like one that
+    answers wrong, with or without gold answers; a restarting engine's refusals (the pool
+    asks another meanwhile) are not held against it."""
+    mon = _monitor(tmp_path)
+    rng = random.Random(5)
+    for i in range(400):
+        right = {"inc": rng.random() < 0.95, "other": rng.random() < 0.97}
+        tr, _ = _trace(i, right)
+        if i >= 200:  # no gold from here: a failure is still known to be no answer
+            tr.gold = None
+            if i % 2:
+                tr.answers[0] = ExpertAnswer(expert="inc", error="boom", error_type=error_type)
+        mon.observe([tr], {}, {tr.id: PREDICTED})
+    events = [(e.event, e.agent) for e in mon.log.read()]
+    assert (("release", "inc") in events) is released
