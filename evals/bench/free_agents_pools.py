@@ -177,6 +177,11 @@ class PoolRun(BaseModel):
         description="What the free agent alone answers right (%) on the same questions "
         "after the promotion: the level the served accuracy can reach without help.",
     )
+    victim_healthy_after: float | None = Field(
+        None,
+        description="What the victim before its fault answers right (%) on the same "
+        "questions: the before level without the luck of the questions drawn before.",
+    )
     seconds: float
 
 
@@ -263,8 +268,10 @@ def run_pool_stream(
                 for fut in [ex.submit(client) for _ in range(clients)]:
                     fut.result()
             log = _audit(base)
-    for row in rows:  # what the free agent alone would have answered
+    healthy = Script(spec.pool, validation + test, seed)  # the victim before its fault
+    for row in rows:  # what the free agent alone, and the healthy victim, would answer
         row["alone"] = script.right(spec.free_agent, stream[row["n"]])
+        row["healthy"] = healthy.right(spec.victim, stream[row["n"]])
     return _summarise(spec, seed, requests, drop_at, rows, log, victim_subjects, t0)
 
 
@@ -366,6 +373,7 @@ def _summarise(
         accuracy_during=acc(drop_time, end_during) if drop_time is not None else None,
         accuracy_after=acc(promotion, inf) if promotion is not None else None,
         free_agent_alone_after=acc(promotion, inf, "alone") if promotion is not None else None,
+        victim_healthy_after=acc(promotion, inf, "healthy") if promotion is not None else None,
         seconds=round(time.perf_counter() - t0, 1),
     )
 

@@ -364,6 +364,7 @@ def _print_pools(p: dict[str, Any]) -> None:
             "during\n%",
             "after\n%",
             "free agent\nalone %",
+            "victim\nhealthy %",
             "lost",
         ),
         (
@@ -378,13 +379,14 @@ def _print_pools(p: dict[str, Any]) -> None:
                 _dash(r["accuracy_during"]),
                 _dash(r["accuracy_after"]),
                 _dash(r["free_agent_alone_after"]),
+                _dash(r["victim_healthy_after"]),
                 r["lost"],
             )
             for r in [*p["runs"], *p["controls"]]
         ),
         caption="after: requests sent from the drop; accuracy on the victim's subjects "
-        "(before the drop, until the promotion, after it; the free agent alone on the same "
-        "questions after it)",
+        "(before the drop, until the promotion, after it; on the same questions after it, "
+        "the free agent alone and the victim before its fault)",
     )
     for name, what in p["pools"].items():
         out.print(f"{name}: {what}")
