@@ -234,13 +234,18 @@ class FreeAgentMonitor:
         """Serving agents whose CUSUM has reached `suspect_at` of `detect_threshold`: the
         facade probes them on every request until the statistic falls back or decides
         (a flagged agent waits for its cooldown instead)."""
-        if self.settings.suspect_at is None:
-            return []
-        bar = self.settings.suspect_at * self.settings.detect_threshold
         with self._lock:
-            return [
-                a for a in self.serving if self.cusums.get(a, 0.0) >= bar and a not in self.flagged
-            ]
+            return [a for a in self.serving if self._suspect(a)]
+
+    def _suspect(self, agent: str) -> bool:
+        """`suspects`' test for one agent (the caller holds the lock)."""
+        at = self.settings.suspect_at
+        return (
+            at is not None
+            and agent in self.serving
+            and agent not in self.flagged
+            and self.cusums.get(agent, 0.0) >= at * self.settings.detect_threshold
+        )
 
     def observe(
         self,
@@ -334,11 +339,7 @@ class FreeAgentMonitor:
                         if graded
                         else None,
                         "cusum": round(_cusum_now(graded, self.settings), 3),
-                        "suspect": agent in self.serving
-                        and self.settings.suspect_at is not None
-                        and agent not in self.flagged
-                        and self.cusums.get(agent, 0.0)
-                        >= self.settings.suspect_at * self.settings.detect_threshold,
+                        "suspect": self._suspect(agent),
                         "flagged_at": self.flagged.get(agent),
                         "rejections": self.rejections.get(agent, 0),
                         "available_at": self.available_at.get(agent)

@@ -207,13 +207,13 @@ def probe_banks(
     banks: dict[str, list[Probe]] = {}
     for ex, right in outcomes.items():
         profile = conclave.profiles.profiles.get(ex)
+        overall = sum(right) / max(len(right), 1)
         if all(it.category for it in items):
             by_cat: dict[str, list[bool]] = {}
             for it, ok in zip(items, right, strict=True):
                 by_cat.setdefault(str(it.category), []).append(ok)
             # shrunk toward its overall accuracy: the categories it looks best in are
             # partly the ones it was lucky in, and the monitor's bar starts here
-            overall = sum(right) / max(len(right), 1)
             shrunk = {
                 c: (sum(oks) + CATEGORY_PRIOR * overall) / (len(oks) + CATEGORY_PRIOR)
                 for c, oks in by_cat.items()
@@ -223,7 +223,7 @@ def probe_banks(
             strength = [estimate(ex, profile, words, prior).accuracy for words in keywords]
         ranked = sorted((i for i in range(len(items)) if right[i]), key=lambda i: -strength[i])
         # where it is strong: halfway from its average to its best, or the best PROBE_MIN
-        bar = (sum(right) / max(len(right), 1) + max(strength, default=0.0)) / 2
+        bar = (overall + max(strength, default=0.0)) / 2
         strong = [i for i in ranked if strength[i] >= bar]
         chosen = ranked[: min(max(len(strong), PROBE_MIN), keep)]
         banks[ex] = [
