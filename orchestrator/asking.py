@@ -42,7 +42,11 @@ class Asking:
     def pool(self) -> ExpertPool:
         raise NotImplementedError  # the facade's
 
-    def chat(self, items: Sequence[Item]) -> list[ChatAnswer | Exception]:
+    def chat(
+        self,
+        items: Sequence[Item],
+        on_done: Callable[[int, ChatAnswer | Exception], None] | None = None,
+    ) -> list[ChatAnswer | Exception]:
         raise NotImplementedError  # the facade's
 
     def run(

@@ -9,7 +9,7 @@ expert answered it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from orchestrator.config import ConclaveConfig
@@ -23,14 +23,27 @@ class Answerer(Protocol):
 
     config: ConclaveConfig
 
-    def answer(self, items: Sequence[Item], strategy: str = ...) -> list[Trace]: ...
+    def answer(
+        self,
+        items: Sequence[Item],
+        strategy: str = ...,
+        *,
+        on_done: Callable[[int, Trace], None] | None = ...,
+    ) -> list[Trace]: ...
 
 
-def chat_answers(conclave: Answerer, items: Sequence[Item]) -> list[ChatAnswer | Exception]:
+def chat_answers(
+    conclave: Answerer,
+    items: Sequence[Item],
+    on_done: Callable[[int, ChatAnswer | Exception], None] | None = None,
+) -> list[ChatAnswer | Exception]:
     """The routed ensemble's answer to each item, in order, in one batch: a `ChatAnswer`,
     or the exception that is that item's answer alone (`RequestRejectedError` or
-    `NoAnswerError`); an error of the whole batch raises."""
-    return [_answer(tr) for tr in conclave.answer(items, conclave.config.routing.strategy)]
+    `NoAnswerError`); an error of the whole batch raises. `on_done(i, answer)` hears each
+    item's answer as soon as it is final (`Conclave.answer`), before the batch ends."""
+    hear = None if on_done is None else lambda i, tr: on_done(i, _answer(tr))
+    strategy = conclave.config.routing.strategy
+    return [_answer(tr) for tr in conclave.answer(items, strategy, on_done=hear)]
 
 
 def _answer(tr: Trace) -> ChatAnswer | Exception:

@@ -17,7 +17,7 @@ challengers' shadow answers (scored, never returned).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -386,9 +386,16 @@ class Conclave(Asking):
         strategy: str = "symbolic-moe",
         expert: str | None = None,
         progress: bool = False,
+        on_done: Callable[[int, Trace], None] | None = None,
     ) -> list[Trace]:
         """Answer `items` with a registered strategy (plan -> ask -> combine); `expert`
-        names the model for 'single'."""
+        names the model for 'single'.
+
+        `on_done(i, trace)` hears item i's trace as soon as it is final. Where combining
+        costs no model call (a vote), an item its strategy stops escalating is final at
+        that stage, while the batch's other items go on asking: a question one expert
+        answered does not wait for its neighbours' later stages (the gateway answers its
+        caller then). Otherwise every item is final after the last stage."""
         strat = get_strategy(strategy)
         # one snapshot of who serves and who shadows whom: a swap decided while this batch
         # runs applies from the next batch on
@@ -421,15 +428,30 @@ class Conclave(Asking):
         for (it, _), a in zip(shadow, answered[len(pairs) + len(probes) :], strict=True):
             by_id[it.id].shadow.append(a)
         per_item = [[next(got) for _ in d] for d in draws]
-        self._escalate(strat, ctx, items, plans, per_item)
-        for tr, plan, ans in zip(traces, plans, per_item, strict=True):
-            weigh(ans, plan, self)
-            tr.answers = ans
-            tr.calls += len(ans)
-            tr.tokens += sum(a.tokens for a in ans)
-            tr.completion_tokens += sum(a.completion_tokens for a in ans)
-            tr.explanation = plan.explanation
-        self._combine(strat.combiner(ctx), items, traces, per_item, progress)
+        combiner = self._aggregator(strat.combiner(ctx))
+        done: set[int] = set()
+
+        def finish(idx: Iterable[int]) -> None:
+            group = [i for i in idx if i not in done]
+            done.update(group)
+            for i in group:
+                tr, ans = traces[i], per_item[i]
+                weigh(ans, plans[i], self)
+                tr.answers = ans
+                tr.calls += len(ans)
+                tr.tokens += sum(a.tokens for a in ans)
+                tr.completion_tokens += sum(a.completion_tokens for a in ans)
+                tr.explanation = plans[i].explanation
+            if group:
+                pick = [items[i] for i in group], [traces[i] for i in group]
+                self._combine(combiner, *pick, [per_item[i] for i in group], progress)
+            for i in group:
+                if on_done is not None:
+                    on_done(i, traces[i])
+
+        free = combiner is None or combiner[1].llm_calls == 0
+        self._escalate(strat, ctx, items, plans, per_item, finish if free and on_done else None)
+        finish(range(len(items)))
         if watched and self.monitor is not None:
             incumbent = {ch: inc for inc, ch in shadows.items()}
             scored = traces + probe_traces
@@ -457,12 +479,19 @@ class Conclave(Asking):
         items: Sequence[Item],
         plans: list[Plan],
         per_item: list[list[ExpertAnswer]],
+        finish: Callable[[Iterable[int]], None] | None = None,
     ) -> None:
         """Later stages of a strategy that asks more where its first answers leave doubt:
-        each stage is one more pool batch, for the items that need it."""
+        each stage is one more pool batch, for the items that need it. An item given no
+        expert is done (`Strategy.escalate`): `finish` hears it before the next stage."""
         escalate = getattr(strat, "escalate", None)
+        over: set[int] = set()
         for _ in range(MAX_STAGES):
             more = escalate(ctx, items, plans, per_item) if escalate is not None else []
+            more = [[] if i in over else m for i, m in enumerate(more)]
+            over.update(i for i in range(len(items)) if i >= len(more) or not more[i])
+            if finish is not None:
+                finish(sorted(over))
             todo = [(i, ex) for i, exs in enumerate(more) for ex in exs]
             if not todo:
                 return
@@ -471,26 +500,31 @@ class Conclave(Asking):
                 plans[i].experts.append(ex)
                 per_item[i].append(a)
 
+    def _aggregator(self, aggregator: str | Aggregator | None) -> tuple[str, Aggregator] | None:
+        """A strategy's combiner (a name, or an aggregator it made) as (name, aggregator);
+        None: take the one expert's answer as it is."""
+        if aggregator is None:
+            return None
+        if isinstance(aggregator, str):
+            from agents.aggregators import get_aggregator
+
+            return aggregator, get_aggregator(aggregator, self.with_role(Role.AGGREGATOR))
+        return getattr(aggregator, "expert", type(aggregator).__name__), aggregator
+
     def _combine(
         self,
-        aggregator: str | Aggregator | None,
+        aggregator: tuple[str, Aggregator] | None,
         items: Sequence[Item],
         traces: list[Trace],
         per_item: list[list[ExpertAnswer]],
         progress: bool,
     ) -> None:
-        """Each trace's final choice: the one expert's answer, or the aggregator's (a
-        name, or an aggregator the strategy made)."""
+        """Each trace's final choice: the one expert's answer, or the aggregator's."""
         if aggregator is None:
             for tr in traces:
                 tr.choice = tr.answers[0].choice
         else:
-            from agents.aggregators import get_aggregator
-
-            if isinstance(aggregator, str):
-                name, agg = aggregator, get_aggregator(aggregator, self.with_role(Role.AGGREGATOR))
-            else:
-                name, agg = getattr(aggregator, "expert", type(aggregator).__name__), aggregator
+            name, agg = aggregator
             outs = agg.combine(items, per_item, self._aggregation_context(progress))
             for tr, out in zip(traces, outs, strict=True):
                 tr.aggregator, tr.aggregator_text = name, out.text
@@ -519,12 +553,17 @@ class Conclave(Asking):
 
         return learn(self, items, traces)
 
-    def chat(self, items: Sequence[Item]) -> list[ChatAnswer | Exception]:
+    def chat(
+        self,
+        items: Sequence[Item],
+        on_done: Callable[[int, ChatAnswer | Exception], None] | None = None,
+    ) -> list[ChatAnswer | Exception]:
         """The routed ensemble's chat answers (what the gateway's 'conclave' model
-        returns): the served strategy's traces turned into answer text, choice and usage."""
+        returns): the served strategy's traces turned into answer text, choice and usage;
+        `on_done(i, answer)` hears each as soon as it is final."""
         from orchestrator.chat import chat_answers
 
-        return chat_answers(self, items)
+        return chat_answers(self, items, on_done)
 
     # ---- persistence --------------------------------------------------------------------
 

@@ -78,10 +78,26 @@ class FailoverBenchResult(BaseModel):
     p99_ratio_others: float | None = Field(
         ..., description="p99 of questions routed elsewhere, after the kill over before."
     )
+    never_victim_before: PhaseStats = Field(
+        ..., description="Baseline requests whose route never reached the victim."
+    )
+    never_victim_after: PhaseStats = Field(
+        ...,
+        description="Requests after the kill whose route never reached the victim (neither "
+        "asked nor skipped as down at any stage).",
+    )
+    p99_ratio_never_victim: float | None = Field(
+        ..., description="p99 of requests whose route never reached the victim, after over before."
+    )
     slowest_others: list[SlowRequest] = Field(
         default_factory=list,
         description="The slowest questions routed elsewhere after the kill: where the tail is.",
     )
+
+
+def _ratio(after: PhaseStats, before: PhaseStats) -> float | None:
+    """p99 after over p99 before."""
+    return round(after.p99_ms / before.p99_ms, 2) if after.p99_ms and before.p99_ms else None
 
 
 def _stats(rows: list[dict[str, Any]]) -> PhaseStats:
@@ -230,7 +246,13 @@ def run_failover_bench(
     others_before = [r for r in before if first[r["question"]] != victim]
     others_after = [r for r in after if first[r["question"]] != victim]
     base_st, hit = _stats(others_before), _stats(others_after)
-    ratio = round(hit.p99_ms / base_st.p99_ms, 2) if hit.p99_ms and base_st.p99_ms else None
+    ratio = _ratio(hit, base_st)
+    # a question can reach the victim later than its first stage (an escalation): those
+    # whose route never did (asked, or skipped as down) are what its death must not slow
+    never = [
+        _stats([r for r in rows if victim not in r["experts"] + r["down"]])
+        for rows in (before, after)
+    ]
     back = killed.get("back")
     at = killed.get("at", t0)
     end = back if back is not None else float("inf")
@@ -247,6 +269,9 @@ def run_failover_bench(
         after_kill_others=hit,
         after_kill_victim=_stats([r for r in after if first[r["question"]] == victim]),
         p99_ratio_others=ratio,
+        never_victim_before=never[0],
+        never_victim_after=never[1],
+        p99_ratio_never_victim=_ratio(never[1], never[0]),
         restarting_others=_stats([r for r in others_after if at <= r["start"] < end]),
         restarted_others=_stats([r for r in others_after if r["start"] >= end]),
         slowest_others=[

@@ -428,6 +428,8 @@ def bench_failover(
         ("before", res["victim"], res["baseline_victim"]),
         ("after kill", "others", res["after_kill_others"]),
         ("after kill", res["victim"], res["after_kill_victim"]),
+        ("before", "never it", res["never_victim_before"]),
+        ("after kill", "never it", res["never_victim_after"]),
     ]
     keys = ("requests", "failed", "failed_over", "p50_ms", "p90_ms", "p99_ms")
     print_table(
@@ -436,8 +438,9 @@ def bench_failover(
         ((phase, who, *(st[k] for k in keys)) for phase, who, st in rows),
     )
     out.print(
-        f"p99 of questions routed elsewhere, after the kill over before: "
-        f"{res['p99_ratio_others']}; {res['victim']} back after {res['restart_s']} s"
+        f"p99 after the kill over before, questions routed first elsewhere: "
+        f"{res['p99_ratio_others']}; whose route never reached {res['victim']}: "
+        f"{res['p99_ratio_never_victim']}; {res['victim']} back after {res['restart_s']} s"
     )
 
 

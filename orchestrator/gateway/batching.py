@@ -33,6 +33,12 @@ ROUTED_LANES = 8
 #: A batch's outcome per request: its response, or the error that is its answer alone.
 Outcome = dict[str, Any] | GatewayError
 
+#: How a batch answers request i before the batch ends: `deliver(i, outcome)`.
+Deliver = Callable[[int, Outcome], None]
+
+#: `run_batch(key, requests, deliver) -> outcomes`, in a worker thread.
+RunBatch = Callable[[str, list[ChatRequest], Deliver | None], list[Outcome]]
+
 
 #: Where a job queues: its model, and its lane within the model (one queue per pair).
 Queue = tuple[str, str]
@@ -46,10 +52,23 @@ class _Job:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+def _settle(future: asyncio.Future[dict[str, Any]], outcome: Outcome) -> None:
+    """A job's answer, unless it has one (answered early, or its caller left)."""
+    if future.done():
+        return
+    if isinstance(outcome, GatewayError):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
 class MicroBatcher:
     """Batches jobs per key and runs each batch in a worker thread with
-    `run_batch(key, requests) -> outcomes`: each job's response, or the GatewayError that
-    is its answer alone (a request its expert refused fails; its neighbours do not).
+    `run_batch(key, requests, deliver) -> outcomes`: each job's response, or the
+    GatewayError that is its answer alone (a request its expert refused fails; its
+    neighbours do not). A batch may answer a job before it ends (`deliver(i, outcome)`,
+    from its thread): the routed model's questions that one expert settled do not wait
+    for those its router asks more experts about.
 
     Jobs queue per model and lane: one model's jobs batch together, except that the routed
     model's go by lane (`Conclave.lanes`: the experts each question is routed to), so the
@@ -71,7 +90,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        run_batch: Callable[[str, list[ChatRequest]], list[Outcome]],
+        run_batch: RunBatch,
         settings: GatewaySettings,
         continuous: Callable[[str], bool] = lambda _key: False,
         ensemble_key: str | None = None,
@@ -200,9 +219,16 @@ class MicroBatcher:
             )
 
     async def _run(self, key: str, jobs: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        answered: set[int] = set()  # delivered before the batch ended
+
+        def deliver(i: int, outcome: Outcome) -> None:  # from the batch's thread
+            answered.add(i)
+            loop.call_soon_threadsafe(_settle, jobs[i].future, outcome)
+
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self.threads, self._isolated, key, [j.request for j in jobs]
+            results = await loop.run_in_executor(
+                self.threads, self._isolated, key, [j.request for j in jobs], deliver, answered
             )
         except Exception as exc:  # a bug here: every caller still hears why
             for j in jobs:
@@ -210,19 +236,16 @@ class MicroBatcher:
                     j.future.set_exception(as_gateway_error(exc))
             return
         for j, res in zip(jobs, results, strict=True):
-            if j.future.done():
-                continue
-            if isinstance(res, GatewayError):
-                j.future.set_exception(res)
-            else:
-                j.future.set_result(res)
+            _settle(j.future, res)
 
-    def _isolated(self, key: str, requests: list[ChatRequest]) -> list[Outcome]:
+    def _isolated(
+        self, key: str, requests: list[ChatRequest], deliver: Deliver, answered: set[int]
+    ) -> list[Outcome]:
         """`run_batch`, with each request's outcome its own: should the whole batch fail
-        (a request that breaks what its batch shares), each request runs again alone, so
-        the failure is the answer of the request that caused it only."""
+        (a request that breaks what its batch shares), each request not answered yet runs
+        again alone, so the failure is the answer of the request that caused it only."""
         try:
-            return self.run_batch(key, requests)
+            return self.run_batch(key, requests, deliver)
         except Exception as exc:
             if len(requests) == 1:
                 return [as_gateway_error(exc)]
@@ -233,7 +256,13 @@ class MicroBatcher:
                 type(exc).__name__,
                 exc,
             )
-            return [self._isolated(key, [r])[0] for r in requests]
+            skip: set[int] = set()  # a retry alone answers at its end (its result below)
+            return [
+                as_gateway_error(exc)  # answered already; its caller never reads this
+                if i in answered
+                else self._isolated(key, [r], lambda _i, _o: None, skip)[0]
+                for i, r in enumerate(requests)
+            ]
 
     async def drain(self) -> None:
         """Stop taking jobs; finish the ones already taken."""

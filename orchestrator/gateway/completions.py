@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.answers import options_of
-from orchestrator.gateway.batching import Outcome
+from orchestrator.gateway.batching import Deliver, Outcome, RunBatch
 from orchestrator.gateway.deps import ENSEMBLE
 from orchestrator.gateway.errors import GatewayError, ensemble_error, upstream_error
 from orchestrator.protocol import (
@@ -143,9 +142,13 @@ def ensemble_item(
     )
 
 
-def run_ensemble(conclave: Conclave, requests: list[ChatRequest]) -> list[Outcome]:
+def run_ensemble(
+    conclave: Conclave, requests: list[ChatRequest], deliver: Deliver | None = None
+) -> list[Outcome]:
     """The requests to the routed ensemble, in one facade batch; a request whose question
-    cannot be read is answered alone (400) and left out of the batch."""
+    cannot be read is answered alone (400) and left out of the batch. `deliver(i,
+    outcome)` hears request i's outcome as soon as its answer is final, before the
+    batch's slower questions are (`Conclave.answer`)."""
     out: list[Outcome | None] = [None] * len(requests)
     items: list[tuple[int, Item]] = []
     for i, r in enumerate(requests):
@@ -153,18 +156,31 @@ def run_ensemble(conclave: Conclave, requests: list[ChatRequest]) -> list[Outcom
             items.append((i, ensemble_item(conclave, question(r), r.seed, r.sampling())))
         except GatewayError as exc:
             out[i] = exc
-    answers = conclave.chat([it for _, it in items]) if items else []
+
+    def outcome(a: ChatAnswer | Exception) -> Outcome:
+        return ensemble_error(a) if isinstance(a, Exception) else ensemble_completion(a)
+
+    def done(k: int, a: ChatAnswer | Exception) -> None:
+        i = items[k][0]
+        out[i] = res = outcome(a)
+        if deliver is not None:
+            deliver(i, res)
+
+    answers = conclave.chat([it for _, it in items], done) if items else []
     for (i, _), a in zip(items, answers, strict=True):
-        out[i] = ensemble_error(a) if isinstance(a, Exception) else ensemble_completion(a)
+        if out[i] is None:
+            out[i] = outcome(a)
     return [o for o in out if o is not None]
 
 
-def batch_runner(conclave: Conclave) -> Callable[[str, list[ChatRequest]], list[Outcome]]:
+def batch_runner(conclave: Conclave) -> RunBatch:
     """The micro-batcher's `run_batch` over `conclave`: one model's batch at a time."""
 
-    def run_batch(key: str, requests: list[ChatRequest]) -> list[Outcome]:
+    def run_batch(
+        key: str, requests: list[ChatRequest], deliver: Deliver | None = None
+    ) -> list[Outcome]:
         if key == ENSEMBLE:
-            return run_ensemble(conclave, requests)
+            return run_ensemble(conclave, requests, deliver)
         return run_passthrough(conclave, key, requests)
 
     return run_batch

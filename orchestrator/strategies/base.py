@@ -8,12 +8,15 @@
         combiner(ctx)      -> the aggregator that combines their answers, or None to
                               take the one expert's answer as it is
         escalate(ctx, items, plans, answers) -> optional: after each batch, the
-                              experts to ask next per item ([] when it is done); the
-                              facade asks them in one more batch and asks again
+                              experts to ask next per item ([] when it is done: it is
+                              not asked again); the facade asks them in one more batch
+                              and asks again
 
 The facade (`Conclave.answer`) runs every strategy the same way: plan all items, ask
 every distinct (item, expert) pair in one pool batch (grouped by model), then combine
-each item's answers with the strategy's aggregator in one more batch. A strategy never
+each item's answers with the strategy's aggregator in one more batch (with a vote, an
+item is combined and final at the stage it is done, and the gateway answers its caller
+then). A strategy never
 calls the pool itself, so batching, answer reuse, probes and shadowing apply to all.
 
 Built in: `conclave` (`routed.py`, the default) and, in `builtin.py`, `single`,

@@ -172,13 +172,16 @@ class Conclave:
             named, _, _ = posterior(tally, why.options)
             why.confidence = round(max(named), 4) if named else 0.0
             # best first; an expert that was down is not asked again for this question
-            left = [
-                e
-                for e in why.estimates
-                if e not in plan.experts and e not in why.down and e not in down_now
-            ]
+            unasked = [e for e in why.estimates if e not in plan.experts and e not in why.down]
+            left = [e for e in unasked if e not in down_now]
             if not left:
-                why.stopped = "every serving expert answered"
+                skipped = [e for e in unasked if e in down_now]
+                why.down.extend(skipped)  # the trace says who it would have asked
+                why.stopped = (
+                    f"the experts left are down ({', '.join(skipped)})"
+                    if skipped
+                    else "every serving expert answered"
+                )
                 continue
             if len(ans) == 1 and tally and len(why.stages[0]) == 1:
                 why.stopped = "the best expert answered; it is reliably best"
@@ -209,6 +212,13 @@ class Conclave:
                 continue
             allowance -= 1
             why.stages.append([nxt])
+            # the experts ranked above the one asked, passed over as down: failed over
+            ahead = list(why.estimates)[: list(why.estimates).index(nxt)]
+            why.down.extend(
+                e
+                for e in ahead
+                if e in down_now and e not in plans[i].experts and e not in why.down
+            )
             out[i] = [nxt]
         return out
 

@@ -123,7 +123,8 @@ def test_escalation_asks_the_next_expert_only_while_it_could_matter(
 
 def test_escalation_skips_an_expert_that_died_after_the_plan():
     """A tie to break: 'c' is next, but its engine died since the question was planned,
-    so the next one serving is asked instead (not a stage spent failing on 'c')."""
+    so the next one serving is asked instead (not a stage spent failing on 'c'), and the
+    trace says it failed over from 'c'. With no one else serving, it says why it stopped."""
     strat = get_strategy("conclave")
     accuracy = {**EVEN, "d": 0.5}
     plan = _escalation(accuracy, ["a", "b"])
@@ -132,6 +133,11 @@ def test_escalation_skips_an_expert_that_died_after_the_plan():
         c.pool.unavailable = lambda: {"c"}  # type: ignore[method-assign]
         ctx = StrategyContext(c, list(accuracy))
         assert strat.escalate(ctx, items("test")[:1], [plan], [answers]) == [["d"]]
+        assert plan.explanation.down == ["c"]
+        alone = _escalation(EVEN, ["a", "b"])
+        assert strat.escalate(ctx, items("test")[:1], [alone], [answers]) == [[]]
+        assert alone.explanation.down == ["c"]
+        assert alone.explanation.stopped == "the experts left are down (c)"
 
 
 def test_the_budget_is_an_average_spent_where_one_more_answer_is_worth_most():
@@ -410,3 +416,58 @@ def test_lanes_follow_the_plan_set_failovers_apart_and_need_no_model_call():
         assert c.lanes(qs) == [""] * len(qs)
         serve(skills="embedding", strategy="symbolic-moe")
         assert c.lanes(qs) == [""] * len(qs)
+
+
+@pytest.mark.parametrize("aggregator", ["vote", "agg"])
+def test_an_item_done_early_is_final_before_the_next_stage(aggregator):
+    """`answer(on_done=)`: combined by a vote, an item its strategy stops escalating is
+    final (heard) before the batch's next stage is asked, so its caller need not wait for
+    its neighbours; with an LLM aggregator every item is final after the last stage. The
+    answers are the same as without `on_done`."""
+    from orchestrator.strategies import STRATEGIES
+
+    class TwoStages:
+        name = "two-stages"
+        description = "item 0 settles at once; the others ask 'num' too"
+        needs_profile = needs_expert = asks_every_expert = featured = monitored = False
+
+        def plan(self, ctx, its):
+            return [Plan(["geo"]) for _ in its]
+
+        def escalate(self, ctx, its, plans, answers):
+            return [[] if i == 0 or len(a) > 1 else ["num"] for i, a in enumerate(answers)]
+
+        def combiner(self, ctx):
+            return aggregator
+
+    STRATEGIES.add(TwoStages.name, TwoStages())
+    try:
+        with make(aggregator) as c:
+            c.reuse_answers = False  # every batch reaches the pool, as a first one does
+            log: list[tuple[str, object]] = []
+            run = c.run
+
+            def logged(requests, *args, **kw):
+                log.append(("batch", sorted({r.item_id.split("|")[0] for r in requests})))
+                return run(requests, *args, **kw)
+
+            c.run = logged
+            qs = items("test")[:3]
+            heard = c.answer(qs, "two-stages", on_done=lambda i, tr: log.append(("done", i)))
+            c.run = run
+            quiet = c.answer(qs, "two-stages")
+    finally:
+        STRATEGIES.remove(TwoStages.name)
+    ids = [q.id for q in qs]
+    assert [(t.choice, [a.expert for a in t.answers]) for t in heard] == [
+        (t.choice, [a.expert for a in t.answers]) for t in quiet
+    ]
+    assert [a.expert for a in heard[0].answers] == ["geo"]
+    assert [a.expert for a in heard[1].answers] == ["geo", "num"]
+    dones = [i for kind, i in log if kind == "done"]
+    assert sorted(dones) == [0, 1, 2]
+    second = log.index(("batch", sorted(ids[1:])))  # the stage that asks 'num'
+    if aggregator == "vote":
+        assert log[:3] == [("batch", sorted(ids)), ("done", 0), ("batch", sorted(ids[1:]))]
+    else:  # the synthesis is one more batch, for every item, after the last stage
+        assert log.index(("done", 0)) > second + 1

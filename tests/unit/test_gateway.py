@@ -462,7 +462,7 @@ def test_continuous_batching_keys_run_several_batches_at_once(continuous, routed
     second = threading.Event()
     lock = threading.Lock()
 
-    def run_batch(key, requests):
+    def run_batch(key, requests, deliver=None):
         nonlocal active, peak
         with lock:
             active += 1
@@ -503,7 +503,7 @@ def test_a_slow_lane_holds_no_slot_of_another_lane():
     release = threading.Event()
     order: list[str] = []
 
-    def run_batch(key, requests):
+    def run_batch(key, requests, deliver=None):
         text = requests[0].messages[0].content
         if text == "slow":
             release.wait(timeout=5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import httpx
 import pytest
@@ -102,7 +103,7 @@ def test_a_batch_that_fails_as_a_whole_is_answered_request_by_request():
 
     calls: list[int] = []
 
-    def run_batch(key, requests):
+    def run_batch(key, requests, deliver=None):
         calls.append(len(requests))
         if any(r.messages[0].content == "poison" for r in requests):
             raise RuntimeError("the batch broke")
@@ -123,3 +124,47 @@ def test_a_batch_that_fails_as_a_whole_is_answered_request_by_request():
     assert (a, b, c) == ({"ok": "a"}, {"ok": "b"}, {"ok": "c"})
     assert isinstance(poison, GatewayError) and "the batch broke" in poison.message
     assert calls == [4, 1, 1, 1, 1]  # together once, then each alone
+
+
+def test_a_request_answered_early_returns_while_its_batch_runs_on():
+    """`deliver(i, outcome)`: a batch that settles one request early (a routed question
+    one expert answered) answers its caller at once; the rest wait for the batch, and an
+    answer delivered early is not replaced by the batch's own. Should the batch then fail
+    as a whole, only the requests not answered yet run again alone."""
+    from orchestrator.gateway.batching import MicroBatcher
+    from orchestrator.gateway.errors import GatewayError
+    from orchestrator.protocol import ChatRequest
+
+    release = threading.Event()
+    calls: list[list[str]] = []
+
+    def run_batch(key, requests, deliver=None):
+        texts = [r.messages[0].content for r in requests]
+        calls.append(texts)
+        if len(texts) > 1:
+            deliver(0, {"ok": texts[0], "early": True})
+            release.wait(timeout=5)
+        if "poison" in texts:
+            raise RuntimeError("the batch broke")
+        return [{"ok": t, "early": False} for t in texts]
+
+    batcher = MicroBatcher(run_batch, GatewaySettings(batch_window_ms=20))
+
+    def req(text):
+        return ChatRequest(model="m", messages=[{"role": "user", "content": text}])
+
+    async def main(texts):
+        jobs = [asyncio.create_task(batcher.submit("m", req(t))) for t in texts]
+        first = await asyncio.wait_for(jobs[0], 2)  # while the batch still waits
+        assert not any(j.done() for j in jobs[1:])
+        release.set()
+        return [first, *await asyncio.gather(*jobs[1:], return_exceptions=True)]
+
+    got = asyncio.run(main(["a", "b"]))
+    assert got == [{"ok": "a", "early": True}, {"ok": "b", "early": False}]
+    release.clear()
+    calls.clear()
+    a, poison, c = asyncio.run(main(["a", "poison", "c"]))
+    assert a == {"ok": "a", "early": True} and c == {"ok": "c", "early": False}
+    assert isinstance(poison, GatewayError) and "the batch broke" in poison.message
+    assert calls == [["a", "poison", "c"], ["poison"], ["c"]]  # "a" was answered
