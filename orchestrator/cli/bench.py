@@ -436,6 +436,8 @@ def bench_failover(
         f"failover ({res['policy']}, {res['clients']} clients, {res['machine']})",
         ("phase", "routed to", "requests", "failed", "failed over", "p50 ms", "p90 ms", "p99 ms"),
         ((phase, who, *(st[k] for k in keys)) for phase, who, st in rows),
+        caption=f"others: asked another expert first; never it: no stage asked {res['victim']} "
+        "or passed it over as down",
     )
     out.print(
         f"p99 after the kill over before, questions routed first elsewhere: "
