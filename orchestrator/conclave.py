@@ -429,10 +429,15 @@ class Conclave(Asking):
             by_id[it.id].shadow.append(a)
         per_item = [[next(got) for _ in d] for d in draws]
         combiner = self._aggregator(strat.combiner(ctx))
+        incumbent = {ch: inc for inc, ch in shadows.items()}
         done: set[int] = set()
 
         def finish(idx: Iterable[int]) -> None:
+            """Items final now: combined, kept for feedback and scored before their callers
+            hear of them (feedback may come straight back)."""
             group = [i for i in idx if i not in done]
+            if not group:
+                return
             done.update(group)
             for i in group:
                 tr, ans = traces[i], per_item[i]
@@ -442,9 +447,11 @@ class Conclave(Asking):
                 tr.tokens += sum(a.tokens for a in ans)
                 tr.completion_tokens += sum(a.completion_tokens for a in ans)
                 tr.explanation = plans[i].explanation
-            if group:
-                pick = [items[i] for i in group], [traces[i] for i in group]
-                self._combine(combiner, *pick, [per_item[i] for i in group], progress)
+            its, trs = [items[i] for i in group], [traces[i] for i in group]
+            self._combine(combiner, its, trs, [per_item[i] for i in group], progress)
+            self.recent.record(its, trs)
+            if watched:
+                self._score(trs, incumbent)
             for i in group:
                 if on_done is not None:
                     on_done(i, traces[i])
@@ -452,16 +459,19 @@ class Conclave(Asking):
         free = combiner is None or combiner[1].llm_calls == 0
         self._escalate(strat, ctx, items, plans, per_item, finish if free and on_done else None)
         finish(range(len(items)))
-        if watched and self.monitor is not None:
-            incumbent = {ch: inc for inc, ch in shadows.items()}
-            scored = traces + probe_traces
-            self.monitor.observe(
-                scored,
-                {tr.id: [(incumbent[a.expert], a) for a in tr.shadow] for tr in scored},
-                {tr.id: self.expected(tr) for tr in scored},
-            )
-        self.recent.record(items, traces)
+        if watched and probe_traces:
+            self._score(probe_traces, incumbent)
         return traces
+
+    def _score(self, traces: list[Trace], incumbent: dict[str, str]) -> None:
+        """The monitor's rewards for `traces` and their challengers' shadow answers
+        (`incumbent`: challenger -> the incumbent it shadows)."""
+        assert self.monitor is not None
+        self.monitor.observe(
+            traces,
+            {tr.id: [(incumbent[a.expert], a) for a in tr.shadow] for tr in traces},
+            {tr.id: self.expected(tr) for tr in traces},
+        )
 
     def _draws(self, drawn: Sequence[str]) -> list[tuple[str, int]]:
         """(expert, draw number) to ask for a plan's draws: an expert that samples is asked

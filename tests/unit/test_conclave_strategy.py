@@ -422,8 +422,8 @@ def test_lanes_follow_the_plan_set_failovers_apart_and_need_no_model_call():
 def test_an_item_done_early_is_final_before_the_next_stage(aggregator):
     """`answer(on_done=)`: combined by a vote, an item its strategy stops escalating is
     final (heard) before the batch's next stage is asked, so its caller need not wait for
-    its neighbours; with an LLM aggregator every item is final after the last stage. The
-    answers are the same as without `on_done`."""
+    its neighbours; with an LLM aggregator every item is final after the last stage. A
+    final item takes feedback at once; the answers are the same as without `on_done`."""
     from orchestrator.strategies import STRATEGIES
 
     class TwoStages:
@@ -453,7 +453,12 @@ def test_an_item_done_early_is_final_before_the_next_stage(aggregator):
 
             c.run = logged
             qs = items("test")[:3]
-            heard = c.answer(qs, "two-stages", on_done=lambda i, tr: log.append(("done", i)))
+
+            def done(i, tr):
+                log.append(("done", i))
+                c.feedback(tr.id, True)  # its caller may grade it at once: it is known
+
+            heard = c.answer(qs, "two-stages", on_done=done)
             c.run = run
             quiet = c.answer(qs, "two-stages")
     finally:
