@@ -343,6 +343,7 @@ def bench_free_agents(
             )
             for r, c in zip(res["runs"], res["controls"], strict=True)
         ),
+        caption="probation and lost: requests; control releases: in the run without the fault",
     )
     out.print(res["summary"])
     if res["pools"] is not None:
