@@ -452,8 +452,8 @@ class Conclave(Asking):
             self.recent.record(its, trs)
             if watched:
                 self._score(trs, incumbent)
-            for i in group:
-                if on_done is not None:
+            if on_done is not None:
+                for i in group:
                     on_done(i, traces[i])
 
         free = combiner is None or combiner[1].llm_calls == 0
