@@ -418,6 +418,29 @@ def test_lanes_follow_the_plan_set_failovers_apart_and_need_no_model_call():
         assert c.lanes(qs) == [""] * len(qs)
 
 
+def staged(name: str, first: str, more, combiner: str = "vote"):
+    """A strategy for tests, registered as `name`: asks `first` for every item, then per
+    stage the experts `more(i, item, answers so far)` names ([]: the item is done);
+    combines by `combiner`. Remove it with `STRATEGIES.remove(name)`."""
+    from orchestrator.strategies import STRATEGIES
+
+    class Staged:
+        description = "a test's scripted stages"
+        needs_profile = needs_expert = asks_every_expert = featured = monitored = False
+
+        def plan(self, ctx, its):
+            return [Plan([first]) for _ in its]
+
+        def escalate(self, ctx, its, plans, answers):
+            return [more(i, it, a) for i, (it, a) in enumerate(zip(its, answers, strict=True))]
+
+        def combiner(self, ctx):
+            return combiner
+
+    Staged.name = name
+    STRATEGIES.add(name, Staged())
+
+
 @pytest.mark.parametrize("aggregator", ["vote", "agg"])
 def test_an_item_done_early_is_final_before_the_next_stage(aggregator):
     """`answer(on_done=)`: combined by a vote, an item its strategy stops escalating is
@@ -426,21 +449,9 @@ def test_an_item_done_early_is_final_before_the_next_stage(aggregator):
     final item takes feedback at once; the answers are the same as without `on_done`."""
     from orchestrator.strategies import STRATEGIES
 
-    class TwoStages:
-        name = "two-stages"
-        description = "item 0 settles at once; the others ask 'num' too"
-        needs_profile = needs_expert = asks_every_expert = featured = monitored = False
-
-        def plan(self, ctx, its):
-            return [Plan(["geo"]) for _ in its]
-
-        def escalate(self, ctx, its, plans, answers):
-            return [[] if i == 0 or len(a) > 1 else ["num"] for i, a in enumerate(answers)]
-
-        def combiner(self, ctx):
-            return aggregator
-
-    STRATEGIES.add(TwoStages.name, TwoStages())
+    # item 0 settles at once; the others ask 'num' too
+    more = lambda i, it, a: [] if i == 0 or len(a) > 1 else ["num"]  # noqa: E731
+    staged("two-stages", "geo", more, aggregator)
     try:
         with make(aggregator) as c:
             c.reuse_answers = False  # every batch reaches the pool, as a first one does
@@ -462,7 +473,7 @@ def test_an_item_done_early_is_final_before_the_next_stage(aggregator):
             c.run = run
             quiet = c.answer(qs, "two-stages")
     finally:
-        STRATEGIES.remove(TwoStages.name)
+        STRATEGIES.remove("two-stages")
     ids = [q.id for q in qs]
     assert [(t.choice, [a.expert for a in t.answers]) for t in heard] == [
         (t.choice, [a.expert for a in t.answers]) for t in quiet

@@ -168,3 +168,45 @@ def test_a_request_answered_early_returns_while_its_batch_runs_on():
     assert a == {"ok": "a", "early": True} and c == {"ok": "c", "early": False}
     assert isinstance(poison, GatewayError) and "the batch broke" in poison.message
     assert calls == [["a", "poison", "c"], ["poison"], ["c"]]  # "a" was answered
+
+
+def test_a_routed_question_settled_first_is_answered_before_its_neighbour_escalates():
+    """Over HTTP, two routed questions in one batch: the one its first expert settles
+    comes back while the other, escalated to the expert 'slow', is still being answered
+    ('slow' is held until the first answer is in); before, both waited for the batch's
+    last stage."""
+    from orchestrator.strategies import STRATEGIES
+    from tests.unit.test_conclave_strategy import staged
+
+    # alpha first; a question saying 'hard' also asks 'slow'
+    more = lambda i, it, a: ["slow"] if "hard" in it.question and len(a) == 1 else []  # noqa: E731
+    staged("escalate-hard", "alpha", more)
+    served = Served(GatewaySettings(batch_window_ms=100), routing={"strategy": "escalate-hard"})
+    first_in = threading.Event()
+    slow = served.conclave.pool.backends["slow"]
+    generate = slow.generate
+
+    def held(requests):  # 'slow' answers once the settled question's answer is in
+        held.waited = first_in.wait(timeout=5)
+        return generate(requests)
+
+    slow.generate = held
+    try:
+
+        async def ask(client, text):
+            body = {"model": "conclave", "messages": [{"role": "user", "content": text}]}
+            r = await client.post(f"{served.url}/v1/chat/completions", json=body, timeout=30)
+            if text == Q:
+                first_in.set()
+            return r.status_code, r.json()["conclave"]["experts"]
+
+        async def both():
+            async with httpx.AsyncClient() as client:
+                return await asyncio.gather(ask(client, Q), ask(client, f"hard: {Q}"))
+
+        easy, hard = asyncio.run(both())
+    finally:
+        served.close()
+        STRATEGIES.remove("escalate-hard")
+    assert easy == (200, ["alpha"]) and hard == (200, ["alpha", "slow"])  # one batch
+    assert held.waited  # the settled answer came back while 'slow' was still held
