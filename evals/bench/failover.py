@@ -175,6 +175,7 @@ def run_failover_bench(
     from evals.bench.loopback import server
     from evals.datasets import eval_items
     from evals.harness import machine
+    from kernels.autotune import cpu_line
     from orchestrator.conclave import Conclave
     from orchestrator.errors import ConfigError
     from orchestrator.profiling import ensure_profile
@@ -257,7 +258,7 @@ def run_failover_bench(
     at = killed.get("at", t0)
     end = back if back is not None else float("inf")
     return FailoverBenchResult(
-        machine=machine(),
+        machine=f"{machine()}; {cpu_line()}",
         clients=clients,
         seconds=seconds,
         policy=policy,
