@@ -60,6 +60,18 @@ LIFE = ("biology", "chemistry", "health")
 SOCIAL = ("business", "economics", "psychology", "law")
 HUMANITIES = ("history", "philosophy")
 
+
+def _three_specialists() -> list[ScriptedExpert]:
+    """The team `three-specialists` and `flaky` share: stem, life and social specialists
+    (0.9 on their subjects, 0.3 elsewhere) and a 0.6 generalist."""
+    return [
+        _specialist("stem", STEM, 0.9, 0.3),
+        _specialist("life", LIFE, 0.9, 0.3),
+        _specialist("social", SOCIAL, 0.9, 0.3),
+        ScriptedExpert(name="generalist", default=0.6),
+    ]
+
+
 POOLS: dict[str, HeteroPool] = {
     p.pool.name: p
     for p in (
@@ -69,13 +81,7 @@ POOLS: dict[str, HeteroPool] = {
                 description="stem, life and social specialists (0.9 on their subjects, 0.3 "
                 "elsewhere), a 0.6 generalist; stem drops to 0.3; the free agent is 0.89 "
                 "on stem's subjects",
-                experts=[
-                    _specialist("stem", STEM, 0.9, 0.3),
-                    _specialist("life", LIFE, 0.9, 0.3),
-                    _specialist("social", SOCIAL, 0.9, 0.3),
-                    ScriptedExpert(name="generalist", default=0.6),
-                    _specialist("understudy", STEM, 0.89, 0.35),
-                ],
+                experts=[*_three_specialists(), _specialist("understudy", STEM, 0.89, 0.35)],
             ),
             victim="stem",
             free_agent="understudy",
@@ -124,13 +130,7 @@ POOLS: dict[str, HeteroPool] = {
                 "0.6 generalist; social starts failing: 30% of its calls get an HTTP 500 and "
                 "20% of its answers name no option (its right answers stay right); the free "
                 "agent is 0.89 on social's subjects",
-                experts=[
-                    _specialist("stem", STEM, 0.9, 0.3),
-                    _specialist("life", LIFE, 0.9, 0.3),
-                    _specialist("social", SOCIAL, 0.9, 0.3),
-                    ScriptedExpert(name="generalist", default=0.6),
-                    _specialist("deputy", SOCIAL, 0.89, 0.3),
-                ],
+                experts=[*_three_specialists(), _specialist("deputy", SOCIAL, 0.89, 0.3)],
             ),
             victim="social",
             free_agent="deputy",
