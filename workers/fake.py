@@ -43,6 +43,7 @@ class FakeBackend(ExpertBackend):
         self.spec: FakeBackendConfig = config.backend
         self._loaded = False
         self.loads = 0
+        self.load_tries = 0  # loads tried, failed ones too
         self.calls: list[list[str]] = []  # item ids per generate call
         self.answered = 0  # requests answered from the answer key (fault injection counts)
         self._key: list[Item] | None = None
@@ -58,7 +59,8 @@ class FakeBackend(ExpertBackend):
         return self._loaded
 
     def load(self) -> None:
-        if self.spec.fail_load:
+        self.load_tries += 1
+        if self.spec.fail_load or self.load_tries <= self.spec.failed_loads:
             raise ModelLoadError("model path does not exist (fake)", expert=self.name)
         time.sleep(self.spec.load_s)
         self.loads += 1

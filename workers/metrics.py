@@ -48,6 +48,11 @@ class ExpertStatus(BaseModel):
     queued: int = Field(description="Requests queued for it now.")
     mean_batch_seconds: float | None = Field(description="Mean seconds per batch.")
     idle_seconds: float | None = Field(description="Seconds since its last batch.")
+    down: str | None = Field(
+        None,
+        description="Why it is down now, if it is: its engine restarting, or its model "
+        "failed to load and is held down until a load is tried again (pool.load_backoff_s).",
+    )
 
 
 @dataclass
@@ -87,10 +92,11 @@ class LiveCounts:
     queued: int = 0
     last_used: float | None = None  # time.time() of its last batch
 
-    def status(self, name: str, loaded: bool) -> ExpertStatus:
+    def status(self, name: str, loaded: bool, down: str | None = None) -> ExpertStatus:
         return ExpertStatus(
             name=name,
             loaded=loaded,
+            down=down,
             requests=self.requests,
             errors=self.errors,
             refused=self.refused,
@@ -111,9 +117,9 @@ class ExpertMetrics:
         self._lock = threading.Lock()
         self._live: dict[str, LiveCounts] = defaultdict(LiveCounts)
 
-    def live(self, expert: str, loaded: bool) -> ExpertStatus:
+    def live(self, expert: str, loaded: bool, down: str | None = None) -> ExpertStatus:
         with self._lock:
-            return self._live[expert].status(expert, loaded)
+            return self._live[expert].status(expert, loaded, down)
 
     def _metrics(self) -> dict[str, Any] | None:
         ray = sys.modules.get("ray")  # never import Ray just to count

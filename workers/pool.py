@@ -42,6 +42,7 @@ from orchestrator.errors import (
     UnknownExpertError,
 )
 from workers.backend import ExpertBackend, make_backend
+from workers.backoff import LoadBackoff
 from workers.batch import GenerationRequest, GenerationResult
 from workers.holdings import Holdings, needs
 from workers.metrics import ExpertMetrics, ExpertStatus, PoolStats
@@ -77,6 +78,8 @@ class ExpertPool:
         #: experts whose dead engine is being restarted, and when that is done
         self._restarting: dict[str, Future[None]] = {}
         self._closing = False  # set by close: an engine that dies now stays dead
+        #: experts whose model failed to load, held down before a load is tried again
+        self.backoff = LoadBackoff(config.pool.load_backoff_s)
 
     # ---- public API -------------------------------------------------------------------
 
@@ -171,11 +174,16 @@ class ExpertPool:
                 needs_load = not claimed and not self._claim_loaded([name])
                 if needs_load:
                     try:
+                        held = self.backoff.held(name)
+                        if held is not None:  # its last load failed: not tried again yet
+                            raise held
                         backend.prepare()
                         self._make_room(backend, pending, next_use, in_flight)
                     except ConclaveError as exc:
-                        for i, req in zip(groups[name], group, strict=True):
-                            results[i] = GenerationResult.failed(req, exc)
+                        failed = [GenerationResult.failed(r, exc) for r in group]
+                        for i, res in zip(groups[name], failed, strict=True):
+                            results[i] = res
+                        self.metrics.batch(name, failed, 0.0)  # counted as its errors
                         bar.advance(len(group))
                         pending[name] = 0
                         continue
@@ -290,7 +298,18 @@ class ExpertPool:
 
     def status(self) -> list[ExpertStatus]:
         """Each expert's state now and its figures since the pool started."""
-        return [self.metrics.live(name, b.loaded) for name, b in self.backends.items()]
+        with self._residency:
+            restarting = set(self._restarting)
+        return [
+            self.metrics.live(
+                name,
+                b.loaded,
+                "its engine died and is restarting"
+                if name in restarting
+                else self.backoff.why(name),
+            )
+            for name, b in self.backends.items()
+        ]
 
     def unload(self, name: str) -> None:
         """Free `name`'s model, or stop its load under way (the backend's `unload`)."""
@@ -399,14 +418,28 @@ class ExpertPool:
         t0 = time.perf_counter()
         try:
             backend.reload() if again else backend.load()
-        except ConclaveError:
-            with self._lock:
-                self.stats.load_failures += 1
-            raise
         except Exception as exc:  # a backend bug or library error: still data, not a crash
+            err = (
+                exc
+                if isinstance(exc, ConclaveError)
+                else ModelLoadError(f"{type(exc).__name__}: {exc}", expert=backend.name)
+            )
             with self._lock:
                 self.stats.load_failures += 1
-            raise ModelLoadError(f"{type(exc).__name__}: {exc}", expert=backend.name) from exc
+            if not self._closing:  # a load stopped by close is no fault of the model's
+                hold = self.backoff.failed(backend.name, err)
+                if hold:
+                    log.warning(
+                        "%s: its model failed to load (%s); down for %.0f s "
+                        "(pool.load_backoff_s): routed questions go to the next best",
+                        backend.name,
+                        err,
+                        hold,
+                    )
+            if err is exc:
+                raise
+            raise err from exc
+        self.backoff.loaded(backend.name)
         self.metrics.load(backend.name)
         with self._lock:
             self.stats.loads += 1
@@ -515,9 +548,11 @@ class ExpertPool:
             self._release(backend.name)
 
     def unavailable(self) -> set[str]:
-        """Experts whose engine is restarting now: a router skips them."""
+        """Experts down now: their engine is restarting, or their model failed to load and
+        is held down (`backoff`). A router skips them."""
         with self._residency:
-            return set(self._restarting)
+            restarting = set(self._restarting)
+        return restarting | self.backoff.down()
 
     @staticmethod
     def _checked(

@@ -89,13 +89,16 @@ def experts_list(
             *(_live_cells(r["live"]) if live else [", ".join(r["trained_on"] or []) or "-"]),
         )
     out.print(table)
+    for r in rows:  # why an expert is down does not fit a cell
+        if r["live"] and r["live"].get("down"):
+            out.print(f"{r['name']} is down: {r['live']['down']}")
 
 
 def _live_cells(live: dict[str, Any] | None) -> list[str]:
     if not live:
         return ["-"] * 4
     return [
-        "loaded" if live["loaded"] else "not loaded",
+        "down" if live.get("down") else "loaded" if live["loaded"] else "not loaded",
         str(live["requests"]),
         str(live["errors"]),
         str(live["mean_batch_seconds"] or "-"),

@@ -131,6 +131,9 @@ class FakeBackendConfig(BackendConfig):
     )
     load_s: float = Field(0.0, ge=0.0, description="Simulated load time in seconds.")
     fail_load: bool = Field(False, description="Loading always fails (a bad path).")
+    failed_loads: int = Field(
+        0, ge=0, description="Fault injection: the first this many loads fail, then loads work."
+    )
     generate_s: float = Field(0.0, ge=0.0, description="Simulated time per generate call.")
     max_prompt_chars: int | None = Field(
         None, ge=1, description="Longer prompts are refused, one by one (a context limit)."

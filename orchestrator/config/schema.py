@@ -110,6 +110,15 @@ class PoolConfig(Strict):
     max_parallel_groups: int = Field(
         4, ge=1, le=256, description="Expert groups generating at once (one per actor)."
     )
+    load_backoff_s: float = Field(
+        30.0,
+        ge=0.0,
+        description="After an expert's model fails to load, seconds it counts as down before "
+        "a request may try the load again, doubled with each failure in a row (at most 10 "
+        "minutes). Meanwhile the router plans past it at no cost (as past a restarting "
+        "engine, routing.on_expert_down) and a request for it alone fails at once with the "
+        "load's error. 0: try the load on every request.",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> PoolConfig:

@@ -383,6 +383,40 @@ def test_a_dead_expert_is_failed_over_and_skipped_while_it_restarts(policy, budg
         assert back.explanation.down == [] and c.pool.stats.restarts == 1
 
 
+def test_an_expert_whose_model_fails_to_load_is_planned_past_until_its_hold_ends():
+    """The expert a question is routed to cannot load its model: that question is
+    answered by the next best in the same request, and the questions after it are
+    planned past the expert at no cost (no load tried, the trace says it was down) until
+    pool.load_backoff_s is over; then it is tried again and, loading, answers again."""
+    from orchestrator.errors import ModelLoadError
+    from tests.unit.test_conclave import ROWS
+
+    with make(aggregator="vote") as c:
+        c.profile(items("validation"), dataset="skillmix")
+        qs = [it for it in items("test") if ROWS[it.question].category == "geography"][:3]
+        geo, now, tries = c.pool.backends["geo"], [0.0], []
+        c.pool.backoff.clock = lambda: now[0]
+        c.pool.unload("geo")
+
+        def fails() -> None:
+            tries.append(now[0])
+            raise ModelLoadError("no such model file (fake)", expert="geo")
+
+        geo.load = fails
+        (first,) = c.answer(qs[:1], "conclave")
+        assert [a.error_type for a in first.answers][:1] == ["ModelLoadError"]
+        assert first.choice is not None and not any(a.error for a in first.answers[1:])
+        assert c.pool.unavailable() == {"geo"} and tries == [0.0]
+        (second,) = c.answer(qs[1:2], "conclave")
+        assert "geo" not in [a.expert for a in second.answers] and tries == [0.0]
+        assert second.explanation.down == ["geo"] and second.choice is not None
+        del geo.load  # fixed; the hold ends
+        now[0] = c.config.pool.load_backoff_s
+        (back,) = c.answer(qs[2:], "conclave")
+        assert [a.expert for a in back.answers] == ["geo"] and back.correct
+        assert back.explanation.down == [] and c.pool.unavailable() == set()
+
+
 def test_lanes_follow_the_plan_set_failovers_apart_and_need_no_model_call():
     """The gateway's batching lane of a routed question is whom 'conclave' asks first,
     read from the question index and the profile alone; a question failed over from a

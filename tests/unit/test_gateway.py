@@ -622,6 +622,44 @@ ECHO = {
 }
 
 
+def test_an_expert_that_cannot_load_is_shown_down_and_fails_fast_until_its_hold_ends(tmp_path):
+    """Over HTTP: a request for an expert whose model fails to load gets the load's error
+    (502); asked again within pool.load_backoff_s it fails at once, no load tried, saying
+    when it is tried again; `/v1/experts` and `conclave experts list` say why it is down."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    broken = {"name": "broken", "backend": {"type": "fake", "fail_load": True}}
+    s = Served(GatewaySettings(), profile=False, ensemble=False, experts=[EXPERTS[0], broken])
+    try:
+        body = {"model": "broken", "messages": [{"role": "user", "content": Q}]}
+        first = httpx.post(f"{s.url}/v1/chat/completions", json=body)
+        assert first.status_code == 502 and "does not exist" in first.json()["error"]["message"]
+        again = httpx.post(f"{s.url}/v1/chat/completions", json=body)
+        msg = again.json()["error"]["message"]
+        assert again.status_code == 502 and "held down" in msg and "tried again in" in msg
+        assert s.conclave.pool.backends["broken"].load_tries == 1
+        live = {e["name"]: e for e in httpx.get(f"{s.url}/v1/experts").json()["data"]}
+        assert "failed to load" in live["broken"]["down"] and live["alpha"]["down"] is None
+        ok = httpx.post(f"{s.url}/v1/chat/completions", json={**body, "model": "alpha"})
+        assert ok.status_code == 200
+
+        cfg = tmp_path / "conclave.json"
+        cfg.write_text(json.dumps({"pool": {"experts": [EXPERTS[0], broken]}}))
+        res = CliRunner().invoke(
+            app,
+            ["experts", "list", "--config", str(cfg), "--gateway", s.url],
+            env={"COLUMNS": "80"},
+        )
+        assert res.exit_code == 0, res.output
+        assert "down" in res.output and "broken is down:" in res.output
+    finally:
+        s.close()
+
+
 @pytest.fixture(scope="module")
 def echo_gw():
     s = Served(

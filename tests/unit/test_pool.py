@@ -10,12 +10,13 @@ from workers.batch import GenerationRequest
 from workers.pool import ExpertPool
 
 
-def make_pool(experts, budget=None, parallel=4) -> ExpertPool:
+def make_pool(experts, budget=None, parallel=4, **pool) -> ExpertPool:
     cfg = parse_config(
         {
             "pool": {
                 "memory_budget_gb": budget,
                 "max_parallel_groups": parallel,
+                **pool,
                 "experts": [
                     {
                         "name": name,
@@ -108,6 +109,47 @@ def test_failed_load_yields_error_results_and_others_complete():
         assert r.error.type == "ModelLoadError" and not r.error.retryable
         assert "[bad]" in r.error.message and "does not exist" in r.error.message
     assert pool.stats.load_failures == 1
+
+
+def test_a_model_that_failed_to_load_is_held_down_then_tried_again():
+    """A failed load holds its expert down for pool.load_backoff_s, doubled with each
+    failure in a row: a request for it fails at once naming the load's error and when
+    it is tried again (no load tried), the router sees it down, `status` says why, and
+    once the hold is over the next request tries the load again; one that works clears
+    the hold."""
+    pool = make_pool({"flaky": {"failed_loads": 2}, "good": {}})
+    flaky, now = pool.backends["flaky"], [0.0]
+    pool.backoff.clock = lambda: now[0]
+
+    def down() -> str | None:
+        return {s.name: s.down for s in pool.status()}["flaky"]
+
+    first = pool.run([req(0, "flaky"), req(1, "good")])
+    assert first[0].error.type == "ModelLoadError" and first[1].ok
+    assert flaky.load_tries == 1 and pool.unavailable() == {"flaky"}
+    (held,) = pool.run([req(2, "flaky")])
+    assert flaky.load_tries == 1  # not tried again
+    assert held.error.type == "ModelLoadError" and not held.error.retryable
+    assert "does not exist" in held.error.message and "again in 30 s" in held.error.message
+    assert "failed to load" in down() and {s.name: s.down for s in pool.status()}["good"] is None
+    now[0] = 30.0  # the hold is over: tried again, fails again, held twice as long
+    pool.run([req(3, "flaky")])
+    assert flaky.load_tries == 2 and "again in 60 s" in down()
+    now[0] = 89.0
+    assert pool.unavailable() == {"flaky"}
+    now[0] = 90.0
+    (ok,) = pool.run([req(4, "flaky")])
+    assert ok.ok and flaky.load_tries == 3
+    assert pool.unavailable() == set() and down() is None
+    assert pool.stats.load_failures == 2
+
+
+def test_no_hold_tries_the_load_on_every_request():
+    pool = make_pool({"bad": {"fail_load": True}}, load_backoff_s=0)
+    for i in range(3):
+        (r,) = pool.run([req(i, "bad")])
+        assert r.error.type == "ModelLoadError" and "does not exist" in r.error.message
+    assert pool.backends["bad"].load_tries == 3 and pool.unavailable() == set()
 
 
 def test_engine_death_restarts_and_retries_once():
