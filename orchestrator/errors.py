@@ -11,12 +11,14 @@
         │   └── RequestRejectedError    the engine refused it before running it (too long)
         ├── NoAnswerError           every expert chosen for a question failed
         └── RemoteError             a remote (litellm) endpoint failed
-            ├── RemoteTimeoutError      no answer within the timeout     [retryable]
+            ├── RemoteTimeoutError      no answer within the timeout     [retryable, unreachable]
             ├── RateLimitedError        the provider asked us to slow down [retryable]
-            ├── RemoteUnavailableError  connection refused, 5xx           [retryable]
+            ├── RemoteUnavailableError  connection refused, 5xx           [retryable, unreachable]
             └── RemoteRequestError      4xx: bad request, auth, unknown model
 
-`retryable` on the class says whether trying the same request again can succeed. The pool
+`retryable` on the class says whether trying the same request again can succeed;
+`unreachable`, that the expert itself did not answer (the pool holds an expert down after
+`pool.down_after` such failures in a row, `workers/backoff.py`). The pool
 never lets these escape a batch: a failed item comes back as a result whose `error`
 (an `ErrorInfo`) names the expert, the error class and the cause.
 """
@@ -25,9 +27,11 @@ from __future__ import annotations
 
 
 class ConclaveError(Exception):
-    """Base class. `retryable` says whether the same request may succeed on a retry."""
+    """Base class. `retryable` says whether the same request may succeed on a retry;
+    `unreachable`, that the expert's endpoint did not answer at all."""
 
     retryable: bool = False
+    unreachable: bool = False
 
     def __init__(self, message: str, *, expert: str | None = None) -> None:
         super().__init__(message)
@@ -83,6 +87,7 @@ class RemoteError(PoolError):
 
 class RemoteTimeoutError(RemoteError):
     retryable = True
+    unreachable = True
 
 
 class RateLimitedError(RemoteError):
@@ -91,6 +96,7 @@ class RateLimitedError(RemoteError):
 
 class RemoteUnavailableError(RemoteError):
     retryable = True
+    unreachable = True
 
 
 class RemoteRequestError(RemoteError):

@@ -50,8 +50,9 @@ class ExpertStatus(BaseModel):
     idle_seconds: float | None = Field(description="Seconds since its last batch.")
     down: str | None = Field(
         None,
-        description="Why it is down now, if it is: its engine restarting, or its model "
-        "failed to load and is held down until a load is tried again (pool.load_backoff_s).",
+        description="Why it is down now, if it is: its engine restarting, or it keeps "
+        "failing (its model did not load, its endpoint does not answer) and is held down "
+        "until it is tried again (pool.down_hold_s).",
     )
 
 

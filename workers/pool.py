@@ -42,7 +42,7 @@ from orchestrator.errors import (
     UnknownExpertError,
 )
 from workers.backend import ExpertBackend, make_backend
-from workers.backoff import LoadBackoff
+from workers.backoff import DownHolds
 from workers.batch import GenerationRequest, GenerationResult
 from workers.holdings import Holdings, needs
 from workers.metrics import ExpertMetrics, ExpertStatus, PoolStats
@@ -78,8 +78,8 @@ class ExpertPool:
         #: experts whose dead engine is being restarted, and when that is done
         self._restarting: dict[str, Future[None]] = {}
         self._closing = False  # set by close: an engine that dies now stays dead
-        #: experts whose model failed to load, held down before a load is tried again
-        self.backoff = LoadBackoff(config.pool.load_backoff_s)
+        #: experts held down after failing (a failed load, an endpoint not answering)
+        self.holds = DownHolds(config.pool.down_hold_s, config.pool.down_after)
 
     # ---- public API -------------------------------------------------------------------
 
@@ -108,6 +108,16 @@ class ExpertPool:
                 groups[req.expert].append(i)
             else:
                 results[i] = GenerationResult.failed(req, self._unknown(req.expert))
+        for name in list(groups):
+            held = self.holds.held(name)
+            if held is not None:  # it keeps failing: not tried again until its hold ends
+                idx = groups.pop(name)
+                failed = [GenerationResult.failed(requests[i], held) for i in idx]
+                for i, res in zip(idx, failed, strict=True):
+                    results[i] = res
+                self.metrics.batch(name, failed, 0.0)
+        if not groups:
+            return _complete(results)
 
         if len(groups) == 1 and not progress:
             # One loaded expert (a gateway's passthrough batch): run it on this thread, so
@@ -174,9 +184,6 @@ class ExpertPool:
                 needs_load = not claimed and not self._claim_loaded([name])
                 if needs_load:
                     try:
-                        held = self.backoff.held(name)
-                        if held is not None:  # its last load failed: not tried again yet
-                            raise held
                         backend.prepare()
                         self._make_room(backend, pending, next_use, in_flight)
                     except ConclaveError as exc:
@@ -295,6 +302,7 @@ class ExpertPool:
             self._release(name)
         if result is not None:
             self.metrics.batch(name, [result], time.perf_counter() - t0)
+            self._observe(name, [result])
 
     def status(self) -> list[ExpertStatus]:
         """Each expert's state now and its figures since the pool started."""
@@ -304,9 +312,7 @@ class ExpertPool:
             self.metrics.live(
                 name,
                 b.loaded,
-                "its engine died and is restarting"
-                if name in restarting
-                else self.backoff.why(name),
+                "its engine died and is restarting" if name in restarting else self.holds.why(name),
             )
             for name, b in self.backends.items()
         ]
@@ -427,11 +433,11 @@ class ExpertPool:
             with self._lock:
                 self.stats.load_failures += 1
             if not self._closing:  # a load stopped by close is no fault of the model's
-                hold = self.backoff.failed(backend.name, err)
+                hold = self.holds.failed_load(backend.name, err)
                 if hold:
                     log.warning(
                         "%s: its model failed to load (%s); down for %.0f s "
-                        "(pool.load_backoff_s): routed questions go to the next best",
+                        "(pool.down_hold_s): routed questions go to the next best",
                         backend.name,
                         err,
                         hold,
@@ -439,7 +445,7 @@ class ExpertPool:
             if err is exc:
                 raise
             raise err from exc
-        self.backoff.loaded(backend.name)
+        self.holds.loaded(backend.name)
         self.metrics.load(backend.name)
         with self._lock:
             self.stats.loads += 1
@@ -471,7 +477,19 @@ class ExpertPool:
         out = self._generate_group(backend, group, wait)
         self.metrics.batch(backend.name, out, time.perf_counter() - t0)
         self.metrics.queued(backend.name, 0)
+        self._observe(backend.name, out)
         return out
+
+    def _observe(self, name: str, results: Sequence[GenerationResult]) -> None:
+        """Count answered and unreachable requests; hold `name` down when it keeps failing."""
+        hold = self.holds.observe(name, results)
+        if hold:
+            log.warning(
+                "%s: its endpoint keeps failing; down for %.0f s (pool.down_hold_s): routed "
+                "questions go to the next best",
+                name,
+                hold,
+            )
 
     def _generate_group(
         self, backend: ExpertBackend, group: list[GenerationRequest], wait: bool = True
@@ -548,11 +566,11 @@ class ExpertPool:
             self._release(backend.name)
 
     def unavailable(self) -> set[str]:
-        """Experts down now: their engine is restarting, or their model failed to load and
-        is held down (`backoff`). A router skips them."""
+        """Experts down now: their engine is restarting, or they keep failing and are held
+        down (`holds`: a failed load, an endpoint not answering). A router skips them."""
         with self._residency:
             restarting = set(self._restarting)
-        return restarting | self.backoff.down()
+        return restarting | self.holds.down()
 
     @staticmethod
     def _checked(

@@ -110,14 +110,21 @@ class PoolConfig(Strict):
     max_parallel_groups: int = Field(
         4, ge=1, le=256, description="Expert groups generating at once (one per actor)."
     )
-    load_backoff_s: float = Field(
+    down_hold_s: float = Field(
         30.0,
         ge=0.0,
-        description="After an expert's model fails to load, seconds it counts as down before "
-        "a request may try the load again, doubled with each failure in a row (at most 10 "
-        "minutes). Meanwhile the router plans past it at no cost (as past a restarting "
-        "engine, routing.on_expert_down) and a request for it alone fails at once with the "
-        "load's error. 0: try the load on every request.",
+        description="How long an expert that keeps failing counts as down (its model failed "
+        "to load, or `down_after` requests in a row found its endpoint unreachable), doubled "
+        "with each hold in a row (at most 10 minutes). Meanwhile the router plans past it at "
+        "no cost (as past a restarting engine, routing.on_expert_down) and a request for it "
+        "alone fails at once saying why; then the next requests try it again. 0: no holds.",
+    )
+    down_after: int = Field(
+        10,
+        ge=1,
+        description="Requests in a row failing as unreachable (connection refused, 5xx, "
+        "timeouts, after their retries) that hold an expert down for `down_hold_s`; after a "
+        "hold, one more such failure holds it again.",
     )
 
     @model_validator(mode="after")

@@ -70,7 +70,7 @@ def test_batch_loads_each_expert_once_and_reports_bad_models(pool, ray_cluster):
             assert r.finish_reason in {"stop", "length"}
     assert pool.stats.loads_by_expert == {"a": 1, "b": 1}
     assert pool.stats.evictions == 0 and pool.stats.load_failures == 1
-    # held down (pool.load_backoff_s): asked again, it fails at once, no engine started
+    # held down (pool.down_hold_s): asked again, it fails at once, no engine started
     (again,) = pool.run([chat(6, "missing")])
     assert again.error.type == "ModelLoadError" and "held down" in again.error.message
     assert "does not exist" in again.error.message and pool.stats.load_failures == 1

@@ -387,7 +387,7 @@ def test_an_expert_whose_model_fails_to_load_is_planned_past_until_its_hold_ends
     """The expert a question is routed to cannot load its model: that question is
     answered by the next best in the same request, and the questions after it are
     planned past the expert at no cost (no load tried, the trace says it was down) until
-    pool.load_backoff_s is over; then it is tried again and, loading, answers again."""
+    pool.down_hold_s is over; then it is tried again and, loading, answers again."""
     from orchestrator.errors import ModelLoadError
     from tests.unit.test_conclave import ROWS
 
@@ -395,7 +395,7 @@ def test_an_expert_whose_model_fails_to_load_is_planned_past_until_its_hold_ends
         c.profile(items("validation"), dataset="skillmix")
         qs = [it for it in items("test") if ROWS[it.question].category == "geography"][:3]
         geo, now, tries = c.pool.backends["geo"], [0.0], []
-        c.pool.backoff.clock = lambda: now[0]
+        c.pool.holds.clock = lambda: now[0]
         c.pool.unload("geo")
 
         def fails() -> None:
@@ -411,7 +411,7 @@ def test_an_expert_whose_model_fails_to_load_is_planned_past_until_its_hold_ends
         assert "geo" not in [a.expert for a in second.answers] and tries == [0.0]
         assert second.explanation.down == ["geo"] and second.choice is not None
         del geo.load  # fixed; the hold ends
-        now[0] = c.config.pool.load_backoff_s
+        now[0] = c.config.pool.down_hold_s
         (back,) = c.answer(qs[2:], "conclave")
         assert [a.expert for a in back.answers] == ["geo"] and back.correct
         assert back.explanation.down == [] and c.pool.unavailable() == set()

@@ -624,7 +624,7 @@ ECHO = {
 
 def test_an_expert_that_cannot_load_is_shown_down_and_fails_fast_until_its_hold_ends(tmp_path):
     """Over HTTP: a request for an expert whose model fails to load gets the load's error
-    (502); asked again within pool.load_backoff_s it fails at once, no load tried, saying
+    (502); asked again within pool.down_hold_s it fails at once, no load tried, saying
     when it is tried again; `/v1/experts` and `conclave experts list` say why it is down."""
     import json
 

@@ -112,14 +112,14 @@ def test_failed_load_yields_error_results_and_others_complete():
 
 
 def test_a_model_that_failed_to_load_is_held_down_then_tried_again():
-    """A failed load holds its expert down for pool.load_backoff_s, doubled with each
+    """A failed load holds its expert down for pool.down_hold_s, doubled with each
     failure in a row: a request for it fails at once naming the load's error and when
     it is tried again (no load tried), the router sees it down, `status` says why, and
     once the hold is over the next request tries the load again; one that works clears
     the hold."""
     pool = make_pool({"flaky": {"failed_loads": 2}, "good": {}})
     flaky, now = pool.backends["flaky"], [0.0]
-    pool.backoff.clock = lambda: now[0]
+    pool.holds.clock = lambda: now[0]
 
     def down() -> str | None:
         return {s.name: s.down for s in pool.status()}["flaky"]
@@ -145,7 +145,7 @@ def test_a_model_that_failed_to_load_is_held_down_then_tried_again():
 
 
 def test_no_hold_tries_the_load_on_every_request():
-    pool = make_pool({"bad": {"fail_load": True}}, load_backoff_s=0)
+    pool = make_pool({"bad": {"fail_load": True}}, down_hold_s=0)
     for i in range(3):
         (r,) = pool.run([req(i, "bad")])
         assert r.error.type == "ModelLoadError" and "does not exist" in r.error.message
@@ -339,3 +339,21 @@ def test_closing_the_pool_mid_batch_restarts_nothing():
     assert all(r.error.type == "EngineDeadError" for r in out)
     assert pool.stats.restarts == 0 and pool.stats.loads == 2
     assert not any(b.loaded for b in pool.backends.values())
+
+
+def test_only_unreachable_failures_in_a_row_hold_an_expert():
+    """An answer breaks a run of unreachable failures; a failure that is the request's
+    (a 4xx) neither counts nor breaks it."""
+    from orchestrator.errors import RemoteRequestError, RemoteUnavailableError
+    from workers.backoff import DownHolds
+    from workers.batch import GenerationResult
+
+    holds = DownHolds(10.0, after=3, clock=lambda: 0.0)
+    ok = GenerationResult(item_id="0", expert="x", text="hi")
+    down = GenerationResult.failed(req(0, "x"), RemoteUnavailableError("refused", expert="x"))
+    bad = GenerationResult.failed(req(0, "x"), RemoteRequestError("401", expert="x"))
+    assert holds.observe("x", [down, down, ok, down, down, bad]) == 0.0
+    assert holds.down() == set()
+    assert holds.observe("x", [down]) == 10.0 and holds.down() == {"x"}
+    assert "3 requests in a row failed, the last: refused" in holds.why("x")
+    assert DownHolds(0.0, after=1).observe("x", [down] * 5) == 0.0  # holds off

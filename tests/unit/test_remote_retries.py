@@ -183,3 +183,32 @@ def test_litellm_logs_only_errors_unless_verbose(monkeypatch):
     lm = remote._litellm()
     assert logging.getLogger("LiteLLM").level == logging.NOTSET and not lm.suppress_debug_info
     lm.suppress_debug_info = True
+
+
+def test_an_endpoint_that_keeps_failing_is_held_down_then_tried_again(stub):
+    """`pool.down_after` requests in a row the endpoint does not answer, after their
+    retries, hold the expert down: the next request fails at once without a call (as
+    the endpoint's own error: retryable, and a miss for the monitor), and a router sees
+    it down. After
+    `pool.down_hold_s` one request tries it: still failing, it is held twice as long;
+    answering, the hold is gone."""
+    pool = pool_for(stub, "flaky", max_retries=0)  # each text fails its first 2 calls
+    pool.holds.after = 5
+    now = [0.0]
+    pool.holds.clock = lambda: now[0]
+    texts = [f"h{i}" for i in range(5)]
+    first = ask(pool, "flaky", texts)
+    assert [r.error.type for r in first] == ["RemoteUnavailableError"] * 5
+    assert pool.unavailable() == {"flaky"}
+    (held,) = ask(pool, "flaky", ["h0"])
+    assert stub.calls["h0"] == 1  # not asked
+    assert held.error.type == "RemoteUnavailableError" and held.error.retryable
+    assert "not answering" in held.error.message and "again in 30 s" in held.error.message
+    now[0] = 30.0  # the hold is over: one more failure holds it again, for 60 s
+    (trial,) = ask(pool, "flaky", ["h0"])
+    assert trial.error.type == "RemoteUnavailableError" and stub.calls["h0"] == 2
+    assert "again in 60 s" in pool.holds.why("flaky")
+    now[0] = 90.0
+    (back,) = ask(pool, "flaky", ["h0"])  # its third call: answered
+    assert back.text == "echo h0" and pool.unavailable() == set()
+    assert pool.holds.why("flaky") is None
