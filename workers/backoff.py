@@ -65,6 +65,12 @@ class DownHolds:
         """Hold `expert` down after a failed load; the seconds it is held for."""
         return self._hold(expert, "load", str(error.args[0] if error.args else error))
 
+    def reset(self, expert: str) -> None:
+        """Forget `expert`'s hold and count, as if it never failed."""
+        with self._lock:
+            self._holds.pop(expert, None)
+            self._streak.pop(expert, None)
+
     def loaded(self, expert: str) -> None:
         """A load of `expert` worked: no hold, and the next one starts at `hold_s`."""
         with self._lock:

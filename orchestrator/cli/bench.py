@@ -447,6 +447,50 @@ def bench_failover(
     )
 
 
+@app.command("holds")
+def bench_holds(
+    pool: Annotated[str, typer.Option(help="A pool of `bench free-agents --pools`.")] = (
+        "three-specialists"
+    ),
+    rounds: Annotated[int, typer.Option(min=1, help="Pairs of rounds (off, on).")] = 2,
+    per_category: Annotated[
+        int, typer.Option(min=1, help="Test questions per MMLU-Pro category.")
+    ] = 30,
+    as_json: FiguresJson = False,
+    output: FiguresOut = None,
+) -> None:
+    """Routed questions while one expert's endpoint fails every call: with the pool's
+    holds off (every question routed to it pays its calls and retries) and on
+    (pool.down_hold_s): seconds, calls to it, questions right."""
+    from evals.bench.holds import run_holds_bench
+
+    try:
+        res = figures(run_holds_bench(pool, per_category, rounds, progress=not as_json))
+    except ConclaveError as exc:
+        raise fail(exc) from None
+    if emit_json(res, output, as_json):
+        return
+    print_table(
+        f"{res['victim']} failing every call ({res['pool']}, {res['questions']} questions, "
+        f"{res['batch']} at a time)",
+        ("round", "holds", "seconds", f"calls to {res['victim']}", "planned past", "right"),
+        (
+            (
+                i + 1,
+                "on" if r["holds"] else "off",
+                r["seconds"],
+                r["victim_calls"],
+                r["planned_past"],
+                r["right"],
+            )
+            for i, r in enumerate(res["rounds"])
+        ),
+        caption=f"holds: down after {res['down_after']} failures in a row, for "
+        f"{res['down_hold_s']:g} s; {res['machine']}",
+    )
+    out.print(f"seconds with holds off over on: {res['speedup']} (median over pairs of rounds)")
+
+
 @app.command("moe")
 def bench_moe(
     tokens: Annotated[str, typer.Option(help="Token counts (comma-separated).")] = (

@@ -74,3 +74,23 @@ def test_routing_command_names_the_pools_when_one_is_unknown():
     result = CliRunner().invoke(app, ["bench", "routing", "--pool", "nope"])
     assert result.exit_code == 2
     assert "smoke" in result.output and "specialists" in result.output
+
+
+@needs_data
+def test_holds_bench_asks_a_failing_endpoint_a_few_times_not_every_question():
+    """`conclave bench holds` on the smallest setting: with holds off every question
+    routed to the failing victim calls it (then the next best answers); with holds on it
+    is called until `pool.down_after` failures in a row (and by the rest of the batch
+    that made them, asked at once) and planned past after that; the answers are as right
+    either way (the next best answers both times)."""
+    from evals.bench.holds import run_holds_bench
+
+    res = run_holds_bench(per_category=3, rounds=1, progress=False)
+    off, on = res.rounds
+    assert (off.holds, on.holds) == (False, True) and res.questions == 42
+    assert off.victim_calls > res.down_after and off.planned_past == 0
+    assert res.down_after <= on.victim_calls < res.down_after + res.batch
+    assert on.planned_past == off.victim_calls - on.victim_calls > 0
+    assert abs(on.right - off.right) <= 2
+    result = CliRunner().invoke(app, ["bench", "holds", "--help"])
+    assert result.exit_code == 0 and "down_hold_s" in result.output
