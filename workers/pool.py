@@ -281,7 +281,8 @@ class ExpertPool:
         An expert that is not loaded yet is loaded and asked through `run` (its answer then
         comes in one piece); a failure comes back as a failed result, as from `run`."""
         backend = self.backends.get(request.expert)
-        if backend is None or not self._claim_loaded([backend.name]):
+        held = self.holds.held(request.expert)
+        if backend is None or held is not None or not self._claim_loaded([backend.name]):
             (ran,) = self.run([request])
             if ran.ok and ran.text:
                 yield ran.text

@@ -204,6 +204,11 @@ def test_an_endpoint_that_keeps_failing_is_held_down_then_tried_again(stub):
     assert stub.calls["h0"] == 1  # not asked
     assert held.error.type == "RemoteUnavailableError" and held.error.retryable
     assert "not answering" in held.error.message and "again in 30 s" in held.error.message
+    h1 = GenerationRequest(
+        item_id="s", expert="flaky", messages=[{"role": "user", "content": "h1"}]
+    )
+    (streamed,) = pool.stream(h1)  # streamed, the same: no call
+    assert streamed.error.type == "RemoteUnavailableError" and stub.calls["h1"] == 1
     now[0] = 30.0  # the hold is over: one more failure holds it again, for 60 s
     (trial,) = ask(pool, "flaky", ["h0"])
     assert trial.error.type == "RemoteUnavailableError" and stub.calls["h0"] == 2
