@@ -351,28 +351,26 @@ def bench_free_agents(
 
 
 def _print_pools(p: dict[str, Any]) -> None:
-    """The heterogeneous pools' runs: one row per run and control run."""
+    """The heterogeneous pools' runs: one row per run and control run, in 80 columns."""
     print_table(
         "free agents in heterogeneous pools, through the gateway",
         (
             "pool",
-            "seed",
             "run",
-            "false\nreleases",
-            "detected\nafter",
-            "promoted\nafter",
-            "acc\nbefore %",
-            "during\n%",
-            "after\n%",
-            "free agent\nalone %",
-            "victim\nhealthy %",
+            "false\nrel.",
+            "found\nafter",
+            "swap\nafter",
+            "pre",
+            "during",
+            "after",
+            "agent\nalone",
+            "victim\nok",
             "lost",
         ),
         (
             (
                 r["pool"],
-                r["seed"],
-                "drop" if r["drop_at"] is not None else "control",
+                f"{'drop' if r['drop_at'] is not None else 'ctrl'}/{r['seed']}",
                 r["false_releases"],
                 _dash(r["detected_after"]),
                 _dash(r["promoted_after"]),
@@ -385,9 +383,11 @@ def _print_pools(p: dict[str, Any]) -> None:
             )
             for r in [*p["runs"], *p["controls"]]
         ),
-        caption="after: requests sent from the drop; accuracy on the victim's subjects "
-        "(before the drop, until the promotion, after it; on the same questions after it, "
-        "the free agent alone and the victim before its fault)",
+        caption="run: a drop or a control run (ctrl), and its seed; false rel.: releases of "
+        "a healthy agent; found, swap after: requests from the drop to the victim's release "
+        "and to the free agent's promotion; accuracy % on the victim's subjects before the "
+        "drop (pre), until the promotion, after it, and on the same questions after it, the "
+        "free agent alone and the victim before its fault (ok)",
     )
     for name, what in p["pools"].items():
         out.print(f"{name}: {what}")

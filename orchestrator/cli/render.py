@@ -73,8 +73,8 @@ def print_table(
         title=title,
         caption=caption,
         box=box.SIMPLE_HEAD if caption else box.HEAVY_HEAD,
-        pad_edge=not caption,
-        collapse_padding=bool(caption),
+        show_edge=not caption,
+        padding=(0, 0) if caption else (0, 1),
     )
     for i, col in enumerate(columns):
         table.add_column(

@@ -355,3 +355,40 @@ def test_help_paragraphs_wrap_at_80_columns_without_breaking_sentences(command):
     for line, nxt in zip(lines, [*lines[1:], ""], strict=True):
         if line and nxt and len(line) < 60:
             assert line.endswith((".", ":", ")")), (command, line)
+
+
+def test_the_free_agent_pools_table_keeps_every_column_in_80(monkeypatch):
+    """The widest pool name, a drop run and a control run: every header and figure is
+    printed whole within 80 columns (a wider table was cut at the edge, its last columns
+    and its caption lost)."""
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.cli import bench, render
+
+    console = Console(width=80, file=io.StringIO(), record=True)
+    monkeypatch.setattr(render, "out", console)
+    monkeypatch.setattr(bench, "out", console)
+    run = {
+        "pool": "three-specialists",
+        "seed": 12,
+        "drop_at": 1000,
+        "false_releases": 0,
+        "detected_after": 1234,
+        "promoted_after": 1250,
+        "accuracy_before": 100.0,
+        "accuracy_during": 66.7,
+        "accuracy_after": 99.9,
+        "free_agent_alone_after": 88.8,
+        "victim_healthy_after": 77.7,
+        "lost": 4321,
+    }
+    control = {**run, "drop_at": None, "lost": 5678}
+    bench._print_pools({"runs": [run], "controls": [control], "pools": {}, "summary": {}})
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for word in ("three-specialists", "drop/12", "ctrl/12", "1234", "1250", "100.0", "66.7"):
+        assert word in text, word
+    for word in ("88.8", "77.7", "4321", "5678", "victim", "lost", "before its fault (ok)"):
+        assert word in text, word
