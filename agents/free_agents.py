@@ -197,6 +197,9 @@ class FreeAgentMonitor:
 
         #: judges releases and probations (`free_agents.swap_rule`)
         self.rule = SWAP_RULES.get(settings.swap_rule)
+        #: the weights a probation's pairs are scored with (the rule's, or the rewards')
+        paired = getattr(self.rule, "paired_weights", None)
+        self.paired_weights = paired(settings.weights) if paired else settings.weights
         #: validation accuracy per expert, when profiled: picks the best free agent
         self.record = dict(record or {})
         self.free: list[str] = [e for e in settings.free_agents if e in experts]
@@ -265,6 +268,7 @@ class FreeAgentMonitor:
                 pred = expected.get(tr.id, {})
                 outs = [outcome(tr, a, pred.get(a.expert)) for a in tr.answers]
                 by_agent = {o.agent: reward(o, w) for o in outs}
+                out_of = {o.agent: o for o in outs}
                 for o in outs:
                     self._record(o.agent, by_agent[o.agent], o)
                 shadows = []
@@ -275,7 +279,8 @@ class FreeAgentMonitor:
                     c = outcome(tr, ans, pred.get(ans.expert))
                     shadows.append((incumbent, c))
                     if c.correct is not None:  # evidence once graded: here, or by feedback
-                        p.pairs[tr.id] = (by_agent[incumbent], reward(c, w))
+                        pw = self.paired_weights
+                        p.pairs[tr.id] = (reward(out_of[incumbent], pw), reward(c, pw))
                         p.graded.append((tr.keywords, c.correct))
                 self._recent[tr.id] = (outs, shadows, tr.keywords)
                 while len(self._recent) > 10_000:
@@ -305,7 +310,8 @@ class FreeAgentMonitor:
                 if p is None or p.challenger != c.agent or gc is None or task in p.pairs:
                     continue
                 inc = graded.get(incumbent) or next(o for o in outs if o.agent == incumbent)
-                p.pairs[task] = (reward(inc, w), reward(gc, w))
+                pw = self.paired_weights
+                p.pairs[task] = (reward(inc, pw), reward(gc, pw))
                 p.graded.append((keywords, bool(gc.correct)))
             decisions += self._decide()
         self.log.append(decisions)

@@ -11,6 +11,10 @@ A rule may judge releases on graded answers instead of rewards:
             graded: (right?, the accuracy predicted for that question, a probe?), oldest
             first, since the agent's evidence was last reset
 
+and may score probation pairs with weights of its own (the monitor's otherwise):
+
+        paired_weights(weights) -> RewardWeights
+
 The monitor (`agents.free_agents.FreeAgentMonitor`) owns the state (windows of rewards,
 graded answers, probations, the audit log) and applies a decision; a rule only judges the
 evidence it is given, so a new rule is one small class. Built in, and what
@@ -26,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from orchestrator.config import FreeAgentSettings
+from orchestrator.config import FreeAgentSettings, RewardWeights
 from orchestrator.registry import Registry
 
 
@@ -184,6 +188,14 @@ class Expectation(WindowMean):
 
     def release(self, window: Sequence[float], settings: FreeAgentSettings) -> Decision | None:
         return None  # rewards alone do not release: `release_graded` does
+
+    def paired_weights(self, weights: RewardWeights) -> RewardWeights:
+        """Probation pairs weigh right answers, failures and tokens, not agreement with
+        the final answer: the incumbent is the expert asked, so the final answer is
+        mostly its own, and agreeing with it is no evidence between the two. Counted,
+        it favours the incumbent: a 0.89 challenger shadowing a specialist fallen from
+        0.9 to 0.7 reached no verdict in 200 paired tasks (difference 0.02)."""
+        return weights.model_copy(update={"synergy": 0.0})
 
     def release_graded(
         self, graded: Sequence[Graded], settings: FreeAgentSettings

@@ -89,6 +89,18 @@ POOLS: dict[str, HeteroPool] = {
         ),
         HeteroPool(
             pool=ScriptedPool(
+                name="mild",
+                description="as three-specialists, but stem falls only to 0.7 (a drop a "
+                "reward floor would miss and a probation scored on agreement with the "
+                "incumbent could not settle); the free agent is 0.89 on stem's subjects",
+                experts=[*_three_specialists(), _specialist("understudy", STEM, 0.89, 0.35)],
+            ),
+            victim="stem",
+            free_agent="understudy",
+            degraded=0.7,
+        ),
+        HeteroPool(
+            pool=ScriptedPool(
                 name="uneven",
                 description="a strong life specialist (0.95), a weaker social one (0.75), "
                 "a 0.5 generalist; the life specialist drops to 0.45; the free agent is "

@@ -386,3 +386,28 @@ def test_failures_are_misses_unless_not_the_agents_doing(tmp_path, error_type, r
         mon.observe([tr], {}, {tr.id: PREDICTED})
     events = [(e.event, e.agent) for e in mon.log.read()]
     assert (("release", "inc") in events) is released
+
+
+def test_probation_pairs_weigh_right_answers_not_agreeing_with_the_incumbent(tmp_path):
+    """The incumbent is the expert asked, so the final answer is its own: agreeing with
+    it (synergy) is no evidence between the two. A free agent at 0.85 shadowing an
+    incumbent fallen from 0.95 to 0.7: scored on right answers, every first probation of
+    ten streams ends in a promotion; scored with the rewards' synergy (as before), the
+    same streams' probations take longer and several end with no verdict."""
+
+    def first_verdict(seed: int, weights: RewardWeights | None) -> tuple[str, int]:
+        mon = _monitor(tmp_path / f"{seed}-{weights is None}")
+        if weights is not None:
+            mon.paired_weights = weights
+        _run(mon, 150, acc_inc=0.95, acc_free=0.85, seed=seed)
+        _run(mon, 600, acc_inc=0.7, acc_free=0.85, seed=seed, start=150)
+        log = mon.log.read()
+        start = next(e for e in log if e.event == "probation_start")
+        end = next(e for e in log if e.event in ("promotion", "rejection"))
+        return end.event, end.task - start.task
+
+    own = [first_verdict(seed, None) for seed in range(10)]
+    synergy = [first_verdict(seed, FreeAgentSettings().weights) for seed in range(10)]
+    assert all(event == "promotion" for event, _ in own), own
+    assert sum(event == "rejection" for event, _ in synergy) >= 3, synergy
+    assert sum(n for _, n in own) < sum(n for _, n in synergy)
