@@ -96,9 +96,8 @@ class DownHolds:
             on_trial = before is not None and before.kind == "calls"
             if n >= self.after or on_trial:
                 last = r.error.message.removeprefix(f"[{expert}] ")
-                hold = self._hold(
-                    expert, "calls", f"{n} requests in a row failed, the last: {last}"
-                )
+                why = f"{n} requests in a row failed, the last: {last}"
+                hold = max(hold, self._hold(expert, "calls", why))
                 with self._lock:
                     self._streak.pop(expert, None)
         return hold

@@ -354,6 +354,6 @@ def test_only_unreachable_failures_in_a_row_hold_an_expert():
     bad = GenerationResult.failed(req(0, "x"), RemoteRequestError("401", expert="x"))
     assert holds.observe("x", [down, down, ok, down, down, bad]) == 0.0
     assert holds.down() == set()
-    assert holds.observe("x", [down]) == 10.0 and holds.down() == {"x"}
+    assert holds.observe("x", [down, down]) == 10.0 and holds.down() == {"x"}  # once
     assert "3 requests in a row failed, the last: refused" in holds.why("x")
     assert DownHolds(0.0, after=1).observe("x", [down] * 5) == 0.0  # holds off
