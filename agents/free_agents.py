@@ -386,6 +386,10 @@ class FreeAgentMonitor:
             return None
         self._fresh.discard(agent)
         graded = list(self.graded[agent])
+        judge = getattr(self.rule, "judge_graded", None)
+        if judge is not None:  # the statistic and the decision in one pass
+            self.cusums[agent], decision = judge(graded, self.settings)
+            return cast("Decision | None", decision)
         self.cusums[agent] = _cusum_now(graded, self.settings)
         return cast("Decision | None", graded_rule(graded, self.settings))
 

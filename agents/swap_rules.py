@@ -11,7 +11,9 @@ A rule may judge releases on graded answers instead of rewards:
             graded: (right?, the accuracy predicted for that question, a probe?), oldest
             first, since the agent's evidence was last reset
 
-and may score probation pairs with weights of its own (the monitor's otherwise):
+(or, giving the statistic it judged by too, judge_graded(graded, settings) ->
+(statistic, Decision | None)), and may score probation pairs with weights of its own
+(the monitor's otherwise):
 
         paired_weights(weights) -> RewardWeights
 
@@ -200,9 +202,16 @@ class Expectation(WindowMean):
     def release_graded(
         self, graded: Sequence[Graded], settings: FreeAgentSettings
     ) -> Decision | None:
+        return self.judge_graded(graded, settings)[1]
+
+    def judge_graded(
+        self, graded: Sequence[Graded], settings: FreeAgentSettings
+    ) -> tuple[float, Decision | None]:
+        """The statistic now (0 until the agent's level is set) and the release it calls
+        for, in one pass (the monitor keeps the statistic: suspects, `/v1/agents`)."""
         level = own_level(graded, settings)
         if level is None:
-            return None
+            return 0.0, None
         offsets, judged = level
         s, since = 0.0, 0  # the statistic, and where its current climb from 0 began
         for i, (ok, predicted) in enumerate(judged):
@@ -210,12 +219,12 @@ class Expectation(WindowMean):
             if s == 0.0:
                 since = i + 1
         if s < settings.detect_threshold:
-            return None
+            return s, None
         run = judged[since:] or judged
         n = len(run)
         right = sum(r for r, _ in run) / n
         expected = statistics.fmean(e for _, e in run)
-        return Decision(
+        return s, Decision(
             "release",
             f"right on {right:.0%} of its last {n} graded answers where its own record "
             f"predicts {expected:.0%} (its predictions {offsets[False]:+.2f} on tasks, "

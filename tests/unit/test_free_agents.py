@@ -360,6 +360,9 @@ def test_an_agent_becomes_a_suspect_on_surprising_misses_and_stops_after(tmp_pat
         mon._record("a", 0.0, TaskOutcome(agent="a", task=f"m{i}", correct=False, expected=0.9))
         mon._judge("a")
     assert mon.suspects() == ["a"]
+    # the statistic the rule judged by is the one `/v1/agents` shows
+    (a,) = [row for row in mon.status() if row["agent"] == "a"]
+    assert a["cusum"] == round(mon.cusums["a"], 3) > 0
     for i in range(30):
         mon._record("a", 1.0, TaskOutcome(agent="a", task=f"r{i}", correct=True, expected=0.9))
         mon._judge("a")
