@@ -111,11 +111,7 @@ class ExpertPool:
         for name in list(groups):
             held = self.holds.held(name)
             if held is not None:  # it keeps failing: not tried again until its hold ends
-                idx = groups.pop(name)
-                failed = [GenerationResult.failed(requests[i], held) for i in idx]
-                for i, res in zip(idx, failed, strict=True):
-                    results[i] = res
-                self.metrics.batch(name, failed, 0.0)
+                self._fail(name, groups.pop(name), requests, results, held)
         if not groups:
             return _complete(results)
 
@@ -187,10 +183,7 @@ class ExpertPool:
                         backend.prepare()
                         self._make_room(backend, pending, next_use, in_flight)
                     except ConclaveError as exc:
-                        failed = [GenerationResult.failed(r, exc) for r in group]
-                        for i, res in zip(groups[name], failed, strict=True):
-                            results[i] = res
-                        self.metrics.batch(name, failed, 0.0)  # counted as its errors
+                        self._fail(name, groups[name], requests, results, exc)
                         bar.advance(len(group))
                         pending[name] = 0
                         continue
@@ -210,6 +203,20 @@ class ExpertPool:
             for name, fut in in_flight.items():
                 for i, res in zip(groups[name], fut.result(), strict=True):
                     results[i] = res
+
+    def _fail(
+        self,
+        name: str,
+        idx: list[int],
+        requests: list[GenerationRequest],
+        results: list[GenerationResult | None],
+        exc: ConclaveError,
+    ) -> None:
+        """`name`'s requests at `idx` fail with `exc`, untried; counted as its errors."""
+        failed = [GenerationResult.failed(requests[i], exc) for i in idx]
+        for i, res in zip(idx, failed, strict=True):
+            results[i] = res
+        self.metrics.batch(name, failed, 0.0)
 
     def connect(self) -> dict[str, str]:
         """Each backend's `prepare` (a vLLM expert's: connect to Ray, starting a local

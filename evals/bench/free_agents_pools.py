@@ -72,32 +72,36 @@ def _three_specialists() -> list[ScriptedExpert]:
     ]
 
 
+def _stem_falls(name: str, description: str, degraded: float) -> HeteroPool:
+    """The three specialists and the generalist, with a free agent at 0.89 on stem's
+    subjects; stem's accuracy there falls to `degraded`."""
+    return HeteroPool(
+        pool=ScriptedPool(
+            name=name,
+            description=description,
+            experts=[*_three_specialists(), _specialist("understudy", STEM, 0.89, 0.35)],
+        ),
+        victim="stem",
+        free_agent="understudy",
+        degraded=degraded,
+    )
+
+
 POOLS: dict[str, HeteroPool] = {
     p.pool.name: p
     for p in (
-        HeteroPool(
-            pool=ScriptedPool(
-                name="three-specialists",
-                description="stem, life and social specialists (0.9 on their subjects, 0.3 "
-                "elsewhere), a 0.6 generalist; stem drops to 0.3; the free agent is 0.89 "
-                "on stem's subjects",
-                experts=[*_three_specialists(), _specialist("understudy", STEM, 0.89, 0.35)],
-            ),
-            victim="stem",
-            free_agent="understudy",
-            degraded=0.3,
+        _stem_falls(
+            "three-specialists",
+            "stem, life and social specialists (0.9 on their subjects, 0.3 elsewhere), a 0.6 "
+            "generalist; stem drops to 0.3; the free agent is 0.89 on stem's subjects",
+            0.3,
         ),
-        HeteroPool(
-            pool=ScriptedPool(
-                name="mild",
-                description="as three-specialists, but stem falls only to 0.7 (a drop a "
-                "reward floor would miss and a probation scored on agreement with the "
-                "incumbent could not settle); the free agent is 0.89 on stem's subjects",
-                experts=[*_three_specialists(), _specialist("understudy", STEM, 0.89, 0.35)],
-            ),
-            victim="stem",
-            free_agent="understudy",
-            degraded=0.7,
+        _stem_falls(
+            "mild",
+            "as three-specialists, but stem falls only to 0.7 (a drop a reward floor would "
+            "miss and a probation scored on agreement with the incumbent could not settle); "
+            "the free agent is 0.89 on stem's subjects",
+            0.7,
         ),
         HeteroPool(
             pool=ScriptedPool(
