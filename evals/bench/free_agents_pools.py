@@ -26,13 +26,15 @@ import random
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evals.bench.pools import KEY_ENV, SHARED_DATA, _data, _specialist, scripted_experts
 from evals.bench.scripted import (
+    CATEGORIES,
     Script,
     ScriptedExpert,
     ScriptedPool,
@@ -48,11 +50,44 @@ class HeteroPool(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pool: ScriptedPool
-    victim: str = Field(..., description="The specialist whose accuracy drops.")
+    victim: str = Field(
+        ...,
+        description="The expert whose accuracy drops: on its subjects (the categories of "
+        "its `accuracy`), or everywhere if it has none.",
+    )
     free_agent: str = Field(..., description="The expert waiting in the free-agent pool.")
-    degraded: float = Field(..., description="The victim's accuracy on its subjects after.")
-    errors: float = Field(0.0, description="The share of its calls that fail (HTTP 500) after.")
-    garbage: float = Field(0.0, description="The share of its answers with no option after.")
+    degraded: float = Field(
+        ..., ge=0.0, le=1.0, description="The victim's accuracy on its subjects after."
+    )
+    errors: float = Field(
+        0.0, ge=0.0, le=1.0, description="The share of its calls that fail (HTTP 500) after."
+    )
+    garbage: float = Field(
+        0.0, ge=0.0, le=1.0, description="The share of its answers with no option after."
+    )
+
+    @model_validator(mode="after")
+    def _roles_in_pool(self) -> HeteroPool:
+        names = [e.name for e in self.pool.experts]
+        for field, name in (("victim", self.victim), ("free_agent", self.free_agent)):
+            if name not in names:
+                raise ValueError(
+                    f"{field}: {name!r} is not one of the pool's experts ({', '.join(names)})"
+                )
+        if self.victim == self.free_agent:
+            raise ValueError("victim and free_agent name the same expert; name two")
+        if len(names) < 3:
+            raise ValueError(
+                "pool.experts: a scenario needs the victim, the free agent and at least one "
+                "other expert to serve"
+            )
+        return self
+
+    def subjects(self) -> set[str]:
+        """The categories whose accuracy the drop changes (and the figures follow)."""
+        return set(next(e for e in self.pool.experts if e.name == self.victim).accuracy) or set(
+            CATEGORIES
+        )
 
 
 STEM = ("math", "physics", "engineering", "computer science")
@@ -240,7 +275,7 @@ def run_pool_stream(
     validation, test = load_file(profile_file), load_file(test_file)
     os.environ.setdefault(KEY_ENV, "scripted")
     script = Script(spec.pool, validation + test, seed)
-    victim_subjects = set(script.experts[spec.victim].accuracy)
+    victim_subjects = spec.subjects()
     rng = random.Random(seed)
     stream = [rng.choice(test) for _ in range(requests)]
     run = folder / f"{spec.pool.name}-{seed}-{'drop' if drop_at is not None else 'control'}"
@@ -265,7 +300,7 @@ def run_pool_stream(
                             if n is None:
                                 return
                             if n == drop_at:  # fault injection, from this request on
-                                _degrade(script, spec)
+                                inject_fault(script, spec)
                             started = time.time()
                         item = stream[n]
                         row: dict[str, Any] = {
@@ -318,15 +353,14 @@ def _audit(base: str) -> list[dict[str, Any]]:
     return out
 
 
-def _degrade(script: Script, spec: HeteroPool) -> None:
+def inject_fault(script: Script, spec: HeteroPool) -> None:
     expert = script.experts[spec.victim]
-    script.experts[spec.victim] = expert.model_copy(
-        update={
-            "accuracy": dict.fromkeys(expert.accuracy, spec.degraded),
-            "errors": spec.errors,
-            "garbage": spec.garbage,
-        }
-    )
+    fault: dict[str, Any] = {"errors": spec.errors, "garbage": spec.garbage}
+    if expert.accuracy:
+        fault["accuracy"] = dict.fromkeys(expert.accuracy, spec.degraded)
+    else:  # a generalist: it falls everywhere
+        fault["default"] = spec.degraded
+    script.experts[spec.victim] = expert.model_copy(update=fault)
 
 
 def _summarise(
@@ -416,25 +450,32 @@ class PoolsBenchResult(BaseModel):
     summary: PoolsSummary
 
 
-def check_pools(names: list[str]) -> None:
-    """ConfigError naming the first of `names` that is not a pool here, and the pools."""
-    unknown = [n for n in names if n not in POOLS]
+def resolve_pools(pools: Sequence[str | HeteroPool]) -> list[HeteroPool]:
+    """Pools by name (`POOLS`) or given whole (from `--pool-file`), or a ConfigError naming
+    the first unknown name, or a name two of them share."""
+    unknown = [p for p in pools if isinstance(p, str) and p not in POOLS]
     if unknown:
         raise ConfigError(f"unknown pool {unknown[0]!r}: choose from {', '.join(POOLS)}")
+    specs = [POOLS[p] if isinstance(p, str) else p for p in pools]
+    names = [s.pool.name for s in specs]
+    for n in names:
+        if names.count(n) > 1:
+            raise ConfigError(f"two pools named {n!r} in one run: rename one (its pool.name)")
+    return specs
 
 
 def run_free_agent_pools(
-    pools: list[str] | None = None,
+    pools: Sequence[str | HeteroPool] | None = None,
     seeds: int = 2,
     requests: int = 2000,
     drop_at: int = 1000,
     progress: bool = True,
 ) -> PoolsBenchResult:
-    """Each pool, `seeds` drop runs and as many control runs."""
+    """Each pool (default: every one in `POOLS`), `seeds` drop runs and as many control
+    runs."""
     from orchestrator.progress import progress_bar
 
-    names = pools or list(POOLS)
-    check_pools(names)
+    specs = resolve_pools(pools or list(POOLS))
     if not 0 < drop_at < requests:
         raise ConfigError(f"drop_at {drop_at} must fall inside the {requests} requests")
     runs: list[PoolRun] = []
@@ -443,12 +484,12 @@ def run_free_agent_pools(
         tempfile.TemporaryDirectory(prefix="conclave-free-agent-pools-") as tmp,
         progress_bar(disable=not progress) as bar,
     ):
-        task = bar.add_task("free agents in heterogeneous pools", total=2 * seeds * len(names))
-        for name in names:
+        task = bar.add_task("free agents in heterogeneous pools", total=2 * seeds * len(specs))
+        for spec in specs:
             for seed in range(seeds):
-                runs.append(run_pool_stream(POOLS[name], seed, requests, drop_at, Path(tmp)))
+                runs.append(run_pool_stream(spec, seed, requests, drop_at, Path(tmp)))
                 bar.advance(task)
-                controls.append(run_pool_stream(POOLS[name], seed, requests, None, Path(tmp)))
+                controls.append(run_pool_stream(spec, seed, requests, None, Path(tmp)))
                 bar.advance(task)
     detected = [r.detected_after for r in runs]
     gaps = [
@@ -457,7 +498,7 @@ def run_free_agent_pools(
         if r.accuracy_before is not None and r.accuracy_after is not None
     ]
     return PoolsBenchResult(
-        pools={n: POOLS[n].pool.description for n in names},
+        pools={s.pool.name: s.pool.description for s in specs},
         runs=runs,
         controls=controls,
         summary=PoolsSummary(

@@ -282,7 +282,7 @@ def run_pool(
 
 
 def run_pools_bench(
-    pools: list[str] | None = None,
+    pools: Sequence[str | ScriptedPool] | None = None,
     seeds: int = 3,
     per_category: int = 10,
     strategies: list[str] | None = None,
@@ -298,10 +298,15 @@ def run_pools_bench(
     directories stay in a temporary folder that is removed at the end."""
     from evals.harness import check_strategies, machine
 
-    names = list(pools or DEFAULT_POOLS)
-    unknown = [n for n in names if n not in POOLS]
+    chosen_pools = list(pools or DEFAULT_POOLS)
+    unknown = [p for p in chosen_pools if isinstance(p, str) and p not in POOLS]
     if unknown:
         raise ConfigError(f"unknown pools {unknown}; choose from {', '.join(POOLS)}")
+    specs = [POOLS[p] if isinstance(p, str) else p for p in chosen_pools]
+    names = [p.name for p in specs]
+    for n in names:
+        if names.count(n) > 1:
+            raise ConfigError(f"two pools named {n!r} in one run: rename one (its name)")
     chosen = list(dict.fromkeys(strategies or default_strategies()))
     if MAJORITY not in chosen:
         chosen.append(MAJORITY)
@@ -314,15 +319,15 @@ def run_pools_bench(
         folder = Path(tmp)
         profile, test = _data(data_dir or SHARED_DATA, per_category, folder)
         profile_items, test_items = load_file(profile), load_file(test)
-        with _steps(len(names) * seeds, progress) as step:
-            for name in names:
+        with _steps(len(specs) * seeds, progress) as step:
+            for spec in specs:
                 runs = []
                 for seed in range(seeds):
-                    step(f"{name} (seed {seed})")
+                    step(f"{spec.name} (seed {seed})")
                     runs.append(
-                        run_pool(POOLS[name], seed, profile, test, chosen, folder, embedder, skills)
+                        run_pool(spec, seed, profile, test, chosen, folder, embedder, skills)
                     )
-                results.append(pool_figures(POOLS[name], runs, chosen, profile_items))
+                results.append(pool_figures(spec, runs, chosen, profile_items))
             step("done")
     res = PoolsBenchResult(
         seeds=list(range(seeds)),

@@ -22,11 +22,12 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.answers import options_of
 from orchestrator.errors import ConfigError
@@ -54,6 +55,7 @@ KEYWORD_MODEL = "kw"
 AGGREGATOR = "agg"
 AGGREGATOR_ACCURACY = 0.5
 GARBAGE = "I am not sure."
+Spec = TypeVar("Spec", bound=BaseModel)
 
 
 class ScriptedExpert(BaseModel):
@@ -68,6 +70,19 @@ class ScriptedExpert(BaseModel):
     default: float = Field(0.25, ge=0.0, le=1.0, description="Accuracy elsewhere.")
     garbage: float = Field(0.0, ge=0.0, le=1.0, description="Share of answers naming no option.")
     errors: float = Field(0.0, ge=0.0, le=1.0, description="Share of requests answered HTTP 500.")
+
+    @field_validator("accuracy")
+    @classmethod
+    def _known_categories(cls, acc: dict[str, float]) -> dict[str, float]:
+        # a misspelt category would silently get `default` instead
+        for cat, a in acc.items():
+            if cat not in KEYWORDS:
+                raise ValueError(
+                    f"{cat!r} is not an MMLU-Pro category; use one of {', '.join(CATEGORIES)}"
+                )
+            if not 0.0 <= a <= 1.0:
+                raise ValueError(f"{cat}: {a} is not an accuracy; give one from 0 to 1")
+        return acc
 
     def accuracy_in(self, category: str | None) -> float:
         return self.accuracy.get(category or "", self.default)
@@ -99,6 +114,43 @@ class ScriptedPool(BaseModel):
         description="Chance a wrong answer is the question's one shared distractor rather "
         "than a uniform wrong letter (so wrong answers can agree).",
     )
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> ScriptedPool:
+        names = [e.name for e in self.experts]
+        if not names:
+            raise ValueError("experts: a pool needs at least one expert")
+        for n in names:
+            if names.count(n) > 1:
+                raise ValueError(f"experts: two experts named {n!r}; rename one")
+            if n in (KEYWORD_MODEL, AGGREGATOR):
+                raise ValueError(
+                    f"experts: {n!r} is the server's own keyword model or aggregator; "
+                    "choose another name"
+                )
+        return self
+
+
+def load_spec(path: Path, model: type[Spec]) -> Spec:
+    """A pool description (`ScriptedPool`, or a scenario built on one) from a YAML or JSON
+    file, or a ConfigError naming the file, each bad field and what to do."""
+    import yaml
+
+    from orchestrator.config import describe_errors
+
+    what = model.__name__
+    if not path.is_file():
+        raise ConfigError(f"{what} file {str(path)!r} does not exist; give a YAML or JSON file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML or JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {what} is a mapping, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {describe_errors(e, what)}") from None
 
 
 class Script:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -115,17 +116,36 @@ def bench_routing(
             "embedding (its nearest validation questions, no LLM call).",
         ),
     ] = "auto",
+    pool_file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--pool-file",
+            help="A pool of your own (YAML or JSON: `name`, `description` and scripted "
+            "`experts`, each with its `accuracy` per MMLU-Pro category and a `default`; see "
+            "docs/pools/routing.yaml); repeatable; runs only the pools named by --pool and "
+            "given here.",
+        ),
+    ] = None,
     as_json: FiguresJson = False,
     output: FiguresOut = None,
 ) -> None:
     """Every strategy on pools of scripted experts with known accuracy per category (no
     LLM): accuracy, expert calls per question and the gap to max(oracle, majority)."""
     from evals.bench import run_pools_bench
+    from evals.bench.scripted import ScriptedPool, load_spec
 
     try:
+        given: list[str | ScriptedPool] = [*(pool or [])]
+        given += [load_spec(f, ScriptedPool) for f in pool_file or []]
         res = figures(
             run_pools_bench(
-                pool, seeds, per_category, strategy, output, progress=not as_json, skills=skills
+                given or None,
+                seeds,
+                per_category,
+                strategy,
+                output,
+                progress=not as_json,
+                skills=skills,
             )
         )
     except ConclaveError as exc:
@@ -277,6 +297,16 @@ def bench_free_agents(
     pool: Annotated[
         list[str] | None, typer.Option(help="With --pools: only these pools (repeatable).")
     ] = None,
+    pool_file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--pool-file",
+            help="A pool of your own (YAML or JSON: `pool` with its scripted `experts`, "
+            "the `victim`, its `degraded` accuracy, the `free_agent`; see "
+            "docs/pools/free-agents.yaml); repeatable; implies --pools and runs only the "
+            "pools named by --pool and given here.",
+        ),
+    ] = None,
     as_json: FiguresJson = False,
     output: FiguresOut = None,
 ) -> None:
@@ -289,12 +319,16 @@ def bench_free_agents(
         if not 0 <= v <= 1:
             raise fail(ValueError(f"--{name} {v} is not an accuracy between 0 and 1"))
     from evals.bench import run_free_agents_bench
-    from evals.bench.free_agents_pools import check_pools, run_free_agent_pools
+    from evals.bench.free_agents_pools import HeteroPool, resolve_pools, run_free_agent_pools
+    from evals.bench.scripted import load_spec
 
-    try:
-        check_pools(pool or [])  # before the facade scenario runs, not after
+    try:  # before the facade scenario runs, not after
+        chosen = resolve_pools(
+            [*(pool or []), *(load_spec(f, HeteroPool) for f in pool_file or [])]
+        )
     except ConclaveError as exc:
         raise fail(exc) from None
+    pools = pools or bool(pool_file)
     result = run_free_agents_bench(
         seeds,
         requests,
@@ -309,7 +343,7 @@ def bench_free_agents(
     if pools:
         try:
             result.pools = run_free_agent_pools(
-                pool, seeds, requests, drop_at, progress=not as_json
+                chosen or None, seeds, requests, drop_at, progress=not as_json
             )
         except ConclaveError as exc:
             raise fail(exc) from None

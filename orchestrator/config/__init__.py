@@ -44,6 +44,7 @@ from orchestrator.config.schema import (
     ExpertConfig,
     PoolConfig,
     default_cache_dir,
+    describe_errors,
     load_config,
     parse_config,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "FreeAgentSettings",
     "ExpertConfig",
     "ClusterConfig",
+    "describe_errors",
     "PoolConfig",
     "ConclaveConfig",
     "AUDIT_LOG",

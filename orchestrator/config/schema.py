@@ -236,7 +236,8 @@ def default_cache_dir() -> Path:
     return Path(base) / "conclave"
 
 
-def _describe(err: ValidationError) -> str:
+def describe_errors(err: ValidationError, what: str = "configuration") -> str:
+    """A pydantic error as lines naming each field, the value given and what to do."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -247,9 +248,11 @@ def _describe(err: ValidationError) -> str:
             )
         elif e["type"] == "missing":
             lines.append(f"{loc}: required field is missing")
+        elif not e["loc"]:  # a check across fields: its message names them
+            lines.append(f"{loc}: {msg}")
         else:
             lines.append(f"{loc}: {msg} (got {e['input']!r})")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    return f"invalid {what}:\n  " + "\n  ".join(lines)
 
 
 def parse_config(data: Any) -> ConclaveConfig:
@@ -261,7 +264,7 @@ def parse_config(data: Any) -> ConclaveConfig:
     try:
         return ConclaveConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_describe(e)) from None
+        raise ConfigError(describe_errors(e)) from None
 
 
 def load_config(path: str | Path) -> ConclaveConfig:

@@ -3,12 +3,18 @@ the scripted OpenAI-compatible server, litellm's remote backend and `conclave ev
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 from typer.testing import CliRunner
 
+from evals.bench.free_agents_pools import POOLS as FREE_AGENT_POOLS
+from evals.bench.free_agents_pools import HeteroPool, inject_fault
 from evals.bench.pools import POOLS, SHARED_DATA, run_pools_bench
-from evals.bench.scripted import Script
+from evals.bench.scripted import CATEGORIES, Script, ScriptedPool, load_spec
 from orchestrator.cli import app
+from orchestrator.errors import ConfigError
 from orchestrator.formats import load_file
 from orchestrator.prompts import messages_for
 
@@ -17,10 +23,15 @@ needs_data = pytest.mark.skipif(
 )
 
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "pools"
+
+
 @needs_data
 def test_smoke_pool_end_to_end(tmp_path):
+    """The smoke pool, given as a file as a user brings one (`--pool-file`)."""
+    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(POOLS["smoke"].model_dump()))
     res = run_pools_bench(
-        ["smoke"],
+        [load_spec(tmp_path / "smoke.yaml", ScriptedPool)],
         seeds=1,
         per_category=2,
         out=tmp_path / "pools.json",
@@ -94,3 +105,100 @@ def test_holds_bench_asks_a_failing_endpoint_a_few_times_not_every_question():
     assert abs(on.right - off.right) <= 2
     result = CliRunner().invoke(app, ["bench", "holds", "--help"])
     assert result.exit_code == 0 and "down_hold_s" in result.output
+
+
+def test_pool_files_load_and_bad_ones_say_which_field_and_what_to_do(tmp_path):
+    """The documented examples load; a bad pool file is refused before anything runs, with
+    the file, the field and the fix named, by the loader and by both bench commands."""
+    assert load_spec(DOCS / "routing.yaml", ScriptedPool).name == "overlapping"
+    quartet = load_spec(DOCS / "free-agents.yaml", HeteroPool)
+    assert quartet.victim == "life" and quartet.subjects() == {"biology", "chemistry", "health"}
+
+    good = FREE_AGENT_POOLS["three-specialists"].model_dump()
+
+    def bad(edit, model=HeteroPool):
+        data = yaml.safe_load(yaml.safe_dump(good))
+        edit(data)
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+        with pytest.raises(ConfigError) as err:
+            load_spec(tmp_path / "bad.yaml", model)
+        assert str(tmp_path / "bad.yaml") in str(err.value)
+        return str(err.value)
+
+    msg = bad(lambda d: d["pool"]["experts"][0]["accuracy"].update({"maths": 0.9}))
+    assert "experts.0.accuracy" in msg and "'maths' is not an MMLU-Pro category" in msg
+    assert "math" in msg  # the categories to choose from
+    msg = bad(lambda d: d["pool"]["experts"][1]["accuracy"].update({"biology": 1.5}))
+    assert "biology: 1.5 is not an accuracy" in msg
+    msg = bad(lambda d: d["pool"]["experts"][1].update(name="stem"))
+    assert "two experts named 'stem'; rename one" in msg
+    msg = bad(lambda d: d["pool"]["experts"][1].update(name="kw"))
+    assert "'kw' is the server's own keyword model" in msg
+    msg = bad(lambda d: d.update(victim="chemist"))
+    assert "victim: 'chemist' is not one of the pool's experts (stem, life" in msg
+    msg = bad(lambda d: d.update(free_agent="stem"))
+    assert "victim and free_agent name the same expert" in msg
+    msg = bad(lambda d: d.update(degraded=-0.1))
+    assert "degraded" in msg and "-0.1" in msg
+    msg = bad(lambda d: d.update(dropped=0.3))
+    assert "dropped: unknown field" in msg
+    msg = bad(lambda d: d["pool"].pop("experts"), ScriptedPool)
+    assert "invalid ScriptedPool" in msg and "name: required field is missing" in msg
+    (tmp_path / "list.yaml").write_text("- stem\n- life\n")
+    with pytest.raises(ConfigError, match="a HeteroPool is a mapping, got list"):
+        load_spec(tmp_path / "list.yaml", HeteroPool)
+    (tmp_path / "broken.yaml").write_text("pool: {name: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML or JSON"):
+        load_spec(tmp_path / "broken.yaml", HeteroPool)
+    with pytest.raises(ConfigError, match="does not exist; give a YAML or JSON file"):
+        load_spec(tmp_path / "nope.yaml", HeteroPool)
+
+    # the commands refuse it at once (exit 2), before the facade scenario or any server
+    fa = CliRunner().invoke(
+        app, ["bench", "free-agents", "--pool-file", str(tmp_path / "bad.yaml")]
+    )
+    assert fa.exit_code == 2 and "pool.experts: required field is missing" in fa.output
+    rt = CliRunner().invoke(app, ["bench", "routing", "--pool-file", str(tmp_path / "list.yaml")])
+    assert rt.exit_code == 2 and "a ScriptedPool is a mapping, got list" in rt.output
+    (tmp_path / "twice.yaml").write_text(yaml.safe_dump(good))
+    twice = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "free-agents",
+            "--pool",
+            "three-specialists",
+            "--pool-file",
+            str(tmp_path / "twice.yaml"),
+        ],
+    )
+    assert twice.exit_code == 2 and "two pools named 'three-specialists'" in twice.output
+
+
+@needs_data
+def test_a_generalist_victim_falls_everywhere():
+    """A victim with no subjects of its own (a generalist) degrades on every category, and
+    the figures follow it there."""
+    spec = HeteroPool.model_validate(
+        {
+            "pool": {
+                "name": "gen",
+                "description": "a generalist falls",
+                "experts": [
+                    {"name": "generalist", "default": 0.8},
+                    {"name": "stem", "accuracy": {"math": 0.9}, "default": 0.3},
+                    {"name": "spare", "default": 0.78},
+                ],
+            },
+            "victim": "generalist",
+            "free_agent": "spare",
+            "degraded": 0.2,
+        }
+    )
+    assert spec.subjects() == set(CATEGORIES)
+    items = load_file(SHARED_DATA / "MMLU_Pro_test.json")[:200]
+    script = Script(spec.pool, items, seed=0)
+    before = sum(script.right("generalist", it) for it in items)
+    inject_fault(script, spec)
+    after = sum(script.right("generalist", it) for it in items)
+    assert before > 130 and after < 70, (before, after)

@@ -10,6 +10,7 @@ import time
 
 import httpx
 import uvicorn
+import yaml
 from typer.testing import CliRunner
 
 from agents.free_agents import AuditLog
@@ -223,11 +224,16 @@ def test_probes_score_serving_experts_on_validation_questions_never_shown(tmp_pa
         assert len(shadowed) == 6
 
 
-def test_bench_free_agents_pools_serves_scripted_experts_through_the_gateway():
+def test_bench_free_agents_pools_serves_scripted_experts_through_the_gateway(tmp_path):
     """The heterogeneous scenario on the real path: scripted remote experts behind an
     OpenAI-compatible server, the gateway, 8 clients with feedback, the monitor's
     defaults. The degraded specialist is released soon after the drop and the free agent
-    promoted; no healthy agent is released, nothing is lost."""
+    promoted; no healthy agent is released, nothing is lost. The pool comes as a file, as
+    a user brings one (`--pool-file`)."""
+    from evals.bench.free_agents_pools import POOLS
+
+    pool_file = tmp_path / "pool.yaml"
+    pool_file.write_text(yaml.safe_dump(POOLS["three-specialists"].model_dump()))
     res = CliRunner().invoke(
         app,
         [
@@ -239,9 +245,8 @@ def test_bench_free_agents_pools_serves_scripted_experts_through_the_gateway():
             "400",
             "--drop-at",
             "200",
-            "--pools",
-            "--pool",
-            "three-specialists",
+            "--pool-file",
+            str(pool_file),
             "--json",
         ],
     )
