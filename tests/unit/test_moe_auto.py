@@ -101,12 +101,13 @@ def test_forcing_a_path_runs_it_without_measuring(timings):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("tokens", [1, 7, 64])
-def test_the_grouped_path_matches_the_reference(dtype, tokens):
+@pytest.mark.parametrize("top_k", [2, 3])  # 3: summed in float32, not the layer's dtype
+def test_the_grouped_path_matches_the_reference(dtype, tokens, top_k):
     cfg = MoEConfig(
         hidden=64,
         intermediate=72,
         experts=5,
-        top_k=2,
+        top_k=top_k,
         zero_experts=1,
         shared_experts=1,
         dtype=dtype,
