@@ -38,6 +38,7 @@ from evals.bench.scripted import (
     Script,
     ScriptedExpert,
     ScriptedPool,
+    resolve_specs,
     scripted_server,
 )
 from orchestrator.config import ConclaveConfig, parse_config
@@ -451,17 +452,8 @@ class PoolsBenchResult(BaseModel):
 
 
 def resolve_pools(pools: Sequence[str | HeteroPool]) -> list[HeteroPool]:
-    """Pools by name (`POOLS`) or given whole (from `--pool-file`), or a ConfigError naming
-    the first unknown name, or a name two of them share."""
-    unknown = [p for p in pools if isinstance(p, str) and p not in POOLS]
-    if unknown:
-        raise ConfigError(f"unknown pool {unknown[0]!r}: choose from {', '.join(POOLS)}")
-    specs = [POOLS[p] if isinstance(p, str) else p for p in pools]
-    names = [s.pool.name for s in specs]
-    for n in names:
-        if names.count(n) > 1:
-            raise ConfigError(f"two pools named {n!r} in one run: rename one (its pool.name)")
-    return specs
+    """Pools by name (`POOLS`) or given whole (from `--pool-file`); `resolve_specs`."""
+    return resolve_specs(pools, POOLS, lambda p: p.pool.name)
 
 
 def run_free_agent_pools(

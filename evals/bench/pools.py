@@ -38,6 +38,7 @@ from evals.bench.scripted import (
     KEYWORD_MODEL,
     ScriptedExpert,
     ScriptedPool,
+    resolve_specs,
     scripted_server,
 )
 from orchestrator.config import ConclaveConfig, parse_config
@@ -298,15 +299,7 @@ def run_pools_bench(
     directories stay in a temporary folder that is removed at the end."""
     from evals.harness import check_strategies, machine
 
-    chosen_pools = list(pools or DEFAULT_POOLS)
-    unknown = [p for p in chosen_pools if isinstance(p, str) and p not in POOLS]
-    if unknown:
-        raise ConfigError(f"unknown pools {unknown}; choose from {', '.join(POOLS)}")
-    specs = [POOLS[p] if isinstance(p, str) else p for p in chosen_pools]
-    names = [p.name for p in specs]
-    for n in names:
-        if names.count(n) > 1:
-            raise ConfigError(f"two pools named {n!r} in one run: rename one (its name)")
+    specs = resolve_specs(pools or DEFAULT_POOLS, POOLS, lambda p: p.name)
     chosen = list(dict.fromkeys(strategies or default_strategies()))
     if MAJORITY not in chosen:
         chosen.append(MAJORITY)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -129,6 +129,22 @@ class ScriptedPool(BaseModel):
                     "choose another name"
                 )
         return self
+
+
+def resolve_specs(
+    given: Sequence[str | Spec], known: dict[str, Spec], name: Callable[[Spec], str]
+) -> list[Spec]:
+    """Pools by name (from `known`) or given whole (from a file), or a ConfigError naming
+    the first unknown name and the known ones, or a name two of them share."""
+    unknown = [p for p in given if isinstance(p, str) and p not in known]
+    if unknown:
+        raise ConfigError(f"unknown pool {unknown[0]!r}: choose from {', '.join(known)}")
+    specs = [known[p] if isinstance(p, str) else p for p in given]
+    names = [name(s) for s in specs]
+    for n in names:
+        if names.count(n) > 1:
+            raise ConfigError(f"two pools named {n!r} in one run: rename one")
+    return specs
 
 
 def load_spec(path: Path, model: type[Spec]) -> Spec:
