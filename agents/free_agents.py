@@ -176,9 +176,8 @@ class Probation:
 
 
 def _cusum_now(graded: Sequence[Graded], settings: FreeAgentSettings) -> float:
-    """The expectation test's statistic on an agent's evidence now (0 until its level is set)."""
-    level = own_level(list(graded), settings)
-    return cusum(level[1], settings.detect_drop) if level is not None else 0.0
+    """The expectation test's statistic on an agent's evidence now."""
+    return cusum(own_level(list(graded), settings)[1], settings.detect_drop)
 
 
 class FreeAgentMonitor:

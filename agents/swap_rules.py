@@ -147,10 +147,9 @@ LEVEL_PRIOR = 20
 
 def own_level(
     graded: Sequence[Graded], settings: FreeAgentSettings
-) -> tuple[dict[bool, float], list[tuple[bool, float]]] | None:
+) -> tuple[dict[bool, float], list[tuple[bool, float]]]:
     """(the agent's own offsets from its predictions, for tasks (False) and probes
-    (True), and its latest answers judged with their predictions shifted by them); None
-    until `level_samples` answers set a level.
+    (True), and its latest answers judged with their predictions shifted by them).
 
     The latest `detect_window` answers are judged; every older one sets the level: per
     kind (tasks, probes), the mean of (right - predicted), shrunk toward 0 by
@@ -159,12 +158,19 @@ def own_level(
     corrected by its own record, a lucky first run of tasks does not raise the bar, a
     greedy agent is held to repeating its own right answers (probes) and one that
     samples to what it does, and a drop shows in the latest answers against the level
-    before."""
+    before.
+
+    Until `level_samples` answers set the level, every answer is judged at the lowest
+    level calibration could set (-`calibration_limit` on both kinds): a fall that large
+    from the profile is one no level would excuse, so an agent that breaks before its
+    level is set (early in a run, or right after a swap) is caught then, not only once
+    its level is set from its broken answers (in a pool whose specialist fell at request
+    100, that took 122 requests)."""
     n = len(graded)
-    if n <= settings.level_samples:
-        return None
-    ref = max(n - settings.detect_window, settings.level_samples)
     lim = settings.calibration_limit
+    if n <= settings.level_samples:
+        return {False: -lim, True: -lim}, [(g[0], g[1] - lim) for g in graded]
+    ref = max(n - settings.detect_window, settings.level_samples)
     offsets = {}
     for kind in (False, True):
         seen = [g for g in graded[:ref] if _is_probe(g) == kind]
@@ -207,12 +213,8 @@ class Expectation(WindowMean):
     def judge_graded(
         self, graded: Sequence[Graded], settings: FreeAgentSettings
     ) -> tuple[float, Decision | None]:
-        """The statistic now (0 until the agent's level is set) and the release it calls
-        for, in one pass (the monitor keeps the statistic: suspects, `/v1/agents`)."""
-        level = own_level(graded, settings)
-        if level is None:
-            return 0.0, None
-        offsets, judged = level
+        """The statistic now and the release it calls for, in one pass (the monitor keeps the statistic: suspects, `/v1/agents`)."""
+        offsets, judged = own_level(graded, settings)
         s, since = 0.0, 0  # the statistic, and where its current climb from 0 began
         for i, (ok, predicted) in enumerate(judged):
             s = cusum_step(s, ok, predicted, settings.detect_drop)

@@ -325,8 +325,37 @@ def test_probes_and_tasks_set_their_own_levels():
     assert SWAP_RULES.get("expectation").release_graded(graded, s) is None  # type: ignore[attr-defined]
     # a greedy agent repeats its right answers: its probes' level goes up (tasks' never)
     repeats = [(True, 0.8, i % 2 == 0) for i in range(300)]
-    offsets, _ = own_level(repeats, s)  # type: ignore[misc]
+    offsets, _ = own_level(repeats, s)
     assert offsets[True] > 0.1 and offsets[False] == 0.0
+
+
+def test_an_agent_that_breaks_before_its_level_is_set_is_judged_then():
+    """Before `level_samples` answers set an agent's level, its answers are judged at the
+    lowest level calibration could set: a specialist predicted 0.92 that falls to 0.4
+    after 20 answers is released within 80 more in most of 40 seeded streams (before
+    this, never until its level was set, at answer 100, and slowly after, its level set
+    from its broken answers); a healthy agent the profile over-predicts by 0.22 (within
+    `calibration_limit`) is not released in its first 100 answers in 200 streams."""
+    from agents.swap_rules import SWAP_RULES
+
+    s = FreeAgentSettings()
+    rule = SWAP_RULES.get("expectation")
+    caught = []
+    for seed in range(40):
+        rng = random.Random(seed)
+        graded = [(rng.random() < 0.92, 0.92, False) for _ in range(20)]
+        for i in range(80):  # all before the level is set (answer 100)
+            graded.append((rng.random() < 0.4, 0.92, False))
+            if rule.release_graded(graded, s) is not None:  # type: ignore[attr-defined]
+                caught.append(i + 1)
+                break
+    assert len(caught) >= 28 and max(caught) <= 80, caught
+    for seed in range(200):
+        rng = random.Random(1000 + seed)
+        graded = []
+        for _ in range(100):
+            graded.append((rng.random() < 0.68, 0.9, False))
+            assert rule.release_graded(graded, s) is None  # type: ignore[attr-defined]
 
 
 def test_a_suspect_is_probed_on_every_request_asked_or_not():
