@@ -213,7 +213,8 @@ class Expectation(WindowMean):
     def judge_graded(
         self, graded: Sequence[Graded], settings: FreeAgentSettings
     ) -> tuple[float, Decision | None]:
-        """The statistic now and the release it calls for, in one pass (the monitor keeps the statistic: suspects, `/v1/agents`)."""
+        """The statistic now and the release it calls for, in one pass (the monitor keeps
+        the statistic: suspects, `/v1/agents`)."""
         offsets, judged = own_level(graded, settings)
         s, since = 0.0, 0  # the statistic, and where its current climb from 0 began
         for i, (ok, predicted) in enumerate(judged):
