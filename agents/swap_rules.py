@@ -227,11 +227,15 @@ class Expectation(WindowMean):
         n = len(run)
         right = sum(r for r, _ in run) / n
         expected = statistics.fmean(e for _, e in run)
+        level = (
+            f"its predictions {offsets[False]:+.2f} on tasks, {offsets[True]:+.2f} on probes"
+            if len(graded) > settings.level_samples
+            else f"before its own level is set: its predictions {-settings.calibration_limit:+.2f}"
+        )
         return s, Decision(
             "release",
             f"right on {right:.0%} of its last {n} graded answers where its own record "
-            f"predicts {expected:.0%} (its predictions {offsets[False]:+.2f} on tasks, "
-            f"{offsets[True]:+.2f} on probes; CUSUM {s:.1f} >= {settings.detect_threshold})",
+            f"predicts {expected:.0%} ({level}; CUSUM {s:.1f} >= {settings.detect_threshold})",
             {
                 "cusum": s,
                 "graded": n,

@@ -346,7 +346,9 @@ def test_an_agent_that_breaks_before_its_level_is_set_is_judged_then():
         graded = [(rng.random() < 0.92, 0.92, False) for _ in range(20)]
         for i in range(80):  # all before the level is set (answer 100)
             graded.append((rng.random() < 0.4, 0.92, False))
-            if rule.release_graded(graded, s) is not None:  # type: ignore[attr-defined]
+            decision = rule.release_graded(graded, s)  # type: ignore[attr-defined]
+            if decision is not None:
+                assert "before its own level is set: its predictions -0.25" in decision.reason
                 caught.append(i + 1)
                 break
     assert len(caught) >= 28 and max(caught) <= 80, caught
