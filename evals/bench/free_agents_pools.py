@@ -355,6 +355,7 @@ def _audit(base: str) -> list[dict[str, Any]]:
 
 
 def inject_fault(script: Script, spec: HeteroPool) -> None:
+    """From now on, `spec.victim` answers as its fault says (the server reads `script`)."""
     expert = script.experts[spec.victim]
     fault: dict[str, Any] = {"errors": spec.errors, "garbage": spec.garbage}
     if expert.accuracy:
