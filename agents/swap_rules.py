@@ -140,9 +140,16 @@ def cusum_step(s: float, right: bool, expected: float, drop: float) -> float:
     return max(0.0, s + (math.log(p1 / p0) if right else math.log((1 - p1) / (1 - p0))))
 
 
-#: Pseudo-answers at offset 0 in an agent's own level: a level from few answers stays
-#: near its profile's (a lucky first run of answers does not raise the bar).
+#: Pseudo-answers at offset 0 in a level above an agent's predictions: a lucky first run
+#: of answers does not raise the bar much. A level below them is taken as measured:
+#: shrunk toward the predictions, it held a healthy agent that its profile over-predicts
+#: by 0.2 above what it does, and released it in 7% of 300-answer streams (2% unshrunk).
 LEVEL_PRIOR = 20
+
+#: A climb of the judgement before the level is set that has come this far toward an
+#: alarm (a share of `detect_threshold`) by the time the level is set keeps its answers
+#: out of the level; smaller ones are the noise a healthy agent makes.
+CALM_BELOW = 0.2
 
 
 def own_level(
@@ -152,10 +159,10 @@ def own_level(
     (True), and its latest answers judged with their predictions shifted by them).
 
     The latest `detect_window` answers are judged; every older one sets the level: per
-    kind (tasks, probes), the mean of (right - predicted), shrunk toward 0 by
-    `LEVEL_PRIOR`, no lower than -`calibration_limit`, and for tasks no higher than 0. So
-    a profile that over-predicts this agent a little (a small validation set) is
-    corrected by its own record, a lucky first run of tasks does not raise the bar, a
+    kind (tasks, probes), the mean of (right - predicted) (shrunk toward 0 by
+    `LEVEL_PRIOR` when above it), no lower than -`calibration_limit`, and for tasks no
+    higher than 0. So a profile that over-predicts this agent (a small validation set)
+    is corrected by its own record, a lucky first run of tasks does not raise the bar, a
     greedy agent is held to repeating its own right answers (probes) and one that
     samples to what it does, and a drop shows in the latest answers against the level
     before.
@@ -165,21 +172,41 @@ def own_level(
     from the profile is one no level would excuse, so an agent that breaks before its
     level is set (early in a run, or right after a swap) is caught then, not only once
     its level is set from its broken answers (in a pool whose specialist fell at request
-    100, that took 122 requests)."""
+    100, that took 122 requests).
+
+    And an agent that breaks late in those first answers does not set its level from its
+    broken ones (which would excuse the fall): where that first judgement is climbing
+    when the level is set (`_calm_until`), the answers of the climb are judged against
+    the level before them instead. A healthy agent's climbs are short and rarely that
+    far along, and a CUSUM that starts at 0 where one began is never above one that ran
+    through it."""
     n = len(graded)
     lim = settings.calibration_limit
     if n <= settings.level_samples:
         return {False: -lim, True: -lim}, [(g[0], g[1] - lim) for g in graded]
-    ref = max(n - settings.detect_window, settings.level_samples)
+    ref = max(n - settings.detect_window, _calm_until(graded[: settings.level_samples], settings))
     offsets = {}
     for kind in (False, True):
         seen = [g for g in graded[:ref] if _is_probe(g) == kind]
-        offset = sum(g[0] - g[1] for g in seen) / (len(seen) + LEVEL_PRIOR)
+        total = sum(g[0] - g[1] for g in seen)
+        offset = total / (len(seen) + (LEVEL_PRIOR if total > 0 else 0)) if seen else 0.0
         # tasks only down: an agent luckier than its profile at first is not held to its
         # luck; probes up too: they are its own right answers, which a greedy agent
         # repeats, so its level there is its record's (shrunk), not its accuracy's
         offsets[kind] = max(offset, -lim) if kind else min(max(offset, -lim), 0.0)
     return offsets, [(g[0], g[1] + offsets[_is_probe(g)]) for g in graded[ref:]]
+
+
+def _calm_until(first: Sequence[Graded], settings: FreeAgentSettings) -> int:
+    """How many of an agent's `first` answers set its level: all of them, unless the
+    judgement before its level is set (`own_level`) ends them `CALM_BELOW` of the way to
+    an alarm or more; then those before its latest climb from 0."""
+    s, since = 0.0, 0
+    for i, g in enumerate(first):
+        s = cusum_step(s, g[0], g[1] - settings.calibration_limit, settings.detect_drop)
+        if s == 0.0:
+            since = i + 1
+    return since if s >= CALM_BELOW * settings.detect_threshold else len(first)
 
 
 def _is_probe(g: Graded) -> bool:

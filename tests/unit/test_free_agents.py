@@ -360,6 +360,55 @@ def test_an_agent_that_breaks_before_its_level_is_set_is_judged_then():
             assert rule.release_graded(graded, s) is None  # type: ignore[attr-defined]
 
 
+def _first_release(rule, graded, settings, start=1):
+    for i in range(start, len(graded) + 1):
+        if rule.release_graded(graded[:i], settings) is not None:
+            return i
+    return None
+
+
+def test_an_agent_that_breaks_while_its_level_is_set_does_not_set_it_from_broken_answers():
+    """A specialist predicted 0.92 that falls to 0.4 at its 70th graded answer, 30 short
+    of those that set its level: its broken answers stay out of its level and are judged
+    against the level before them, so it is released within 35 answers of the fall in
+    most of 30 seeded streams and within 60 in all (with its level set from them: 1
+    stream within 35, up to 81)."""
+    from agents.swap_rules import SWAP_RULES
+
+    s = FreeAgentSettings()
+    rule = SWAP_RULES.get("expectation")
+    after = []
+    for seed in range(30):
+        rng = random.Random(seed)
+        graded = [
+            (rng.random() < (0.92 if i < 70 else 0.4), 0.92, rng.random() < 0.6) for i in range(220)
+        ]
+        at = _first_release(rule, graded, s)
+        assert at is not None and at > 70, (seed, at)
+        after.append(at - 70)
+    assert sum(a <= 35 for a in after) >= 20 and max(after) <= 60, sorted(after)
+
+
+def test_a_healthy_agent_its_profile_over_predicts_is_held_to_its_own_level():
+    """An agent right 0.2 less often than its profile predicts on every question (a
+    validation set that flattered it, within `calibration_limit`): its own first answers
+    set a level that low, not one shrunk back toward the profile, so it is released in at
+    most 3 of 100 streams of 300 graded answers (shrunk: 7)."""
+    from agents.swap_rules import SWAP_RULES
+
+    s = FreeAgentSettings()
+    rule = SWAP_RULES.get("expectation")
+    released = 0
+    for seed in range(100):
+        rng = random.Random(10_000 + seed)
+        graded = []
+        for _ in range(300):
+            p = rng.choice((0.5, 0.7, 0.9, 0.95))
+            graded.append((rng.random() < p - 0.2, p, rng.random() < 0.6))
+        released += _first_release(rule, graded, s, start=s.level_samples) is not None
+    assert released <= 3, released
+
+
 def test_a_suspect_is_probed_on_every_request_asked_or_not():
     """Probes follow the tasks an expert takes, except for a suspect (its CUSUM past
     `suspect_at`): it is probed for every request of the batch, so an expert the router
