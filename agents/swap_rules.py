@@ -146,10 +146,11 @@ def cusum_step(s: float, right: bool, expected: float, drop: float) -> float:
 #: by 0.2 above what it does, and released it in 7% of 300-answer streams (2% unshrunk).
 LEVEL_PRIOR = 20
 
-#: A climb of the judgement before the level is set that has come this far toward an
-#: alarm (a share of `detect_threshold`) by the time the level is set keeps its answers
-#: out of the level; smaller ones are the noise a healthy agent makes.
-CALM_BELOW = 0.2
+#: A climb over an agent's first answers, judged at the level they set, that has come
+#: this far toward an alarm (a share of `detect_threshold`) at their end keeps its
+#: answers out of the level (`_calm_until`); smaller ones are the noise a healthy agent
+#: makes (at 0.2, a little more often released when its profile over-predicts it).
+CALM_BELOW = 0.3
 
 
 def own_level(
@@ -175,35 +176,43 @@ def own_level(
     100, that took 122 requests).
 
     And an agent that breaks late in those first answers does not set its level from its
-    broken ones (which would excuse the fall): where that first judgement is climbing
-    when the level is set (`_calm_until`), the answers of the climb are judged against
-    the level before them instead. A healthy agent's climbs are short and rarely that
-    far along, and a CUSUM that starts at 0 where one began is never above one that ran
-    through it."""
+    broken ones (which would excuse the fall): where the test run over them at the level
+    they set is climbing at their end (`_calm_until`), the answers of the climb are
+    judged against the level before them instead (a 0.92 agent falling to 0.4 at its
+    55th answer: released 46 answers later, not 65-117). A healthy agent's climbs are
+    short and rarely that far along, and a CUSUM that starts at 0 where one began is
+    never above one that ran through it."""
     n = len(graded)
     lim = settings.calibration_limit
     if n <= settings.level_samples:
         return {False: -lim, True: -lim}, [(g[0], g[1] - lim) for g in graded]
     ref = max(n - settings.detect_window, _calm_until(graded[: settings.level_samples], settings))
+    offsets = _offsets(graded[:ref], lim)
+    return offsets, [(g[0], g[1] + offsets[_is_probe(g)]) for g in graded[ref:]]
+
+
+def _offsets(seen: Sequence[Graded], lim: float) -> dict[bool, float]:
+    """The level `seen` answers set, per kind (`own_level`)."""
     offsets = {}
     for kind in (False, True):
-        seen = [g for g in graded[:ref] if _is_probe(g) == kind]
-        total = sum(g[0] - g[1] for g in seen)
-        offset = total / (len(seen) + (LEVEL_PRIOR if total > 0 else 0)) if seen else 0.0
+        mine = [g for g in seen if _is_probe(g) == kind]
+        total = sum(g[0] - g[1] for g in mine)
+        offset = total / (len(mine) + (LEVEL_PRIOR if total > 0 else 0)) if mine else 0.0
         # tasks only down: an agent luckier than its profile at first is not held to its
         # luck; probes up too: they are its own right answers, which a greedy agent
         # repeats, so its level there is its record's (shrunk), not its accuracy's
         offsets[kind] = max(offset, -lim) if kind else min(max(offset, -lim), 0.0)
-    return offsets, [(g[0], g[1] + offsets[_is_probe(g)]) for g in graded[ref:]]
+    return offsets
 
 
 def _calm_until(first: Sequence[Graded], settings: FreeAgentSettings) -> int:
     """How many of an agent's `first` answers set its level: all of them, unless the
-    judgement before its level is set (`own_level`) ends them `CALM_BELOW` of the way to
-    an alarm or more; then those before its latest climb from 0."""
+    test run over them at the level they set ends `CALM_BELOW` of the way to an alarm
+    or more; then those before its latest climb from 0."""
+    offsets = _offsets(first, settings.calibration_limit)
     s, since = 0.0, 0
     for i, g in enumerate(first):
-        s = cusum_step(s, g[0], g[1] - settings.calibration_limit, settings.detect_drop)
+        s = cusum_step(s, g[0], g[1] + offsets[_is_probe(g)], settings.detect_drop)
         if s == 0.0:
             since = i + 1
     return since if s >= CALM_BELOW * settings.detect_threshold else len(first)
