@@ -16,8 +16,8 @@ the AMX units by up to 2.5x for minutes at a time, and that slows the fused kern
 AMX) more than the loop (half framework overhead), so the median speedup falls in a slow
 spell while the best-of one holds. The fused path's achieved GFLOP/s counts useful FLOPs
 only (top_k experts per token: 6*K*N each, the gate/up and down projections) and is set
-next to a dense bf16 matmul doing the same FLOPs ([M*top_k, K] x [K, 2N] then [M*top_k,
-N] x [N, K]) on the same machine.
+next to a dense matmul doing the same FLOPs ([M*top_k, K] x [K, 2N] then [M*top_k, N] x
+[N, K]) on the same machine, in bf16 (float32 where the CPU's GEMMs have no bf16).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from kernels.autotune import cpu, cpu_line, time_paths
-from kernels.grouped import unavailable
+from kernels.grouped import compute_dtype, unavailable
 from kernels.moe import KERNELS, MoEConfig, MoELayer
 
 
@@ -53,7 +53,12 @@ def _ratio(slow: list[float], fast: list[float]) -> float:
 def _dense(
     rows: int, k: int, n: int, dt: torch.dtype, device: str, sync: Callable[[], Any]
 ) -> Callable[[], Any]:
-    """A dense matmul pair with the useful FLOPs of `rows` routed tokens."""
+    """A dense matmul pair with the useful FLOPs of `rows` routed tokens, in the dtype
+    this CPU's GEMMs run a `dt` layer in (`compute_dtype`: float32 for bfloat16 where
+    oneDNN has no bfloat16 GEMMs, as on AVX2-only CPUs, whose bfloat16 matmul is 2-3x
+    slower than their float32 one: not the machine's limit)."""
+    if device == "cpu":
+        dt = compute_dtype(dt)
     a = torch.randn(rows, k, device=device, dtype=dt)
     w13 = torch.randn(k, 2 * n, device=device, dtype=dt)
     h = torch.randn(rows, n, device=device, dtype=dt)

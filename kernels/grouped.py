@@ -24,7 +24,11 @@ tokens, 1.01-1.03x at 512, 0.98-1.03x at 2048 (the activation's extra pass over 
 costs more once blocks are large).
 
 Runs on the CPU for bfloat16 and float32 wherever PyTorch was built with oneDNN (its
-x86 and aarch64 wheels are); tested against the reference like the other paths.
+x86 and aarch64 wheels are); tested against the reference like the other paths. oneDNN's
+bfloat16 GEMMs need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT: on a CPU with AVX2 only
+(an AMD EPYC seen 2026-12-01) a bfloat16 layer runs this path in float32
+(`compute_dtype`: its weights packed in float32 once, its tokens cast in and out), which
+`auto` weighs against the others as measured.
 """
 
 from __future__ import annotations
@@ -47,6 +51,19 @@ def unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the grouped path computes a `dtype` layer in here: its own, or float32
+    for bfloat16 where oneDNN has no bfloat16 GEMMs on this CPU (AVX2 only)."""
+    if dtype == torch.bfloat16 and not bf16_gemms():
+        return torch.float32
+    return dtype
+
+
+def bf16_gemms() -> bool:
+    """oneDNN runs bfloat16 GEMMs on this CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 @dataclass(frozen=True)
 class Packed:
     """One layer's expert weights in oneDNN's layout: per expert (gate and up, down)."""
@@ -57,7 +74,9 @@ class Packed:
 
 
 def pack(w13: torch.Tensor, w2: torch.Tensor, dtype: torch.dtype) -> Packed:
-    """w13 [E,2N,K] (gate rows, then up rows), w2 [E,K,N] in oneDNN's blocked layout."""
+    """w13 [E,2N,K] (gate rows, then up rows), w2 [E,K,N] in oneDNN's blocked layout, for
+    a `dtype` layer (in `compute_dtype(dtype)`)."""
+    dtype = compute_dtype(dtype)
     reorder = torch.ops.mkldnn._reorder_linear_weight
     experts = tuple(
         (
@@ -73,7 +92,7 @@ def grouped_moe(
     x: torch.Tensor, packed: Packed, weights: torch.Tensor, ids: torch.Tensor
 ) -> torch.Tensor:
     """sum_k weights[m,k] * FFN_ids[m,k](x[m]), [M,K]: in `packed.dtype` for top-1 and
-    top-2, else float32. `ids` in 0..E-1."""
+    top-2, else float32 (the caller casts it to the layer's dtype). `ids` in 0..E-1."""
     linear = torch.ops.mkldnn._linear_pointwise
     silu = torch.nn.functional.silu
     m, k = ids.shape

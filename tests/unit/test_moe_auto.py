@@ -99,10 +99,18 @@ def test_forcing_a_path_runs_it_without_measuring(timings):
         half(torch.randn(4, 64).half())
 
 
+@pytest.mark.parametrize("bf16_gemms", [True, False])  # False: an AVX2-only CPU
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("tokens", [1, 7, 64])
 @pytest.mark.parametrize("top_k", [2, 3])  # 3: summed in float32, not the layer's dtype
-def test_the_grouped_path_matches_the_reference(dtype, tokens, top_k):
+def test_the_grouped_path_matches_the_reference(dtype, tokens, top_k, bf16_gemms, monkeypatch):
+    """Also where oneDNN has no bfloat16 GEMMs (AVX2 only: asked for them, it raises): a
+    bfloat16 layer's grouped path then runs in float32 and still returns bfloat16."""
+    import kernels.grouped
+
+    if bf16_gemms and not kernels.grouped.bf16_gemms():
+        pytest.skip("this CPU's oneDNN has no bfloat16 GEMMs")
+    monkeypatch.setattr(kernels.grouped, "bf16_gemms", lambda: bf16_gemms)
     cfg = MoEConfig(
         hidden=64,
         intermediate=72,
@@ -116,7 +124,11 @@ def test_the_grouped_path_matches_the_reference(dtype, tokens, top_k):
     layer = MoELayer(cfg, seed=tokens)
     x = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(tokens))
     x = x.to(layer.w13.dtype)
-    y, ref = layer(x).float(), layer.reference(x).float()
+    out = layer(x)
+    assert out.dtype == x.dtype
+    expect = torch.float32 if dtype == "float32" or not bf16_gemms else torch.bfloat16
+    assert layer._grouped_weights(x.dtype).dtype == expect
+    y, ref = out.float(), layer.reference(x).float()
     tol = 0.03 * float(ref.abs().max()) + 0.02 if dtype == "bfloat16" else 1e-4
     assert float((y - ref).abs().max()) <= tol
     packs = layer.packs
