@@ -142,8 +142,8 @@ def cusum_step(s: float, right: bool, expected: float, drop: float) -> float:
 
 #: Pseudo-answers at offset 0 in a level above an agent's predictions: a lucky first run
 #: of answers does not raise the bar much. A level below them is taken as measured:
-#: shrunk toward the predictions, it held a healthy agent that its profile over-predicts
-#: by 0.2 above what it does, and released it in 7% of 300-answer streams (2% unshrunk).
+#: shrunk toward the predictions, it held a healthy agent its profile over-predicts by
+#: 0.2 above what it does, which was released in 7% of 300-answer streams (2% unshrunk).
 LEVEL_PRIOR = 20
 
 #: A climb over an agent's first answers, judged at the level they set, that has come
