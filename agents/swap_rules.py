@@ -127,10 +127,17 @@ def cusum(graded: Sequence[tuple[bool, float]], drop: float) -> float:
     per answer, of "right with p - drop" against "right with p", p the accuracy predicted
     for that answer's question (clamped to [0.05, 0.95], so one surprising answer moves it
     by at most log(19))."""
-    s = 0.0
-    for right, expected in graded:
+    return climb(graded, drop)[0]
+
+
+def climb(graded: Sequence[tuple[bool, float]], drop: float) -> tuple[float, int]:
+    """(`cusum`'s statistic, and how many answers came before its current climb from 0)."""
+    s, since = 0.0, 0
+    for i, (right, expected) in enumerate(graded):
         s = cusum_step(s, right, expected, drop)
-    return s
+        if s == 0.0:
+            since = i + 1
+    return s, since
 
 
 def cusum_step(s: float, right: bool, expected: float, drop: float) -> float:
@@ -210,11 +217,7 @@ def _calm_until(first: Sequence[Graded], settings: FreeAgentSettings) -> int:
     test run over them at the level they set ends `CALM_BELOW` of the way to an alarm
     or more; then those before its latest climb from 0."""
     offsets = _offsets(first, settings.calibration_limit)
-    s, since = 0.0, 0
-    for i, g in enumerate(first):
-        s = cusum_step(s, g[0], g[1] + offsets[_is_probe(g)], settings.detect_drop)
-        if s == 0.0:
-            since = i + 1
+    s, since = climb([(g[0], g[1] + offsets[_is_probe(g)]) for g in first], settings.detect_drop)
     return since if s >= CALM_BELOW * settings.detect_threshold else len(first)
 
 
@@ -252,11 +255,7 @@ class Expectation(WindowMean):
         """The statistic now and the release it calls for, in one pass (the monitor keeps
         the statistic: suspects, `/v1/agents`)."""
         offsets, judged = own_level(graded, settings)
-        s, since = 0.0, 0  # the statistic, and where its current climb from 0 began
-        for i, (ok, predicted) in enumerate(judged):
-            s = cusum_step(s, ok, predicted, settings.detect_drop)
-            if s == 0.0:
-                since = i + 1
+        s, since = climb(judged, settings.detect_drop)
         if s < settings.detect_threshold:
             return s, None
         run = judged[since:] or judged
