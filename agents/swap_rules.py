@@ -30,7 +30,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from orchestrator.config import FreeAgentSettings, RewardWeights
 from orchestrator.registry import Registry
@@ -159,12 +159,25 @@ LEVEL_PRIOR = 20
 #: makes (at 0.2, a little more often released when its profile over-predicts it).
 CALM_BELOW = 0.3
 
+#: Before `level_samples` answers are in, a climb `CALM_BELOW` along is judged at once
+#: against the level of the answers before it, when there are at least this many (a
+#: level from fewer is too noisy to hold an agent to).
+INTERIM_MIN = 40
 
-def own_level(
-    graded: Sequence[Graded], settings: FreeAgentSettings
-) -> tuple[dict[bool, float], list[tuple[bool, float]]]:
-    """(the agent's own offsets from its predictions, for tasks (False) and probes
-    (True), and its latest answers judged with their predictions shifted by them).
+
+class Level(NamedTuple):
+    """An agent's own level and the answers judged against it (`own_level`)."""
+
+    offsets: dict[bool, float]
+    """Its own offsets from its predictions, for tasks (False) and probes (True)."""
+    judged: list[tuple[bool, float]]
+    """Its latest answers, with their predictions shifted by `offsets`."""
+    set_by: int
+    """How many of its answers set `offsets` (0: none yet, the calibration floor)."""
+
+
+def own_level(graded: Sequence[Graded], settings: FreeAgentSettings) -> Level:
+    """The agent's own level, and its latest answers judged against it.
 
     The latest `detect_window` answers are judged; every older one sets the level: per
     kind (tasks, probes), the mean of (right - predicted) (shrunk toward 0 by
@@ -182,20 +195,27 @@ def own_level(
     its level is set from its broken answers (in a pool whose specialist fell at request
     100, that took 122 requests).
 
-    And an agent that breaks late in those first answers does not set its level from its
-    broken ones (which would excuse the fall): where the test run over them at the level
-    they set is climbing at their end (`_calm_until`), the answers of the climb are
-    judged against the level before them instead (a 0.92 agent falling to 0.4 at its
-    55th answer: released 46 answers later, not 65-117). A healthy agent's climbs are
-    short and rarely that far along, and a CUSUM that starts at 0 where one began is
-    never above one that ran through it."""
+    And an agent that breaks while its level is being set does not set it from its
+    broken answers (which would excuse the fall): where the test run over them at the
+    level they set is climbing (`_calm_until`), the answers of the climb are judged
+    against the level of those before it: at once, once `INTERIM_MIN` answers came
+    before it, and for good in the level that `level_samples` answers set. A 0.92 agent
+    falling to 0.4 at its 40th-70th answer is released a median 12-17 answers later
+    (58 when judged only once its level was set; 65-117 when set from broken answers).
+    A healthy agent's climbs are short and rarely that far along, and a CUSUM that
+    starts at 0 where one began is never above one that ran through it."""
     n = len(graded)
     lim = settings.calibration_limit
     if n <= settings.level_samples:
-        return {False: -lim, True: -lim}, [(g[0], g[1] - lim) for g in graded]
-    ref = max(n - settings.detect_window, _calm_until(graded[: settings.level_samples], settings))
+        ref = _calm_until(graded, settings)
+        if ref == n or ref < INTERIM_MIN:
+            return Level({False: -lim, True: -lim}, [(g[0], g[1] - lim) for g in graded], 0)
+    else:
+        ref = max(
+            n - settings.detect_window, _calm_until(graded[: settings.level_samples], settings)
+        )
     offsets = _offsets(graded[:ref], lim)
-    return offsets, [(g[0], g[1] + offsets[_is_probe(g)]) for g in graded[ref:]]
+    return Level(offsets, [(g[0], g[1] + offsets[_is_probe(g)]) for g in graded[ref:]], ref)
 
 
 def _offsets(seen: Sequence[Graded], lim: float) -> dict[bool, float]:
@@ -254,7 +274,7 @@ class Expectation(WindowMean):
     ) -> tuple[float, Decision | None]:
         """The statistic now and the release it calls for, in one pass (the monitor keeps
         the statistic: suspects, `/v1/agents`)."""
-        offsets, judged = own_level(graded, settings)
+        offsets, judged, set_by = own_level(graded, settings)
         s, since = climb(judged, settings.detect_drop)
         if s < settings.detect_threshold:
             return s, None
@@ -262,11 +282,13 @@ class Expectation(WindowMean):
         n = len(run)
         right = sum(r for r, _ in run) / n
         expected = statistics.fmean(e for _, e in run)
-        level = (
-            f"its predictions {offsets[False]:+.2f} on tasks, {offsets[True]:+.2f} on probes"
-            if len(graded) > settings.level_samples
-            else f"before its own level is set: its predictions {-settings.calibration_limit:+.2f}"
-        )
+        level = f"its predictions {offsets[False]:+.2f} on tasks, {offsets[True]:+.2f} on probes"
+        if not set_by:
+            level = (
+                f"before its own level is set: its predictions {-settings.calibration_limit:+.2f}"
+            )
+        elif len(graded) <= settings.level_samples:
+            level = f"its level so far, from its first {set_by} answers: {level}"
         return s, Decision(
             "release",
             f"right on {right:.0%} of its last {n} graded answers where its own record "
@@ -278,6 +300,7 @@ class Expectation(WindowMean):
                 "expected": expected,
                 "offset": offsets[False],
                 "probe_offset": offsets[True],
+                "level_from": set_by,
             },
         )
 
