@@ -114,7 +114,13 @@ def _rows(path: Path) -> Iterator[tuple[str, Any]]:
         raise DatasetError(
             f"{path}: unknown file type {suffix!r}; use {', '.join(FILE_TYPES.names())}"
         )
-    yield from FILE_TYPES.get(suffix)(path)
+    try:
+        yield from FILE_TYPES.get(suffix)(path)
+    except UnicodeDecodeError as e:  # a binary file named .json(l) by mistake
+        raise DatasetError(
+            f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); a {suffix} dataset is "
+            "text: give the file itself, not a compressed or binary one"
+        ) from None
 
 
 def _field(row: dict[str, Any], where: str, *names: str) -> Any:

@@ -124,11 +124,16 @@ class ProfileSet(BaseModel):
         """Read a profiles file; a missing, malformed or newer-format file is a ConfigError
         naming the file and the problem."""
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(
                 f"cannot read profiles {path}: {exc.strerror}; run `conclave profile` first"
             ) from exc
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"profiles file {path} is not text (JSON); give the profiles.json "
+                "`conclave profile` wrote, or rebuild it"
+            ) from None
         try:
             data = cls.model_validate_json(text)
         except ValidationError as exc:

@@ -150,17 +150,10 @@ def resolve_specs(
 def load_spec(path: Path, model: type[Spec]) -> Spec:
     """A pool description (`ScriptedPool`, or a scenario built on one) from a YAML or JSON
     file, or a ConfigError naming the file, each bad field and what to do."""
-    import yaml
-
-    from orchestrator.config import describe_errors
+    from orchestrator.config import describe_errors, read_yaml
 
     what = model.__name__
-    if not path.is_file():
-        raise ConfigError(f"{what} file {str(path)!r} does not exist; give a YAML or JSON file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid YAML or JSON: {e}") from None
+    data = read_yaml(path, what)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a {what} is a mapping, got {type(data).__name__}")
     try:

@@ -19,7 +19,7 @@ they register can be named in it.
     base.py      the strict base model, roles, sampling, resources
     backends.py  backend configs and their registry
     settings.py  keywords, router, routing, gateway, free agents
-    schema.py    ConclaveConfig, parse_config, load_config
+    schema.py    ConclaveConfig, parse_config, load_config, read_yaml
 """
 
 from orchestrator.config.backends import (
@@ -47,6 +47,7 @@ from orchestrator.config.schema import (
     describe_errors,
     load_config,
     parse_config,
+    read_yaml,
 )
 from orchestrator.config.settings import (
     KEYWORD_PROMPT,
@@ -85,5 +86,6 @@ __all__ = [
     "AUDIT_LOG",
     "default_cache_dir",
     "parse_config",
+    "read_yaml",
     "load_config",
 ]

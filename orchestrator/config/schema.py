@@ -267,16 +267,28 @@ def parse_config(data: Any) -> ConclaveConfig:
         raise ConfigError(describe_errors(e)) from None
 
 
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The data in a YAML (or JSON) file, or a ConfigError naming the file and the fix:
+    missing, a folder, not text (a binary file given by mistake), or not YAML."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(
+            f"{what} file {str(p)!r} is a folder; give the path of a YAML or JSON file"
+        )
+    if not p.is_file():
+        raise ConfigError(
+            f"{what} file {str(p)!r} does not exist; give the path of a YAML or JSON file"
+        )
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid YAML or JSON: {e}") from None
+
+
 def load_config(path: str | Path) -> ConclaveConfig:
     """Load and validate a YAML config file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist; pass the path of a YAML file")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    data = read_yaml(path, "config")
     try:
         return parse_config(data)
     except ConfigError as e:
-        raise ConfigError(f"{p}: {e}") from None
+        raise ConfigError(f"{path}: {e}") from None

@@ -150,7 +150,7 @@ def test_pool_files_load_and_bad_ones_say_which_field_and_what_to_do(tmp_path):
     (tmp_path / "broken.yaml").write_text("pool: {name: [\n")
     with pytest.raises(ConfigError, match="not valid YAML or JSON"):
         load_spec(tmp_path / "broken.yaml", HeteroPool)
-    with pytest.raises(ConfigError, match="does not exist; give a YAML or JSON file"):
+    with pytest.raises(ConfigError, match="does not exist; give the path of a YAML or JSON file"):
         load_spec(tmp_path / "nope.yaml", HeteroPool)
 
     # the commands refuse it at once (exit 2), before the facade scenario or any server

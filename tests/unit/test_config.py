@@ -117,6 +117,13 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("pool: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    # a binary file given by mistake, or a folder: named, not a traceback
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="model.bin: not valid YAML or JSON"):
+        load_config(binary)
+    with pytest.raises(ConfigError, match="is a folder; give the path of a YAML or JSON file"):
+        load_config(tmp_path)
 
 
 def test_every_field_has_a_description():

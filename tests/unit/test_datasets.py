@@ -158,6 +158,10 @@ def test_malformed_files_name_file_line_and_field(tmp_path, content, name, messa
 def test_missing_file_and_unknown_categories(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         load_file(tmp_path / "nope.json")
+    gz = tmp_path / "rows.jsonl"  # gzip bytes under a .jsonl name
+    gz.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe")
+    with pytest.raises(DatasetError, match="rows.jsonl: not UTF-8 text"):
+        load_file(gz)
     with pytest.raises(DatasetError, match="no rows of categories"):
         load_dataset(str(SHARED / "MMLU_Pro_train.json"), categories=["astrology"])
     with pytest.raises(DatasetError, match="unknown skillmix categories"):

@@ -135,3 +135,6 @@ def test_profiles_round_trip_and_reject_malformed_files(tmp_path):
         ProfileSet.load(path)
     with pytest.raises(ConfigError, match="run `conclave profile` first"):
         ProfileSet.load(tmp_path / "missing.json")
+    path.write_bytes(b"\x1f\x8b\x08\x00\xff")  # a gzipped copy, say
+    with pytest.raises(ConfigError, match="is not text"):
+        ProfileSet.load(path)
