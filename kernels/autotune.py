@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 BUCKETS = (1, 16, 128, 512, 2048)
 
 #: Version of what a cached choice means: bump when a path changes, to measure again.
-VERSION = 1
+VERSION = 2  # 2: "grouped:float32" joined the candidates
 
 
 def bucket(tokens: int) -> int:
@@ -59,7 +59,10 @@ def cpu() -> dict[str, Any]:
         pass
     if model in ("", "x86_64"):
         model = platform.machine()
-    wanted = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "asimd", "sve")
+    wanted = (
+        *("amx_bf16", "amx_tile", "avx512_bf16", "avx_ne_convert", "avx512f", "avx2"),
+        *("asimd", "sve", "bf16"),  # Arm
+    )
     return {"model": model, "flags": [f for f in wanted if f in flags]}
 
 

@@ -17,7 +17,8 @@ AMX) more than the loop (half framework overhead), so the median speedup falls i
 spell while the best-of one holds. The fused path's achieved GFLOP/s counts useful FLOPs
 only (top_k experts per token: 6*K*N each, the gate/up and down projections) and is set
 next to a dense matmul doing the same FLOPs ([M*top_k, K] x [K, 2N] then [M*top_k, N] x
-[N, K]) on the same machine, in bf16 (float32 where the CPU's GEMMs have no bf16).
+[N, K]) on the same machine, in the layer's dtype or float32, whichever runs faster here
+(bfloat16 on a CPU with AMX; float32 on one without bfloat16 dot products).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 
 from kernels.autotune import cpu, cpu_line, time_paths
-from kernels.grouped import compute_dtype, unavailable
+from kernels.grouped import unavailable
 from kernels.moe import KERNELS, MoEConfig, MoELayer
 
 
@@ -53,17 +54,20 @@ def _ratio(slow: list[float], fast: list[float]) -> float:
 def _dense(
     rows: int, k: int, n: int, dt: torch.dtype, device: str, sync: Callable[[], Any]
 ) -> Callable[[], Any]:
-    """A dense matmul pair with the useful FLOPs of `rows` routed tokens, in the dtype
-    this CPU's GEMMs run a `dt` layer in (`compute_dtype`: float32 for bfloat16 where
-    oneDNN has no bfloat16 GEMMs, as on AVX2-only CPUs, whose bfloat16 matmul is 2-3x
-    slower than their float32 one: not the machine's limit)."""
-    if device == "cpu":
-        dt = compute_dtype(dt)
+    """A dense matmul pair with the useful FLOPs of `rows` routed tokens, in `dt`."""
     a = torch.randn(rows, k, device=device, dtype=dt)
     w13 = torch.randn(k, 2 * n, device=device, dtype=dt)
     h = torch.randn(rows, n, device=device, dtype=dt)
     w2 = torch.randn(n, k, device=device, dtype=dt)
     return lambda: (a @ w13, h @ w2, sync())
+
+
+def _dense_dtypes(dt: torch.dtype, device: str) -> list[torch.dtype]:
+    """The dtypes the dense baseline is timed in: the layer's, and float32 for a bfloat16
+    layer on the CPU, where the faster is the machine's limit (a CPU without bfloat16
+    dot products, AVX2-only or AVX-512 without AVX512_BF16, runs bfloat16 matmuls 2-4x
+    slower than float32 ones; one with AMX the other way round)."""
+    return [dt, torch.float32] if device == "cpu" and dt == torch.bfloat16 else [dt]
 
 
 def run_moe_bench(
@@ -107,11 +111,16 @@ def run_moe_bench(
         fns: dict[str, Callable[[], Any]] = {}
         for m, x in inputs.items():
             fns |= {f"{b}@{m}": call(layers[b], x) for b in timed}
-            fns[f"dense@{m}"] = _dense(m * top_k, hidden, intermediate, dt, device, sync)
+            for d in _dense_dtypes(dt, device):
+                fns[f"dense:{d}@{m}"] = _dense(m * top_k, hidden, intermediate, d, device, sync)
         times = _time_all(fns, blocks=rounds)
     rows = []
     for m, x in inputs.items():
-        t = {b: times[f"{b}@{m}"] for b in (*timed, "dense")}
+        t = {b: times[f"{b}@{m}"] for b in timed}
+        # the dense baseline in whichever dtype ran faster over the run, round by round
+        dense = {d: times[f"dense:{d}@{m}"] for d in _dense_dtypes(dt, device)}
+        dense_dt = min(dense, key=lambda d: statistics.median(dense[d]))
+        t["dense"] = dense[dense_dt]
         med = {b: statistics.median(v) for b, v in t.items()}
         with torch.inference_mode():
             # the reference alone: its dense float32 work would evict the others' caches
@@ -143,6 +152,7 @@ def run_moe_bench(
             "fused_gflops": round(flops / med["fused"] / 1e9, 1),
             "auto_gflops": round(flops / med["auto"] / 1e9, 1),
             "dense_matmul_gflops": round(flops / med["dense"] / 1e9, 1),
+            "dense_dtype": str(dense_dt).removeprefix("torch."),
             "fused_vs_dense": round(_ratio(t["dense"], t["fused"]), 2),
             "max_abs_error_vs_reference": round(err["fused"], 5),
             "max_abs_error_by_path": {b: round(e, 5) for b, e in err.items()},

@@ -24,11 +24,14 @@ tokens, 1.01-1.03x at 512, 0.98-1.03x at 2048 (the activation's extra pass over 
 costs more once blocks are large).
 
 Runs on the CPU for bfloat16 and float32 wherever PyTorch was built with oneDNN (its
-x86 and aarch64 wheels are); tested against the reference like the other paths. oneDNN's
-bfloat16 GEMMs need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT: on a CPU with AVX2 only
-(an AMD EPYC seen 2026-12-01) a bfloat16 layer runs this path in float32
-(`compute_dtype`: its weights packed in float32 once, its tokens cast in and out), which
-`auto` weighs against the others as measured.
+x86 and aarch64 wheels are); tested against the reference like the other paths. A
+bfloat16 layer can run it in bfloat16 or in float32 (`variants`: its weights packed in
+float32 once, its tokens cast in and out), and `auto` measures both: oneDNN's bfloat16
+GEMMs need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT (on an AMD EPYC with AVX2 only they
+raise), and run at full speed only with bfloat16 dot products (AMX, AVX512_BF16): on an
+Intel Xeon with AVX-512 but neither (2026-12-01) they are emulated, and this path ran
+2.5-3.1x faster in float32 (0.60-0.86 of a float32 dense matmul's throughput at 512-2048
+tokens, against vLLM's portable kernel's 0.50-0.64).
 """
 
 from __future__ import annotations
@@ -52,16 +55,45 @@ def unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the grouped path computes a `dtype` layer in here: its own, or float32
-    for bfloat16 where oneDNN has no bfloat16 GEMMs on this CPU (AVX2 only)."""
-    if dtype == torch.bfloat16 and not bf16_gemms():
+    """The dtype the grouped path computes a `dtype` layer in when forced (`backend=
+    "grouped"`): its own, or float32 for bfloat16 where this CPU has no bfloat16 dot
+    products (`native_bf16`). `auto` measures every variant (`variants`) instead."""
+    if dtype == torch.bfloat16 and not (bf16_gemms() and native_bf16()):
         return torch.float32
     return dtype
+
+
+def variants(dtype: torch.dtype) -> list[torch.dtype]:
+    """The dtypes the grouped path can compute a `dtype` layer in here, `compute_dtype`'s
+    first: a bfloat16 layer also in float32 (its weights packed in float32 once, its
+    tokens cast in and out), which on CPUs that only emulate bfloat16 GEMMs is the
+    faster of the two."""
+    if dtype != torch.bfloat16:
+        return [dtype]
+    runs = [torch.bfloat16, torch.float32] if bf16_gemms() else [torch.float32]
+    first = compute_dtype(dtype)
+    return [first, *(d for d in runs if d != first)]
 
 
 def bf16_gemms() -> bool:
     """oneDNN runs bfloat16 GEMMs on this CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+#: CPU flags of bfloat16 dot-product instructions: without them oneDNN emulates bfloat16
+#: GEMMs (converting to float32 inside the kernel).
+NATIVE_BF16 = ("amx_bf16", "avx512_bf16", "avx_ne_convert", "bf16")
+
+
+def native_bf16() -> bool:
+    """This CPU multiplies bfloat16 natively (AMX, AVX512_BF16, AVX-NE-CONVERT, Arm BF16).
+    An AVX-512 CPU without them (an Intel Xeon, model 106, seen 2026-12-01) passes
+    `bf16_gemms`, but there its bfloat16 matmul ran at 54-56 GFLOP/s against float32's
+    177-212; a CPU whose flags cannot be read is trusted to oneDNN's own check."""
+    from kernels.autotune import cpu
+
+    flags = cpu()["flags"]
+    return not flags or any(f in flags for f in NATIVE_BF16)
 
 
 @dataclass(frozen=True)
@@ -74,9 +106,8 @@ class Packed:
 
 
 def pack(w13: torch.Tensor, w2: torch.Tensor, dtype: torch.dtype) -> Packed:
-    """w13 [E,2N,K] (gate rows, then up rows), w2 [E,K,N] in oneDNN's blocked layout, for
-    a `dtype` layer (in `compute_dtype(dtype)`)."""
-    dtype = compute_dtype(dtype)
+    """w13 [E,2N,K] (gate rows, then up rows), w2 [E,K,N] in oneDNN's blocked layout, to
+    compute in `dtype` (one of `variants(layer dtype)`)."""
     reorder = torch.ops.mkldnn._reorder_linear_weight
     experts = tuple(
         (

@@ -20,14 +20,16 @@ Backends (`MoEConfig.backend`), all behind `MoELayer.forward`:
   GPU, vLLM's Triton `fused_experts`.
 - "grouped": tokens sorted by expert into contiguous blocks, each expert's FFN as oneDNN
   GEMMs on weights packed once, the activation and the routing weight fused into their
-  epilogues (`kernels.grouped`): the fast path on CPUs without AMX.
+  epilogues (`kernels.grouped`): the fast path on CPUs without AMX. A bfloat16 layer can
+  also run it in float32 ("grouped:float32"), faster where bfloat16 GEMMs are emulated.
 - "naive": a per-expert loop (gather the tokens routed to each expert, run it, scatter).
 - "reference": every expert on every token in float32, then the routing weights: the
   ground truth the others are tested against.
 - "auto" (default): the fastest path that runs here, by measurement: the first call in a
   token-count bucket times every candidate (vLLM's fused kernel with each ISA it offers,
-  "grouped", "naive") on this layer and keeps the fastest, cached on disk per CPU model,
-  shapes, dtype and bucket (`kernels.autotune`). `choice_for` says which and why.
+  each grouped variant, "naive") on this layer and keeps the fastest, cached on disk per
+  CPU model, shapes, dtype and bucket (`kernels.autotune`). `choice_for` says which and
+  why.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kernels.autotune import CHOICES, Choice, ChoiceCache, bucket, cpu, time_paths
-from kernels.grouped import Packed, grouped_moe, pack, unavailable
+from kernels.grouped import Packed, compute_dtype, grouped_moe, pack, unavailable, variants
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ KERNELS = {
     "fused:vec": "cpu_fused_moe (vec)",
     "fused:triton": "fused_experts (Triton)",
     "grouped": "grouped oneDNN GEMMs",
+    "grouped:float32": "grouped oneDNN GEMMs (float32)",
     "naive": "per-expert loop",
     "reference": "float32 reference",
 }
@@ -143,6 +146,11 @@ def _swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tenso
     return (F.silu(gate) * up) @ w2.t()
 
 
+def _grouped_path(compute: torch.dtype, dtype: torch.dtype) -> str:
+    """The grouped path's name for computing a `dtype` layer in `compute`."""
+    return "grouped" if compute == dtype else f"grouped:{str(compute).removeprefix('torch.')}"
+
+
 def _padded(
     w13: torch.Tensor, w2: torch.Tensor, multiple: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,7 +207,7 @@ class MoELayer(torch.nn.Module):
                 f"unknown weights {sorted(given)}, or weights this config has no use for"
             )
         self._packed: tuple[int, int, str, torch.Tensor, torch.Tensor] | None = None
-        self._grouped: tuple[tuple[int, int, str], Packed] | None = None
+        self._grouped: dict[torch.dtype, tuple[tuple[int, int], Packed]] = {}
         self.packs = 0  # how many times the weights were prepacked (tests check: once)
         # auto's choices by (device, dtype, bucket); `cache` is where they persist
         self._choices: dict[tuple[str, torch.dtype, int], Choice] = {}
@@ -277,7 +285,11 @@ class MoELayer(torch.nn.Module):
             return [*fused, "naive"]
         if x.device.type != "cpu":
             return ["naive"]
-        grouped = ["grouped"] if unavailable(x.device, x.dtype) is None else []
+        grouped = (
+            [_grouped_path(d, x.dtype) for d in variants(x.dtype)]
+            if unavailable(x.device, x.dtype) is None
+            else []
+        )
         return [*(f"fused:{isa}" for isa in cpu_isas(self.cfg, x.dtype)), *grouped, "naive"]
 
     def path_for(self, x: torch.Tensor) -> str:
@@ -311,7 +323,8 @@ class MoELayer(torch.nn.Module):
             reason = unavailable(x.device, x.dtype)
             if reason is not None:
                 raise MoEBackendError(f"backend 'grouped' cannot run here: {reason}")
-            return Choice(path="grouped", bucket=b, source="configured")
+            path = _grouped_path(compute_dtype(x.dtype), x.dtype)
+            return Choice(path=path, bucket=b, source="configured")
         # measured on the layer's own dtype (what runs once the caller casts to it)
         x = torch.empty(0, self.cfg.hidden, dtype=self.w13.dtype, device=x.device)
         key = (str(x.device), x.dtype, b)
@@ -391,8 +404,9 @@ class MoELayer(torch.nn.Module):
             i = torch.where(ffn, ids, torch.zeros_like(ids))
         if path == "naive":
             routed = self._naive(x, w, i)
-        elif path == "grouped":
-            routed = grouped_moe(x, self._grouped_weights(x.dtype), w, i)
+        elif path in ("grouped", "grouped:float32"):
+            dtype = torch.float32 if path == "grouped:float32" else x.dtype
+            routed = grouped_moe(x, self._grouped_weights(dtype), w, i)
         elif path == "fused:triton":
             from vllm.model_executor.layers.fused_moe import fused_experts
 
@@ -448,17 +462,19 @@ class MoELayer(torch.nn.Module):
         return self._packed[3], self._packed[4]
 
     def _grouped_weights(self, dtype: torch.dtype) -> Packed:
-        """The grouped path's packed weights, packed as `prepacked` packs the fused ones."""
-        key = (*self._weights_key(), str(dtype))
-        if self._grouped is None or self._grouped[0] != key:
-            self._grouped = (key, pack(self.w13.data, self.w2.data, dtype))
+        """The grouped path's weights packed to compute in `dtype`, packed as `prepacked`
+        packs the fused ones (each variant `auto` measures keeps its own)."""
+        key = self._weights_key()
+        got = self._grouped.get(dtype)
+        if got is None or got[0] != key:
+            got = self._grouped[dtype] = (key, pack(self.w13.data, self.w2.data, dtype))
             self.packs += 1
-        return self._grouped[1]
+        return got[1]
 
     def repack(self) -> None:
         """Forget the packed weights: the next fused or grouped call packs them again."""
         self._packed = None
-        self._grouped = None
+        self._grouped = {}
 
     def _naive(self, x: torch.Tensor, w: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)

@@ -562,6 +562,7 @@ def bench_moe(
     if emit_json(res, output, as_json):
         return
     out.print(f"CPU: {res['cpu_line']}; {res['machine']}")
+    dense = " or ".join(sorted({r["dense_dtype"] for r in res["rows"]}))
     print_table(
         f"MoE layer ({res['device']}, fused = {res['fused_kernel']}, {res['rounds']} rounds)",
         (
@@ -578,15 +579,22 @@ def bench_moe(
         ),
         (_moe_cells(r) for r in res["rows"]),
         caption="x: median of the rounds' paired speed ratios; x dense: against a dense "
-        "matmul doing the same useful FLOPs; drift: the dense matmul's median round over "
-        "its fastest. --json adds best-of ratios, GFLOP/s and errors.",
+        f"matmul doing the same useful FLOPs (in {dense}, the faster here); drift: the "
+        "dense matmul's median round over its fastest. --json adds best-of ratios, GFLOP/s "
+        "and errors.",
     )
     for r in res["rows"]:
         out.print(f"auto at {r['tokens']} tokens: {r['auto_kernel']}, {r['auto_why']}")
 
 
 #: auto's path in the table's narrow column (the lines under it name the kernel)
-_SHORT = {"fused:amx": "amx", "fused:vec": "vec", "fused:triton": "triton", "naive": "loop"}
+_SHORT = {
+    "fused:amx": "amx",
+    "fused:vec": "vec",
+    "fused:triton": "triton",
+    "grouped:float32": "grouped f32",
+    "naive": "loop",
+}
 
 
 def _moe_cells(r: dict[str, Any]) -> tuple[object, ...]:

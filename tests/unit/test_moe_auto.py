@@ -52,24 +52,25 @@ def test_buckets_are_nearest_in_log_scale():
 def test_auto_runs_the_fastest_path_it_measured_and_measures_once_per_machine(timings, tmp_path):
     script, calls = timings
     script.update({"fused:vec": 9.0, "grouped": 4.0, "naive": 5.0})
-    layer = MoELayer(CFG)
+    cfg = CFG.model_copy(update={"dtype": "float32"})  # one grouped variant on every CPU
+    layer = MoELayer(cfg)
     layer.cache = ChoiceCache(tmp_path / "auto.json")
-    x = torch.randn(500, 64).bfloat16()
+    x = torch.randn(500, 64)
     choice = layer.choice_for(x)
     assert (choice.path, choice.bucket, choice.source) == ("grouped", 512, "measured")
     assert "grouped 4 ms" in choice.why and layer.kernel_for(x) == "grouped oneDNN GEMMs"
     layer(x)
-    layer(torch.randn(600, 64).bfloat16())  # the same bucket: no new measurement
+    layer(torch.randn(600, 64))  # the same bucket: no new measurement
     assert calls == [["fused:vec", "grouped", "naive"]]
     # another layer of the same shape on this machine reads it from disk
     script["grouped"] = 99.0
-    again = MoELayer(CFG, seed=1)
+    again = MoELayer(cfg, seed=1)
     again.cache = ChoiceCache(tmp_path / "auto.json")
     assert again.choice_for(x).path == "grouped" and again.choice_for(x).source == "cached"
     assert len(calls) == 1
     # a new bucket, or another dtype, is measured on its own
     script.update({"fused:vec": 1.0})
-    assert again.choice_for(torch.randn(1, 64).bfloat16()).path == "fused:vec"
+    assert again.choice_for(torch.randn(1, 64)).path == "fused:vec"
     saved = json.loads((tmp_path / "auto.json").read_text())
     assert saved["version"] == autotune.VERSION and len(saved["choices"]) == 2
     assert all('"model"' in key for key in saved["choices"])  # keyed by the CPU
@@ -77,7 +78,7 @@ def test_auto_runs_the_fastest_path_it_measured_and_measures_once_per_machine(ti
 
 def test_a_broken_cache_file_is_measured_again_not_a_crash(timings, tmp_path, caplog):
     script, calls = timings
-    script.update({"fused:vec": 2.0, "grouped": 3.0, "naive": 5.0})
+    script.update({"fused:vec": 2.0, "grouped": 3.0, "grouped:float32": 3.5, "naive": 5.0})
     path = tmp_path / "auto.json"
     path.write_text("{ half a file")
     layer = MoELayer(CFG)
@@ -89,9 +90,9 @@ def test_a_broken_cache_file_is_measured_again_not_a_crash(timings, tmp_path, ca
 
 def test_forcing_a_path_runs_it_without_measuring(timings):
     _, calls = timings
-    x = torch.randn(8, 64).bfloat16()
+    x = torch.randn(8, 64)
     for backend, path in (("fused", "fused:vec"), ("grouped", "grouped"), ("naive", "naive")):
-        layer = MoELayer(CFG.model_copy(update={"backend": backend}))
+        layer = MoELayer(CFG.model_copy(update={"backend": backend, "dtype": "float32"}))
         assert layer.path_for(x) == path and layer.choice_for(x).source == "configured"
     assert calls == []
     half = MoELayer(CFG.model_copy(update={"backend": "grouped", "dtype": "float16"}))
@@ -99,18 +100,18 @@ def test_forcing_a_path_runs_it_without_measuring(timings):
         half(torch.randn(4, 64).half())
 
 
-@pytest.mark.parametrize("bf16_gemms", [True, False])  # False: an AVX2-only CPU
+@pytest.mark.parametrize("compute", ["layer", "float32"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("tokens", [1, 7, 64])
 @pytest.mark.parametrize("top_k", [2, 3])  # 3: summed in float32, not the layer's dtype
-def test_the_grouped_path_matches_the_reference(dtype, tokens, top_k, bf16_gemms, monkeypatch):
-    """Also where oneDNN has no bfloat16 GEMMs (AVX2 only: asked for them, it raises): a
-    bfloat16 layer's grouped path then runs in float32 and still returns bfloat16."""
+def test_the_grouped_path_matches_the_reference(dtype, tokens, top_k, compute, monkeypatch):
+    """In either compute dtype: a bfloat16 layer's grouped path in float32 (where bfloat16
+    GEMMs are emulated or, on AVX2 only, raise) still returns bfloat16."""
     import kernels.grouped
 
-    if bf16_gemms and dtype == "bfloat16" and not kernels.grouped.bf16_gemms():
+    if compute == "layer" and dtype == "bfloat16" and not kernels.grouped.bf16_gemms():
         pytest.skip("this CPU's oneDNN has no bfloat16 GEMMs")
-    monkeypatch.setattr(kernels.grouped, "bf16_gemms", lambda: bf16_gemms)
+    monkeypatch.setattr(kernels.grouped, "native_bf16", lambda: compute == "layer")
     cfg = MoEConfig(
         hidden=64,
         intermediate=72,
@@ -126,8 +127,9 @@ def test_the_grouped_path_matches_the_reference(dtype, tokens, top_k, bf16_gemms
     x = x.to(layer.w13.dtype)
     out = layer(x)
     assert out.dtype == x.dtype
-    expect = torch.float32 if dtype == "float32" or not bf16_gemms else torch.bfloat16
-    assert layer._grouped_weights(x.dtype).dtype == expect
+    f32 = dtype == "bfloat16" and compute == "float32"
+    assert layer.path_for(x) == ("grouped:float32" if f32 else "grouped")
+    assert set(layer._grouped) == {torch.float32 if f32 else x.dtype}  # packed what it ran
     y, ref = out.float(), layer.reference(x).float()
     tol = 0.03 * float(ref.abs().max()) + 0.02 if dtype == "bfloat16" else 1e-4
     assert float((y - ref).abs().max()) <= tol
@@ -140,3 +142,43 @@ def test_the_grouped_path_matches_the_reference(dtype, tokens, top_k, bf16_gemms
     assert (
         layer.packs == packs + 1 and float((y2 - layer.reference(x).float()).abs().max()) <= 2 * tol
     )
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_weighs_the_grouped_path_in_float32_for_a_bfloat16_layer(
+    native, timings, tmp_path, monkeypatch
+):
+    """Where bfloat16 GEMMs are emulated (AVX-512 without AVX512_BF16) the float32 variant
+    can be the fastest; auto measures both variants that run here, whatever the guess."""
+    import kernels.grouped
+
+    monkeypatch.setattr(kernels.grouped, "native_bf16", lambda: native)
+    script, calls = timings
+    script.update({"fused:vec": 9.0, "grouped": 6.0, "grouped:float32": 3.0, "naive": 12.0})
+    layer = MoELayer(CFG)
+    layer.cache = ChoiceCache(tmp_path / "auto.json")
+    x = torch.randn(300, 64).bfloat16()
+    bf16 = kernels.grouped.bf16_gemms()  # False on an AVX2-only CPU: float32 only
+    assert layer.paths(x) == [
+        "fused:vec",
+        *(["grouped"] if bf16 and native else []),
+        "grouped:float32",
+        *(["grouped"] if bf16 and not native else []),
+        "naive",
+    ]
+    choice = layer.choice_for(x)
+    assert choice.path == "grouped:float32" and "grouped:float32 3 ms" in choice.why
+    assert layer.kernel_for(x) == "grouped oneDNN GEMMs (float32)"
+    y, ref = layer(x).float(), layer.reference(x).float()
+    assert (
+        y.dtype == torch.float32
+        and float((y - ref).abs().max()) <= 0.03 * float(ref.abs().max()) + 0.02
+    )
+    forced = MoELayer(CFG.model_copy(update={"backend": "grouped"}))
+    assert forced.path_for(x) == ("grouped" if bf16 and native else "grouped:float32")
+    # a float32 layer has one grouped variant
+    assert MoELayer(CFG.model_copy(update={"dtype": "float32"})).paths(x.float()) == [
+        "fused:vec",
+        "grouped",
+        "naive",
+    ]
