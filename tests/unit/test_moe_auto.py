@@ -95,6 +95,15 @@ def test_forcing_a_path_runs_it_without_measuring(timings):
         layer = MoELayer(CFG.model_copy(update={"backend": backend, "dtype": "float32"}))
         assert layer.path_for(x) == path and layer.choice_for(x).source == "configured"
     assert calls == []
+    # checked once per (device, dtype, bucket), not on every call
+    layer = MoELayer(CFG.model_copy(update={"backend": "fused", "dtype": "float32"}))
+    checks: list[int] = []
+    check = layer._fused_reason
+    layer._fused_reason = lambda x: checks.append(1) or check(x)  # type: ignore[method-assign]
+    for _ in range(3):
+        layer(x)
+    assert checks == [1] and layer.path_for(torch.randn(500, 64)) == "fused:vec"
+    assert checks == [1, 1]  # a new bucket
     half = MoELayer(CFG.model_copy(update={"backend": "grouped", "dtype": "float16"}))
     with pytest.raises(MoEBackendError, match="bfloat16 or float32"):
         half(torch.randn(4, 64).half())
