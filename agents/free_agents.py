@@ -17,13 +17,16 @@ The rules, all in `FreeAgentSettings`; the built-in swap rule (`agents.swap_rule
   never reach the user or the vote. The incumbent keeps serving meanwhile.
 - **promotion**: after at least `probation_min` shared tasks, the challenger is promoted
   when the one-sided lower bound (mean - z * standard error) of its paired reward
-  difference over the incumbent exceeds `promote_margin`, or when the lower bound of its
-  own mean reward clears `release_below`. The incumbent goes to the free-agent pool, where
-  it can come back through probation like any free agent.
-- **rejection**: the upper bound of the paired difference falls below `promote_margin`
-  after `probation_min` tasks, or `probation_max` tasks pass without a promotion. The
-  challenger goes back to the pool and the incumbent's window restarts, so another
-  release needs fresh evidence.
+  difference over the incumbent exceeds `promote_margin` (under `expectation`, less
+  `replace_within`: the incumbent was released on a fall from its own level, so the
+  challenger need only not trail it), or when the lower bound of its own mean reward
+  clears `release_below`. The incumbent goes to the free-agent pool, where it can come
+  back through probation like any free agent.
+- **rejection**: the upper bound of the paired difference falls below that margin after
+  `probation_min` tasks, or `probation_max` tasks pass without a promotion. The
+  challenger goes back to the pool, after a back-off that doubles with each rejection;
+  the incumbent's window restarts, so another release needs fresh evidence, judged
+  against its level from before the fall.
 
 Swaps are applied between batches, under a lock: a batch planned before a swap completes
 on the agents it was planned with. Every decision is appended to the audit log (JSON
@@ -207,6 +210,10 @@ class FreeAgentMonitor:
         #: (right?, predicted accuracy, a probe?) per graded answer since its last reset
         self.graded: dict[str, deque[Graded]] = {e: deque(maxlen=GRADED_KEPT) for e in experts}
         self._fresh: set[str] = set()  # agents with evidence the rule has not judged yet
+        #: a released agent's answers that set its level (`level_from`), kept while it
+        #: serves on (a rejected challenger, no free agent): its fresh answers are judged
+        #: against its level from before the fall, not a level set from its broken ones
+        self.levels: dict[str, list[Graded]] = {}
         #: each agent's expectation statistic when its evidence was last judged
         self.cusums: dict[str, float] = {}
         #: agents released with no free agent to replace them: task flagged at
@@ -371,11 +378,18 @@ class FreeAgentMonitor:
                 self.graded[agent].append((False, o.expected, o.probe))  # a miss, gold or not
                 self._fresh.add(agent)
 
-    def _reset(self, agent: str) -> None:
-        """Forget an agent's evidence: a new decision about it needs fresh evidence."""
+    def _reset(self, agent: str, keep_level: bool = False) -> None:
+        """Forget an agent's evidence: a new decision about it needs fresh evidence. With
+        `keep_level` (it serves on after its release) the answers that set its level stay:
+        relearnt from scratch, its level would be set from its broken answers and the fall
+        never judged again (a specialist fallen from 0.65 to 0.33, its challenger
+        rejected, served 900 more requests unreleased)."""
         self.windows[agent].clear()
         self.graded[agent].clear()
         self.cusums.pop(agent, None)
+        level = self.levels.pop(agent, [])
+        if keep_level:
+            self.graded[agent].extend(level)
 
     def _judge(self, agent: str) -> Decision | None:
         graded_rule = getattr(self.rule, "release_graded", None)
@@ -426,6 +440,8 @@ class FreeAgentMonitor:
             if release is None:
                 continue
             out.append(self._entry("release", agent, None, release.reason, **release.figures))
+            level_from = int(release.figures.get("level_from", 0))
+            self.levels[agent] = list(self.graded[agent])[:level_from]
             challenger = self._best_free()
             if challenger is None:
                 self.flagged[agent] = self.tasks
@@ -441,7 +457,7 @@ class FreeAgentMonitor:
                     + (f" ({waiting})" if waiting else "")
                 )
                 out.append(self._entry("no_replacement", agent, None, why))
-                self._reset(agent)  # ask again on fresh evidence
+                self._reset(agent, keep_level=True)  # ask again on fresh evidence
                 continue
             out.append(self._start(challenger, agent))
         for incumbent, p in list(self.probations.items()):
@@ -453,7 +469,7 @@ class FreeAgentMonitor:
             else:
                 del self.probations[incumbent]
                 self._to_pool(p.challenger, rejected=True)
-                self._reset(incumbent)
+                self._reset(incumbent, keep_level=True)
             out.append(
                 self._entry(
                     verdict.event, p.challenger, incumbent, verdict.reason, **verdict.figures

@@ -88,34 +88,51 @@ class WindowMean:
     def verdict(
         self, pairs: Sequence[tuple[float, float]], incumbent: str, settings: FreeAgentSettings
     ) -> Decision | None:
-        s, n = settings, len(pairs)
-        if n < s.probation_min:
-            return None
-        d, d_lo, d_hi = _bounds([c - i for i, c in pairs], s.confidence_z)
-        c_mean, c_lo, _ = _bounds([c for _, c in pairs], s.confidence_z)
-        figures = {
-            "tasks": n,
-            "diff": d,
-            "diff_lower": d_lo,
-            "diff_upper": d_hi,
-            "challenger_mean": c_mean,
-            "challenger_lower": c_lo,
-        }
-        if d_lo > s.promote_margin or c_lo >= s.release_below:
-            why = (
-                f"beats {incumbent} by {d:.3f} (lower bound {d_lo:.3f} > {s.promote_margin})"
-                if d_lo > s.promote_margin
-                else f"its mean reward's lower bound {c_lo:.3f} clears {s.release_below}"
-            )
-            return Decision("promotion", f"after {n} shadow tasks it {why}", figures)
-        if d_hi < s.promote_margin or n >= s.probation_max:
-            why = (
-                f"it trails {incumbent} (upper bound {d_hi:.3f} < {s.promote_margin})"
-                if d_hi < s.promote_margin
-                else f"no verdict after {n} tasks (probation_max)"
-            )
-            return Decision("rejection", why, figures)
+        return paired_verdict(pairs, incumbent, settings, settings.promote_margin)
+
+
+def paired_verdict(
+    pairs: Sequence[tuple[float, float]],
+    incumbent: str,
+    settings: FreeAgentSettings,
+    margin: float,
+) -> Decision | None:
+    """After `probation_min` pairs: promote when the one-sided lower bound of the paired
+    difference (challenger - incumbent) exceeds `margin` or the challenger's own lower
+    bound clears `release_below`; reject when the difference's upper bound falls below
+    `margin` or `probation_max` pairs pass."""
+    s, n = settings, len(pairs)
+    if n < s.probation_min:
         return None
+    d, d_lo, d_hi = _bounds([c - i for i, c in pairs], s.confidence_z)
+    c_mean, c_lo, _ = _bounds([c for _, c in pairs], s.confidence_z)
+    figures = {
+        "tasks": n,
+        "diff": d,
+        "diff_lower": d_lo,
+        "diff_upper": d_hi,
+        "challenger_mean": c_mean,
+        "challenger_lower": c_lo,
+    }
+    if d_lo > margin or c_lo >= s.release_below:
+        if d_lo <= margin:
+            why = f"its mean reward's lower bound {c_lo:.3f} clears {s.release_below}"
+        elif margin >= 0:
+            why = f"beats {incumbent} by {d:.3f} (lower bound {d_lo:.3f} > {margin})"
+        else:
+            why = (
+                f"does not trail {incumbent} by more than {-margin:.3f} (difference "
+                f"{d:+.3f}, lower bound {d_lo:.3f} > {margin:.3f})"
+            )
+        return Decision("promotion", f"after {n} shadow tasks it {why}", figures)
+    if d_hi < margin or n >= s.probation_max:
+        why = (
+            f"it trails {incumbent} (upper bound {d_hi:.3f} < {margin:.3f})"
+            if d_hi < margin
+            else f"no verdict after {n} tasks (probation_max)"
+        )
+        return Decision("rejection", why, figures)
+    return None
 
 
 #: A graded answer: (right?, the accuracy predicted for it[, a probe?]).
@@ -263,6 +280,20 @@ class Expectation(WindowMean):
         it favours the incumbent: a 0.89 challenger shadowing a specialist fallen from
         0.9 to 0.7 reached no verdict in 200 paired tasks (difference 0.02)."""
         return weights.model_copy(update={"synergy": 0.0})
+
+    def verdict(
+        self, pairs: Sequence[tuple[float, float]], incumbent: str, settings: FreeAgentSettings
+    ) -> Decision | None:
+        """As `window-mean`'s, with the burden shifted: the incumbent was released on a
+        fall from its own level, so a challenger replaces it unless it trails it by more
+        than `replace_within` (promotion on a lower bound above `promote_margin -
+        replace_within`; rejection when the upper bound is below it). Asked to prove
+        itself better instead, a challenger loses where the fall hits a small share of the
+        incumbent's tasks (its own two subjects, a seventh of the traffic, in a pool
+        where it also took a share of the rest): 0.04 better over 200 shadow tasks (lower
+        bound -0.04), rejected, and the fallen specialist served on to the end."""
+        margin = settings.promote_margin - settings.replace_within
+        return paired_verdict(pairs, incumbent, settings, margin)
 
     def release_graded(
         self, graded: Sequence[Graded], settings: FreeAgentSettings

@@ -26,7 +26,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -260,10 +260,12 @@ def run_pool_stream(
     drop_at: int | None,
     folder: Path,
     clients: int = 8,
+    on_answer: Callable[[], object] | None = None,
 ) -> PoolRun:
     """Serve `spec`'s pool with `conclave serve` (profiled on the validation file at
     start) and drive `requests` routed questions with feedback from `clients` threads;
-    the victim degrades at request `drop_at`."""
+    the victim degrades at request `drop_at`. `on_answer` is called after each request
+    (from the client threads: a progress bar's advance)."""
     import sys
 
     import httpx
@@ -315,6 +317,8 @@ def run_pool_stream(
                             row["error"] = f"{type(exc).__name__}: {exc}"
                         with lock:
                             rows.append(row)
+                        if on_answer is not None:
+                            on_answer()
 
             with cf.ThreadPoolExecutor(clients) as ex:
                 for fut in [ex.submit(client) for _ in range(clients)]:
@@ -477,13 +481,20 @@ def run_free_agent_pools(
         tempfile.TemporaryDirectory(prefix="conclave-free-agent-pools-") as tmp,
         progress_bar(disable=not progress) as bar,
     ):
-        task = bar.add_task("free agents in heterogeneous pools", total=2 * seeds * len(specs))
+        # in requests, not runs: one run takes minutes
+        task = bar.add_task("free agents in pools", total=2 * seeds * len(specs) * requests)
+
+        def answered() -> None:
+            bar.advance(task)
+
         for spec in specs:
             for seed in range(seeds):
-                runs.append(run_pool_stream(spec, seed, requests, drop_at, Path(tmp)))
-                bar.advance(task)
-                controls.append(run_pool_stream(spec, seed, requests, None, Path(tmp)))
-                bar.advance(task)
+                for drop, out in ((drop_at, runs), (None, controls)):
+                    kind = "control" if drop is None else "drop"
+                    bar.update(task, description=f"{spec.pool.name}, seed {seed}, {kind}")
+                    out.append(
+                        run_pool_stream(spec, seed, requests, drop, Path(tmp), on_answer=answered)
+                    )
     detected = [r.detected_after for r in runs]
     gaps = [
         r.accuracy_before - r.accuracy_after

@@ -296,6 +296,15 @@ class FreeAgentSettings(Strict):
     promote_margin: float = Field(
         0.0, description="The challenger must beat the incumbent's mean reward by this."
     )
+    replace_within: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="'expectation': a challenger replaces an agent released on a fall from "
+        "its own level unless it trails it by more than this (the one-sided bound of their "
+        "paired reward difference): the release is the evidence against the incumbent, so "
+        "the challenger need not also prove itself better over tasks the fall did not touch.",
+    )
     confidence_z: float = Field(
         1.64, ge=0.0, description="z of the one-sided bound every verdict must clear."
     )
