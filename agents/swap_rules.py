@@ -117,8 +117,8 @@ def paired_verdict(
     if d_lo > margin or c_lo >= s.release_below:
         if d_lo <= margin:
             why = f"its mean reward's lower bound {c_lo:.3f} clears {s.release_below}"
-        elif margin >= 0:
-            why = f"beats {incumbent} by {d:.3f} (lower bound {d_lo:.3f} > {margin})"
+        elif d_lo > 0:
+            why = f"beats {incumbent} by {d:.3f} (lower bound {d_lo:.3f} > {margin:g})"
         else:
             why = (
                 f"does not trail {incumbent} by more than {-margin:.3f} (difference "
