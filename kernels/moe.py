@@ -319,11 +319,23 @@ class MoELayer(torch.nn.Module):
         got = self._choices.get(key)
         if got is None:
             if want == "auto":
-                got = self._measure(torch.empty(0, x.shape[1], dtype=dtype, device=x.device), b)
+                probe = torch.empty(0, self.cfg.hidden, dtype=dtype, device=x.device)
+                got = self._measure(probe, b)
             else:
                 got = self._configured(x, want, b)
             self._choices[key] = got
+            self._drop_unused()
         return got
+
+    def _drop_unused(self) -> None:
+        """Forget packed weights no chosen path runs on: measuring packed every
+        candidate's, and a float32 copy of a bfloat16 layer's experts is twice its size."""
+        used = {c.path for c in self._choices.values()}
+        for dtype in list(self._grouped):
+            if _grouped_path(dtype, self.w13.dtype) not in used:
+                del self._grouped[dtype]
+        if self._packed is not None and f"fused:{self._packed[2]}" not in used:
+            self._packed = None
 
     def _configured(self, x: torch.Tensor, want: str, b: int) -> Choice:
         """The path a forced `fused` or `grouped` runs `x` on, or why it cannot."""

@@ -178,6 +178,7 @@ def test_auto_weighs_the_grouped_path_in_float32_for_a_bfloat16_layer(
     choice = layer.choice_for(x)
     assert choice.path == "grouped:float32" and "grouped:float32 3 ms" in choice.why
     assert layer.kernel_for(x) == "grouped oneDNN GEMMs (float32)"
+    assert set(layer._grouped) == {torch.float32}  # the bfloat16 packing it measured: dropped
     y, ref = layer(x).float(), layer.reference(x).float()
     assert (
         y.dtype == torch.float32
