@@ -115,9 +115,7 @@ def test_pool_files_load_and_bad_ones_say_which_field_and_what_to_do(tmp_path):
     assert quartet.victim == "life" and quartet.subjects() == {"biology", "chemistry", "health"}
     kept = [load_spec(p, HeteroPool) for p in sorted((DOCS / "random").glob("*.yaml"))]
     assert len(kept) == 6
-    for k in kept:  # each names its victim and free agent among its experts
-        names = {e.name for e in k.pool.experts}
-        assert {k.victim, k.free_agent} <= names and k.subjects()
+    assert all(k.subjects() for k in kept)  # (the loader checks victim and free agent)
 
     good = FREE_AGENT_POOLS["three-specialists"].model_dump()
 
