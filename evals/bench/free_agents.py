@@ -299,8 +299,10 @@ def run_free_agents_bench(
     probes_per_task: float = 2.0,
     window: int = 80,
     progress: bool = True,
+    first_seed: int = 0,
 ) -> FreeAgentsBenchResult:
-    """`seeds` runs with the drop at `drop_at` and as many control runs without it."""
+    """`seeds` runs (seeds `first_seed`, `first_seed` + 1, ...) with the drop at `drop_at`
+    and as many control runs without it."""
     from orchestrator.progress import progress_bar
 
     figures = (incumbent_accuracy, degraded_accuracy, free_agent_accuracy)
@@ -313,7 +315,7 @@ def run_free_agents_bench(
         progress_bar(disable=not progress) as bar,
     ):
         task = bar.add_task("free-agent scenario", total=2 * seeds)
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             runs.append(run_stream(Path(tmp), seed, requests, drop_at, *figures, monitor))
             bar.advance(task)
             controls.append(run_stream(Path(tmp), seed, requests, None, *figures, monitor))

@@ -467,9 +467,10 @@ def run_free_agent_pools(
     requests: int = 2000,
     drop_at: int = 1000,
     progress: bool = True,
+    first_seed: int = 0,
 ) -> PoolsBenchResult:
-    """Each pool (default: every one in `POOLS`), `seeds` drop runs and as many control
-    runs."""
+    """Each pool (default: every one in `POOLS`), `seeds` drop runs (seeds `first_seed`,
+    `first_seed` + 1, ...) and as many control runs."""
     from orchestrator.progress import progress_bar
 
     specs = resolve_pools(pools or list(POOLS))
@@ -488,7 +489,7 @@ def run_free_agent_pools(
             bar.advance(task)
 
         for spec in specs:
-            for seed in range(seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 for drop, out in ((drop_at, runs), (None, controls)):
                     kind = "control" if drop is None else "drop"
                     bar.update(task, description=f"{spec.pool.name}, seed {seed}, {kind}")

@@ -275,6 +275,9 @@ def bench_gateway(
 @app.command("free-agents")
 def bench_free_agents(
     seeds: Annotated[int, typer.Option(min=1, help="Runs (and control runs), one per seed.")] = 3,
+    first_seed: Annotated[
+        int, typer.Option(min=0, help="The first seed (then first + 1, ...): more runs later.")
+    ] = 0,
     requests: Annotated[int, typer.Option(min=10, help="Requests in each stream.")] = 2000,
     drop_at: Annotated[int, typer.Option(min=1, help="Request at which the fault hits.")] = 1000,
     incumbent: Annotated[float, typer.Option(help="Incumbent's accuracy before.")] = 0.95,
@@ -339,11 +342,17 @@ def bench_free_agents(
         probes,
         window,
         progress=not as_json,
+        first_seed=first_seed,
     )
     if pools:
         try:
             result.pools = run_free_agent_pools(
-                chosen or None, seeds, requests, drop_at, progress=not as_json
+                chosen or None,
+                seeds,
+                requests,
+                drop_at,
+                progress=not as_json,
+                first_seed=first_seed,
             )
         except ConclaveError as exc:
             raise fail(exc) from None

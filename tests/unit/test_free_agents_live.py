@@ -157,11 +157,15 @@ def test_live_swap_under_concurrent_traffic_loses_and_duplicates_nothing(tmp_pat
 def test_bench_free_agents_replays_the_scenario_through_the_facade():
     res = CliRunner().invoke(
         app,
-        ["bench", "free-agents", "--seeds", "1", "--requests", "400", "--drop-at", "150", "--json"],
+        [
+            *("bench", "free-agents", "--seeds", "1", "--first-seed", "3"),
+            *("--requests", "400", "--drop-at", "150", "--json"),
+        ],
     )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     (run,), (control,) = out["runs"], out["controls"]
+    assert run["seed"] == control["seed"] == 3  # more seeds later, not seed 0 again
     assert run["lost"] == 0 and control["lost"] == 0
     assert run["detected_after"] is not None and 0 <= run["detected_after"] <= 100
     assert run["accuracy_during"] < run["accuracy_before_drop"]
