@@ -151,6 +151,12 @@ def _grouped_path(compute: torch.dtype, dtype: torch.dtype) -> str:
     return "grouped" if compute == dtype else f"grouped:{str(compute).removeprefix('torch.')}"
 
 
+def _grouped_compute(path: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype grouped `path` computes a `dtype` layer in (`_grouped_path`'s inverse)."""
+    _, _, compute = path.partition(":")
+    return getattr(torch, compute) if compute else dtype
+
+
 def _padded(
     w13: torch.Tensor, w2: torch.Tensor, multiple: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -423,9 +429,9 @@ class MoELayer(torch.nn.Module):
             i = torch.where(ffn, ids, torch.zeros_like(ids))
         if path == "naive":
             routed = self._naive(x, w, i)
-        elif path in ("grouped", "grouped:float32"):
-            dtype = torch.float32 if path == "grouped:float32" else x.dtype
-            routed = grouped_moe(x, self._grouped_weights(dtype), w, i)
+        elif path.startswith("grouped"):
+            packed = self._grouped_weights(_grouped_compute(path, x.dtype))
+            routed = grouped_moe(x, packed, w, i)
         elif path == "fused:triton":
             from vllm.model_executor.layers.fused_moe import fused_experts
 
