@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import random
+import re
 import tempfile
 import threading
 import time
@@ -456,9 +457,72 @@ class PoolsBenchResult(BaseModel):
     summary: PoolsSummary
 
 
+#: `--pool random-<seed>`: a pool drawn by `random_pool` (the same one for a seed).
+RANDOM = re.compile(r"random-(\d+)")
+
+
+def random_pool(seed: int) -> HeteroPool:
+    """A heterogeneous pool drawn from `seed`: a test world no one tuned the monitor to.
+
+    2-5 specialists on disjoint random sets of 1-6 subjects (0.6-0.98 on each, 0.2-0.4
+    elsewhere; the subjects left over are nobody's), a generalist at 0.45-0.7
+    everywhere, and a free agent shadowing one specialist, the victim: 0.93-1.0 of its
+    accuracy on each of its subjects. In the drop, the victim's accuracy on its subjects
+    falls 0.3-0.45 below its lowest there (to no less than 0.1); in a third of the pools
+    5-15% of its calls also fail (HTTP 500)."""
+    rng = random.Random(seed)
+    subjects = rng.sample(CATEGORIES, len(CATEGORIES))
+    count = rng.randint(2, 5)
+    experts: list[ScriptedExpert] = []
+    for n in range(count):
+        # leave at least one subject for each specialist still to come
+        mine = subjects[: rng.randint(1, min(6, len(subjects) - (count - 1 - n)))]
+        subjects = subjects[len(mine) :]
+        experts.append(
+            ScriptedExpert(
+                name=f"s{n}",
+                accuracy={c: round(rng.uniform(0.6, 0.98), 2) for c in mine},
+                default=round(rng.uniform(0.2, 0.4), 2),
+            )
+        )
+    victim = rng.choice(experts)
+    free = ScriptedExpert(
+        name="fa",
+        accuracy={c: round(a * rng.uniform(0.93, 1.0), 2) for c, a in victim.accuracy.items()},
+        default=round(rng.uniform(0.2, 0.4), 2),
+    )
+    generalist = ScriptedExpert(name="gen", default=round(rng.uniform(0.45, 0.7), 2))
+    degraded = round(max(min(victim.accuracy.values()) - rng.uniform(0.3, 0.45), 0.1), 2)
+    errors = round(rng.uniform(0.05, 0.15), 2) if rng.random() < 1 / 3 else 0.0
+    return HeteroPool(
+        pool=ScriptedPool(
+            name=f"random-{seed}",
+            description=f"random pool {seed}: {count} specialists, a generalist; "
+            f"{victim.name} ({len(victim.accuracy)} subjects) falls to {degraded}"
+            + (f", {errors:.0%} of its calls fail" if errors else ""),
+            experts=[*experts, generalist, free],
+        ),
+        victim=victim.name,
+        free_agent=free.name,
+        degraded=degraded,
+        errors=errors,
+    )
+
+
 def resolve_pools(pools: Sequence[str | HeteroPool]) -> list[HeteroPool]:
-    """Pools by name (`POOLS`) or given whole (from `--pool-file`); `resolve_specs`."""
-    return resolve_specs(pools, POOLS, lambda p: p.pool.name)
+    """Pools by name (`POOLS`, or `random-<seed>`: `random_pool`) or given whole (from
+    `--pool-file`); `resolve_specs`."""
+    drawn = [
+        random_pool(int(m[1])) if isinstance(p, str) and (m := RANDOM.fullmatch(p)) else p
+        for p in pools
+    ]
+    unknown = [p for p in drawn if isinstance(p, str) and p not in POOLS]
+    if unknown:
+        raise ConfigError(
+            f"unknown pool {unknown[0]!r}: choose from {', '.join(POOLS)}, or random-<seed> "
+            "(a pool drawn at random: random-7)"
+        )
+    return resolve_specs(drawn, POOLS, lambda p: p.pool.name)
 
 
 def run_free_agent_pools(

@@ -298,7 +298,11 @@ def bench_free_agents(
         ),
     ] = False,
     pool: Annotated[
-        list[str] | None, typer.Option(help="With --pools: only these pools (repeatable).")
+        list[str] | None,
+        typer.Option(
+            help="With --pools: only these pools (repeatable); random-<seed> draws one at "
+            "random (2-5 specialists, the victim and its fall drawn too; the same per seed)."
+        ),
     ] = None,
     pool_file: Annotated[
         list[Path] | None,

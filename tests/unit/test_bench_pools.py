@@ -205,3 +205,31 @@ def test_a_generalist_victim_falls_everywhere():
     inject_fault(script, spec)
     after = sum(script.right("generalist", it) for it in items)
     assert before > 130 and after < 70, (before, after)
+
+
+def test_random_pools_are_drawn_the_same_per_seed_and_vary_across_seeds():
+    """`--pool random-<seed>`: test worlds no one tuned to, each a valid scenario: disjoint
+    specialists, a free agent within 7% of the victim on each of its subjects, a fall of
+    at least 0.3 below the victim's lowest subject (or to the 0.1 floor)."""
+    from evals.bench.free_agents_pools import random_pool, resolve_pools
+
+    pools = [random_pool(s) for s in range(200)]
+    assert random_pool(7) == random_pool(7) == resolve_pools(["random-7"])[0]
+    shapes = set()
+    for p in pools:
+        experts = {e.name: e for e in p.pool.experts}
+        victim, free = experts[p.victim], experts[p.free_agent]
+        specialists = [e for e in p.pool.experts if e.accuracy and e is not free]
+        owned = [c for e in specialists for c in e.accuracy]
+        assert len(owned) == len(set(owned)) and set(owned) <= set(CATEGORIES)
+        assert 2 <= len(specialists) <= 5 and victim in specialists
+        assert set(free.accuracy) == set(victim.accuracy)
+        for c, a in victim.accuracy.items():
+            assert 0.92 * a <= free.accuracy[c] <= a
+        assert p.degraded <= max(min(victim.accuracy.values()) - 0.3, 0.1)
+        assert p.degraded >= 0.1 and p.subjects() == set(victim.accuracy)
+        shapes.add((len(specialists), len(victim.accuracy), p.errors > 0))
+    assert len(shapes) > 20  # pool sizes, victims' breadth and faults all vary
+    assert 0.2 < sum(p.errors > 0 for p in pools) / len(pools) < 0.5
+    with pytest.raises(ConfigError, match=r"unknown pool 'random-x'.*random-<seed>"):
+        resolve_pools(["random-x"])
