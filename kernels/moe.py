@@ -151,6 +151,13 @@ def _grouped_path(compute: torch.dtype, dtype: torch.dtype) -> str:
     return "grouped" if compute == dtype else f"grouped:{str(compute).removeprefix('torch.')}"
 
 
+def available_bytes() -> int:
+    """Memory this machine can still give (psutil's `available`)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
 def _grouped_compute(path: str, dtype: torch.dtype) -> torch.dtype:
     """The dtype grouped `path` computes a `dtype` layer in (`_grouped_path`'s inverse)."""
     _, _, compute = path.partition(":")
@@ -292,11 +299,34 @@ class MoELayer(torch.nn.Module):
         if x.device.type != "cpu":
             return ["naive"]
         grouped = (
-            [_grouped_path(d, x.dtype) for d in variants(x.dtype)]
+            [_grouped_path(d, x.dtype) for d in self._grouped_variants(x.dtype)]
             if unavailable(x.device, x.dtype) is None
             else []
         )
         return [*(f"fused:{isa}" for isa in cpu_isas(self.cfg, x.dtype)), *grouped, "naive"]
+
+    def _grouped_variants(self, dtype: torch.dtype) -> list[torch.dtype]:
+        """`variants(dtype)` this machine has the memory for: a copy of the experts in a
+        wider dtype (a bfloat16 layer's in float32: twice its size, kept while chosen)
+        only where twice that copy is still free. A 47B MoE's experts on a CPU run on
+        without it (slower) instead of running the machine out of memory."""
+        out = []
+        for d in variants(dtype):
+            if d.itemsize > dtype.itemsize:
+                copy = (self.w13.numel() + self.w2.numel()) * d.itemsize
+                free = available_bytes()
+                if 2 * copy > free:
+                    log.warning(
+                        "MoE layer %s: not weighing the grouped path in %s: its copy of "
+                        "the experts (%.1f GB) would not fit twice in the %.1f GB free",
+                        _shape(self.cfg),
+                        str(d).removeprefix("torch."),
+                        copy / 1e9,
+                        free / 1e9,
+                    )
+                    continue
+            out.append(d)
+        return out
 
     def path_for(self, x: torch.Tensor) -> str:
         """The path that runs `x`: the configured backend's, or `auto`'s choice."""
@@ -354,9 +384,13 @@ class MoELayer(torch.nn.Module):
                 )
             return Choice(path=self.paths(x)[0], bucket=b, source="configured")
         reason = unavailable(x.device, x.dtype)
+        fits = self._grouped_variants(x.dtype)
+        if reason is None and not fits:
+            reason = "its float32 copy of the experts would not fit in memory (see the log)"
         if reason is not None:
             raise MoEBackendError(f"backend 'grouped' cannot run here: {reason}")
-        path = _grouped_path(compute_dtype(x.dtype), x.dtype)
+        first = compute_dtype(x.dtype)
+        path = _grouped_path(first if first in fits else fits[0], x.dtype)
         return Choice(path=path, bucket=b, source="configured")
 
     def _measure(self, x: torch.Tensor, b: int) -> Choice:

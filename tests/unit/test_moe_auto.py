@@ -192,3 +192,34 @@ def test_auto_weighs_the_grouped_path_in_float32_for_a_bfloat16_layer(
         "grouped",
         "naive",
     ]
+
+
+def test_no_float32_copy_of_the_experts_where_memory_is_short(monkeypatch, caplog):
+    """A bfloat16 layer's float32 variant doubles its experts' size, kept while chosen:
+    on a machine without room for twice that copy, neither `auto` nor a forced `grouped`
+    makes it (on a CPU that runs bfloat16 GEMMs the bfloat16 variant runs instead; on one
+    that cannot, `grouped` says why), and the log says what was left out."""
+    import kernels.grouped
+
+    monkeypatch.setattr(kernels.grouped, "native_bf16", lambda: False)  # float32 first
+    monkeypatch.setattr(moe_mod, "cpu_isas", lambda cfg, dtype: ["vec"])  # AMX or not
+    layer = MoELayer(CFG)
+    x = torch.randn(8, 64).bfloat16()
+    copy = (layer.w13.numel() + layer.w2.numel()) * 4
+    monkeypatch.setattr(moe_mod, "available_bytes", lambda: 2 * copy)  # just room
+    assert "grouped:float32" in layer.paths(x)
+    monkeypatch.setattr(moe_mod, "available_bytes", lambda: 2 * copy - 1)
+    with caplog.at_level("WARNING", logger="kernels.moe"):
+        paths = layer.paths(x)
+    assert "grouped:float32" not in paths and "would not fit twice" in caplog.text
+    forced = MoELayer(CFG.model_copy(update={"backend": "grouped"}))
+    if kernels.grouped.bf16_gemms():
+        assert paths == ["fused:vec", "grouped", "naive"]
+        assert forced.path_for(x) == "grouped" and not forced._grouped
+    else:
+        assert paths == ["fused:vec", "naive"]
+        with pytest.raises(MoEBackendError, match="float32 copy of the experts would not fit"):
+            forced.path_for(x)
+    # a float32 layer makes no wider copy: its grouped path stays
+    f32 = MoELayer(CFG.model_copy(update={"dtype": "float32"}))
+    assert "grouped" in f32.paths(x.float())
