@@ -411,7 +411,16 @@ class Conclave(Asking):
         probes = []
         if watched and self.state is not None and self.monitor is not None:
             suspects = self.monitor.suspects()  # probed on every request, asked or not
-            probes = self.probes.draw(firsts, self.state.probes, suspects, len(items))
+            # an agent on probation is asked its trial questions, right or wrong in
+            # validation, which its challenger shadows: a fair contest (`state.trials`)
+            probes = self.probes.draw(
+                firsts,
+                self.state.probes,
+                suspects,
+                len(items),
+                trials=self.state.trials,
+                on_trial=shadows,
+            )
         asked = [(it, ex) for it, ex, _ in probes]
         # probation: a challenger answers what its incumbent answers, in the same batch
         shadow = [(it, shadows[ex]) for it, ex in firsts + asked if watched and ex in shadows]

@@ -10,6 +10,15 @@ from collections.abc import Collection, Mapping, Sequence
 
 from orchestrator.types import Item, Probe
 
+#: The id prefix of a question from an expert's trial bank (`state.trials`), asked while
+#: it is on probation; its own probes are "probe<n>:<id>".
+TRIAL = "trial"
+
+
+def kind(item_id: str) -> str:
+    """The trace strategy of a drawn question: "trial" (from a trial bank) or "probe"."""
+    return TRIAL if item_id.startswith(TRIAL) else "probe"
+
 
 class ProbeScheduler:
     """`probes_per_task` probes per (task, serving expert), credit carried across
@@ -31,9 +40,13 @@ class ProbeScheduler:
         banks: Mapping[str, list[Probe]],
         watch: Collection[str] = (),
         requests: int = 0,
+        trials: Mapping[str, list[Probe]] | None = None,
+        on_trial: Collection[str] = (),
     ) -> list[tuple[Item, str, list[str]]]:
         """(probe question, expert, its keywords) for this batch of (task, expert) pairs;
-        each expert in `watch` is probed as if it took all `requests` of the batch."""
+        each expert in `watch` is probed as if it took all `requests` of the batch; one
+        in `on_trial` (on probation) is asked from its trial bank (`trials`) where it has
+        one, its questions' ids "trial<n>:<id>"."""
         if self.rate == 0 or not banks:
             return []
         out = []
@@ -43,16 +56,18 @@ class ProbeScheduler:
                 if ex in watch:
                     tasks = max(tasks, requests)
                 owed = self._credit.get(ex, 0.0) + self.rate * tasks
-                bank = banks.get(ex) or [p for ps in banks.values() for p in ps]
+                trial = (trials or {}).get(ex) if ex in on_trial else None
+                bank = trial or banks.get(ex) or [p for ps in banks.values() for p in ps]
+                cycle, prefix = (f"{ex}|{TRIAL}", TRIAL) if trial else (ex, "probe")
                 while owed >= 1:
                     owed -= 1
-                    if not self._order.get(ex):
+                    if not self._order.get(cycle):
                         order = list(range(len(bank)))
-                        random.Random(f"{ex}|{self.asked}").shuffle(order)
-                        self._order[ex] = order
-                    probe = bank[self._order[ex].pop() % len(bank)]
+                        random.Random(f"{cycle}|{self.asked}").shuffle(order)
+                        self._order[cycle] = order
+                    probe = bank[self._order[cycle].pop() % len(bank)]
                     self.asked += 1
-                    new_id = f"probe{self.asked}:{probe.item.id}"
+                    new_id = f"{prefix}{self.asked}:{probe.item.id}"
                     out.append((probe.item.model_copy(update={"id": new_id}), ex, probe.keywords))
                 self._credit[ex] = owed
         return out

@@ -168,7 +168,9 @@ def profile(
     state.synthesis, state.synthesis_scores = choose_synthesis(
         conclave, items, per_item, held, progress
     )
-    state.probes = probe_banks(conclave, items, [kws[it.id][0] for it in items], outcomes)
+    words = [kws[it.id][0] for it in items]
+    state.probes = probe_banks(conclave, items, words, outcomes)
+    state.trials = probe_banks(conclave, items, words, outcomes, trial=True)
     if conclave.monitor is not None:  # picks the free agent with the best validation record
         conclave.monitor.record = dict(acc)
     return state
@@ -185,6 +187,7 @@ def probe_banks(
     items: Sequence[Item],
     keywords: Sequence[list[str]],
     outcomes: dict[str, list[bool]],
+    trial: bool = False,
 ) -> dict[str, list[Probe]]:
     """Each profiled expert's probes: validation questions it answered right, where it
     is strong (its validation accuracy in the question's category when the items have
@@ -197,7 +200,14 @@ def probe_banks(
     miss is strong evidence of a change; where it is strong, because a fall shows most
     where it is good and that is where the router relies on it. Chosen from its own
     record, not from the questions the profiling router sent it, so an expert the router
-    seldom picked has probes too."""
+    seldom picked has probes too.
+
+    With `trial`, its trial bank: the same choice among every question, right or wrong.
+    While it is on probation it and its challenger are both asked those (`state.trials`):
+    on its own right answers, which it repeats, it would beat any challenger. In a pool
+    whose specialist on one subject held only a third of its 30 probes there (the rest its
+    lucky right answers elsewhere), a challenger as good as it was shadowed it through
+    200 tasks after its fall from 0.65 to 0.23 with no verdict (difference -0.05)."""
     from skills.estimates import estimate
 
     if conclave.profiles is None or conclave.state is None:
@@ -221,7 +231,9 @@ def probe_banks(
             strength = [shrunk[str(it.category)] for it in items]
         else:
             strength = [estimate(ex, profile, words, prior).accuracy for words in keywords]
-        ranked = sorted((i for i in range(len(items)) if right[i]), key=lambda i: -strength[i])
+        ranked = sorted(
+            (i for i in range(len(items)) if trial or right[i]), key=lambda i: -strength[i]
+        )
         # where it is strong: halfway from its average to its best, or the best PROBE_MIN
         bar = (overall + max(strength, default=0.0)) / 2
         strong = [i for i in ranked if strength[i] >= bar]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from orchestrator.probes import kind
 from orchestrator.strategies import Plan
 from orchestrator.types import ExpertAnswer, Item, Trace
 
@@ -39,9 +40,11 @@ def new_trace(item: Item, strategy: str, plan: Plan) -> Trace:
 
 
 def probe_trace(item: Item, keywords: list[str], a: ExpertAnswer) -> Trace:
+    """A drawn question's trace: strategy "probe" (the expert's own right answer) or
+    "trial" (a trial question: judged as a task, against its profile's prediction)."""
     return Trace(
         id=item.id,
-        strategy="probe",
+        strategy=kind(item.id),
         keywords=keywords,
         gold=item.gold_answer,
         answers=[a],

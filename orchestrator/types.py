@@ -296,3 +296,9 @@ class RoutingState(BaseModel):
         description="Per profiled expert, validation questions it answered right where "
         "it is strongest: the free-agent monitor's probes (free_agents.probes_per_task).",
     )
+    trials: dict[str, list[Probe]] = Field(
+        default_factory=dict,
+        description="Per profiled expert, validation questions where it is strongest, "
+        "answered right or wrong: what it and its challenger are both asked while it is on "
+        "probation (its own right answers would favour it: it repeats them).",
+    )

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from agents.free_agents import AuditLog, FreeAgentMonitor, TaskOutcome, reward
+from agents.free_agents import AuditLog, FreeAgentMonitor, TaskOutcome, outcome, reward
 from orchestrator.config import FreeAgentSettings, RewardWeights, parse_config
 from orchestrator.errors import ConfigError
 from orchestrator.types import ExpertAnswer, Trace
@@ -307,6 +307,35 @@ def test_probe_banks_hold_right_answers_where_each_expert_is_strong():
         assert all(outcomes[ex][ids[p.item.id]] for p in bank)
 
 
+def test_trial_banks_hold_right_and_wrong_answers_where_each_expert_is_strong():
+    """An expert's trial bank: the questions of its strongest subjects whether it got them
+    right or not, so an agent on probation does not face its challenger on its own right
+    answers (which it repeats); at least `PROBE_MIN` questions, like its probes."""
+    from types import SimpleNamespace
+
+    from orchestrator.profiling import PROBE_MIN, probe_banks
+    from orchestrator.types import Item
+    from skills.profiles import ProfileSet
+
+    rng = random.Random(5)
+    items = [
+        Item(id=f"{cat}{i}", question=f"q {cat} {i}", gold_answer="A", category=cat)
+        for cat in ("law", "math", "art", "music")
+        for i in range(40)
+    ]
+    outcomes = {"lawyer": [rng.random() < (0.7 if it.category == "law" else 0.3) for it in items]}
+    stand_in = SimpleNamespace(profiles=ProfileSet(), state=SimpleNamespace(prior_strength=4.0))
+    words: list[list[str]] = [[] for _ in items]
+    trials = probe_banks(stand_in, items, words, outcomes, trial=True)["lawyer"]  # type: ignore[arg-type]
+    probes = probe_banks(stand_in, items, words, outcomes)["lawyer"]  # type: ignore[arg-type]
+    ids = {it.id: ok for it, ok in zip(items, outcomes["lawyer"], strict=True)}
+    assert {p.item.category for p in trials} == {"law"} and len(trials) == 40 >= PROBE_MIN
+    assert {ids[p.item.id] for p in trials} == {True, False}  # right and wrong alike
+    # its probes there are its right answers among them (padded elsewhere to PROBE_MIN)
+    law = {p.item.id for p in probes if p.item.category == "law"}
+    assert law < {p.item.id for p in trials} and all(ids[i] for i in law)
+
+
 def test_probes_and_tasks_set_their_own_levels():
     """An expert whose probes come back right less often than greedy decoding promises
     (0.85 against 0.95) while its tasks go as predicted: the probes' own level absorbs
@@ -453,6 +482,35 @@ def test_a_suspect_is_probed_on_every_request_asked_or_not():
     assert [ex for _, ex, _ in calm] == ["a"] * 4
     watched = ProbeScheduler(1.0).draw(batch, bank, watch=["b"], requests=4)
     assert sorted(ex for _, ex, _ in watched) == ["a"] * 4 + ["b"] * 4
+
+
+def test_an_agent_on_probation_is_asked_its_trial_questions():
+    """On probation, an agent's probes come from its trial bank (right or wrong in
+    validation: its challenger, shadowing them, gets a fair contest), ids "trial<n>:";
+    without one (a state profiled before trial banks), from its own bank as before; the
+    others' probes are unchanged, and the trace says which kind it is."""
+    from orchestrator.probes import ProbeScheduler, kind
+    from orchestrator.traces import probe_trace
+    from orchestrator.types import Item, Probe
+
+    def bank(prefix: str) -> list[Probe]:
+        return [
+            Probe(item=Item(id=f"{prefix}{i}", question="q", gold_answer="A")) for i in range(5)
+        ]
+
+    own, trials = {"a": bank("a"), "b": bank("b")}, {"a": bank("ta"), "b": bank("tb")}
+    batch = [(Item(id=f"t{i}", question="q"), ex) for i, ex in enumerate("aabb")]
+    drawn = ProbeScheduler(1.0).draw(batch, own, trials=trials, on_trial={"a": "c"})
+    by = {ex: [it.id for it, e, _ in drawn if e == ex] for ex in "ab"}
+    assert all(i.startswith("trial") and i.split(":")[1].startswith("ta") for i in by["a"])
+    assert all(i.startswith("probe") and i.split(":")[1].startswith("b") for i in by["b"])
+    assert len(by["a"]) == len(by["b"]) == 2
+    old = ProbeScheduler(1.0).draw(batch, own, trials={}, on_trial={"a": "c"})
+    assert all(it.id.startswith("probe") for it, _, _ in old)
+    answer = ExpertAnswer(expert="a", text="", choice="A")
+    item = next(it for it, e, _ in drawn if e == "a")
+    assert kind(item.id) == probe_trace(item, [], answer).strategy == "trial"
+    assert outcome(probe_trace(item, [], answer), answer).probe is False  # judged as a task
 
 
 def test_an_agent_becomes_a_suspect_on_surprising_misses_and_stops_after(tmp_path):

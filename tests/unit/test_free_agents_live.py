@@ -222,10 +222,17 @@ def test_probes_score_serving_experts_on_validation_questions_never_shown(tmp_pa
         assert "facts" in c.monitor.probations
         backup = c.pool.backends["backup"]
         before = len(backup.calls)
+        probation = c.monitor.probations["facts"]
+        paired = len(probation.pairs)
         c.answer(test[:4], "symbolic-moe")
         shadowed = [i for call in backup.calls[before:] for i in call]
-        assert sum(i.startswith("probe") for i in shadowed) == 2
-        assert len(shadowed) == 6
+        # on probation, facts is asked its trial questions (right or wrong in validation)
+        # and the challenger shadows them: a fair contest, scored as pairs
+        trials = {p.item.id for p in c.state.trials["facts"]}
+        asked = [i.split("|")[0] for i in shadowed if i.startswith("trial")]
+        assert len(asked) == 2 and {i.split(":", 1)[1] for i in asked} <= trials
+        assert not any(i.startswith("probe") for i in shadowed) and len(shadowed) == 6
+        assert len(probation.pairs) - paired == 6 and set(asked) <= set(probation.pairs)
 
 
 def test_bench_free_agents_pools_serves_scripted_experts_through_the_gateway(tmp_path):
