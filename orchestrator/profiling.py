@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 #: (2: per-keyword answer counts, for the 'conclave' strategy's estimates; 3: how often wrong
 #: answers agree; 4: the embedded validation questions, the estimates' calibration and
 #: conclave's aggregator check; 5: the scope and the validation questions' answer type;
-#: 6: where conclave reads skills under `routing.skills: auto`)
-PROFILE_FORMAT = 6
+#: 6: where conclave reads skills under `routing.skills: auto`; 7: the trial banks an
+#: expert on probation is asked from)
+PROFILE_FORMAT = 7
 
 
 def _hash(obj: object) -> str:
