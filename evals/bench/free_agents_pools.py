@@ -516,13 +516,8 @@ def resolve_pools(pools: Sequence[str | HeteroPool]) -> list[HeteroPool]:
         random_pool(int(m[1])) if isinstance(p, str) and (m := RANDOM.fullmatch(p)) else p
         for p in pools
     ]
-    unknown = [p for p in drawn if isinstance(p, str) and p not in POOLS]
-    if unknown:
-        raise ConfigError(
-            f"unknown pool {unknown[0]!r}: choose from {', '.join(POOLS)}, or random-<seed> "
-            "(a pool drawn at random: random-7)"
-        )
-    return resolve_specs(drawn, POOLS, lambda p: p.pool.name)
+    hint = "random-<seed> (a pool drawn at random: random-7)"
+    return resolve_specs(drawn, POOLS, lambda p: p.pool.name, or_else=hint)
 
 
 def run_free_agent_pools(

@@ -132,13 +132,18 @@ class ScriptedPool(BaseModel):
 
 
 def resolve_specs(
-    given: Sequence[str | Spec], known: dict[str, Spec], name: Callable[[Spec], str]
+    given: Sequence[str | Spec],
+    known: dict[str, Spec],
+    name: Callable[[Spec], str],
+    or_else: str = "",
 ) -> list[Spec]:
     """Pools by name (from `known`) or given whole (from a file), or a ConfigError naming
-    the first unknown name and the known ones, or a name two of them share."""
+    the first unknown name and the known ones (and `or_else`, other names the caller
+    takes), or a name two of them share."""
     unknown = [p for p in given if isinstance(p, str) and p not in known]
     if unknown:
-        raise ConfigError(f"unknown pool {unknown[0]!r}: choose from {', '.join(known)}")
+        choices = ", ".join(known) + (f", or {or_else}" if or_else else "")
+        raise ConfigError(f"unknown pool {unknown[0]!r}: choose from {choices}")
     specs = [known[p] if isinstance(p, str) else p for p in given]
     names = [name(s) for s in specs]
     for n in names:
