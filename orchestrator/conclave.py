@@ -410,16 +410,19 @@ class Conclave(Asking):
         firsts = [(it, ex) for (it, ex), n in zip(pairs, nums, strict=True) if n == 0]
         probes = []
         if watched and self.state is not None and self.monitor is not None:
-            suspects = self.monitor.suspects()  # probed on every request, asked or not
-            # an agent on probation is asked its trial questions, right or wrong in
-            # validation, which its challenger shadows: a fair contest (`state.trials`)
+            # a suspect is probed on every request, asked or not, and so is an agent on
+            # probation: asked its trial questions (right or wrong in validation), which
+            # its challenger shadows, a fair contest (`state.trials`) decided in as few
+            # requests as a suspect's alarm
+            watch = [*self.monitor.suspects(), *shadows]
             probes = self.probes.draw(
                 firsts,
                 self.state.probes,
-                suspects,
+                watch,
                 len(items),
                 trials=self.state.trials,
                 on_trial=shadows,
+                serving=experts,
             )
         asked = [(it, ex) for it, ex, _ in probes]
         # probation: a challenger answers what its incumbent answers, in the same batch

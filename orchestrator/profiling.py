@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 #: answers agree; 4: the embedded validation questions, the estimates' calibration and
 #: conclave's aggregator check; 5: the scope and the validation questions' answer type;
 #: 6: where conclave reads skills under `routing.skills: auto`; 7: the trial banks an
-#: expert on probation is asked from)
-PROFILE_FORMAT = 7
+#: expert on probation is asked from; 8: banks no longer padded to 30 questions)
+PROFILE_FORMAT = 8
 
 
 def _hash(obj: object) -> str:
@@ -177,8 +177,11 @@ def profile(
     return state
 
 
-#: The share of the validation questions in an expert's probe bank, and the fewest.
-PROBE_SHARE, PROBE_MIN = 1 / 3, 30
+#: The share of the validation questions in an expert's probe bank, and the fewest. Few:
+#: padded to 30, a specialist on one subject of fourteen, right on 24 of its 25
+#: validation questions there, had 6 right answers elsewhere in its bank, lucky ones a
+#: fall on its subject leaves right, and each asked pulled its test back.
+PROBE_SHARE, PROBE_MIN = 1 / 3, 10
 #: Pseudo-answers at an expert's overall accuracy in each category's strength.
 CATEGORY_PRIOR = 10
 

@@ -293,6 +293,7 @@ def test_probe_banks_hold_right_answers_where_each_expert_is_strong():
     ]
     outcomes = {
         "lawyer": [rng.random() < (0.9 if it.category == "law" else 0.3) for it in items],
+        "narrow": [rng.random() < (0.6 if it.category == "law" else 0.3) for it in items],
         "flat": [rng.random() < 0.6 for _ in items],
     }
     stand_in = SimpleNamespace(profiles=ProfileSet(), state=SimpleNamespace(prior_strength=4.0))
@@ -302,6 +303,10 @@ def test_probe_banks_hold_right_answers_where_each_expert_is_strong():
     assert {p.item.category for p in lawyer} == {"law"}
     law = [ok for it, ok in zip(items, outcomes["lawyer"], strict=True) if it.category == "law"]
     assert len(lawyer) == sum(law)
+    # fewer right answers on its subject than the old floor of 30: none padded elsewhere
+    narrow = [ok for it, ok in zip(items, outcomes["narrow"], strict=True) if it.category == "law"]
+    assert sum(narrow) < 30 and len(banks["narrow"]) == sum(narrow)
+    assert {p.item.category for p in banks["narrow"]} == {"law"}
     assert len(banks["flat"]) >= PROBE_MIN
     for ex, bank in banks.items():
         assert all(outcomes[ex][ids[p.item.id]] for p in bank)
@@ -331,8 +336,8 @@ def test_trial_banks_hold_right_and_wrong_answers_where_each_expert_is_strong():
     ids = {it.id: ok for it, ok in zip(items, outcomes["lawyer"], strict=True)}
     assert {p.item.category for p in trials} == {"law"} and len(trials) == 40 >= PROBE_MIN
     assert {ids[p.item.id] for p in trials} == {True, False}  # right and wrong alike
-    # its probes there are its right answers among them (padded elsewhere to PROBE_MIN)
-    law = {p.item.id for p in probes if p.item.category == "law"}
+    # its probes are its right answers among them
+    law = {p.item.id for p in probes}
     assert law < {p.item.id for p in trials} and all(ids[i] for i in law)
 
 
@@ -482,6 +487,27 @@ def test_a_suspect_is_probed_on_every_request_asked_or_not():
     assert [ex for _, ex, _ in calm] == ["a"] * 4
     watched = ProbeScheduler(1.0).draw(batch, bank, watch=["b"], requests=4)
     assert sorted(ex for _, ex, _ in watched) == ["a"] * 4 + ["b"] * 4
+
+
+def test_every_serving_expert_is_probed_for_its_even_share_of_the_requests():
+    """An expert the router seldom asks is probed as if it took 1/n of the requests
+    among n serving experts (credit carried across batches), so its evidence, and the
+    catch of its fall, does not wait on the traffic it gets; one asked more is probed
+    for what it takes."""
+    from orchestrator.probes import ProbeScheduler
+    from orchestrator.types import Item, Probe
+
+    bank = {
+        ex: [Probe(item=Item(id=f"{ex}{i}", question="q", gold_answer="A")) for i in range(9)]
+        for ex in "abcd"
+    }
+    probes = ProbeScheduler(1.0)
+    drawn = []
+    for _ in range(3):  # 3 batches of 6 requests, every one routed to a and b
+        batch = [(Item(id=f"t{i}", question="q"), ex) for i in range(6) for ex in "ab"]
+        drawn += probes.draw(batch, bank, requests=6, serving="abcd")
+    count = {ex: sum(e == ex for _, e, _ in drawn) for ex in "abcd"}
+    assert count == {"a": 18, "b": 18, "c": 4, "d": 4}  # 18 / 4 = 4.5: half owed still
 
 
 def test_an_agent_on_probation_is_asked_its_trial_questions():

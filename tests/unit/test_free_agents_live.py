@@ -224,7 +224,17 @@ def test_probes_score_serving_experts_on_validation_questions_never_shown(tmp_pa
         before = len(backup.calls)
         probation = c.monitor.probations["facts"]
         paired = len(probation.pairs)
+        draw, seen = c.probes.draw, []
+
+        def spy(*args: object, **kw: object) -> object:
+            seen.append((args, kw))
+            return draw(*args, **kw)
+
+        c.probes.draw = spy  # type: ignore[method-assign]
         c.answer(test[:4], "symbolic-moe")
+        # on probation it is probed on every request, asked or not, like a suspect
+        (_, _, watch, requests), kw = seen[0]
+        assert "facts" in watch and requests == 4 and kw["serving"] == ["facts"]
         shadowed = [i for call in backup.calls[before:] for i in call]
         # on probation, facts is asked its trial questions (right or wrong in validation)
         # and the challenger shadows them: a fair contest, scored as pairs
