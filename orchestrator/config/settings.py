@@ -279,7 +279,9 @@ class FreeAgentSettings(Strict):
         "(ones it answered right when profiled, where it is strong), in the same batch, and "
         "of its challenger on probation: scored like tasks, never shown to users. Accuracy "
         "evidence when live traffic brings no gold answer or feedback; costs that many extra "
-        "calls per task (and per request for a suspect: `suspect_at`).",
+        "calls per task, each serving expert probed for at least its even share of the "
+        "requests (1/n among n), and per request for a suspect (`suspect_at`) or an agent on "
+        "probation.",
     )
     suspect_at: float | None = Field(
         0.2,
