@@ -445,6 +445,13 @@ class PoolsSummary(BaseModel):
         description="Largest (before - after the promotion) accuracy on the victim's "
         "subjects; None if a run promoted no one.",
     )
+    after_below_free_agent_max: float | None = Field(
+        ...,
+        description="Largest (the free agent alone - served) accuracy on the victim's "
+        "subjects after the promotion, on the same questions: what serving after the swap "
+        "loses to the free agent's own answers (routing, the vote), apart from how the "
+        "free agent compares with the healthy victim; None if a run promoted no one.",
+    )
     lost: int
 
 
@@ -561,6 +568,11 @@ def run_free_agent_pools(
         for r in runs
         if r.accuracy_before is not None and r.accuracy_after is not None
     ]
+    below = [
+        r.free_agent_alone_after - r.accuracy_after
+        for r in runs
+        if r.free_agent_alone_after is not None and r.accuracy_after is not None
+    ]
     return PoolsBenchResult(
         pools={s.pool.name: s.pool.description for s in specs},
         runs=runs,
@@ -569,6 +581,7 @@ def run_free_agent_pools(
             false_releases=sum(r.false_releases for r in [*runs, *controls]),
             detected_after_max=None if None in detected else max(d or 0 for d in detected),
             after_gap_points_max=round(max(gaps), 1) if len(gaps) == len(runs) else None,
+            after_below_free_agent_max=round(max(below), 1) if len(below) == len(runs) else None,
             lost=sum(r.lost for r in [*runs, *controls]),
         ),
     )

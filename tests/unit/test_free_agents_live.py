@@ -279,5 +279,9 @@ def test_bench_free_agents_pools_serves_scripted_experts_through_the_gateway(tmp
     assert run["releases"][0].startswith("stem@")
     assert run["detected_after"] is not None and run["detected_after"] <= 50
     assert run["promoted_after"] is not None and run["accuracy_after"] is not None
+    below = run["free_agent_alone_after"] - run["accuracy_after"]
+    assert json.loads(res.stdout)["pools"]["summary"]["after_below_free_agent_max"] == round(
+        below, 1
+    )
     bad = CliRunner().invoke(app, ["bench", "free-agents", "--pools", "--pool", "nope"])
     assert bad.exit_code != 0 and "unknown pool 'nope'" in bad.output
