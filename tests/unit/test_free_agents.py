@@ -505,9 +505,10 @@ def test_every_serving_expert_is_probed_for_its_even_share_of_the_requests():
     drawn = []
     for _ in range(3):  # 3 batches of 6 requests, every one routed to a and b
         batch = [(Item(id=f"t{i}", question="q"), ex) for i in range(6) for ex in "ab"]
-        drawn += probes.draw(batch, bank, requests=6, serving="abcd")
+        drawn += probes.draw(batch, bank, requests=6, serving=list("abcd"))
     count = {ex: sum(e == ex for _, e, _ in drawn) for ex in "abcd"}
-    assert count == {"a": 18, "b": 18, "c": 4, "d": 4}  # 18 / 4 = 4.5: half owed still
+    # c and d: 18 requests / 4 experts = 4.5 probes, 4 asked and half a probe owed
+    assert count == {"a": 18, "b": 18, "c": 4, "d": 4}
 
 
 def test_an_agent_on_probation_is_asked_its_trial_questions():
