@@ -250,7 +250,6 @@ class Conclave(Asking):
             self._reference = (self.profiles, copy)
         reference = self._reference[1]
         skills = (trace.routing.skills if trace.routing is not None else []) or trace.keywords
-        prior = self.state.prior_strength if self.state is not None else 4.0
         out: dict[str, float] = {}
         for a in [*trace.answers, *trace.shadow]:
             if a.expert in out:
@@ -259,6 +258,7 @@ class Conclave(Asking):
                 reference.profiles.get(a.expert) if reference is not None else None
             ) or self.profile_of(a.expert)
             if profile is not None:
+                prior = self.state.prior_of(a.expert) if self.state is not None else 4.0
                 out[a.expert] = estimate(a.expert, profile, skills, prior).accuracy
         return out
 

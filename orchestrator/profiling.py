@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 #: answers agree; 4: the embedded validation questions, the estimates' calibration and
 #: conclave's aggregator check; 5: the scope and the validation questions' answer type;
 #: 6: where conclave reads skills under `routing.skills: auto`; 7: the trial banks an
-#: expert on probation is asked from; 8: banks no longer padded to 30 questions)
-PROFILE_FORMAT = 8
+#: expert on probation is asked from; 8: banks no longer padded to 30 questions; 9: a prior
+#: strength per expert)
+PROFILE_FORMAT = 9
 
 
 def _hash(obj: object) -> str:
@@ -159,6 +160,7 @@ def profile(
         neighbour_weight=cal.blend,
         neighbours=cal.neighbours,
         prior_strength=cal.prior_strength,
+        priors=cal.priors,
         calibration=cal.scores,
         scope=scope,
         skills_source=source,
@@ -216,7 +218,7 @@ def probe_banks(
 
     if conclave.profiles is None or conclave.state is None:
         return {}
-    prior = conclave.state.prior_strength
+    state = conclave.state
     keep = max(min(PROBE_MIN, len(items)), round(PROBE_SHARE * len(items)))
     banks: dict[str, list[Probe]] = {}
     for ex, right in outcomes.items():
@@ -234,6 +236,7 @@ def probe_banks(
             }
             strength = [shrunk[str(it.category)] for it in items]
         else:
+            prior = state.prior_of(ex)
             strength = [estimate(ex, profile, words, prior).accuracy for words in keywords]
         ranked = sorted(
             (i for i in range(len(items)) if trial or right[i]), key=lambda i: -strength[i]
@@ -285,7 +288,8 @@ def index_questions(
     near = {k: index.evidence(sims, list(outcomes), k, exclude=own) for k in NEIGHBOURS}
     profiles = conclave.profiles.profiles
     cal = calibrate(profiles, skills, outcomes, near, priors)
-    held = held_out(profiles, skills, outcomes, near[cal.neighbours], cal.prior_strength, cal.blend)
+    strengths = {e: cal.prior_of(e) for e in outcomes}
+    held = held_out(profiles, skills, outcomes, near[cal.neighbours], strengths, cal.blend)
     # the fast path's skills for each validation question: its neighbours' keywords, itself
     # left out, estimated under the same calibration
     near_skills = index.skills_near(sims, SKILL_NEIGHBOURS, exclude=own)
@@ -294,7 +298,7 @@ def index_questions(
         near_skills,
         outcomes,
         near[cal.neighbours],
-        cal.prior_strength,
+        strengths,
         cal.blend,
         own=skills,
     )

@@ -248,7 +248,14 @@ class RoutingState(BaseModel):
         4.0,
         gt=0.0,
         description="Pseudo-answers of an expert's overall accuracy in each of 'conclave''s "
-        "estimates: routing.prior_strength, or the one leave-one-out chose.",
+        "estimates: routing.prior_strength, or the one leave-one-out chose for the pool "
+        "(for an expert without one of its own in `priors`).",
+    )
+    priors: dict[str, float] = Field(
+        default_factory=dict,
+        description="Each expert's own prior strength, as leave-one-out chose it: large for "
+        "an expert alike on every subject, small for a specialist (empty when "
+        "routing.prior_strength fixes one for all).",
     )
     answer_type: Literal["choice", "integer", "text"] = Field(
         "choice",
@@ -276,8 +283,8 @@ class RoutingState(BaseModel):
     calibration: dict[str, float] = Field(
         default_factory=dict,
         description="Leave-one-out Brier score of each estimate setting (neighbours' "
-        "weight, their number, prior strength) tried when profiling (lower is better); "
-        "the best one is kept.",
+        "weight, their number, prior strength: one for all, or 'each' expert its own) "
+        "tried when profiling (lower is better); the best one is kept.",
     )
     synthesis: str | None = Field(
         None,
@@ -302,3 +309,7 @@ class RoutingState(BaseModel):
         "answered right or wrong: what it and its challenger are both asked while it is on "
         "probation (its own right answers would favour it: it repeats them).",
     )
+
+    def prior_of(self, expert: str) -> float:
+        """The prior strength `expert`'s estimates use: its own, else the pool's."""
+        return self.priors.get(expert, self.prior_strength)

@@ -252,6 +252,7 @@ def run_pool(
                     "neighbour_weight": st.neighbour_weight,
                     "neighbours": st.neighbours,
                     "prior_strength": st.prior_strength,
+                    "priors": st.priors,
                     "synthesis": st.synthesis,
                     "skills": c.skills_source(),
                     "skills_scores": st.skills_scores,

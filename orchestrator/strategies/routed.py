@@ -74,7 +74,7 @@ class Conclave:
         agreement = c.state.wrong_agreement if c.state is not None else 0.0
         collusion = agreement**0.5
         blend = c.state.neighbour_weight if c.state is not None else 0.0
-        prior = c.state.prior_strength if c.state is not None else 4.0
+        state = c.state
         profiles = {e: c.profile_of(e) for e in ctx.experts}
         source = c.skills_source()
         # an expert whose engine is restarting is skipped (failover), unless the config
@@ -89,7 +89,17 @@ class Conclave:
             strict=True,
         ):
             ranked = sorted(
-                (estimate(e, profiles[e], skills, prior, near.get(e), blend) for e in ctx.experts),
+                (
+                    estimate(
+                        e,
+                        profiles[e],
+                        skills,
+                        state.prior_of(e) if state is not None else 4.0,
+                        near.get(e),
+                        blend,
+                    )
+                    for e in ctx.experts
+                ),
                 key=lambda x: (-x.accuracy, -x.overall, x.expert),
             )
             ests = [e for e in ranked if e.expert not in down] or ranked

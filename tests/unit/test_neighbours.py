@@ -129,6 +129,50 @@ def test_calibration_shrinks_experts_alike_everywhere_hard_and_specialists_littl
     assert alike.prior_strength == 64.0 and specialists.prior_strength <= 4.0
 
 
+def test_each_expert_has_its_own_prior_strength_so_a_one_subject_specialist_beats_a_generalist():
+    """Fourteen subjects of four keywords each, questions naming two or three of theirs: a
+    generalist at 0.69 everywhere, a specialist at 0.86 on one subject and 0.26 elsewhere,
+    another generalist, and one a little better on half the subjects. One prior strength
+    for the pool (what the pool as a whole wants) pulled the specialist's record on its
+    subject toward its overall 0.30, below the generalist; each its own keeps the
+    generalist shrunk and the specialist not."""
+    rng = np.random.default_rng(0)
+    words = [[f"s{t}w{j}" for j in range(4)] for t in range(14)]
+    topic = rng.integers(0, 14, 350)
+    keywords = [list(rng.choice(words[t], rng.integers(2, 4), replace=False)) for t in topic]
+    level = {
+        "gen": lambda t: 0.69,
+        "one": lambda t: 0.86 if t == 0 else 0.26,
+        "gen2": lambda t: 0.6,
+        "wide": lambda t: 0.6 if t < 7 else 0.45,
+    }
+    outcomes = {e: [bool(rng.random() < f(t)) for t in topic] for e, f in level.items()}
+    profiles = (
+        ProfileSet()
+        .update(
+            ((e, keywords[i], ok[i]) for e, ok in outcomes.items() for i in range(len(topic))),
+            dataset="d",
+            split="v",
+        )
+        .profiles
+    )
+    cal = calibrate(profiles, keywords, outcomes, {5: [{} for _ in topic]})
+    assert cal.priors["gen"] == 64.0 and cal.priors["one"] <= 4.0 < cal.prior_strength == 16.0
+    # each at its own strength predicts the validation answers better than all at one
+    own = cal.scores[f"w={cal.blend:g} k={cal.neighbours} prior=each"]
+    assert own < cal.scores[f"w={cal.blend:g} k={cal.neighbours} prior={cal.prior_strength:g}"]
+    subject = words[0][:3]
+    assert (
+        estimate("one", profiles["one"], subject, cal.prior_of("one")).accuracy
+        > estimate("gen", profiles["gen"], subject, cal.prior_of("gen")).accuracy
+    )
+    # at the pool's one strength the generalist came first on the specialist's subject
+    assert (
+        estimate("one", profiles["one"], subject, cal.prior_strength).accuracy
+        < estimate("gen", profiles["gen"], subject, cal.prior_strength).accuracy
+    )
+
+
 def test_a_blended_estimate_moves_towards_the_neighbours_record():
     profiles, keywords, _, near = _world(2, 0.4, neighbours_informative=True)
     x = profiles["x"]
