@@ -481,7 +481,7 @@ class FreeAgentMonitor:
         self.free.remove(challenger)
         self.probations[incumbent] = Probation(challenger, incumbent, self.tasks)
         self.metrics.flag(incumbent, False)
-        reason = f"shadows {incumbent} on every task it takes"
+        reason = f"shadows {incumbent} on every task it takes and every trial question it is asked"
         return self._entry("probation_start", challenger, incumbent, f"{why}{reason}")
 
     def _to_pool(self, agent: str, rejected: bool) -> None:

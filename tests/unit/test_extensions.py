@@ -174,7 +174,10 @@ def test_a_registered_swap_rule_decides_for_the_monitor(tmp_path):
         events = [(e.event, e.reason) for e in mon.log.read()]
         assert events[:3] == [
             ("release", "three misses"),
-            ("probation_start", "shadows inc on every task it takes"),
+            (
+                "probation_start",
+                "shadows inc on every task it takes and every trial question it is asked",
+            ),
             ("rejection", "never"),
         ]
     finally:
