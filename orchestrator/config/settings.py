@@ -103,8 +103,9 @@ class RoutingConfig(Strict):
         gt=0.0,
         description="The 'conclave' strategy's estimates: how many graded answers the "
         "expert's overall accuracy counts for in each skill's estimate. Unset (the "
-        "default): chosen when profiling, by leave-one-out, from 1, 4, 16 and 64 (experts "
-        "alike everywhere want much shrinking, specialists little); a number fixes it.",
+        "default): chosen for each expert when profiling, by leave-one-out, from 1, 4, 16 "
+        "and 64 (experts alike everywhere want much shrinking, specialists little); a "
+        "number fixes it for all.",
     )
     strategy: str = Field(
         "conclave",
