@@ -115,8 +115,9 @@ class RoutingConfig(Strict):
     )
     aggregator: str = Field(
         "auto",
-        description="'auto': the best of the vote and the aggregator experts on the "
-        "aggregation benchmark; a registered aggregator (agents.aggregators.AGGREGATORS: "
+        description="'auto': the vote, unless an aggregator expert beats it on the "
+        "aggregation benchmark beyond chance (a sign test at 5%); a registered aggregator "
+        "(agents.aggregators.AGGREGATORS: "
         "'vote', the vote weighted by draws; 'weighted-vote', also by validation accuracy; "
         "or one a plug-in registers); or the name of an expert with role 'aggregator' "
         "(Mixture-of-Agents synthesis).",

@@ -178,3 +178,19 @@ def test_a_sampling_expert_drawn_twice_answers_twice_a_greedy_one_once():
     seeds = [r.sampling.seed for r in seen if r.expert == "geo" and r.sampling is not None]
     draws = sum(1 for r in seen if r.expert == "geo")
     assert len(set(seeds)) == len(seeds) == draws - len(traces)  # draw 0 keeps its settings
+
+
+def test_auto_keeps_the_vote_unless_an_aggregator_llm_beats_it_beyond_chance():
+    """The zoo's case on an Intel Xeon: SmolLM2 right on 6 of 34 benchmark questions, the
+    vote on 5: one question is chance, and as Symbolic-MoE's aggregator it cost 60 points
+    end to end. An LLM right where the vote is wrong on 8 questions and the other way on
+    none is not chance."""
+    from orchestrator.profiling import choose_aggregator
+
+    vote = [True] * 5 + [False] * 29
+    llm = [False] * 5 + [True] * 6 + [False] * 23
+    assert sum(llm) > sum(vote) and choose_aggregator({"vote": vote, "smollm2": llm}) == "vote"
+    clear = [True] * 5 + [True] * 8 + [False] * 21
+    assert choose_aggregator({"vote": vote, "a": llm, "b": clear}) == "b"
+    assert choose_aggregator({"vote": vote}) == "vote"
+    assert choose_aggregator({"vote": []}) == "vote"  # no benchmark question at all
