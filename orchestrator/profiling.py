@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 #: conclave's aggregator check; 5: the scope and the validation questions' answer type;
 #: 6: where conclave reads skills under `routing.skills: auto`; 7: the trial banks an
 #: expert on probation is asked from; 8: banks no longer padded to 30 questions; 9: a prior
-#: strength per expert)
+#: strength per expert, and `auto` takes an aggregator LLM only beyond chance)
 PROFILE_FORMAT = 9
 
 
