@@ -188,9 +188,14 @@ def profile_cmd(
         return
     simple_table(
         f"profiles from {len(items)} {data} {split} questions ({folder})",
-        ("expert", "validation acc %", "top skills (+1/-1 sum)"),
+        ("expert", "validation acc %", "prior strength", "top skills (+1/-1 sum)"),
         (
-            (name, f"{acc:.1f}", ", ".join(f"{k} {v:+g}" for k, v in top.get(name, [])))
+            (
+                name,
+                f"{acc:.1f}",
+                f"{state.prior_of(name):g}",
+                ", ".join(f"{k} {v:+g}" for k, v in top.get(name, [])),
+            )
             for name, acc in state.accuracy.items()
         ),
     )

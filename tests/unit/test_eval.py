@@ -282,6 +282,14 @@ def test_eval_profile_and_route_share_one_cached_profile(config_path, tmp_path):
     assert json.loads(ev.stdout)["profile"].startswith("reused")
     route = runner.invoke(app, ["route", "-c", str(config_path), "-q", "What is 2+2?"])
     assert route.exit_code == 0 and "profile reused" in route.output
+    # the table shows each expert's prior strength, as leave-one-out chose it
+    state = json.loads(first.stdout)
+    table = runner.invoke(app, ["profile", "-c", str(config_path)], terminal_width=160)
+    assert table.exit_code == 0 and "prior strength" in table.output
+    for name in state["accuracy"]:
+        row = next(line for line in table.output.splitlines() if f" {name} " in line)
+        cells = [c.strip() for c in row.split("│")]
+        assert f"{state['priors'].get(name, state['prior_strength']):g}" in cells
 
 
 def test_failed_calls_are_counted_shown_and_fail_the_eval(config_path, tmp_path):
