@@ -84,24 +84,41 @@ def draw_chart(
     for name, s in rows:
         single = name.startswith("single:")
         xy = (s["calls_per_question"], s["accuracy"])
-        text = ax.annotate(
-            name.removeprefix("single:") if single else name,
-            xy,
-            fontsize=7 if single else 8,
-            color="dimgray" if single else "black",
-            textcoords="offset points",
-            xytext=_OFFSETS[0],
-            zorder=4,
-        )
-        _place(text, placed, renderer)
-        placed.append(text.get_window_extent(renderer).expanded(1.04, 1.15))
+        style = {
+            "fontsize": 7 if single else 8,
+            "color": "dimgray" if single else "black",
+            "textcoords": "offset points",
+            "zorder": 4,
+        }
+        label = name.removeprefix("single:") if single else name
+        text = ax.annotate(label, xy, xytext=_OFFSETS[0], **style)
+        if _place(text, placed, renderer):
+            # far from its point: drawn again with a thin line that shows whose it is (an
+            # annotation takes its arrow only when made: `set(arrowprops=)` raises)
+            at, ha = text.get_position(), text.get_horizontalalignment()
+            text.remove()
+            text = ax.annotate(label, xy, xytext=at, ha=ha, arrowprops=_LEADER, **style)
+        placed.append(_box(text, renderer).expanded(1.04, 1.15))
         labels.append(text)
     return fig, labels
 
 
-def _place(text: Any, placed: list[Any], renderer: Any) -> None:
+def _box(text: Any, renderer: Any) -> Any:
+    """A label's text box, without its leader line (an annotation's own extent has it)."""
+    from matplotlib.text import Text
+
+    text.update_positions(renderer)  # where its offset puts it now
+    return Text.get_window_extent(text, renderer)
+
+
+#: the leader line of a label placed far from its point
+_LEADER = {"arrowstyle": "-", "color": "0.6", "lw": 0.6}
+
+
+def _place(text: Any, placed: list[Any], renderer: Any) -> bool:
     """Move `text` to the first spot around its point that overlaps no placed label;
-    past the near spots, further up or down by a line at a time, with a leader line."""
+    past the near spots, further up or down by a line at a time. True when it went past
+    the near spots (it wants a leader line)."""
     candidates = list(_OFFSETS)
     for step in range(1, 40):
         for dx in (6, -6):
@@ -109,12 +126,10 @@ def _place(text: Any, placed: list[Any], renderer: Any) -> None:
     for i, (dx, dy) in enumerate(candidates):
         text.set_position((dx, dy))
         text.set_horizontalalignment("left" if dx >= 0 else "right")
-        box = text.get_window_extent(renderer)
+        box = _box(text, renderer)
         if not any(box.overlaps(other) for other in placed):
-            if i >= len(_OFFSETS):  # far from its point: a thin line shows whose it is
-                text.arrow_patch = None
-                text.set(arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6})
-            return
+            return i >= len(_OFFSETS)
+    return False
 
 
 def report_md(summary: dict[str, Any], spec: EvalSpec, extra: dict[str, Any]) -> str:

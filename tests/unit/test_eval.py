@@ -388,6 +388,23 @@ def test_sigterm_stops_an_eval_like_ctrl_c_and_it_resumes(config_path, tmp_path)
     assert rows[: len(kept)] == kept and len({(r["strategy"], r["id"]) for r in rows}) == len(rows)
 
 
+def test_a_label_placed_far_from_its_point_gets_a_leader_line_and_the_chart_renders():
+    """Ten strategies at one point: the near spots run out, so labels go further out with
+    a thin line to their point (this once raised at the end of a `bench routing` run,
+    after every answer: matplotlib takes an annotation's arrow only when it is made)."""
+    from evals.harness.report import _OFFSETS, _box, chart_png, draw_chart
+
+    summary = {f"strategy-{i}": {"accuracy": 80.0, "calls_per_question": 2.0} for i in range(10)}
+    fig, labels = draw_chart(summary, "crowded", [])
+    renderer = fig.canvas.get_renderer()
+    far = [t for t in labels if t.arrow_patch is not None]
+    near = [t for t in labels if t.arrow_patch is None]
+    assert len(near) <= len(_OFFSETS) and len(far) == len(labels) - len(near) >= 4
+    boxes = [_box(t, renderer) for t in labels]  # the text, not its line
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    assert chart_png(summary, "crowded").startswith(b"\x89PNG")
+
+
 def test_a_chart_with_eight_single_experts_has_no_overlapping_labels():
     """Strategies that share a point and eight single experts at 1 call: every label is
     placed apart (before, "best-single" and five `single:*` labels printed over each
