@@ -103,7 +103,6 @@ class Conclave:
                 key=lambda x: (-x.accuracy, -x.overall, x.expert),
             )
             ests = [e for e in ranked if e.expert not in down] or ranked
-            skipped = [e.expert for e in ranked[: ranked.index(ests[0])]]
             k = effective_options(options_in(it), agreement)
             best = ests[0]
             team = ests[: min(budget, 3, len(ests))]
@@ -111,6 +110,12 @@ class Conclave:
             worth = vote_accuracy(team, k, collusion)
             alone = len(team) == 1 or best.accuracy >= worth - 1e-9
             first = [best.expert] if alone or budget == 1 else [e.expert for e in ests[:2]]
+            # passed over as down: ranked above the last one asked first (the best, or
+            # the second of a pair), so the trace says whom it would have asked
+            last = next(i for i, e in enumerate(ranked) if e.expert == first[-1])
+            skipped = [
+                e.expert for e in ranked[:last] if e.expert in down and e.expert not in first
+            ]
             weights = {e.expert: round(e.weight(k), 4) for e in ranked}
             stopped = ""
             if outside is not None and routing.fallback is not None:
@@ -155,7 +160,7 @@ class Conclave:
         it is worth most first, while the batch stays within `max_expert_calls` per
         question on average; [] for an item that is done."""
         from orchestrator.errors import ExpertUnavailableError
-        from skills.sequential import gain, posterior
+        from skills.sequential import posterior
 
         routing = ctx.conclave.config.routing
         budget = routing.max_expert_calls
@@ -199,11 +204,13 @@ class Conclave:
             if not tally:  # no answer yet (its experts failed or were down): one is owed
                 worth.append((math.inf, i, left[0]))
                 continue
-            asks = [why.estimates[e] for e in left[:2]]
-            # one answer can be worth nothing alone (it can only tie two that disagree):
-            # a pair's gain counts too, per call
-            value = max(gain(tally, why.options, asks[:1]), gain(tally, why.options, asks) / 2)
-            if value < MIN_GAIN:
+            value = _worth(tally, why, left)
+            # the best left were down: worth asking, but passed over (the trace says so)
+            passed = [e for e in unasked[:2] if e in down_now]
+            if value < MIN_GAIN and passed and _worth(tally, why, unasked) >= MIN_GAIN:
+                why.down.extend(passed)
+                why.stopped = f"the experts worth asking next are down ({', '.join(passed)})"
+            elif value < MIN_GAIN:
                 agree = len(tally) == 1 and len(ans) > 1
                 why.stopped = (
                     f"{len(ans)} answers agree"
@@ -244,3 +251,13 @@ class Conclave:
 
 
 STRATEGIES.add(Conclave.name, Conclave())
+
+
+def _worth(tally: dict[str, float], why: RouteExplanation, names: list[str]) -> float:
+    """What asking the first of `names` (or the first two, per call) adds to the chance of
+    a right answer: one answer can be worth nothing alone (it can only tie two that
+    disagree), so a pair's gain counts too."""
+    from skills.sequential import gain
+
+    asks = [why.estimates[e] for e in names[:2]]
+    return max(gain(tally, why.options, asks[:1]), gain(tally, why.options, asks) / 2)

@@ -62,7 +62,12 @@ def test_sigterm_drains_and_leaves_no_process_behind(tiny_models, tmp_path, prel
                 ex.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=120)
                 for _ in range(4)
             ]
-            time.sleep(0.2)  # sent (without a preload, its model is loading now)
+            # all four in flight before the signal (without a preload, its model is loading
+            # now): a fixed 0.2 s wait sent three of them after the drain began on a loaded
+            # machine, and they got 503
+            deadline = time.monotonic() + 60
+            while _queue_depth(url) < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
             t0 = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             replies = [f.result() for f in in_flight]
@@ -83,3 +88,10 @@ def test_sigterm_drains_and_leaves_no_process_behind(tiny_models, tmp_path, prel
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _queue_depth(url: str) -> float:
+    """The gateway's requests waiting or running, from its Prometheus metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    match = re.search(r"^conclave_gateway_queue_depth (\S+)$", text, re.MULTILINE)
+    return float(match[1]) if match else 0.0
