@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 BUCKETS = (1, 16, 128, 512, 2048)
 
 #: Version of what a cached choice means: bump when a path changes, to measure again.
-VERSION = 2  # 2: "grouped:float32" joined the candidates
+VERSION = 3  # 2: "grouped:float32" joined the candidates; 3: "grouped:mkl"
 
 
 def bucket(tokens: int) -> int:

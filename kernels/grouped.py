@@ -1,41 +1,48 @@
-"""The MoE layer's "grouped" path: tokens sorted by expert, each expert's FFN as oneDNN GEMMs.
+"""The MoE layer's "grouped" path: tokens sorted by expert, each expert's FFN as GEMMs.
 
 Where vLLM's CPU kernel is slow (its portable "vec" kernel on CPUs without AMX ran at
 0.34-0.42 of a dense matmul's throughput from 16 tokens up, on a 2-core AMD EPYC), this
-path keeps the work in the GEMMs PyTorch's oneDNN already runs near the machine's peak:
+path keeps the work in GEMMs that PyTorch's libraries already run near the machine's peak:
 
 - the routed (token, slot) pairs are sorted by expert once, so each expert's tokens are
   one contiguous block (one gather, no per-expert nonzero() scan);
-- each expert's gate and up projections are one oneDNN linear (N = 2 x intermediate: one
-  call and one pass over the tokens instead of two), its down projection another, on
-  weights reordered into oneDNN's blocked layout once per layer (`pack`, again only
-  when the weights change), not on every call as a plain `x @ w.t()` does;
-- SiLU(gate) * up runs in place on the first half of that output, and the down
-  projection multiplies by each row's routing weight in its epilogue;
-- each expert's rows are added into the output at their tokens. With top-2 (or top-1)
-  routing the output is accumulated in the layer's dtype: each token gets at most two
-  bfloat16 rows, and adding two of them rounds once, as a float32 sum rounded at the end
-  does; with more the sum is kept in float32.
+- each expert's gate and up projections are one GEMM (N = 2 x intermediate: one call and
+  one pass over the tokens instead of two), its down projection another, on weights
+  packed once per layer (`pack`, again only when the weights change), not on every call
+  as a plain `x @ w.t()` does: in oneDNN's blocked layout, or in MKL's packed format;
+- SiLU(gate) * up runs on that output while it is still in cache (an expert's block at
+  a time, or a piece of it: `MKL_ROWS`);
+- the routing weights multiply all the experts' rows at once and one scatter adds them
+  into the output at their tokens (against a weight in the down projection's epilogue
+  and a scatter per expert, oneDNN float32, paired rounds on an Intel Xeon, model 106,
+  2026-12-01, two runs: 1.03-1.07x at 128 tokens, 1.05-1.22x at 512, 1.04-1.06x at 2048).
+  With top-2 (or top-1) routing the output is accumulated in the dtype computed in:
+  each token gets at most two rows, and adding two bfloat16 rows rounds once, as a
+  float32 sum rounded at the end does; with more the sum is kept in float32.
 
-Measured against the earlier form of this path (gate and up as two linears with SiLU and
-the product fused into their epilogues, a float32 sum always), paired rounds with
-`kernels.autotune.time_paths` on a 2-core AMD EPYC, 2026-12-01: 1.04-1.06x at 128
-tokens, 1.01-1.03x at 512, 0.98-1.03x at 2048 (the activation's extra pass over [rows, 2N]
-costs more once blocks are large).
+The variants (`variants`), each measured by `auto`:
+- "grouped": oneDNN in the layer's dtype. oneDNN's bfloat16 GEMMs need AVX-512 (BW, VL,
+  DQ) or AVX-NE-CONVERT (on an AMD EPYC with AVX2 only they raise), and run at full
+  speed only with bfloat16 dot products (AMX, AVX512_BF16): on an Intel Xeon with
+  AVX-512 but neither they are emulated (a bfloat16 matmul at 54-56 GFLOP/s against
+  float32's 177-212).
+- "grouped:float32": oneDNN in float32 for a bfloat16 layer, its weights packed in
+  float32 once (twice their size, made only where memory allows: `MoELayer`), its tokens
+  cast in and out; 2.1-3.7x the bfloat16 variant on that Xeon.
+- "grouped:mkl": float32 on MKL's packed sgemm (`cblas_sgemm_compute`, through the op
+  Inductor runs float32 linears on), where PyTorch has MKL (its x86 wheels). On that
+  Xeon, eight 128-row GEMMs ran at 0.94 of one dense GEMM over all their rows on MKL's
+  packing against 0.80 on oneDNN's; the float32 layer, two runs: 0.76-0.77 of the dense
+  matmul's throughput at 512 tokens and 0.87-0.90 at 2048, where oneDNN made 0.65-0.71
+  and 0.84-0.88 (1.16-1.23x, 1.21-1.29x and 1.07-1.09x it at 128, 512 and 2048 tokens).
 
 Runs on the CPU for bfloat16 and float32 wherever PyTorch was built with oneDNN (its
-x86 and aarch64 wheels are); tested against the reference like the other paths. A
-bfloat16 layer can run it in bfloat16 or in float32 (`variants`: its weights packed in
-float32 once, its tokens cast in and out), and `auto` measures both: oneDNN's bfloat16
-GEMMs need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT (on an AMD EPYC with AVX2 only they
-raise), and run at full speed only with bfloat16 dot products (AMX, AVX512_BF16): on an
-Intel Xeon with AVX-512 but neither (2026-12-01) they are emulated, and this path ran
-2.1-3.7x faster in float32: at 0.60-0.73 of a float32 dense matmul's throughput at 512
-tokens and 0.79-0.88 at 2048, where vLLM's portable kernel ran at 0.48-0.64.
+x86 and aarch64 wheels are); tested against the reference like the other paths.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -63,16 +70,67 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-def variants(dtype: torch.dtype) -> list[torch.dtype]:
-    """The dtypes the grouped path can compute a `dtype` layer in here, `compute_dtype`'s
-    first: a bfloat16 layer also in float32 (its weights packed in float32 once, its
-    tokens cast in and out), which on CPUs that only emulate bfloat16 GEMMs is the
-    faster of the two."""
-    if dtype != torch.bfloat16:
-        return [dtype]
-    runs = [torch.bfloat16, torch.float32] if bf16_gemms() else [torch.float32]
-    first = compute_dtype(dtype)
-    return [first, *(d for d in runs if d != first)]
+def variants(dtype: torch.dtype) -> list[str]:
+    """The grouped paths that can run a `dtype` layer here, the forced one first: oneDNN
+    in the layer's dtype ("grouped"); for bfloat16 also oneDNN in float32
+    ("grouped:float32": its weights packed in float32 once, its tokens cast in and out,
+    the faster where bfloat16 GEMMs are emulated); and float32 on MKL's packed sgemm
+    ("grouped:mkl") where PyTorch has it (its x86 wheels)."""
+    names = [path_for(compute_dtype(dtype), "onednn", dtype)]
+    if dtype == torch.bfloat16 and bf16_gemms():
+        names.append(path_for(torch.float32 if names[0] == "grouped" else dtype, "onednn", dtype))
+    if dtype in (torch.bfloat16, torch.float32) and mkl_sgemm():
+        names.append("grouped:mkl")
+    return names
+
+
+def path_for(compute: torch.dtype, engine: str, dtype: torch.dtype) -> str:
+    """The grouped path's name for computing a `dtype` layer in `compute` on `engine`."""
+    if engine == "mkl":
+        return "grouped:mkl"
+    return "grouped" if compute == dtype else f"grouped:{str(compute).removeprefix('torch.')}"
+
+
+def spec(path: str, dtype: torch.dtype) -> tuple[torch.dtype, str]:
+    """(compute dtype, engine) of grouped `path` on a `dtype` layer (`path_for`'s inverse)."""
+    _, _, tail = path.partition(":")
+    if tail == "mkl":
+        return torch.float32, "mkl"
+    return (getattr(torch, tail) if tail else dtype), "onednn"
+
+
+@functools.cache
+def mkl_sgemm() -> bool:
+    """PyTorch's MKL packed sgemm (`torch.ops.mkl._mkl_linear`, what Inductor runs float32
+    linears on) is here and, on weights packed once, gives what `F.linear` gives for row
+    counts other than the one they were packed for (`pack` relies on that: one packing
+    per expert, whatever its tokens)."""
+    if not (torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")):
+        return False
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(96, 64, generator=g)
+    try:
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(w, MKL_ROWS)
+        for m in (1, 37, MKL_ROWS, MKL_ROWS + 3):
+            a = torch.randn(m, 64, generator=g)
+            got = _mkl_linear(a, packed, _shape_of(w))
+            if not torch.allclose(got, a @ w.t(), rtol=1e-4, atol=1e-4):
+                return False
+    except RuntimeError:
+        return False
+    return True
+
+
+def _shape_of(w: torch.Tensor) -> torch.Tensor:
+    """A stand-in for `_mkl_linear`'s unpacked float32 weight: it reads only its shape and
+    dtype when the rows it is given are the rows it is told (always, here), so no copy."""
+    return torch.empty_strided(tuple(w.shape), (0, 0), dtype=torch.float32)
+
+
+def _mkl_linear(a: torch.Tensor, packed: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """a [M,K] @ the packed [N,K] weight's transpose, on MKL's `cblas_sgemm_compute`:
+    `_mkl_linear` computes on the packed weight when told the call's own row count."""
+    return torch.ops.mkl._mkl_linear(a, packed, shape, None, a.shape[0])
 
 
 def bf16_gemms() -> bool:
@@ -98,25 +156,44 @@ def native_bf16() -> bool:
 
 @dataclass(frozen=True)
 class Packed:
-    """One layer's expert weights in oneDNN's layout: per expert (gate and up, down)."""
+    """One layer's expert weights packed for one GEMM library: per expert (gate and up,
+    down), in oneDNN's blocked layout or MKL's packed format."""
 
     experts: tuple[tuple[torch.Tensor, torch.Tensor], ...]
     dtype: torch.dtype
     intermediate: int
+    engine: str = "onednn"
+    #: MKL's stand-ins for the unpacked (gate and up, down) weights: their shapes only
+    shapes: tuple[torch.Tensor, torch.Tensor] | None = None
+    #: the most rows one GEMM call gets (0: an expert's whole block)
+    block: int = 0
 
 
-def pack(w13: torch.Tensor, w2: torch.Tensor, dtype: torch.dtype) -> Packed:
-    """w13 [E,2N,K] (gate rows, then up rows), w2 [E,K,N] in oneDNN's blocked layout, to
-    compute in `dtype` (one of `variants(layer dtype)`)."""
-    reorder = torch.ops.mkldnn._reorder_linear_weight
+#: The rows MKL packs each expert's weights for, and the most one GEMM call gets (an
+#: expert's block is cut into equal pieces of at most this many). MKL's blocking follows
+#: the row count it packs for: on an Intel Xeon (model 106, 2026-12-01) 128-row calls ran
+#: 1.2x faster on weights packed for 128 rows than for 1, and 128-row pieces of 512-row
+#: blocks beat one 512-row call; 192-256 led at 512 and 2048 tokens (0.76-0.79 and
+#: 0.92-0.95 of the dense matmul, against 0.74 and 0.91 for 128).
+MKL_ROWS = 256
+
+
+def pack(w13: torch.Tensor, w2: torch.Tensor, path: str) -> Packed:
+    """w13 [E,2N,K] (gate rows, then up rows), w2 [E,K,N] packed for grouped `path` (one
+    of `variants(w13.dtype)`), once per layer."""
+    dtype, engine = spec(path, w13.dtype)
+    if engine == "mkl":
+        reorder = functools.partial(torch.ops.mkl._mkl_reorder_linear_weight, batch_size=MKL_ROWS)
+        shapes = (_shape_of(w13[0]), _shape_of(w2[0]))
+        block = MKL_ROWS
+    else:
+        reorder = functools.partial(torch.ops.mkldnn._reorder_linear_weight, batch_size=None)
+        shapes, block = None, 0
     experts = tuple(
-        (
-            reorder(w13[e].to(dtype).contiguous(), None),
-            reorder(w2[e].to(dtype).contiguous(), None),
-        )
+        (reorder(w13[e].to(dtype).contiguous()), reorder(w2[e].to(dtype).contiguous()))
         for e in range(w13.shape[0])
     )
-    return Packed(experts, dtype, w2.shape[-1])
+    return Packed(experts, dtype, w2.shape[-1], engine, shapes, block)
 
 
 def grouped_moe(
@@ -124,26 +201,42 @@ def grouped_moe(
 ) -> torch.Tensor:
     """sum_k weights[m,k] * FFN_ids[m,k](x[m]), [M,K]: in `packed.dtype` for top-1 and
     top-2, else float32 (the caller casts it to the layer's dtype). `ids` in 0..E-1."""
-    linear = torch.ops.mkldnn._linear_pointwise
-    silu = torch.nn.functional.silu
     m, k = ids.shape
+    acc = packed.dtype if k <= 2 else torch.float32  # two rows add with one rounding
+    out = torch.zeros(m, x.shape[1], dtype=acc, device=x.device)
+    if not m:
+        return out
+    silu = torch.nn.functional.silu
+    if packed.shapes is not None:
+        gate_up_shape, down_shape = packed.shapes
+
+        def gate_up(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+            return _mkl_linear(a, w, gate_up_shape)
+
+        def down(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+            return _mkl_linear(a, w, down_shape)
+
+    else:
+        linear = torch.ops.mkldnn._linear_pointwise
+
+        def gate_up(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+            return linear(a, w, None, "none", [], "")
+
+        down = gate_up
     n = packed.intermediate
     flat = ids.reshape(-1)
     order = flat.argsort(stable=True)  # (token, slot) pairs, each expert's in one block
     counts = torch.bincount(flat, minlength=len(packed.experts)).tolist()
     tokens = order // k
     xs = x.index_select(0, tokens).to(packed.dtype)
-    ws = weights.reshape(-1).index_select(0, order).to(packed.dtype).unsqueeze(1)
-    acc = packed.dtype if k <= 2 else torch.float32  # two rows add with one rounding
-    out = torch.zeros(m, x.shape[1], dtype=acc, device=x.device)
-    start = 0
-    for (gate_up, down), count in zip(packed.experts, counts, strict=True):
-        if not count:
-            continue
-        end = start + count
-        h = linear(xs[start:end], gate_up, None, "none", [], "")  # [count, 2N]
-        act = silu(h[:, :n]).mul_(h[:, n:])  # silu(x W_gate) * (x W_up)
-        y = linear.binary(act, ws[start:end].expand(count, out.shape[1]), down, None, "mul")
-        out.index_add_(0, tokens[start:end], y.to(acc))
-        start = end
-    return out
+    ys, start = [], 0
+    for (w13, w2), count in zip(packed.experts, counts, strict=True):
+        pieces = -(-count // packed.block) if packed.block else 1
+        size = -(-count // pieces) if count else 0  # equal pieces, the last maybe smaller
+        for a in range(start, start + count, max(size, 1)):
+            h = gate_up(xs[a : min(a + size, start + count)], w13)  # [rows, 2N]
+            ys.append(down(silu(h[:, :n]).mul_(h[:, n:]), w2))  # silu(x W_gate) * (x W_up) W_down
+        start += count
+    # the routing weights and the scatter once over all rows, not once per expert
+    y = torch.cat(ys).mul_(weights.reshape(-1).index_select(0, order).to(packed.dtype)[:, None])
+    return out.index_add_(0, tokens, y.to(acc))

@@ -217,6 +217,13 @@ class Conclave(Asking):
 
     # ---- answering ----------------------------------------------------------------------
 
+    def prior_of(self, expert: str) -> float:
+        """The prior strength `expert`'s estimates use (`RoutingState.prior_of`); before
+        any profiling, `RoutingState`'s default."""
+        if self.state is None:
+            return float(RoutingState.model_fields["prior_strength"].default)
+        return self.state.prior_of(expert)
+
     def profile_of(self, expert: str) -> ModelProfile | None:
         """The expert's profile: from profiling, or for a free agent promoted without one,
         the profile its graded probation answers built; None when there is neither."""
@@ -258,7 +265,7 @@ class Conclave(Asking):
                 reference.profiles.get(a.expert) if reference is not None else None
             ) or self.profile_of(a.expert)
             if profile is not None:
-                prior = self.state.prior_of(a.expert) if self.state is not None else 4.0
+                prior = self.prior_of(a.expert)
                 out[a.expert] = estimate(a.expert, profile, skills, prior).accuracy
         return out
 

@@ -606,6 +606,7 @@ _SHORT = {
     "fused:vec": "vec",
     "fused:triton": "triton",
     "grouped:float32": "grouped f32",
+    "grouped:mkl": "grouped mkl",
     "naive": "loop",
 }
 

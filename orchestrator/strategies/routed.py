@@ -74,7 +74,6 @@ class Conclave:
         agreement = c.state.wrong_agreement if c.state is not None else 0.0
         collusion = agreement**0.5
         blend = c.state.neighbour_weight if c.state is not None else 0.0
-        state = c.state
         profiles = {e: c.profile_of(e) for e in ctx.experts}
         source = c.skills_source()
         # an expert whose engine is restarting is skipped (failover), unless the config
@@ -94,7 +93,7 @@ class Conclave:
                         e,
                         profiles[e],
                         skills,
-                        state.prior_of(e) if state is not None else 4.0,
+                        c.prior_of(e),
                         near.get(e),
                         blend,
                     )
@@ -111,7 +110,8 @@ class Conclave:
             alone = len(team) == 1 or best.accuracy >= worth - 1e-9
             first = [best.expert] if alone or budget == 1 else [e.expert for e in ests[:2]]
             # passed over as down: ranked above the last one asked first (the best, or
-            # the second of a pair), so the trace says whom it would have asked
+            # the second of a pair), so the trace says whom it would have asked (`first`
+            # holds a down expert only when every expert is down: asked anyway, not skipped)
             last = next(i for i, e in enumerate(ranked) if e.expert == first[-1])
             skipped = [
                 e.expert for e in ranked[:last] if e.expert in down and e.expert not in first

@@ -18,7 +18,11 @@ CFG = MoEConfig(hidden=64, intermediate=96, experts=4, top_k=2)
 
 @pytest.fixture
 def timings(monkeypatch):
-    """Scripted timings (ms per path) for auto's measurement, and how often it measured."""
+    """Scripted timings (ms per path) for auto's measurement, and how often it measured.
+    MKL's packed sgemm is left out (present on x86 wheels only); its own test adds it."""
+    import kernels.grouped
+
+    monkeypatch.setattr(kernels.grouped, "mkl_sgemm", lambda: False)
     script: dict[str, float] = {}
     calls: list[list[str]] = []
 
@@ -138,7 +142,7 @@ def test_the_grouped_path_matches_the_reference(dtype, tokens, top_k, compute, m
     assert out.dtype == x.dtype
     f32 = dtype == "bfloat16" and compute == "float32"
     assert layer.path_for(x) == ("grouped:float32" if f32 else "grouped")
-    assert set(layer._grouped) == {torch.float32 if f32 else x.dtype}  # packed what it ran
+    assert set(layer._grouped) == {layer.path_for(x)}  # packed what it ran
     y, ref = out.float(), layer.reference(x).float()
     tol = 0.03 * float(ref.abs().max()) + 0.02 if dtype == "bfloat16" else 1e-4
     assert float((y - ref).abs().max()) <= tol
@@ -178,7 +182,7 @@ def test_auto_weighs_the_grouped_path_in_float32_for_a_bfloat16_layer(
     choice = layer.choice_for(x)
     assert choice.path == "grouped:float32" and "grouped:float32 3 ms" in choice.why
     assert layer.kernel_for(x) == "grouped oneDNN GEMMs (float32)"
-    assert set(layer._grouped) == {torch.float32}  # the bfloat16 packing it measured: dropped
+    assert set(layer._grouped) == {"grouped:float32"}  # the others it measured: dropped
     y, ref = layer(x).float(), layer.reference(x).float()
     assert (
         y.dtype == torch.float32
@@ -223,3 +227,61 @@ def test_no_float32_copy_of_the_experts_where_memory_is_short(monkeypatch, caplo
     # a float32 layer makes no wider copy: its grouped path stays
     f32 = MoELayer(CFG.model_copy(update={"dtype": "float32"}))
     assert "grouped" in f32.paths(x.float())
+
+
+@pytest.mark.skipif(not __import__("kernels.grouped").grouped.mkl_sgemm(), reason="no MKL here")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("top_k", [2, 3])
+def test_auto_weighs_the_grouped_path_on_mkl_and_it_matches_the_reference(
+    dtype, top_k, timings, tmp_path, monkeypatch
+):
+    """Where MKL's packed sgemm is the fastest (an Intel Xeon without AMX), auto runs the
+    grouped path on it: float32 GEMMs on weights packed once, whatever each expert's rows."""
+    import kernels.grouped
+
+    monkeypatch.setattr(kernels.grouped, "mkl_sgemm", lambda: True)
+    monkeypatch.setattr(kernels.grouped, "MKL_ROWS", 16)  # blocks cut into pieces, unequal
+    script, calls = timings
+    script.update({"fused:vec": 9.0, "grouped": 6.0, "grouped:float32": 5.0, "naive": 12.0})
+    script["grouped:mkl"] = 3.0
+    cfg = MoEConfig(hidden=64, intermediate=72, experts=5, top_k=top_k, zero_experts=1, dtype=dtype)
+    layer = MoELayer(cfg, seed=top_k)
+    layer.cache = ChoiceCache(tmp_path / "auto.json")
+    for tokens in (1, 7, 64, 300):
+        x = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(tokens))
+        x = x.to(layer.w13.dtype)
+        assert "grouped:mkl" in layer.paths(x) and layer.path_for(x) == "grouped:mkl"
+        assert layer.kernel_for(x) == "grouped MKL packed sgemm (float32)"
+        y, ref = layer(x), layer.reference(x)
+        assert y.dtype == x.dtype
+        tol = 0.03 * float(ref.abs().max()) + 0.02 if dtype == "bfloat16" else 1e-4
+        assert float((y.float() - ref.float()).abs().max()) <= tol
+    assert set(layer._grouped) == {"grouped:mkl"}  # the others it measured: dropped
+    packs = layer.packs
+    with torch.no_grad():
+        layer.w13.mul_(0.5)
+    y = layer(x).float()
+    assert layer.packs == packs + 1 and float((y - layer.reference(x).float()).abs().max()) <= tol
+    # a forced `grouped` stays on oneDNN
+    forced = MoELayer(cfg.model_copy(update={"backend": "grouped"}))
+    assert forced.path_for(x) != "grouped:mkl"
+
+
+def test_mkl_is_left_out_where_its_packed_weights_do_not_give_the_matmul(monkeypatch):
+    """`pack` packs each expert's weights once for any row count: a library whose packed
+    format depends on the rows it was packed for would give wrong answers, so the check
+    computes at other row counts and, on a mismatch, MKL is not weighed at all."""
+    import kernels.grouped
+
+    if not torch.backends.mkl.is_available():
+        assert kernels.grouped.mkl_sgemm.__wrapped__() is False
+        return
+    assert kernels.grouped.mkl_sgemm.__wrapped__() is True
+    real = kernels.grouped._mkl_linear
+
+    def right_only_for_the_rows_packed_for(a, packed, shape):
+        out = real(a, packed, shape)
+        return out if a.shape[0] == kernels.grouped.MKL_ROWS else out + 1.0
+
+    monkeypatch.setattr(kernels.grouped, "_mkl_linear", right_only_for_the_rows_packed_for)
+    assert kernels.grouped.mkl_sgemm.__wrapped__() is False
