@@ -5,7 +5,9 @@ loop on a CPU with AMX at 512 tokens, and 0.58x of it on an AMD EPYC without AMX
 layer's shapes and dtype, and on the token count. So `auto` does not guess: the first
 time a layer meets a token count in a new bucket, it times every path that can run
 (`MoELayer.paths`) on the layer's own weights at the bucket's token count, in paired
-rounds (`time_paths`), and keeps the fastest. The choice is cached in memory and on disk
+rounds (`time_paths`), and keeps the fastest; paths within 10% of it are timed again
+in longer rounds first (`MoELayer._measure`), since a close call is what a noisy machine
+flips. The choice is cached in memory and on disk
 (`$CONCLAVE_CACHE/kernels/moe-auto.json`, written atomically) under the CPU's model
 and ISA flags, the shapes, the dtype and the bucket, so a process measures a layer shape
 once per machine, not once per run. A CPU model change (a VM moved to another host)
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 BUCKETS = (1, 16, 128, 512, 2048)
 
 #: Version of what a cached choice means: bump when a path changes, to measure again.
-VERSION = 3  # 2: "grouped:float32" joined the candidates; 3: "grouped:mkl"
+VERSION = 3  # 2: "grouped:float32" joined the candidates; 3: "grouped:mkl", close calls
 
 
 def bucket(tokens: int) -> int:

@@ -108,6 +108,11 @@ def _shape(cfg: MoEConfig) -> str:
     return f"[K={cfg.hidden}, N={cfg.intermediate}, E={cfg.experts}, top-{cfg.top_k}, {cfg.dtype}]"
 
 
+#: Paths whose first measurement is within this factor of the fastest's are timed again,
+#: longer, before `auto` picks between them.
+CLOSE = 1.10
+
+
 class MoEBackendError(RuntimeError):
     """A backend that cannot run this device/dtype combination."""
 
@@ -409,8 +414,17 @@ class MoELayer(torch.nn.Module):
 
         with torch.inference_mode():
             times = time_paths({p: call(p) for p in candidates})
-        ms = {p: round(1000 * statistics.median(t), 4) for p, t in times.items()}
-        choice = Choice(path=min(ms, key=ms.__getitem__), bucket=b, ms=ms, source="measured")
+            ms = {p: round(1000 * statistics.median(t), 4) for p, t in times.items()}
+            best = min(ms, key=ms.__getitem__)
+            # a close call is what a noisy machine flips (at 128 tokens on an Intel Xeon,
+            # the grouped path 3% ahead of vLLM's kernel here ran 8% behind it in the
+            # benchmark after): those within CLOSE of the best are timed again, longer
+            close = [p for p in candidates if ms[p] <= CLOSE * ms[best]]
+            if len(close) > 1:
+                again = time_paths({p: call(p) for p in close}, rounds=7, min_s=0.05)
+                ms |= {p: round(1000 * statistics.median(t), 4) for p, t in again.items()}
+                best = min(close, key=ms.__getitem__)
+        choice = Choice(path=best, bucket=b, ms=ms, source="measured")
         log.info("MoE layer %s: auto runs %s (%s)", _shape(cfg), choice.path, choice.why)
         self.cache.put(key, choice)
         return choice

@@ -80,6 +80,34 @@ def test_auto_runs_the_fastest_path_it_measured_and_measures_once_per_machine(ti
     assert all('"model"' in key for key in saved["choices"])  # keyed by the CPU
 
 
+def test_a_close_call_is_timed_again_and_the_longer_timing_decides(timings, tmp_path, monkeypatch):
+    """Paths within 10% of the fastest in the first pass are timed again, longer (what a
+    noisy machine flips is a close call); a clear winner is not."""
+    script, calls = timings
+    script.update({"fused:vec": 5.0, "grouped": 4.8, "naive": 9.0})
+    cfg = CFG.model_copy(update={"dtype": "float32"})
+    layer = MoELayer(cfg)
+    layer.cache = ChoiceCache(tmp_path / "auto.json")
+    first = moe_mod.time_paths
+
+    def second_pass_reverses(fns, **kw):
+        if len(calls) == 1:  # the second pass: the fused kernel was the faster after all
+            script.update({"fused:vec": 4.0, "grouped": 4.6})
+        return first(fns, **kw)
+
+    monkeypatch.setattr(moe_mod, "time_paths", second_pass_reverses)
+    choice = layer.choice_for(torch.randn(128, 64))
+    assert calls == [["fused:vec", "grouped", "naive"], ["fused:vec", "grouped"]]
+    assert choice.path == "fused:vec" and choice.ms == {
+        "fused:vec": 4.0,
+        "grouped": 4.6,
+        "naive": 9.0,
+    }
+    script.update({"fused:vec": 9.0, "grouped": 4.0})  # a clear winner: one pass
+    layer.choice_for(torch.randn(2048, 64))
+    assert calls[2:] == [["fused:vec", "grouped", "naive"]]
+
+
 def test_a_broken_cache_file_is_measured_again_not_a_crash(timings, tmp_path, caplog):
     script, calls = timings
     script.update({"fused:vec": 2.0, "grouped": 3.0, "grouped:float32": 3.5, "naive": 5.0})
