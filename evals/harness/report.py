@@ -4,6 +4,7 @@ of a run, so they always describe whole results."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 from evals.harness.spec import EvalSpec
 from orchestrator.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from orchestrator.strategies import get_strategy
+
+log = logging.getLogger(__name__)
 
 #: Where a label may go around its point, in points (tried in order; then further out).
 _OFFSETS = [(6, 4), (6, -11), (-6, 4), (-6, -11), (0, 10), (0, -17)]
@@ -199,9 +202,22 @@ def report_md(summary: dict[str, Any], spec: EvalSpec, extra: dict[str, Any]) ->
 def write_outputs(
     run_dir: Path, summary: dict[str, Any], spec: EvalSpec, extra: dict[str, Any]
 ) -> None:
-    """summary.json, report.md and chart.png, each written atomically."""
+    """summary.json, report.md and chart.png, each written atomically. A chart that
+    cannot be drawn is logged and left out: the figures are in the other two, and a
+    benchmark of many runs goes on to the next (a matplotlib upgrade once broke it at
+    the end of every run, after all its answers)."""
     atomic_write_json(run_dir / "summary.json", {"strategies": summary, **extra})
     atomic_write_text(run_dir / "report.md", report_md(summary, spec, extra))
     title = f"{spec.dataset} {spec.split}: accuracy vs calls ({extra.get('questions')} questions)"
     featured = {s for s in spec.strategies if get_strategy(s).featured}
-    atomic_write_bytes(run_dir / "chart.png", chart_png(summary, title, featured))
+    try:
+        png = chart_png(summary, title, featured)
+    except Exception as exc:  # matplotlib's errors have no common base
+        log.warning(
+            "chart.png not drawn in %s (%s: %s); the figures are in summary.json and report.md",
+            run_dir,
+            type(exc).__name__,
+            exc,
+        )
+        return
+    atomic_write_bytes(run_dir / "chart.png", png)

@@ -405,6 +405,40 @@ def test_a_label_placed_far_from_its_point_gets_a_leader_line_and_the_chart_rend
     assert chart_png(summary, "crowded").startswith(b"\x89PNG")
 
 
+def test_a_chart_that_cannot_be_drawn_leaves_the_figures_and_says_why(
+    tmp_path, monkeypatch, caplog
+):
+    """The chart is drawn last and is the one output a run can do without: when
+    matplotlib raises, summary.json and report.md are written, no chart.png, and the
+    log says why (a `bench routing` of many runs once stopped at the first)."""
+    from evals.harness import report
+
+    def broken(*_a, **_kw):
+        raise AttributeError("Annotation.set() got an unexpected keyword argument")
+
+    monkeypatch.setattr(report, "chart_png", broken)
+    from evals.harness.summary import StrategySummary
+
+    figures = StrategySummary(
+        accuracy=80.0,
+        questions=3,
+        calls_per_question=2.0,
+        expert_calls_per_question=2.0,
+        tokens_per_question=40.0,
+        seconds=1.5,
+        model_loads=2,
+        by_category={"geography": 80.0},
+    )
+    summary = {"majority": figures.model_dump()}
+    spec = EvalSpec(limit=3, categories=CATS, strategies=["majority"])
+    with caplog.at_level("WARNING", logger="evals.harness.report"):
+        report.write_outputs(tmp_path, summary, spec, {"questions": 3})
+    assert json.loads((tmp_path / "summary.json").read_text())["strategies"] == summary
+    assert "majority" in (tmp_path / "report.md").read_text()
+    assert not (tmp_path / "chart.png").exists()
+    assert "chart.png not drawn" in caplog.text and "unexpected keyword" in caplog.text
+
+
 def test_a_chart_with_eight_single_experts_has_no_overlapping_labels():
     """Strategies that share a point and eight single experts at 1 call: every label is
     placed apart (before, "best-single" and five `single:*` labels printed over each
