@@ -170,11 +170,12 @@ class Packed:
 
 
 #: The rows MKL packs each expert's weights for, and the most one GEMM call gets (an
-#: expert's block is cut into equal pieces of at most this many). MKL's blocking follows
+#: expert's block is cut into equal pieces of at most this many). MKL's speed follows
 #: the row count it packs for: on an Intel Xeon (model 106, 2026-12-01) 128-row calls ran
-#: 1.2x faster on weights packed for 128 rows than for 1, and 128-row pieces of 512-row
-#: blocks beat one 512-row call; 192-256 led at 512 and 2048 tokens (0.76-0.79 and
-#: 0.92-0.95 of the dense matmul, against 0.74 and 0.91 for 128).
+#: 1.2x faster on weights packed for 128 rows than for 1; the layer (paired scripts) at
+#: 512 tokens, 128 rows an expert, ran at 0.70-0.81 of the dense matmul packed for
+#: 256-384 rows, 0.70-0.72 for 128 and 0.56-0.61 for 512-1,024, and at 2048 tokens at
+#: 0.84-0.94 for 256-384.
 MKL_ROWS = 256
 
 
