@@ -44,7 +44,8 @@ class FakeBackend(ExpertBackend):
         self._loaded = False
         self.loads = 0
         self.load_tries = 0  # loads tried, failed ones too
-        self.calls: list[list[str]] = []  # item ids per generate call
+        self.calls: list[list[str]] = []  # item ids per generate call, when it ends
+        self.generating = 0  # calls running now (tests wait for a batch to be under way)
         self.answered = 0  # requests answered from the answer key (fault injection counts)
         self._key: list[Item] | None = None
 
@@ -105,12 +106,14 @@ class FakeBackend(ExpertBackend):
         assert self._loaded, "generate before load"
         with _ACTIVE_LOCK:
             _ACTIVE[0] += 1
+            self.generating += 1
             FakeBackend.max_active = max(FakeBackend.max_active, _ACTIVE[0])
         try:
             time.sleep(self.spec.generate_s)
         finally:
             with _ACTIVE_LOCK:
                 _ACTIVE[0] -= 1
+                self.generating -= 1
         if not self._loaded:  # evicted under a running batch: its engine is gone
             raise EngineDeadError("the model was unloaded mid-batch (fake)", expert=self.name)
         call = len(self.calls)

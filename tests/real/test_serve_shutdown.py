@@ -17,6 +17,7 @@ import pytest
 
 from agents.zoo.tiny import TINY_ENGINE_ARGS
 from evals.bench.loopback import free_port
+from tests.unit.test_gateway import queue_depth
 
 pytestmark = pytest.mark.real
 
@@ -66,7 +67,7 @@ def test_sigterm_drains_and_leaves_no_process_behind(tiny_models, tmp_path, prel
             # now): a fixed 0.2 s wait sent three of them after the drain began on a loaded
             # machine, and they got 503
             deadline = time.monotonic() + 60
-            while _queue_depth(url) < 4 and time.monotonic() < deadline:
+            while queue_depth(url) < 4 and time.monotonic() < deadline:
                 time.sleep(0.05)
             t0 = time.monotonic()
             proc.send_signal(signal.SIGTERM)
@@ -88,10 +89,3 @@ def test_sigterm_drains_and_leaves_no_process_behind(tiny_models, tmp_path, prel
     finally:
         if proc.poll() is None:
             proc.kill()
-
-
-def _queue_depth(url: str) -> float:
-    """The gateway's requests waiting or running, from its Prometheus metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    match = re.search(r"^conclave_gateway_queue_depth (\S+)$", text, re.MULTILINE)
-    return float(match[1]) if match else 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -34,6 +35,13 @@ def _free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def queue_depth(url: str) -> float:
+    """The gateway's requests waiting or running, from its Prometheus metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    match = re.search(r"^conclave_gateway_queue_depth (\S+)$", text, re.MULTILINE)
+    return float(match[1]) if match else 0.0
 
 
 class Served:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from orchestrator.config import GatewaySettings
-from tests.unit.test_gateway import Q, Served
+from tests.unit.test_gateway import Q, Served, queue_depth
 
 
 def _items_run(backend) -> int:  # noqa: ANN001
@@ -18,23 +18,32 @@ def _items_run(backend) -> int:  # noqa: ANN001
 
 def test_a_client_that_leaves_while_queued_frees_its_work():
     """Requests queued behind a running batch are dropped when their client disconnects,
-    streaming or not; the others are answered."""
+    streaming or not; the others are answered. (The two leave while the first batch is
+    under way: it is waited for, and takes 2 s, so a loaded machine cannot let it end
+    first, as a fixed 0.15 s wait behind a 0.5 s batch once did in CI.)"""
     import concurrent.futures as cf
 
-    s = Served(GatewaySettings(batch_window_ms=1), profile=False, ensemble=False)
+    slow_expert = {"name": "slow", "backend": {"type": "fake", "answer": "hi", "generate_s": 2}}
+    s = Served(
+        GatewaySettings(batch_window_ms=1), profile=False, ensemble=False, experts=[slow_expert]
+    )
     try:
         url = f"{s.url}/v1/chat/completions"
         body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
         slow = s.conclave.pool.backends["slow"]
         with cf.ThreadPoolExecutor(2) as ex:
-            first = ex.submit(httpx.post, url, json=body, timeout=10)  # runs for 0.5 s
-            time.sleep(0.15)
+            first = ex.submit(httpx.post, url, json=body, timeout=30)
+            deadline = time.monotonic() + 20
+            while not slow.generating and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert slow.generating == 1  # the first batch is under way
             with pytest.raises(httpx.ReadTimeout):  # a stream that gives up while queued
                 with httpx.stream("POST", url, json={**body, "stream": True}, timeout=0.1) as r:
                     r.read()
             with pytest.raises(httpx.ReadTimeout):  # a plain request that gives up
                 httpx.post(url, json=body, timeout=0.1)
-            last = ex.submit(httpx.post, url, json=body, timeout=10)
+            assert slow.generating == 1 and not slow.calls  # they left while it ran
+            last = ex.submit(httpx.post, url, json=body, timeout=30)
             assert first.result().status_code == 200 and last.result().status_code == 200
         assert _items_run(slow) == 2  # the two that left were never generated
     finally:
@@ -49,7 +58,9 @@ def test_graceful_shutdown_finishes_in_flight_requests_and_refuses_new_ones():
     body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
     with cf.ThreadPoolExecutor(3) as ex:
         in_flight = [ex.submit(httpx.post, url, json=body, timeout=10) for _ in range(3)]
-        time.sleep(0.2)
+        deadline = time.monotonic() + 20  # all three in (a fixed wait can be too short)
+        while queue_depth(s.url) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
         s.server.should_exit = True  # what SIGINT/SIGTERM do
         time.sleep(0.1)
         with pytest.raises(httpx.ConnectError):
