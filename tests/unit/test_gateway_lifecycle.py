@@ -102,7 +102,7 @@ def test_sigterm_drains_in_flight_work_with_the_socket_open_then_exits(tmp_path)
 
     from tests.unit.test_gateway import _free_port
 
-    slow = {"name": "slow", "backend": {"type": "fake", "answer": "done", "generate_s": 2.0}}
+    slow = {"name": "slow", "backend": {"type": "fake", "answer": "done", "generate_s": 4.0}}
     cfg = tmp_path / "conclave.json"
     cfg.write_text(json.dumps({"pool": {"experts": [slow]}, "cache_dir": str(tmp_path)}))
     port = _free_port()
@@ -120,10 +120,17 @@ def test_sigterm_drains_in_flight_work_with_the_socket_open_then_exits(tmp_path)
         body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
         with cf.ThreadPoolExecutor(1) as ex:
             in_flight = ex.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=20)
-            time.sleep(0.5)
+            # SIGTERM once it is in (it takes 4 s), then wait for the drain to begin: what
+            # follows must happen while it is in flight, whatever the machine's load
+            deadline = time.monotonic() + 10
+            while queue_depth(url) < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
             proc.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
-            ready = httpx.get(f"{url}/readyz", timeout=5)
+            while time.monotonic() < deadline:
+                ready = httpx.get(f"{url}/readyz", timeout=5)
+                if ready.status_code == 503:
+                    break
+                time.sleep(0.01)
             assert (ready.status_code, ready.json()["status"]) == (503, "shutting down")
             late = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=5)
             assert late.status_code == 503 and late.json()["error"]["code"]

@@ -332,8 +332,10 @@ def test_closing_the_pool_mid_batch_restarts_nothing():
     out: list = []
     t = threading.Thread(target=lambda: out.extend(pool.run([req(2, "a"), req(3, "b")])))
     t.start()
-    time.sleep(0.2)  # generating
-    pool.close()
+    deadline = time.monotonic() + 10
+    while not all(b.generating for b in pool.backends.values()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pool.close()  # while both generate
     t.join(timeout=5)
     assert len(out) == 2 and not any(r.ok for r in out)
     assert all(r.error.type == "EngineDeadError" for r in out)
