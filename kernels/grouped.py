@@ -76,23 +76,21 @@ def variants(dtype: torch.dtype) -> list[str]:
     ("grouped:float32": its weights packed in float32 once, its tokens cast in and out,
     the faster where bfloat16 GEMMs are emulated); and float32 on MKL's packed sgemm
     ("grouped:mkl") where PyTorch has it (its x86 wheels)."""
-    names = [path_for(compute_dtype(dtype), "onednn", dtype)]
+    names = [path_for(compute_dtype(dtype), dtype)]
     if dtype == torch.bfloat16 and bf16_gemms():
-        names.append(path_for(torch.float32 if names[0] == "grouped" else dtype, "onednn", dtype))
+        names.append(path_for(torch.float32 if names[0] == "grouped" else dtype, dtype))
     if dtype in (torch.bfloat16, torch.float32) and mkl_sgemm():
         names.append("grouped:mkl")
     return names
 
 
-def path_for(compute: torch.dtype, engine: str, dtype: torch.dtype) -> str:
-    """The grouped path's name for computing a `dtype` layer in `compute` on `engine`."""
-    if engine == "mkl":
-        return "grouped:mkl"
+def path_for(compute: torch.dtype, dtype: torch.dtype) -> str:
+    """The oneDNN grouped path's name for computing a `dtype` layer in `compute`."""
     return "grouped" if compute == dtype else f"grouped:{str(compute).removeprefix('torch.')}"
 
 
 def spec(path: str, dtype: torch.dtype) -> tuple[torch.dtype, str]:
-    """(compute dtype, engine) of grouped `path` on a `dtype` layer (`path_for`'s inverse)."""
+    """(compute dtype, engine) of grouped `path` on a `dtype` layer."""
     _, _, tail = path.partition(":")
     if tail == "mkl":
         return torch.float32, "mkl"
@@ -162,7 +160,6 @@ class Packed:
     experts: tuple[tuple[torch.Tensor, torch.Tensor], ...]
     dtype: torch.dtype
     intermediate: int
-    engine: str = "onednn"
     #: MKL's stand-ins for the unpacked (gate and up, down) weights: their shapes only
     shapes: tuple[torch.Tensor, torch.Tensor] | None = None
     #: the most rows one GEMM call gets (0: an expert's whole block)
@@ -194,7 +191,7 @@ def pack(w13: torch.Tensor, w2: torch.Tensor, path: str) -> Packed:
         (reorder(w13[e].to(dtype).contiguous()), reorder(w2[e].to(dtype).contiguous()))
         for e in range(w13.shape[0])
     )
-    return Packed(experts, dtype, w2.shape[-1], engine, shapes, block)
+    return Packed(experts, dtype, w2.shape[-1], shapes, block)
 
 
 def grouped_moe(
@@ -208,7 +205,7 @@ def grouped_moe(
     if not m:
         return out
     silu = torch.nn.functional.silu
-    if packed.shapes is not None:
+    if packed.shapes is not None:  # packed for MKL
         gate_up_shape, down_shape = packed.shapes
 
         def gate_up(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
