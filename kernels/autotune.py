@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 BUCKETS = (1, 16, 128, 512, 2048)
 
 #: Version of what a cached choice means: bump when a path changes, to measure again.
-VERSION = 3  # 2: "grouped:float32" joined the candidates; 3: "grouped:mkl", close calls
+#: 2: "grouped:float32" joined the candidates; 3: "grouped:mkl", close calls;
+#: 4: "grouped:native" (in place of "grouped:mkl" where it builds)
+VERSION = 4
 
 
 def bucket(tokens: int) -> int:
@@ -44,11 +46,12 @@ def bucket(tokens: int) -> int:
 
 
 @functools.cache
-def cpu() -> dict[str, Any]:
-    """This machine's CPU model and the ISA flags that decide between the paths."""
+def cpuinfo() -> tuple[str, frozenset[str]]:
+    """This machine's CPU model name and every flag it reports (from /proc/cpuinfo; off
+    Linux, the platform's processor name and no flags)."""
     import platform
 
-    model, flags = platform.processor() or platform.machine(), set[str]()
+    model, flags = platform.processor() or platform.machine(), frozenset[str]()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -56,11 +59,18 @@ def cpu() -> dict[str, Any]:
                 if key.strip() == "model name" and model == platform.machine():
                     model = value.strip()
                 elif key.strip() in ("flags", "Features") and not flags:
-                    flags = set(value.split())
+                    flags = frozenset(value.split())
     except OSError:  # not Linux: the model from platform, no flags
         pass
     if model in ("", "x86_64"):
         model = platform.machine()
+    return model, flags
+
+
+@functools.cache
+def cpu() -> dict[str, Any]:
+    """This machine's CPU model and the ISA flags that decide between the paths."""
+    model, flags = cpuinfo()
     wanted = (
         *("amx_bf16", "amx_tile", "avx512_bf16", "avx_ne_convert", "avx512f", "avx2"),
         *("asimd", "sve", "bf16"),  # Arm

@@ -21,8 +21,9 @@ Backends (`MoEConfig.backend`), all behind `MoELayer.forward`:
 - "grouped": tokens sorted by expert into contiguous blocks, each expert's FFN as two
   GEMMs on weights packed once (`kernels.grouped`): oneDNN in the layer's dtype, or in
   float32 for a bfloat16 layer ("grouped:float32", faster where bfloat16 GEMMs are
-  emulated), or MKL's packed sgemm in float32 ("grouped:mkl"): the fast paths on CPUs
-  without AMX.
+  emulated), or MKL's packed sgemm in float32: through ATen ops ("grouped:mkl"), or
+  every expert in one call of a kernel compiled on the machine ("grouped:native",
+  `kernels.native`, where a C compiler is found): the fast paths on CPUs without AMX.
 - "naive": a per-expert loop (gather the tokens routed to each expert, run it, scatter).
 - "reference": every expert on every token in float32, then the routing weights: the
   ground truth the others are tested against.
@@ -61,6 +62,7 @@ KERNELS = {
     "grouped": "grouped oneDNN GEMMs",
     "grouped:float32": "grouped oneDNN GEMMs (float32)",
     "grouped:mkl": "grouped MKL packed sgemm (float32)",
+    "grouped:native": "grouped compiled kernel on MKL packed sgemm (float32)",
     "naive": "per-expert loop",
     "reference": "float32 reference",
 }

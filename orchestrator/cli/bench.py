@@ -607,6 +607,7 @@ _SHORT = {
     "fused:triton": "triton",
     "grouped:float32": "grouped f32",
     "grouped:mkl": "grouped mkl",
+    "grouped:native": "grouped native",
     "naive": "loop",
 }
 

@@ -167,7 +167,8 @@ def test_bench_moe_prints_paired_and_best_speedups_with_the_machine_drift():
         assert all(e < 0.05 for e in row["max_abs_error_by_path"].values())
         # auto ran what it measured fastest there, and says so with the figures
         assert row["auto_path"] in (
-            *("fused:amx", "fused:vec", "grouped", "grouped:float32", "grouped:mkl", "naive"),
+            *("fused:amx", "fused:vec", "grouped", "grouped:float32", "grouped:mkl"),
+            *("grouped:native", "naive"),
         )
         assert row["dense_dtype"] in ("bfloat16", "float32")
         assert row["auto_path"] in row["auto_why"] and row["auto_vs_naive"] > 0

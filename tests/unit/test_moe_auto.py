@@ -266,8 +266,10 @@ def test_auto_weighs_the_grouped_path_on_mkl_and_it_matches_the_reference(
     """Where MKL's packed sgemm is the fastest (an Intel Xeon without AMX), auto runs the
     grouped path on it: float32 GEMMs on weights packed once, whatever each expert's rows."""
     import kernels.grouped
+    import kernels.native
 
     monkeypatch.setattr(kernels.grouped, "mkl_sgemm", lambda: True)
+    monkeypatch.setattr(kernels.native, "kernel", lambda: None)  # its ATen-op form
     monkeypatch.setattr(kernels.grouped, "MKL_ROWS", 16)  # blocks cut into pieces, unequal
     script, calls = timings
     script.update({"fused:vec": 9.0, "grouped": 6.0, "grouped:float32": 5.0, "naive": 12.0})

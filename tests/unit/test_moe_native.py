@@ -1,0 +1,133 @@
+"""The grouped path's compiled kernel (`kernels.native`): built on first use with the
+machine's C compiler, checked before use, cached, and left out (saying why) where it
+cannot be built or gives a wrong answer. Real builds: `cc` runs in these tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels.grouped
+import kernels.native as native
+from kernels.autotune import ChoiceCache
+from kernels.moe import MoEConfig, MoELayer
+
+HERE = native.compiler() is not None and torch.backends.mkl.is_available()
+needs_cc = pytest.mark.skipif(not HERE, reason="no C compiler or no MKL in this PyTorch")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A cache folder of the test's own: each build here is a fresh one."""
+    monkeypatch.setenv("CONCLAVE_CACHE", str(tmp_path))
+    return tmp_path / "kernels"
+
+
+@needs_cc
+def test_it_builds_once_per_machine_and_leaves_no_half_written_file(cache):
+    first = native.attempt()
+    assert isinstance(first, native.Kernel), first
+    assert [p.name for p in cache.iterdir()] == [first.path.name]  # no .tmp left
+    stamp = first.path.stat().st_mtime_ns
+    again = native.attempt()
+    assert isinstance(again, native.Kernel) and again.path == first.path
+    assert first.path.stat().st_mtime_ns == stamp  # loaded from the cache, not rebuilt
+
+
+def test_without_a_compiler_it_is_left_out_and_says_what_to_do(cache, monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    why = native.attempt()
+    assert isinstance(why, str)
+    if torch.backends.mkl.is_available():  # else it stops earlier, at MKL
+        assert "no C compiler" in why and "CC" in why and "gcc" in why
+
+
+@needs_cc
+def test_a_failed_build_names_the_compiler_and_writes_nothing(cache, monkeypatch, tmp_path):
+    fake = tmp_path / "bad-cc"
+    fake.write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && echo bad 1.0 && exit 0\n'
+        "echo 'error: this compiler refuses' >&2; exit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    why = native.attempt()
+    assert isinstance(why, str) and "bad-cc" in why and "refuses" in why
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+@needs_cc
+def test_a_kernel_that_gives_a_wrong_answer_is_left_out(cache, monkeypatch):
+    real = native.Kernel.ffn
+
+    def off_by_a_bit(self, *args, **kwargs):
+        return real(self, *args, **kwargs) + 1e-3
+
+    monkeypatch.setattr(native.Kernel, "ffn", off_by_a_bit)
+    why = native.attempt()
+    assert isinstance(why, str) and "wrong answer" in why
+
+
+def test_where_it_is_left_out_the_mkl_path_is_weighed_in_its_place(monkeypatch):
+    monkeypatch.setattr(kernels.grouped, "mkl_sgemm", lambda: True)
+    monkeypatch.setattr(native, "kernel", lambda: None)
+    assert kernels.grouped.variants(torch.float32)[-1] == "grouped:mkl"
+
+
+def test_pieces_cut_each_experts_rows_into_equal_calls():
+    assert kernels.grouped.pieces([5, 0, 1, 9], 4) == [
+        (0, 3, 0),
+        (3, 2, 0),
+        (5, 1, 2),
+        (6, 3, 3),
+        (9, 3, 3),
+        (12, 3, 3),
+    ]
+    assert kernels.grouped.pieces([0, 0], 4) == []
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("top_k", [2, 3])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_auto_runs_the_kernel_where_it_is_fastest_and_it_matches_the_reference(
+    dtype, top_k, threads, tmp_path, monkeypatch
+):
+    """Every expert's FFN in one call: pieces spread over the threads (many pieces) or one
+    after another (few), zero-computation experts, top-3 summed in float32."""
+    assert native.kernel() is not None, native.unavailable()
+    monkeypatch.setattr(kernels.grouped, "MKL_ROWS", 16)  # blocks cut into pieces, unequal
+    monkeypatch.setattr("kernels.moe.time_paths", lambda fns, **_: _scripted(fns))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        cfg = MoEConfig(
+            hidden=64, intermediate=72, experts=5, top_k=top_k, zero_experts=1, dtype=dtype
+        )
+        layer = MoELayer(cfg, seed=top_k)
+        layer.cache = ChoiceCache(tmp_path / "auto.json")
+        tol = 1e-4
+        for tokens in (1, 7, 64, 300):
+            x = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(tokens))
+            x = x.to(layer.w13.dtype)
+            assert layer.path_for(x) == "grouped:native"
+            assert layer.kernel_for(x) == "grouped compiled kernel on MKL packed sgemm (float32)"
+            y, ref = layer(x), layer.reference(x)
+            assert y.dtype == x.dtype
+            tol = 0.03 * float(ref.abs().max()) + 0.02 if dtype == "bfloat16" else 1e-4
+            assert float((y.float() - ref.float()).abs().max()) <= tol
+        packs = layer.packs
+        with torch.no_grad():
+            layer.w13.mul_(0.5)
+        y = layer(x).float()  # the kernel's packed weights follow a change
+        assert layer.packs == packs + 1
+        assert float((y - layer.reference(x).float()).abs().max()) <= tol
+    finally:
+        torch.set_num_threads(before)
+
+
+def _scripted(fns):
+    """auto's timings: the compiled kernel fastest (each candidate still runs)."""
+    for fn in fns.values():
+        fn()
+    return {p: [(1.0 if p == "grouped:native" else 5.0) / 1000] * 3 for p in fns}
