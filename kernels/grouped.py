@@ -229,8 +229,19 @@ def grouped_moe(
     out = torch.zeros(m, x.shape[1], dtype=acc, device=x.device)
     if not m:
         return out
-    if packed.addresses is not None:  # the compiled kernel
-        return _native_moe(x, packed, weights, ids, out)
+    n = packed.intermediate
+    flat = ids.reshape(-1)
+    order = flat.argsort(stable=True)  # (token, slot) pairs, each expert's in one block
+    counts = torch.bincount(flat, minlength=len(packed.experts)).tolist()
+    tokens = order // k
+    xs = x.index_select(0, tokens).to(packed.dtype)
+    if packed.addresses is not None:  # the compiled kernel: every expert's FFN in one call,
+        kernel = native.kernel()  # each row's routing weight applied in its SiLU pass
+        assert kernel is not None  # it packed these weights
+        w = weights.reshape(-1).index_select(0, order).to(packed.dtype)
+        table = torch.tensor(pieces(counts, packed.block), dtype=torch.int64)
+        y = kernel.ffn(table, xs, w, *packed.addresses, n)
+        return out.index_add_(0, tokens, y.to(acc))
     silu = torch.nn.functional.silu
     if packed.shapes is not None:  # packed for MKL
         gate_up_shape, down_shape = packed.shapes
@@ -248,12 +259,6 @@ def grouped_moe(
             return linear(a, w, None, "none", [], "")
 
         down = gate_up
-    n = packed.intermediate
-    flat = ids.reshape(-1)
-    order = flat.argsort(stable=True)  # (token, slot) pairs, each expert's in one block
-    counts = torch.bincount(flat, minlength=len(packed.experts)).tolist()
-    tokens = order // k
-    xs = x.index_select(0, tokens).to(packed.dtype)
     ys = []
     for a, rows, e in pieces(counts, packed.block or max(counts)):
         w13, w2 = packed.experts[e]
@@ -274,21 +279,3 @@ def pieces(counts: list[int], block: int) -> list[tuple[int, int, int]]:
             out += [(a, min(size, start + count - a), e) for a in range(start, start + count, size)]
         start += count
     return out
-
-
-def _native_moe(
-    x: torch.Tensor, packed: Packed, weights: torch.Tensor, ids: torch.Tensor, out: torch.Tensor
-) -> torch.Tensor:
-    """`grouped_moe` in the compiled kernel: one call for every expert's FFN, the routing
-    weights applied in its SiLU pass, then one scatter."""
-    k = native.kernel()
-    assert k is not None and packed.addresses is not None  # packed by it
-    flat = ids.reshape(-1)
-    order = flat.argsort(stable=True)
-    counts = torch.bincount(flat, minlength=len(packed.experts)).tolist()
-    tokens = order // ids.shape[1]
-    xs = x.index_select(0, tokens).to(torch.float32)
-    w = weights.reshape(-1).index_select(0, order).to(torch.float32)
-    table = torch.tensor(pieces(counts, packed.block), dtype=torch.int64)
-    y = k.ffn(table, xs, w, *packed.addresses, packed.intermediate)
-    return out.index_add_(0, tokens, y.to(out.dtype))

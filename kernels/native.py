@@ -50,7 +50,6 @@ class Kernel:
 
     lib: ctypes.CDLL
     path: Path
-    openmp: bool
 
     def threads(self) -> int:
         return int(self.lib.conclave_threads())
@@ -154,9 +153,9 @@ def compiler() -> str | None:
     return shutil.which("cc") or shutil.which("gcc")
 
 
-def _flags(lib: Path) -> tuple[list[str], bool]:
-    """Compiler flags, and whether the kernel uses OpenMP threads: only PyTorch's own
-    libgomp (its x86 wheels ship one), never a second OpenMP runtime beside PyTorch's."""
+def _flags(lib: Path) -> list[str]:
+    """Compiler flags. OpenMP threads only on PyTorch's own libgomp (its x86 wheels ship
+    one), never a second OpenMP runtime beside PyTorch's: else one thread, vectorized."""
     flags = ["-O3", "-march=native", "-fno-trapping-math", "-shared", "-fPIC"]
     if platform.machine() in ("x86_64", "AMD64"):
         # 512-bit vectors where the CPU has them: the SiLU pass ran 1.3x faster than with
@@ -165,7 +164,7 @@ def _flags(lib: Path) -> tuple[list[str], bool]:
     openmp = (lib / "libgomp.so.1").exists() and "OpenMP" in torch.__config__.parallel_info()
     flags.append("-fopenmp" if openmp else "-fopenmp-simd")
     link = [f"-L{lib}", "-ltorch_cpu", f"-Wl,-rpath,{lib}", "-Wl,--no-as-needed"]
-    return flags + link, openmp
+    return flags + link
 
 
 def _cpu_signature() -> str:
@@ -185,27 +184,28 @@ def _cache_dir() -> Path:
 
 def _build() -> tuple[Path, bool]:
     """The library's path (built now or earlier for this source, PyTorch, compiler and
-    CPU) and whether it uses OpenMP."""
+    CPU) and whether it is this process's own (a read-only cache: removed once loaded)."""
     lib = _torch_lib()
     cc = compiler()
     if cc is None:
         raise _Unavailable(
             "no C compiler found (set CC, or install gcc: the kernel is built on first use)"
         )
-    flags, openmp = _flags(lib)
+    flags = _flags(lib)
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
     parts = [SOURCE.read_text(), " ".join(flags), torch.__version__, version.stdout]
     key = hashlib.sha256("\n".join([*parts, _cpu_signature()]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"grouped_ffn-{key}.so"
     if target.exists():
-        return target, openmp
+        return target, False
+    own = False
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        folder = target.parent
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
     except OSError:  # a read-only cache: build for this process only
-        folder = Path(tempfile.mkdtemp(prefix="conclave-kernel-"))
-        target = folder / target.name
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".so.tmp")
+        own = True
+        target = Path(tempfile.mkdtemp(prefix="conclave-kernel-")) / target.name
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
     os.close(fd)
     start = time.perf_counter()
     try:
@@ -222,21 +222,24 @@ def _build() -> tuple[Path, bool]:
         if os.path.exists(tmp):
             os.unlink(tmp)
     log.info("built the grouped MoE kernel in %.1f s: %s", time.perf_counter() - start, target)
-    return target, openmp
+    return target, own
 
 
 def _load(built: tuple[Path, bool]) -> Kernel:
-    path, openmp = built
+    path, own = built
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:
         raise _Unavailable(f"could not load {path}: {exc}") from None
+    finally:
+        if own:  # loaded (or not): the file is no longer needed
+            shutil.rmtree(path.parent, ignore_errors=True)
     lib.conclave_threads.argtypes, lib.conclave_threads.restype = [], _I64
     lib.conclave_pack_size.argtypes, lib.conclave_pack_size.restype = [_I64] * 3, _I64
     lib.conclave_pack.argtypes, lib.conclave_pack.restype = [_I64] * 3 + [_PTR] * 2, None
     lib.conclave_ffn.argtypes = [_I64, *[_PTR] * 3, *[_I64] * 2, *[_PTR] * 4, _I64]
     lib.conclave_ffn.restype = None
-    return Kernel(lib, path, openmp)
+    return Kernel(lib, path)
 
 
 def _check(k: Kernel) -> Kernel:

@@ -34,6 +34,17 @@ def test_it_builds_once_per_machine_and_leaves_no_half_written_file(cache):
     assert first.path.stat().st_mtime_ns == stamp  # loaded from the cache, not rebuilt
 
 
+@needs_cc
+def test_a_cache_it_cannot_write_builds_for_the_process_and_leaves_nothing(tmp_path, monkeypatch):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")  # $CONCLAVE_CACHE/kernels cannot be made
+    monkeypatch.setenv("CONCLAVE_CACHE", str(blocked))
+    got = native.attempt()
+    assert isinstance(got, native.Kernel), got
+    assert not got.path.parent.exists()  # its own build, removed once loaded
+    assert got.threads() >= 1
+
+
 def test_without_a_compiler_it_is_left_out_and_says_what_to_do(cache, monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler-here")
     why = native.attempt()
