@@ -63,6 +63,7 @@ KERNELS = {
     "grouped:float32": "grouped oneDNN GEMMs (float32)",
     "grouped:mkl": "grouped MKL packed sgemm (float32)",
     "grouped:native": "grouped compiled kernel on MKL packed sgemm (float32)",
+    "grouped:native-bf16": "grouped compiled kernel on MKL bf16 GEMMs (bfloat16 weights)",
     "naive": "per-expert loop",
     "reference": "float32 reference",
 }

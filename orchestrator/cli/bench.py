@@ -608,6 +608,7 @@ _SHORT = {
     "grouped:float32": "grouped f32",
     "grouped:mkl": "grouped mkl",
     "grouped:native": "grouped native",
+    "grouped:native-bf16": "grouped native bf16",
     "naive": "loop",
 }
 

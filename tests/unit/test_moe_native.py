@@ -68,6 +68,41 @@ def test_a_failed_build_names_the_compiler_and_writes_nothing(cache, monkeypatch
 
 
 @needs_cc
+def test_a_wrong_bfloat16_form_leaves_only_the_float32_one(cache, monkeypatch):
+    real = native.Kernel.ffn
+
+    def off_in_bf16(self, pieces, x, *args):
+        y = real(self, pieces, x, *args)
+        return y + 0.5 if x.dtype == torch.bfloat16 else y
+
+    monkeypatch.setattr(native.Kernel, "ffn", off_in_bf16)
+    got = native.attempt()
+    assert isinstance(got, native.Kernel) and not got.bf16
+    monkeypatch.setattr(kernels.grouped, "mkl_sgemm", lambda: True)
+    monkeypatch.setattr(native, "kernel", lambda: got)
+    assert "grouped:native-bf16" not in kernels.grouped.variants(torch.bfloat16)
+    assert "grouped:native" in kernels.grouped.variants(torch.bfloat16)
+
+
+@needs_cc
+def test_where_memory_is_short_the_bfloat16_form_runs_without_a_float32_copy(monkeypatch):
+    """A bfloat16 layer whose float32 copy would not fit keeps the kernel: its bfloat16
+    form computes on the weights as they are (MKL's bfloat16 GEMMs)."""
+    k = native.kernel()
+    assert k is not None and k.bf16, native.unavailable()
+    monkeypatch.setattr("kernels.moe.available_bytes", lambda: 1)
+    layer = MoELayer(MoEConfig(hidden=64, intermediate=72, experts=5, top_k=2))
+    x = torch.randn(40, 64).bfloat16()
+    paths = layer.paths(x)
+    assert "grouped:native-bf16" in paths
+    assert "grouped:native" not in paths and "grouped:float32" not in paths
+    packed = layer._grouped_weights("grouped:native-bf16")
+    assert packed.experts[0][0].data_ptr() == layer.w13.data_ptr()  # no copy
+    y, ref = layer._forward(x, "grouped:native-bf16"), layer.reference(x)
+    assert float((y.float() - ref.float()).abs().max()) <= 0.03 * float(ref.abs().max()) + 0.02
+
+
+@needs_cc
 def test_a_kernel_that_gives_a_wrong_answer_is_left_out(cache, monkeypatch):
     real = native.Kernel.ffn
 
@@ -97,18 +132,29 @@ def test_pieces_cut_each_experts_rows_into_equal_calls():
     assert kernels.grouped.pieces([0, 0], 4) == []
 
 
+FORMS = [
+    ("float32", "grouped:native", "grouped compiled kernel on MKL packed sgemm (float32)"),
+    ("bfloat16", "grouped:native", "grouped compiled kernel on MKL packed sgemm (float32)"),
+    (
+        "bfloat16",
+        "grouped:native-bf16",
+        "grouped compiled kernel on MKL bf16 GEMMs (bfloat16 weights)",
+    ),
+]
+
+
 @needs_cc
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize(("dtype", "path", "kernel"), FORMS)
 @pytest.mark.parametrize("top_k", [2, 3])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_auto_runs_the_kernel_where_it_is_fastest_and_it_matches_the_reference(
-    dtype, top_k, threads, tmp_path, monkeypatch
+    dtype, path, kernel, top_k, threads, tmp_path, monkeypatch
 ):
     """Every expert's FFN in one call: pieces spread over the threads (many pieces) or one
     after another (few), zero-computation experts, top-3 summed in float32."""
     assert native.kernel() is not None, native.unavailable()
     monkeypatch.setattr(kernels.grouped, "MKL_ROWS", 16)  # blocks cut into pieces, unequal
-    monkeypatch.setattr("kernels.moe.time_paths", lambda fns, **_: _scripted(fns))
+    monkeypatch.setattr("kernels.moe.time_paths", lambda fns, **_: _scripted(fns, path))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -121,8 +167,7 @@ def test_auto_runs_the_kernel_where_it_is_fastest_and_it_matches_the_reference(
         for tokens in (1, 7, 64, 300):
             x = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(tokens))
             x = x.to(layer.w13.dtype)
-            assert layer.path_for(x) == "grouped:native"
-            assert layer.kernel_for(x) == "grouped compiled kernel on MKL packed sgemm (float32)"
+            assert layer.path_for(x) == path and layer.kernel_for(x) == kernel
             y, ref = layer(x), layer.reference(x)
             assert y.dtype == x.dtype
             tol = 0.03 * float(ref.abs().max()) + 0.02 if dtype == "bfloat16" else 1e-4
@@ -137,8 +182,8 @@ def test_auto_runs_the_kernel_where_it_is_fastest_and_it_matches_the_reference(
         torch.set_num_threads(before)
 
 
-def _scripted(fns):
-    """auto's timings: the compiled kernel fastest (each candidate still runs)."""
+def _scripted(fns, fastest):
+    """auto's timings: `fastest` fastest (each candidate still runs)."""
     for fn in fns.values():
         fn()
-    return {p: [(1.0 if p == "grouped:native" else 5.0) / 1000] * 3 for p in fns}
+    return {p: [(1.0 if p == fastest else 5.0) / 1000] * 3 for p in fns}
