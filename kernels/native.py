@@ -170,7 +170,7 @@ def _flags(lib: Path) -> list[str]:
         flags.append("-mprefer-vector-width=512")
     openmp = (lib / "libgomp.so.1").exists() and "OpenMP" in torch.__config__.parallel_info()
     flags.append("-fopenmp" if openmp else "-fopenmp-simd")
-    link = [f"-L{lib}", "-ltorch_cpu", f"-Wl,-rpath,{lib}", "-Wl,--no-as-needed"]
+    link = [f"-L{lib}", "-ltorch_cpu", f"-Wl,-rpath,{lib}"]
     return flags + link
 
 
@@ -195,8 +195,10 @@ def _build() -> tuple[Path, bool]:
     lib = _torch_lib()
     cc = compiler()
     if cc is None:
+        given = os.environ.get("CC")
+        named = f"CC={given!r} is not a program on the PATH; " if given else ""
         raise _Unavailable(
-            "no C compiler found (set CC, or install gcc: the kernel is built on first use)"
+            f"no C compiler found ({named}set CC, or install gcc: the kernel is built on first use)"
         )
     flags = _flags(lib)
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
