@@ -52,10 +52,11 @@ void conclave_pack(int64_t rows, int64_t n, int64_t k, const float *w, float *de
   cblas_sgemm_pack(ROW_MAJOR, B_MATRIX, TRANS, (int)rows, (int)n, (int)k, 1.0f, w, (int)k, dest);
 }
 
-/* exp(x) in float32 to ~2e-7 relative: 2^(x log2 e) split into a whole power of two (the
- * exponent bits) and 2^f for |f| <= 1/2 (a degree-6 polynomial), in plain arithmetic so
- * the compiler vectorizes it (a libm expf call would not be). x is clamped to where the
- * result is a normal float. */
+/* exp(x) in float32: 2^(x log2 e) split into a whole power of two (the exponent bits)
+ * and 2^f for |f| <= 1/2 (a degree-6 polynomial), in plain arithmetic so the compiler
+ * vectorizes it (a libm expf call would not be). Relative error against exp in float64,
+ * 2 million points a range: 1.4e-7 for |x| <= 1, 5.3e-7 for |x| <= 10, 3.9e-6 up to the
+ * clamp (x log2 e rounded to float32). x is clamped to where the result is a normal float. */
 static inline float exp_approx(float x) {
   x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
   float t = x * 1.44269504088896341f;
