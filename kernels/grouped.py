@@ -39,7 +39,7 @@ The variants (`variants`), each measured by `auto`:
   (`kernels.native`): every expert's FFN in one call, SiLU * up * routing weight in one
   vectorized pass, the pieces spread over the threads. On that Xeon, paired scripts,
   2026-12-02: 0.87-0.90 of the dense matmul at 512 tokens and 1.03-1.06 at 2048 (the
-  dense baseline allocates its outputs; the kernel writes into one buffer), where
+  dense GEMMs pack their weights and write a 32 MB intermediate on every call), where
   "grouped:mkl" made 0.74-0.81 and 0.80-0.92. Where it builds it replaces "grouped:mkl"
   among `auto`'s candidates (the same GEMMs, less around them).
 - "grouped:native-bf16": the kernel on MKL's bfloat16 GEMMs (`cblas_gemm_bf16bf16f32`),
