@@ -200,13 +200,28 @@ def _build() -> tuple[Path, bool]:
         raise _Unavailable(
             f"no C compiler found ({named}set CC, or install gcc: the kernel is built on first use)"
         )
-    flags = _flags(lib)
+    first = _flags(lib)
+    tries = [first]
+    if "-fopenmp" in first:  # a compiler without OpenMP (clang without libomp): one thread
+        tries.append([f if f != "-fopenmp" else "-fopenmp-simd" for f in first])
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
-    parts = [SOURCE.read_text(), " ".join(flags), torch.__version__, version.stdout]
-    key = hashlib.sha256("\n".join([*parts, _cpu_signature()]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"grouped_ffn-{key}.so"
-    if target.exists():
-        return target, False
+    failed: _Unavailable | None = None
+    for flags in tries:
+        parts = [SOURCE.read_text(), " ".join(flags), torch.__version__, version.stdout]
+        key = hashlib.sha256("\n".join([*parts, _cpu_signature()]).encode()).hexdigest()[:16]
+        target = _cache_dir() / f"grouped_ffn-{key}.so"
+        if target.exists():
+            return target, False
+        try:
+            return _compile(cc, flags, target)
+        except _Unavailable as exc:
+            log.info("building the grouped MoE kernel with %s: %s", " ".join(flags[:6]), exc)
+            failed = failed or exc
+    assert failed is not None
+    raise failed
+
+
+def _compile(cc: str, flags: list[str], target: Path) -> tuple[Path, bool]:
     own = False
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -230,6 +245,8 @@ def _build() -> tuple[Path, bool]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if own and not target.exists():
+            shutil.rmtree(target.parent, ignore_errors=True)
     log.info("built the grouped MoE kernel in %.1f s: %s", time.perf_counter() - start, target)
     return target, own
 

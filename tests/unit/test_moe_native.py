@@ -104,6 +104,22 @@ def test_where_memory_is_short_the_bfloat16_form_runs_without_a_float32_copy(mon
 
 
 @needs_cc
+def test_a_compiler_without_openmp_builds_it_on_one_thread(cache, monkeypatch, tmp_path):
+    """clang without LLVM's libomp, say: the kernel is built again without OpenMP."""
+    fake = tmp_path / "no-openmp-cc"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do [ "$a" = -fopenmp ] && echo "omp.h: not found" >&2 && exit 1; done\n'
+        f'exec {native.compiler()} "$@"\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    got = native.attempt()
+    assert isinstance(got, native.Kernel), got
+    assert got.threads() == 1 and [p.name for p in cache.iterdir()] == [got.path.name]
+
+
+@needs_cc
 def test_a_kernel_that_gives_a_wrong_answer_is_left_out(cache, monkeypatch):
     real = native.Kernel.ffn
 
