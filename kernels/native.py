@@ -35,6 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -128,7 +129,16 @@ def _kernel() -> Kernel | str:
 def attempt() -> Kernel | str:
     """Build (or find in the cache), load and check the kernel: it, or why not."""
     try:
-        return _check(_load(_build()))
+        built = _build()
+        try:
+            return _check(_load(built))
+        except _Unavailable as exc:
+            if not built.cached:
+                raise
+            # a library from the cache that does not load or gives wrong answers (a disk
+            # fault, a file copied in from elsewhere): built again once, not trusted
+            log.info("the cached grouped MoE kernel %s: %s; building it again", built.path, exc)
+        return _check(_load(_build(again=True)))
     except _Unavailable as exc:
         return str(exc)
     except (OSError, subprocess.SubprocessError) as exc:  # a compiler that cannot run
@@ -189,9 +199,17 @@ def _cache_dir() -> Path:
     return default_cache_dir() / "kernels"
 
 
-def _build() -> tuple[Path, bool]:
-    """The library's path (built now or earlier for this source, PyTorch, compiler and
-    CPU) and whether it is this process's own (a read-only cache: removed once loaded)."""
+class Built(NamedTuple):
+    path: Path
+    #: built for this process only (a cache it cannot write): removed once loaded
+    own: bool = False
+    #: found in the cache, not built now
+    cached: bool = False
+
+
+def _build(again: bool = False) -> Built:
+    """The library, built now or found in the cache (for this source, flags, PyTorch,
+    compiler and CPU); `again`: built anew over what the cache holds."""
     lib = _torch_lib()
     cc = compiler()
     if cc is None:
@@ -210,8 +228,8 @@ def _build() -> tuple[Path, bool]:
         parts = [SOURCE.read_text(), " ".join(flags), torch.__version__, version.stdout]
         key = hashlib.sha256("\n".join([*parts, _cpu_signature()]).encode()).hexdigest()[:16]
         target = _cache_dir() / f"grouped_ffn-{key}.so"
-        if target.exists():
-            return target, False
+        if target.exists() and not again:
+            return Built(target, cached=True)
         try:
             return _compile(cc, flags, target)
         except _Unavailable as exc:
@@ -221,7 +239,7 @@ def _build() -> tuple[Path, bool]:
     raise failed
 
 
-def _compile(cc: str, flags: list[str], target: Path) -> tuple[Path, bool]:
+def _compile(cc: str, flags: list[str], target: Path) -> Built:
     own = False
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -248,11 +266,11 @@ def _compile(cc: str, flags: list[str], target: Path) -> tuple[Path, bool]:
         if own and not target.exists():
             shutil.rmtree(target.parent, ignore_errors=True)
     log.info("built the grouped MoE kernel in %.1f s: %s", time.perf_counter() - start, target)
-    return target, own
+    return Built(target, own)
 
 
-def _load(built: tuple[Path, bool]) -> Kernel:
-    path, own = built
+def _load(built: Built) -> Kernel:
+    path, own = built.path, built.own
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:

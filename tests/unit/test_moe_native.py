@@ -4,6 +4,10 @@ cannot be built or gives a wrong answer. Real builds: `cc` runs in these tests."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -32,6 +36,20 @@ def test_it_builds_once_per_machine_and_leaves_no_half_written_file(cache):
     again = native.attempt()
     assert isinstance(again, native.Kernel) and again.path == first.path
     assert first.path.stat().st_mtime_ns == stamp  # loaded from the cache, not rebuilt
+
+
+@needs_cc
+def test_a_broken_library_in_the_cache_is_built_again(cache):
+    """In a fresh process (this one already has the library loaded under that name)."""
+    first = native.attempt()
+    assert isinstance(first, native.Kernel), first
+    junk = first.path.with_suffix(".junk")  # a disk fault, say; a new file, so the
+    junk.write_bytes(b"not a shared library")  # library this process mapped is untouched
+    os.replace(junk, first.path)
+    probe = "import kernels.native as n; k = n.attempt(); print(type(k).__name__, k)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("Kernel"), done.stdout + done.stderr
+    assert first.path.read_bytes()[:4] == b"\x7fELF"  # built again in its place
 
 
 @needs_cc
