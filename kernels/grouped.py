@@ -61,6 +61,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels import native
+from kernels.native import pieces
 
 
 def unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -284,15 +285,3 @@ def grouped_moe(
     # the routing weights and the scatter once over all rows, not once per expert
     y = torch.cat(ys).mul_(weights.reshape(-1).index_select(0, order).to(packed.dtype)[:, None])
     return out.index_add_(0, tokens, y.to(acc))
-
-
-def pieces(counts: list[int], block: int) -> list[tuple[int, int, int]]:
-    """(first row, rows, expert) of each GEMM call: each expert's block of rows (in
-    expert order) cut into equal pieces of at most `block` rows, the last maybe smaller."""
-    out, start = [], 0
-    for e, count in enumerate(counts):
-        if count:
-            size = -(-count // -(-count // block))
-            out += [(a, min(size, start + count - a), e) for a in range(start, start + count, size)]
-        start += count
-    return out

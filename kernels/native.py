@@ -306,21 +306,17 @@ def _check(k: Kernel) -> Kernel:
         a13 = torch.tensor([t.data_ptr() for t in e13], dtype=torch.int64)
         a2 = torch.tensor([t.data_ptr() for t in e2], dtype=torch.int64)
         ok[dtype] = True
-        for counts in ([3, 0, 1, 19, 9], [2, 0, 0, 0, 0]):
-            pieces, first = [], 0
-            for e, c in enumerate(counts):
-                for a in range(first, first + c, rows_hint):
-                    pieces.append((a, min(rows_hint, first + c - a), e))
-                first += c
-            x = torch.randn(first, hidden, generator=g).to(dtype)
-            weight = torch.rand(first, generator=g)
-            got = k.ffn(torch.tensor(pieces, dtype=torch.int64), x, weight, a13, a2, inter)
+        for counts in ([3, 0, 1, 19, 9], [2, 0, 0, 0, 0]):  # 7 pieces, then 1
+            table = pieces(counts, rows_hint)
+            x = torch.randn(sum(counts), hidden, generator=g).to(dtype)
+            weight = torch.rand(sum(counts), generator=g)
+            got = k.ffn(torch.tensor(table, dtype=torch.int64), x, weight, a13, a2, inter)
             ws = (b13.float(), b2.float()) if dtype == torch.bfloat16 else (w13, w2)
             want = torch.cat(
                 [
                     weight[a : a + r, None]
                     * _swiglu(x[a : a + r].float(), ws[0][e], ws[1][e], inter)
-                    for a, r, e in pieces
+                    for a, r, e in table
                 ]
             )
             if not torch.allclose(got, want, rtol=rtol, atol=atol):
@@ -330,6 +326,18 @@ def _check(k: Kernel) -> Kernel:
                 log.info("the grouped MoE kernel's bfloat16 form is left out: error %.2g", err)
                 ok[dtype] = False
     return replace(k, bf16=ok[torch.bfloat16])
+
+
+def pieces(counts: list[int], block: int) -> list[tuple[int, int, int]]:
+    """(first row, rows, expert) of each GEMM call: each expert's block of rows (in
+    expert order) cut into equal pieces of at most `block` rows, the last maybe smaller."""
+    out, start = [], 0
+    for e, count in enumerate(counts):
+        if count:
+            size = -(-count // -(-count // block))
+            out += [(a, min(size, start + count - a), e) for a in range(start, start + count, size)]
+        start += count
+    return out
 
 
 def _swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, n: int) -> torch.Tensor:

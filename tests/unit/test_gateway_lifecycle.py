@@ -126,6 +126,7 @@ def test_sigterm_drains_in_flight_work_with_the_socket_open_then_exits(tmp_path)
             while queue_depth(url) < 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
             proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 ready = httpx.get(f"{url}/readyz", timeout=5)
                 if ready.status_code == 503:
