@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import random
-import re
 import tempfile
 import threading
 import time
@@ -34,6 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evals.bench.pools import KEY_ENV, SHARED_DATA, _data, _specialist, scripted_experts
+from evals.bench.random_pools import HINT, RANDOM
 from evals.bench.scripted import (
     CATEGORIES,
     Script,
@@ -464,10 +464,6 @@ class PoolsBenchResult(BaseModel):
     summary: PoolsSummary
 
 
-#: `--pool random-<seed>`: a pool drawn by `random_pool` (the same one for a seed).
-RANDOM = re.compile(r"random-(\d+)")
-
-
 def random_pool(seed: int) -> HeteroPool:
     """A heterogeneous pool drawn from `seed`: a test world no one tuned the monitor to.
 
@@ -523,8 +519,7 @@ def resolve_pools(pools: Sequence[str | HeteroPool]) -> list[HeteroPool]:
         random_pool(int(m[1])) if isinstance(p, str) and (m := RANDOM.fullmatch(p)) else p
         for p in pools
     ]
-    hint = "random-<seed> (a pool drawn at random: random-7)"
-    return resolve_specs(drawn, POOLS, lambda p: p.pool.name, or_else=hint)
+    return resolve_specs(drawn, POOLS, lambda p: p.pool.name, or_else=HINT)
 
 
 def run_free_agent_pools(

@@ -32,6 +32,7 @@ from evals.bench.pools_report import (
     chart_png,
     pool_figures,
 )
+from evals.bench.random_pools import HINT, drawn
 from evals.bench.scripted import (
     AGGREGATOR,
     CATEGORIES,
@@ -295,12 +296,14 @@ def run_pools_bench(
     skills: str = "auto",
 ) -> PoolsBenchResult:
     """Every strategy (default: `default_strategies()`; majority always runs, as the
-    oracle is derived from it) on each pool (default: `DEFAULT_POOLS`) at seeds 0 ..
+    oracle is derived from it) on each pool (default: `DEFAULT_POOLS`; `random-<seed>`
+    draws one, `random_routing_pool`) at seeds 0 ..
     `seeds`-1. With `out`, the chart is written next to it (`<out stem>.png`); the run
     directories stay in a temporary folder that is removed at the end."""
     from evals.harness import check_strategies, machine
 
-    specs = resolve_specs(pools or DEFAULT_POOLS, POOLS, lambda p: p.name)
+    given = drawn(list(pools or DEFAULT_POOLS))
+    specs = resolve_specs(given, POOLS, lambda p: p.name, or_else=HINT)
     chosen = list(dict.fromkeys(strategies or default_strategies()))
     if MAJORITY not in chosen:
         chosen.append(MAJORITY)

@@ -92,7 +92,8 @@ def bench_routing(
         typer.Option(
             "--pool",
             help="Pool to run; repeatable. Default: specialists, generalists, dominant, "
-            "faulty, noisy-keywords, misleading-keywords, twenty (also: smoke).",
+            "faulty, noisy-keywords, misleading-keywords, twenty (also: smoke, and "
+            "random-<seed>: a pool drawn at random, the same for a seed).",
         ),
     ] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Runs per pool, one per seed.")] = 3,

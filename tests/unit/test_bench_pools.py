@@ -233,3 +233,37 @@ def test_random_pools_are_drawn_the_same_per_seed_and_vary_across_seeds():
     assert 0.2 < sum(p.errors > 0 for p in pools) / len(pools) < 0.5
     with pytest.raises(ConfigError, match=r"unknown pool 'random-x'.*random-<seed>"):
         resolve_pools(["random-x"])
+
+
+def test_random_routing_pools_mix_the_situations_the_named_pools_isolate():
+    """`bench routing --pool random-<seed>`: the same pool per seed, valid, and across
+    seeds every mix: overlapping specialists, generalists that vary by subject, faulty
+    experts, keyword models wrong per call or per question."""
+    from evals.bench.random_pools import drawn, random_routing_pool
+
+    pools = [random_routing_pool(s) for s in range(300)]
+    assert random_routing_pool(7) == random_routing_pool(7) == drawn(["random-7"])[0]
+    assert drawn(["specialists", "random-x"]) == ["specialists", "random-x"]
+    overlap = flat_generalist = 0
+    for p in pools:
+        specialists = [e for e in p.experts if e.name.startswith("s")]
+        generalists = [e for e in p.experts if e.name.startswith("g")]
+        assert len(p.experts) >= 2 and len(specialists) <= 6 and len(generalists) <= 3
+        for e in p.experts:
+            assert all(0.02 <= a <= 0.98 for a in [e.default, *e.accuracy.values()])
+        owned = [c for e in specialists for c in e.accuracy]
+        overlap += len(owned) > len(set(owned))
+        flat_generalist += any(len(set(g.accuracy.values())) == 1 for g in generalists)
+        assert sum(e.errors > 0 for e in p.experts) <= 1
+        assert p.keyword_error_per_question <= (p.keyword_error > 0)
+
+    def share(f):
+        return sum(map(f, pools)) / len(pools)
+
+    assert overlap > 50 and flat_generalist == 0
+    assert 0.2 < share(lambda p: any(e.errors for e in p.experts)) < 0.4
+    assert 0.05 < share(lambda p: p.keyword_error_per_question) < 0.35
+    assert 0.3 < share(lambda p: p.keyword_error == 0) < 0.5
+    assert share(lambda p: not any(e.name.startswith("g") for e in p.experts)) > 0.05
+    with pytest.raises(ConfigError, match=r"unknown pool 'random-x'.*random-<seed>"):
+        run_pools_bench(["random-x"], progress=False)
