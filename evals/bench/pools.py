@@ -31,6 +31,7 @@ from evals.bench.pools_report import (
     SeedRun,
     chart_png,
     pool_figures,
+    standings,
 )
 from evals.bench.random_pools import HINT, drawn
 from evals.bench.scripted import (
@@ -337,6 +338,7 @@ def run_pools_bench(
         machine=machine(),
         wall_s=round(time.perf_counter() - t0, 1),
         pools=results,
+        standings=standings(results, chosen),
     )
     if out is not None:
         from orchestrator.files import atomic_write_bytes

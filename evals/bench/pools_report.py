@@ -86,6 +86,52 @@ class PoolFigures(BaseModel):
     runs: list[SeedRun]
 
 
+class Standing(BaseModel):
+    """The first strategy of a run (the product's, `conclave`, by default) against
+    another over every pool of the run, by the pools' mean accuracy: a sweep over drawn
+    pools is read here, not pool by pool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: str = Field(..., description="The strategy the first one is set against.")
+    ahead: int = Field(..., description="Pools where the first strategy scored more.")
+    level: int = Field(..., description="Pools where both scored the same.")
+    behind: int = Field(..., description="Pools where the first strategy scored less.")
+    mean_difference: float = Field(..., description="First minus this one, points, mean.")
+    worst_difference: float = Field(..., description="The lowest of those differences.")
+    worst_pool: str = Field(..., description="The pool of the lowest difference.")
+
+
+def standings(pools: Sequence[PoolFigures], strategies: Sequence[str]) -> list[Standing]:
+    """`strategies[0]` against each other strategy and max(oracle, majority) over `pools`
+    (none for a run of one pool or one strategy)."""
+    if len(pools) < 2 or len(strategies) < 2:
+        return []
+    first, out = strategies[0], []
+    mean = {p.pool: {r.strategy: r.accuracy.mean for r in p.strategies} for p in pools}
+    for p in pools:
+        mean[p.pool][REFERENCE] = p.reference.mean
+    for other in [*strategies[1:], REFERENCE]:
+        diffs = {n: round(m[first] - m[other], 2) for n, m in mean.items()}
+        worst = min(diffs, key=lambda n: diffs[n])
+        out.append(
+            Standing(
+                strategy=other,
+                ahead=sum(d > 0 for d in diffs.values()),
+                level=sum(d == 0 for d in diffs.values()),
+                behind=sum(d < 0 for d in diffs.values()),
+                mean_difference=round(sum(diffs.values()) / len(diffs), 2),
+                worst_difference=diffs[worst],
+                worst_pool=worst,
+            )
+        )
+    return out
+
+
+#: the reference a standing is also taken against
+REFERENCE = "max(oracle, majority)"
+
+
 class PoolsBenchResult(BaseModel):
     """`conclave bench routing`: strategies on scripted pools, against the references."""
 
@@ -103,6 +149,10 @@ class PoolsBenchResult(BaseModel):
     machine: str
     wall_s: float
     pools: list[PoolFigures]
+    standings: list[Standing] = Field(
+        default_factory=list,
+        description="The first strategy against each other one over the pools (two or more).",
+    )
     chart: str | None = Field(None, description="The chart's path, when written.")
 
 

@@ -181,6 +181,24 @@ def print_routing(res: dict[str, Any]) -> None:
             caption=f"mean of {len(res['seeds'])} seeds; gap: minus max(oracle, majority)",
         )
         out.print(f"{p['pool']}: {p['description']}\n", highlight=False)
+    if res["standings"]:
+        first, n = res["strategies"][0], len(res["pools"])
+        print_table(
+            f"{first} against each, over {n} pools",
+            ("strategy", "ahead", "level", "behind", "mean diff", "worst diff (pool)"),
+            [
+                (
+                    s["strategy"],
+                    s["ahead"],
+                    s["level"],
+                    s["behind"],
+                    f"{s['mean_difference']:+.1f}",
+                    f"{s['worst_difference']:+.1f} ({s['worst_pool']})",
+                )
+                for s in res["standings"]
+            ],
+            caption=f"pools where {first}'s mean accuracy was above, equal to, below",
+        )
     out.print(
         f"{res['test_questions']} test questions, profiled on {res['profile_questions']}; "
         f"{res['wall_s']} s ({res['machine']})"

@@ -267,3 +267,49 @@ def test_random_routing_pools_mix_the_situations_the_named_pools_isolate():
     assert share(lambda p: not any(e.name.startswith("g") for e in p.experts)) > 0.05
     with pytest.raises(ConfigError, match=r"unknown pool 'random-x'.*random-<seed>"):
         run_pools_bench(["random-x"], progress=False)
+
+
+def test_standings_set_the_first_strategy_against_each_other_over_the_pools():
+    from evals.bench.pools_report import PoolFigures, Spread, StrategyFigures, standings
+
+    def pool(name, acc, oracle, majority):
+        rows = [
+            StrategyFigures(
+                strategy=s,
+                accuracy=Spread.of([a]),
+                expert_calls_per_question=1,
+                calls_per_question=1,
+                gap=Spread.of([a - max(oracle, majority)]),
+            )
+            for s, a in acc.items()
+        ]
+        spread = Spread.of
+        return PoolFigures(
+            pool=name,
+            description=name,
+            experts=2,
+            keyword_error=0.0,
+            strategies=rows,
+            oracle=spread([oracle]),
+            majority=spread([majority]),
+            reference=spread([max(oracle, majority)]),
+            singles={},
+            expected_validation_accuracy={},
+            runs=[],
+        )
+
+    pools = [
+        pool("a", {"conclave": 80, "symbolic-moe": 50, "majority": 80}, 85, 80),
+        pool("b", {"conclave": 60, "symbolic-moe": 62, "majority": 55}, 58, 55),
+        pool("c", {"conclave": 70, "symbolic-moe": 40, "majority": 71}, 75, 71),
+    ]
+    got = {s.strategy: s for s in standings(pools, ["conclave", "symbolic-moe", "majority"])}
+    assert list(got) == ["symbolic-moe", "majority", "max(oracle, majority)"]
+    sym, maj, ref = got.values()
+    assert (sym.ahead, sym.level, sym.behind) == (2, 0, 1)
+    assert sym.mean_difference == pytest.approx((30 - 2 + 30) / 3, abs=0.01)
+    assert (sym.worst_difference, sym.worst_pool) == (-2, "b")
+    assert (maj.ahead, maj.level, maj.behind) == (1, 1, 1) and maj.worst_pool == "c"
+    assert (ref.ahead, ref.behind, ref.worst_difference, ref.worst_pool) == (1, 2, -5, "a")
+    assert standings(pools[:1], ["conclave", "majority"]) == []
+    assert standings(pools, ["conclave"]) == []
