@@ -298,9 +298,9 @@ def run_pools_bench(
 ) -> PoolsBenchResult:
     """Every strategy (default: `default_strategies()`; majority always runs, as the
     oracle is derived from it) on each pool (default: `DEFAULT_POOLS`; `random-<seed>`
-    draws one, `random_routing_pool`) at seeds 0 ..
-    `seeds`-1. With `out`, the chart is written next to it (`<out stem>.png`); the run
-    directories stay in a temporary folder that is removed at the end."""
+    draws one, `random_routing_pool`) at seeds 0 .. `seeds`-1. With `out`, the chart is
+    written next to it (`<out stem>.png`); the run directories stay in a temporary folder
+    that is removed at the end."""
     from evals.harness import check_strategies, machine
 
     given = drawn(list(pools or DEFAULT_POOLS))
