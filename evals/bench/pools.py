@@ -325,7 +325,7 @@ def run_pools_bench(
                     runs.append(
                         run_pool(spec, seed, profile, test, chosen, folder, embedder, skills)
                     )
-                results.append(pool_figures(spec, runs, chosen, profile_items))
+                results.append(pool_figures(spec, runs, chosen, profile_items, test_items))
             step("done")
     res = PoolsBenchResult(
         seeds=list(range(seeds)),

@@ -1,6 +1,7 @@
 """The figures of `conclave bench routing`: typed results per pool and strategy,
 aggregated over the seeds, and the chart (per pool, each strategy's mean accuracy as a
-bar with the seeds' range as error bars, the oracle as a black marker)."""
+bar with the seeds' range as error bars, the oracle as a black marker, the expected
+oracle as a grey one)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,12 @@ class PoolFigures(BaseModel):
     expected_validation_accuracy: dict[str, float] = Field(
         ..., description="What the script sets each expert's validation accuracy to, percent."
     )
+    expected_oracle: float = Field(
+        ...,
+        description="The best expert per category by its script (garbage and failed calls "
+        "counted wrong), in expectation on the test questions, percent: the oracle without "
+        "the luck of picking on the test split itself.",
+    )
     runs: list[SeedRun]
 
 
@@ -103,15 +110,16 @@ class Standing(BaseModel):
 
 
 def standings(pools: Sequence[PoolFigures], strategies: Sequence[str]) -> list[Standing]:
-    """`strategies[0]` against each other strategy and max(oracle, majority) over `pools`
-    (none for a run of one pool or one strategy)."""
+    """`strategies[0]` against each other strategy, max(oracle, majority) and the
+    expected oracle over `pools` (none for a run of one pool or one strategy)."""
     if len(pools) < 2 or len(strategies) < 2:
         return []
     first, out = strategies[0], []
     mean = {p.pool: {r.strategy: r.accuracy.mean for r in p.strategies} for p in pools}
     for p in pools:
         mean[p.pool][REFERENCE] = p.reference.mean
-    for other in [*strategies[1:], REFERENCE]:
+        mean[p.pool][EXPECTED_ORACLE] = p.expected_oracle
+    for other in [*strategies[1:], REFERENCE, EXPECTED_ORACLE]:
         diffs = {n: round(m[first] - m[other], 2) for n, m in mean.items()}
         worst = min(diffs, key=lambda n: diffs[n])
         out.append(
@@ -128,8 +136,8 @@ def standings(pools: Sequence[PoolFigures], strategies: Sequence[str]) -> list[S
     return out
 
 
-#: the reference a standing is also taken against
-REFERENCE = "max(oracle, majority)"
+#: the references a standing is also taken against
+REFERENCE, EXPECTED_ORACLE = "max(oracle, majority)", "oracle (expected)"
 
 
 class PoolsBenchResult(BaseModel):
@@ -171,11 +179,21 @@ def _expected(pool: ScriptedPool, items: Sequence[Item]) -> dict[str, float]:
     }
 
 
+def _expected_oracle(pool: ScriptedPool, items: Sequence[Item]) -> float:
+    """The best expert per category by its script, in expectation over `items`."""
+    best = {
+        c: max(e.accuracy_in(c) * (1 - e.garbage) * (1 - e.errors) for e in pool.experts)
+        for c in {it.category for it in items}
+    }
+    return round(100 * sum(best[it.category] for it in items) / len(items), 2)
+
+
 def pool_figures(
     pool: ScriptedPool,
     runs: list[tuple[SeedRun, dict[str, Any]]],
     strategies: Sequence[str],
     profile_items: Sequence[Item],
+    test_items: Sequence[Item],
 ) -> PoolFigures:
     """One pool's figures over its seeds' runs (each a `SeedRun` and its eval summary);
     each gap is taken per seed, then summarised."""
@@ -206,13 +224,14 @@ def pool_figures(
         reference=Spread.of(refs),
         singles={e: mean([r.singles.get(e, 0.0) for r in seeds]) for e in seeds[0].singles},
         expected_validation_accuracy=_expected(pool, profile_items),
+        expected_oracle=_expected_oracle(pool, test_items),
         runs=seeds,
     )
 
 
 def chart_png(res: PoolsBenchResult) -> bytes:
     """Per pool, grouped bars of each strategy's mean accuracy (min-max as error bars),
-    with the oracle as a black marker over the group."""
+    with the oracle as a black marker over the group and the expected oracle as a grey one."""
     import io
 
     import matplotlib
@@ -241,6 +260,15 @@ def chart_png(res: PoolsBenchResult) -> bytes:
         label="oracle (reference)",
         zorder=3,
     )
+    ax.scatter(
+        range(len(res.pools)),
+        [p.expected_oracle for p in res.pools],
+        marker="_",
+        s=900,
+        color="grey",
+        label="oracle (expected)",
+        zorder=3,
+    )
     ax.set_xticks(range(len(res.pools)), [p.pool for p in res.pools], fontsize=8)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
@@ -248,7 +276,7 @@ def chart_png(res: PoolsBenchResult) -> bytes:
         f"scripted pools: {res.test_questions} MMLU-Pro questions, {len(res.seeds)} seeds",
         fontsize=10,
     )
-    ax.legend(fontsize=7, ncol=min(4, n + 1), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    ax.legend(fontsize=7, ncol=min(4, n + 2), loc="upper center", bbox_to_anchor=(0.5, -0.1))
     ax.grid(axis="y", alpha=0.3)
     buf = io.BytesIO()
     fig.tight_layout()

@@ -174,11 +174,13 @@ def print_routing(res: dict[str, Any]) -> None:
             ("max(oracle, majority)", p["reference"]),
         ):
             rows.append((name, f"{spread['mean']:.1f}", _range(spread), "-", "-"))
+        rows.append(("oracle (expected)", f"{p['expected_oracle']:.1f}", "-", "-", "-"))
         print_table(
             f"pool {p['pool']} ({p['experts']} experts)",
             ("strategy", "acc %", "range", "expert calls/q", "gap"),
             rows,
-            caption=f"mean of {len(res['seeds'])} seeds; gap: minus max(oracle, majority)",
+            caption=f"mean of {len(res['seeds'])} seeds; gap: minus max(oracle, majority); "
+            "expected: the best expert per category by its script",
         )
         out.print(f"{p['pool']}: {p['description']}\n", highlight=False)
     if res["standings"]:

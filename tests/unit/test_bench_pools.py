@@ -51,6 +51,7 @@ def test_smoke_pool_end_to_end(tmp_path):
         assert abs(run.validation_accuracy[name] - want) < 9, (name, run.validation_accuracy)
     # specialists at 0.9 on their categories: the oracle finds them, the generalist cannot
     assert pool.oracle.mean >= 80 > pool.singles["generalist"]
+    assert pool.expected_oracle == 90.0  # a 0.9 specialist for every category
     # the flaky model's HTTP 500s came back as failed answers, not a crashed run
     assert run.failed_answers > 0 and pool.singles["flaky"] < pool.singles["generalist"]
 
@@ -272,7 +273,7 @@ def test_random_routing_pools_mix_the_situations_the_named_pools_isolate():
 def test_standings_set_the_first_strategy_against_each_other_over_the_pools():
     from evals.bench.pools_report import PoolFigures, Spread, StrategyFigures, standings
 
-    def pool(name, acc, oracle, majority):
+    def pool(name, acc, oracle, majority, expected):
         rows = [
             StrategyFigures(
                 strategy=s,
@@ -295,21 +296,23 @@ def test_standings_set_the_first_strategy_against_each_other_over_the_pools():
             reference=spread([max(oracle, majority)]),
             singles={},
             expected_validation_accuracy={},
+            expected_oracle=expected,
             runs=[],
         )
 
     pools = [
-        pool("a", {"conclave": 80, "symbolic-moe": 50, "majority": 80}, 85, 80),
-        pool("b", {"conclave": 60, "symbolic-moe": 62, "majority": 55}, 58, 55),
-        pool("c", {"conclave": 70, "symbolic-moe": 40, "majority": 71}, 75, 71),
+        pool("a", {"conclave": 80, "symbolic-moe": 50, "majority": 80}, 85, 80, 87),
+        pool("b", {"conclave": 60, "symbolic-moe": 62, "majority": 55}, 58, 55, 60),
+        pool("c", {"conclave": 70, "symbolic-moe": 40, "majority": 71}, 75, 71, 66),
     ]
     got = {s.strategy: s for s in standings(pools, ["conclave", "symbolic-moe", "majority"])}
-    assert list(got) == ["symbolic-moe", "majority", "max(oracle, majority)"]
-    sym, maj, ref = got.values()
+    assert list(got) == ["symbolic-moe", "majority", "max(oracle, majority)", "oracle (expected)"]
+    sym, maj, ref, expected = got.values()
     assert (sym.ahead, sym.level, sym.behind) == (2, 0, 1)
     assert sym.mean_difference == pytest.approx((30 - 2 + 30) / 3, abs=0.01)
     assert (sym.worst_difference, sym.worst_pool) == (-2, "b")
     assert (maj.ahead, maj.level, maj.behind) == (1, 1, 1) and maj.worst_pool == "c"
     assert (ref.ahead, ref.behind, ref.worst_difference, ref.worst_pool) == (1, 2, -5, "a")
+    assert expected.worst_difference == -7 and expected.worst_pool == "a"
     assert standings(pools[:1], ["conclave", "majority"]) == []
     assert standings(pools, ["conclave"]) == []
