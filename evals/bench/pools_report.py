@@ -109,6 +109,10 @@ class Standing(BaseModel):
     worst_pool: str = Field(..., description="The pool of the lowest difference.")
 
 
+#: the references a standing is also taken against
+REFERENCE, EXPECTED_ORACLE = "max(oracle, majority)", "oracle (expected)"
+
+
 def standings(pools: Sequence[PoolFigures], strategies: Sequence[str]) -> list[Standing]:
     """`strategies[0]` against each other strategy, max(oracle, majority) and the
     expected oracle over `pools` (none for a run of one pool or one strategy)."""
@@ -134,10 +138,6 @@ def standings(pools: Sequence[PoolFigures], strategies: Sequence[str]) -> list[S
             )
         )
     return out
-
-
-#: the references a standing is also taken against
-REFERENCE, EXPECTED_ORACLE = "max(oracle, majority)", "oracle (expected)"
 
 
 class PoolsBenchResult(BaseModel):

@@ -31,7 +31,8 @@ def random_routing_pool(seed: int) -> ScriptedPool:
 
     0-6 specialists, each on 1-6 subjects drawn independently (so they may overlap) at
     0.55-0.95 there and 0.15-0.45 elsewhere; 0-3 generalists at 0.35-0.75 give or take
-    0.1 per subject; at least two experts in all and at least one of either kind. In
+    0.1 per subject; at least two experts in all, a generalist among them where there
+    are fewer than two specialists. In
     three pools in ten one expert also fails 5-20% of its calls (HTTP 500) and answers
     garbage 0-40% of the time. The keyword model names another subject's keywords 0-30%
     of the time, for a third of the pools stuck to the same questions; a wrong answer is

@@ -250,6 +250,7 @@ def test_random_routing_pools_mix_the_situations_the_named_pools_isolate():
         specialists = [e for e in p.experts if e.name.startswith("s")]
         generalists = [e for e in p.experts if e.name.startswith("g")]
         assert len(p.experts) >= 2 and len(specialists) <= 6 and len(generalists) <= 3
+        assert generalists or len(specialists) >= 2
         for e in p.experts:
             assert all(0.02 <= a <= 0.98 for a in [e.default, *e.accuracy.values()])
         owned = [c for e in specialists for c in e.accuracy]
