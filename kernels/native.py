@@ -223,10 +223,11 @@ def _build(again: bool = False) -> Built:
     if "-fopenmp" in first:  # a compiler without OpenMP (clang without libomp): one thread
         tries.append([f if f != "-fopenmp" else "-fopenmp-simd" for f in first])
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+    source, cpu = SOURCE.read_text(), _cpu_signature()
     failed: _Unavailable | None = None
     for flags in tries:
-        parts = [SOURCE.read_text(), " ".join(flags), torch.__version__, version.stdout]
-        key = hashlib.sha256("\n".join([*parts, _cpu_signature()]).encode()).hexdigest()[:16]
+        parts = [source, " ".join(flags), torch.__version__, version.stdout, cpu]
+        key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
         target = _cache_dir() / f"grouped_ffn-{key}.so"
         if target.exists() and not again:
             return Built(target, cached=True)

@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evals.bench.pools import KEY_ENV, SHARED_DATA, _data, _specialist, scripted_experts
-from evals.bench.random_pools import HINT, RANDOM
+from evals.bench.random_pools import HINT, drawn
 from evals.bench.scripted import (
     CATEGORIES,
     Script,
@@ -515,11 +515,7 @@ def random_pool(seed: int) -> HeteroPool:
 def resolve_pools(pools: Sequence[str | HeteroPool]) -> list[HeteroPool]:
     """Pools by name (`POOLS`, or `random-<seed>`: `random_pool`) or given whole (from
     `--pool-file`); `resolve_specs`."""
-    drawn = [
-        random_pool(int(m[1])) if isinstance(p, str) and (m := RANDOM.fullmatch(p)) else p
-        for p in pools
-    ]
-    return resolve_specs(drawn, POOLS, lambda p: p.pool.name, or_else=HINT)
+    return resolve_specs(drawn(pools, random_pool), POOLS, lambda p: p.pool.name, or_else=HINT)
 
 
 def run_free_agent_pools(

@@ -33,7 +33,7 @@ from evals.bench.pools_report import (
     pool_figures,
     standings,
 )
-from evals.bench.random_pools import HINT, drawn
+from evals.bench.random_pools import HINT, drawn, random_routing_pool
 from evals.bench.scripted import (
     AGGREGATOR,
     CATEGORIES,
@@ -303,7 +303,7 @@ def run_pools_bench(
     that is removed at the end."""
     from evals.harness import check_strategies, machine
 
-    given = drawn(list(pools or DEFAULT_POOLS))
+    given = drawn(pools or DEFAULT_POOLS, random_routing_pool)
     specs = resolve_specs(given, POOLS, lambda p: p.name, or_else=HINT)
     chosen = list(dict.fromkeys(strategies or default_strategies()))
     if MAJORITY not in chosen:

@@ -167,24 +167,14 @@ class PoolsBenchResult(BaseModel):
 def _expected(pool: ScriptedPool, items: Sequence[Item]) -> dict[str, float]:
     """Each expert's validation accuracy in expectation, from its script."""
     return {
-        e.name: round(
-            100
-            * sum(e.accuracy_in(it.category) for it in items)
-            * (1 - e.garbage)
-            * (1 - e.errors)
-            / len(items),
-            2,
-        )
+        e.name: round(100 * sum(e.expected_in(it.category) for it in items) / len(items), 2)
         for e in pool.experts
     }
 
 
 def _expected_oracle(pool: ScriptedPool, items: Sequence[Item]) -> float:
     """The best expert per category by its script, in expectation over `items`."""
-    best = {
-        c: max(e.accuracy_in(c) * (1 - e.garbage) * (1 - e.errors) for e in pool.experts)
-        for c in {it.category for it in items}
-    }
+    best = {c: max(e.expected_in(c) for e in pool.experts) for c in {it.category for it in items}}
     return round(100 * sum(best[it.category] for it in items) / len(items), 2)
 
 

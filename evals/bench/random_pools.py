@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable, Sequence
 
-from evals.bench.scripted import CATEGORIES, ScriptedExpert, ScriptedPool
+from evals.bench.scripted import CATEGORIES, ScriptedExpert, ScriptedPool, Spec
 
 #: `--pool random-<seed>`
 RANDOM = re.compile(r"random-(\d+)")
@@ -84,9 +85,9 @@ def random_routing_pool(seed: int) -> ScriptedPool:
     )
 
 
-def drawn(pools: list[str | ScriptedPool]) -> list[str | ScriptedPool]:
-    """`pools` with each `random-<seed>` name replaced by the pool it draws."""
+def drawn(pools: Sequence[str | Spec], draw: Callable[[int], Spec]) -> list[str | Spec]:
+    """`pools` with each `random-<seed>` name replaced by `draw(seed)`: a routing pool
+    (`random_routing_pool`) or a free-agent scenario (`bench free-agents`)."""
     return [
-        random_routing_pool(int(m[1])) if isinstance(p, str) and (m := RANDOM.fullmatch(p)) else p
-        for p in pools
+        draw(int(m[1])) if isinstance(p, str) and (m := RANDOM.fullmatch(p)) else p for p in pools
     ]

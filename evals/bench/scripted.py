@@ -87,6 +87,10 @@ class ScriptedExpert(BaseModel):
     def accuracy_in(self, category: str | None) -> float:
         return self.accuracy.get(category or "", self.default)
 
+    def expected_in(self, category: str | None) -> float:
+        """The chance of a right answer there, garbage and failed calls counted wrong."""
+        return self.accuracy_in(category) * (1 - self.garbage) * (1 - self.errors)
+
 
 class ScriptedPool(BaseModel):
     """A pool of scripted experts, plus the keyword model and the aggregator every pool has."""
