@@ -67,6 +67,7 @@ def profile_key(config: ConclaveConfig, items: Sequence[Item], dataset: str) -> 
         {
             **e.model_dump(mode="json", exclude={"resources"}),
             "files": _model_files(getattr(e.backend, "model", "")),
+            **_dtype_rule(e.backend),
         }
         for e in config.pool.experts
     ]
@@ -80,6 +81,18 @@ def profile_key(config: ConclaveConfig, items: Sequence[Item], dataset: str) -> 
             "format": PROFILE_FORMAT,
         }
     )
+
+
+def _dtype_rule(backend: object) -> dict[str, bool]:
+    """What decides the dtype of an engine whose config leaves it open: whether the CPU
+    computes bf16 natively (`workers.dtype`). Answers in float32 and in bf16 differ a
+    little, and a cache folder outlives the CPU it was made on (machines change family)."""
+    args = getattr(backend, "engine_args", None)
+    if not isinstance(args, dict) or str(args.get("dtype", "auto")).lower() != "auto":
+        return {}
+    from workers.dtype import cpu_native_bf16
+
+    return {"native_bf16": cpu_native_bf16()}
 
 
 def ensure_profile(

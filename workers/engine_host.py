@@ -27,6 +27,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, cast
 
+from workers.dtype import choose_here
 from workers.moe_hooks import install_expert_counters, remove_expert_counters
 
 
@@ -86,6 +87,7 @@ class EngineHost:
         tokenizer: str | None,
         engine_args: dict[str, Any],
         load_nice: int = 0,
+        memory_limit: int | None = None,
     ) -> None:
         t0 = time.perf_counter()
         # A restart loads while the other experts serve: on a small CPU machine its imports
@@ -113,7 +115,11 @@ class EngineHost:
                 raise ValueError(f"engine_args has unknown vLLM engine argument {key!r}{hint}")
         if not os.path.exists(model) and (model.startswith(("/", ".", "~")) or os.sep * 2 in model):
             raise FileNotFoundError(f"model path {model!r} does not exist")
-        self.llm = LLM(model=model, tokenizer=tokenizer, **engine_args)
+        # float32 on a CPU without native bf16, where the config leaves the dtype to us
+        chosen = choose_here(model, engine_args, memory_limit)
+        self.llm = LLM(model=model, tokenizer=tokenizer, **chosen.engine_args)
+        self.dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
+        self.dtype_why = chosen.why
         if load_nice:
             _renice_all(0)
         self.load_nice = load_nice
@@ -132,7 +138,13 @@ class EngineHost:
         threading.Thread(target=self._loop, name="engine-steps", daemon=True).start()
 
     def info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "load_s": self.load_s, "load_nice": self.load_nice}
+        return {
+            "pid": os.getpid(),
+            "load_s": self.load_s,
+            "load_nice": self.load_nice,
+            "dtype": self.dtype,
+            "dtype_why": self.dtype_why,
+        }
 
     # ---- the engine's thread --------------------------------------------------------------
 

@@ -176,7 +176,9 @@ class VLLMBackend(ExpertBackend):
             # callers wait in threads of their own while the engine's thread batches them
             max_concurrency=ENGINE_CALLS,
         )
-        actor = host.remote(self.spec.model, self.spec.tokenizer, self.engine_args(), nice)
+        # memory_gb bounds what float32 may take on a CPU without native bf16 (`workers.dtype`)
+        limit = int(res.memory_gb * 2**30)
+        actor = host.remote(self.spec.model, self.spec.tokenizer, self.engine_args(), nice, limit)
         self._starting = actor  # an unload meanwhile (the pool closing) kills it too
         try:
             self.load_info = ray.get(actor.info.remote(), timeout=self.load_timeout_s)
@@ -201,11 +203,14 @@ class VLLMBackend(ExpertBackend):
             self._starting = None
         self._actor, self._pg = actor, pg
         niced = self.load_info.get("load_nice")
+        dtype_why = self.load_info.get("dtype_why")
         log.info(
-            "%s ready in %.1f s%s",
+            "%s ready in %.1f s%s, in %s%s",
             self.name,
             self.load_info.get("load_s", 0.0),
             f" (loaded at niceness {niced})" if niced else "",
+            self.load_info.get("dtype", "?"),
+            f" ({dtype_why})" if dtype_why else "",
         )
 
     def _payload(self, requests: list[GenerationRequest]) -> list[dict[str, Any]]:

@@ -18,13 +18,15 @@ from workers.pool import ExpertPool
 
 pytestmark = pytest.mark.real
 
+AUTO_DTYPE = {k: v for k, v in TINY_ENGINE_ARGS.items() if k != "dtype"}
+
 
 @pytest.fixture(scope="module")
 def pool(tiny_models, ray_cluster):
-    def vllm(name, path, gb=1.0):
+    def vllm(name, path, gb=1.0, args=TINY_ENGINE_ARGS):
         return {
             "name": name,
-            "backend": {"type": "vllm", "model": str(path), "engine_args": TINY_ENGINE_ARGS},
+            "backend": {"type": "vllm", "model": str(path), "engine_args": args},
             "sampling": {"max_tokens": 8},
             "resources": {"num_cpus": 0.25, "memory_gb": gb},
         }
@@ -35,7 +37,9 @@ def pool(tiny_models, ray_cluster):
                 "memory_budget_gb": 2.5,
                 "experts": [
                     vllm("a", tiny_models["llama-a"]),
-                    vllm("b", tiny_models["llama-b"]),
+                    # b leaves the dtype to us (`workers.dtype`): float32 on a CPU
+                    # without native bf16
+                    vllm("b", tiny_models["llama-b"], args=AUTO_DTYPE),
                     vllm("moe", tiny_models["moe"]),
                     vllm("missing", tiny_models["llama-a"].parent / "no-such-model", gb=0.5),
                 ],
@@ -70,6 +74,13 @@ def test_batch_loads_each_expert_once_and_reports_bad_models(pool, ray_cluster):
             assert r.finish_reason in {"stop", "length"}
     assert pool.stats.loads_by_expert == {"a": 1, "b": 1}
     assert pool.stats.evictions == 0 and pool.stats.load_failures == 1
+    # a dtype the config names is kept; one it leaves open is float32 where the CPU has
+    # no native bf16, vLLM's bf16 where it has
+    from workers.dtype import cpu_native_bf16
+
+    a, b = (pool.backends[e].load_info for e in ("a", "b"))
+    assert a["dtype"] == "bfloat16" and "engine_args.dtype" in a["dtype_why"]
+    assert b["dtype"] == ("bfloat16" if cpu_native_bf16() else "float32"), b
     # held down (pool.down_hold_s): asked again, it fails at once, no engine started
     (again,) = pool.run([chat(6, "missing")])
     assert again.error.type == "ModelLoadError" and "held down" in again.error.message
