@@ -70,6 +70,11 @@ class ExpertBackend(ABC):
     @abstractmethod
     def loaded(self) -> bool: ...
 
+    @property
+    def dtype(self) -> tuple[str, str] | None:
+        """The loaded model's dtype and why it runs in it, where the backend knows it."""
+        return None
+
     def prepare(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
         """Called on the pool's own thread before `load` (which may run on another)."""
 

@@ -86,7 +86,7 @@ def choose_dtype(
     if not on_cpu:
         return DtypeChoice(args, "")
     if asked != "auto":
-        return DtypeChoice(args, f"{asked}, as engine_args.dtype says")
+        return DtypeChoice(args, "as engine_args.dtype says")
     if native_bf16:
         return DtypeChoice(args, "vLLM's 16-bit default, native on this CPU")
     weights = float32_bytes(model)
@@ -113,8 +113,8 @@ def choose_dtype(
         args["kv_cache_memory_bytes"] = kv32
     return DtypeChoice(
         args,
-        "float32: this CPU has no native bf16 (no AVX512-BF16, no AMX), where float32 runs "
-        "2-2.5x faster; set engine_args.dtype to choose",
+        "this CPU has no native bf16 (no AVX512-BF16, no AMX), where float32 runs 2-2.5x "
+        "faster; set engine_args.dtype to choose",
     )
 
 

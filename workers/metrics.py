@@ -48,6 +48,12 @@ class ExpertStatus(BaseModel):
     queued: int = Field(description="Requests queued for it now.")
     mean_batch_seconds: float | None = Field(description="Mean seconds per batch.")
     idle_seconds: float | None = Field(description="Seconds since its last batch.")
+    dtype: str | None = Field(
+        None,
+        description="The dtype its loaded engine runs in, where the backend says (vLLM): "
+        "float32 on a CPU without native bf16 where the config leaves it open.",
+    )
+    dtype_why: str | None = Field(None, description="Why it runs in that dtype.")
     down: str | None = Field(
         None,
         description="Why it is down now, if it is: its engine restarting, or it keeps "

@@ -316,14 +316,17 @@ class ExpertPool:
         """Each expert's state now and its figures since the pool started."""
         with self._residency:
             restarting = set(self._restarting)
-        return [
-            self.metrics.live(
+        out = []
+        for name, b in self.backends.items():
+            live = self.metrics.live(
                 name,
                 b.loaded,
                 "its engine died and is restarting" if name in restarting else self.holds.why(name),
             )
-            for name, b in self.backends.items()
-        ]
+            if (dtype := b.dtype) is not None:
+                live = live.model_copy(update={"dtype": dtype[0], "dtype_why": dtype[1]})
+            out.append(live)
+        return out
 
     def unload(self, name: str) -> None:
         """Free `name`'s model, or stop its load under way (the backend's `unload`)."""

@@ -94,6 +94,11 @@ class VLLMBackend(ExpertBackend):
     def loaded(self) -> bool:
         return self._actor is not None
 
+    @property
+    def dtype(self) -> tuple[str, str] | None:
+        info = self.load_info if self.loaded else {}
+        return (info["dtype"], info.get("dtype_why", "")) if "dtype" in info else None
+
     def engine_args(self) -> dict[str, Any]:
         args = dict(self.spec.engine_args)
         parallel = args.get("tensor_parallel_size", 1) * args.get("pipeline_parallel_size", 1)

@@ -81,6 +81,9 @@ def test_batch_loads_each_expert_once_and_reports_bad_models(pool, ray_cluster):
     a, b = (pool.backends[e].load_info for e in ("a", "b"))
     assert a["dtype"] == "bfloat16" and "engine_args.dtype" in a["dtype_why"]
     assert b["dtype"] == ("bfloat16" if cpu_native_bf16() else "float32"), b
+    live = {s.name: s for s in pool.status()}  # GET /v1/experts, `conclave experts list`
+    assert (live["b"].dtype, live["b"].dtype_why) == (b["dtype"], b["dtype_why"])
+    assert live["missing"].dtype is None
     # held down (pool.down_hold_s): asked again, it fails at once, no engine started
     (again,) = pool.run([chat(6, "missing")])
     assert again.error.type == "ModelLoadError" and "held down" in again.error.message

@@ -365,11 +365,12 @@ def test_the_free_agent_pools_table_keeps_every_column_in_80(monkeypatch):
 
     from rich.console import Console
 
-    from orchestrator.cli import bench, render
+    from orchestrator.cli import render
+    from orchestrator.cli.bench import free_agents
 
     console = Console(width=80, file=io.StringIO(), record=True)
     monkeypatch.setattr(render, "out", console)
-    monkeypatch.setattr(bench, "out", console)
+    monkeypatch.setattr(free_agents, "out", console)
     run = {
         "pool": "three-specialists",
         "seed": 12,
@@ -385,7 +386,7 @@ def test_the_free_agent_pools_table_keeps_every_column_in_80(monkeypatch):
         "lost": 4321,
     }
     control = {**run, "drop_at": None, "lost": 5678}
-    bench._print_pools({"runs": [run], "controls": [control], "pools": {}, "summary": {}})
+    free_agents._print_pools({"runs": [run], "controls": [control], "pools": {}, "summary": {}})
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= 80
     for word in ("three-specialists", "drop/12", "ctrl/12", "1234", "1250", "100.0", "66.7"):

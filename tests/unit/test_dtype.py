@@ -40,8 +40,8 @@ def test_float32_where_the_cpu_has_no_native_bf16_and_it_fits(tmp_path):
     [
         ({"native_bf16": True}, {}, "native on this CPU"),
         ({"on_cpu": False}, {}, ""),
-        ({}, {"dtype": "bfloat16"}, "bfloat16, as engine_args.dtype says"),
-        ({}, {"dtype": "float16"}, "float16, as engine_args.dtype says"),
+        ({}, {"dtype": "bfloat16"}, "as engine_args.dtype says"),
+        ({}, {"dtype": "float16"}, "as engine_args.dtype says"),
     ],
 )
 def test_a_named_dtype_a_native_bf16_cpu_and_a_gpu_are_left_as_they_are(tmp_path, kw, args, kept):
