@@ -121,9 +121,9 @@ def choose_dtype(
 def choose_here(model: str, engine_args: dict[str, Any], memory_limit: int | None) -> DtypeChoice:
     """`choose_dtype` for the engine about to start in this process, on this node."""
     import psutil
-    import torch
+    from vllm.platforms import current_platform
 
-    on_cpu = not torch.cuda.is_available()
+    on_cpu = current_platform.is_cpu()  # vLLM's CPU build, not a GPU, TPU or XPU one
     return choose_dtype(
         model,
         engine_args,
