@@ -161,7 +161,8 @@ VARIES = (
     "What varies: accuracy repeats on one machine, except where an expert's greedy "
     "answers follow how its engine batched them (vLLM's CPU build is not "
     "batch-invariant: majority vote moved between 56.2 and 57.5 in the README's runs); "
-    "across CPU families (AMX or not) the answers, so every accuracy, can differ by a "
-    "few points, and calls per question with them where a strategy asks more experts "
+    "across CPU families (native bf16 or not, and so bf16 or float32 engines) the "
+    "answers, so every accuracy, can differ by a few points (Symbolic-MoE by five on the "
+    "zoo), and calls per question with them where a strategy asks more experts "
     "on disagreement; wall seconds follow the machine's load."
 )
