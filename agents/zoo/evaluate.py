@@ -38,7 +38,10 @@ def zoo_config(root: Path, manifest: ZooManifest, names: list[str] | None = None
     """A pool config serving the zoo's models (all, or `names`) from `root`."""
     chosen = [n for n in manifest.entries if not names or n in names]
     # every zoo model resident at once: their actors share the machine's CPUs (Ray would
-    # queue an actor that does not fit; the pool would then evict one each stage)
+    # queue an actor that does not fit; the pool would then evict one each stage). A
+    # fraction of a CPU also means one OpenMP thread per engine (Ray's OMP_NUM_THREADS=1):
+    # an engine alone would run 1.8x faster on two threads (SmolLM2 float32, Ice Lake), but
+    # two engines of two threads each on two cores ran 3-5x slower than of one each
     cpus = round(min(0.25, 0.95 * (os.cpu_count() or 2) / max(1, len(chosen))), 3)
     experts = []
     for name in chosen:
