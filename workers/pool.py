@@ -200,6 +200,9 @@ class ExpertPool:
                 in_flight[name] = fut
                 pending[name] = 0
                 next_use.pop(name)
+            # every group is under way: the last one started no longer says what runs
+            if len(in_flight) > 1:
+                bar.describe(f"{len(in_flight)} experts answering")
             for name, fut in in_flight.items():
                 for i, res in zip(groups[name], fut.result(), strict=True):
                     results[i] = res
