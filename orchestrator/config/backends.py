@@ -38,6 +38,10 @@ class BackendConfig(Strict):
     )
 
 
+#: the dtypes vLLM's `dtype` engine argument takes (vLLM's `ModelDType`)
+VLLM_DTYPES = ("auto", "bfloat16", "float16", "half", "float32", "float")
+
+
 class VLLMBackendConfig(BackendConfig):
     """A model served by a vLLM engine in the pool's own Ray actor."""
 
@@ -87,6 +91,14 @@ class VLLMBackendConfig(BackendConfig):
         for key in ("model", "tokenizer"):
             if key in v:
                 raise ValueError(f"set '{key}' on the backend, not inside engine_args")
+        # checked here, not when the engine starts minutes later in its actor
+        dtype = v.get("dtype", "auto")
+        if not isinstance(dtype, str) or dtype.lower() not in VLLM_DTYPES:
+            raise ValueError(
+                f"engine_args.dtype {dtype!r} is not one vLLM knows: use one of "
+                f"{', '.join(VLLM_DTYPES)} (or leave it out: on a CPU without native bf16 "
+                "the engine then runs in float32, elsewhere as vLLM chooses)"
+            )
         return v
 
 

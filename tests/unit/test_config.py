@@ -102,6 +102,21 @@ def test_model_inside_engine_args_rejected():
     assert "engine_args" in msg and "'model'" in msg
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp32", 16])
+def test_a_dtype_vllm_does_not_know_is_named_with_the_choices(dtype):
+    msg = _error(_pool(backend={"type": "vllm", "model": "m", "engine_args": {"dtype": dtype}}))
+    assert f"engine_args.dtype {dtype!r} is not one vLLM knows" in msg
+    assert "bfloat16" in msg and "float32" in msg and "leave it out" in msg
+
+
+@pytest.mark.parametrize("dtype", ["auto", "BFloat16", "half", "float32"])
+def test_a_dtype_vllm_knows_is_kept(dtype):
+    cfg = parse_config(
+        _pool(backend={"type": "vllm", "model": "m", "engine_args": {"dtype": dtype}})
+    )
+    assert cfg.pool.experts[0].backend.engine_args["dtype"] == dtype
+
+
 def test_bad_name_and_url_and_empty_pool():
     assert "pool.experts.0.name" in _error(_pool(name="has space"))
     msg = _error(_pool(backend={"type": "remote", "model": "openai/x", "api_base": "localhost:1"}))
