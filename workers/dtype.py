@@ -2,7 +2,7 @@
 
 vLLM's `dtype="auto"` runs every model in 16 bits on a CPU: a bf16 model stays bf16, a
 float32 one is cast down. That is the fast choice where the CPU computes bf16 itself
-(AVX512-BF16 or AMX: Intel Sapphire Rapids and later, AMD Zen 4 and later). Where it does
+(AVX512-BF16 or AMX: Intel Sapphire Rapids, AMD Zen 4, for instance). Where it does
 not (Ice Lake, Cascade Lake, AVX2-only CPUs) every bf16 product is widened to float32 and
 narrowed back, and float32 weights run 2-2.5x faster. Measured on a 2-core Ice Lake
 (family 6 model 106, no avx512_bf16, no AMX), vLLM 0.32, 16 chats x 64 tokens, in-process:
