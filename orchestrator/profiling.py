@@ -87,11 +87,11 @@ def _dtype_rule(backend: object) -> dict[str, bool]:
     """What decides the dtype of an engine whose config leaves it open: whether the CPU
     computes bf16 natively (`workers.dtype`). Answers in float32 and in bf16 differ a
     little, and a cache folder outlives the CPU it was made on (machines change family)."""
-    args = getattr(backend, "engine_args", None)
-    if not isinstance(args, dict) or str(args.get("dtype", "auto")).lower() != "auto":
-        return {}
-    from workers.dtype import cpu_native_bf16
+    from workers.dtype import cpu_native_bf16, dtype_open
 
+    args = getattr(backend, "engine_args", None)
+    if not isinstance(args, dict) or not dtype_open(args):
+        return {}
     return {"native_bf16": cpu_native_bf16()}
 
 

@@ -45,6 +45,11 @@ class DtypeChoice:
         return str(self.engine_args.get("dtype", "auto"))
 
 
+def dtype_open(engine_args: dict[str, Any]) -> bool:
+    """The config leaves the dtype to us: `engine_args.dtype` unset or "auto"."""
+    return str(engine_args.get("dtype", "auto")).lower() == "auto"
+
+
 def cpu_native_bf16() -> bool:
     """This CPU computes bf16 itself (AVX512-BF16 or AMX), as PyTorch's kernels see it.
     Not an x86 CPU: True, as measured nowhere else (vLLM's default is kept there)."""
@@ -82,10 +87,9 @@ def choose_dtype(
 ) -> DtypeChoice:
     """The engine arguments to start `model` with (see the module docstring)."""
     args = dict(engine_args)
-    asked = str(args.get("dtype", "auto")).lower()
     if not on_cpu:
         return DtypeChoice(args, "")
-    if asked != "auto":
+    if not dtype_open(args):
         return DtypeChoice(args, "as engine_args.dtype says")
     if native_bf16:
         return DtypeChoice(args, "vLLM's 16-bit default, native on this CPU")
