@@ -23,7 +23,9 @@ Backends (`MoEConfig.backend`), all behind `MoELayer.forward`:
   float32 for a bfloat16 layer ("grouped:float32", faster where bfloat16 GEMMs are
   emulated), or MKL's packed sgemm in float32: through ATen ops ("grouped:mkl"), or
   every expert in one call of a kernel compiled on the machine ("grouped:native",
-  `kernels.native`, where a C compiler is found): the fast paths on CPUs without AMX.
+  `kernels.native`, where a C compiler is found; in bfloat16 on MKL's GEMMs,
+  "grouped:native-bf16", or, where the CPU has AVX512_BF16, on the kernel's own,
+  "grouped:native-avx512bf16"): the fast paths on CPUs without AMX.
 - "naive": a per-expert loop (gather the tokens routed to each expert, run it, scatter).
 - "reference": every expert on every token in float32, then the routing weights: the
   ground truth the others are tested against.
@@ -64,6 +66,7 @@ KERNELS = {
     "grouped:mkl": "grouped MKL packed sgemm (float32)",
     "grouped:native": "grouped compiled kernel on MKL packed sgemm (float32)",
     "grouped:native-bf16": "grouped compiled kernel on MKL bf16 GEMMs (bfloat16 weights)",
+    "grouped:native-avx512bf16": "grouped compiled kernel, own AVX512-BF16 GEMMs (bfloat16)",
     "naive": "per-expert loop",
     "reference": "float32 reference",
 }

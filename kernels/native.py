@@ -9,7 +9,11 @@ MKL's packed sgemm, SiLU * up * routing weight in one vectorized pass over a scr
 buffer still in cache, the pieces spread over PyTorch's OpenMP threads. The layer ran
 512 tokens at 0.87-0.90 of a dense matmul's throughput where the ATen-op path ran at
 0.74-0.81 (paired scripts, float32 GEMMs, 2026-12-02). A bfloat16 form runs MKL's
-bfloat16 GEMMs on a bfloat16 layer's weights as they are (`Kernel.bf16`).
+bfloat16 GEMMs on a bfloat16 layer's weights as they are (`Kernel.bf16`), and another,
+where the CPU has AVX512_BF16, the file's own bfloat16 GEMM on weights packed in VNNI
+order (`Kernel.vnni`): MKL's bfloat16 GEMM takes a slow path on AMD CPUs (the layer at
+0.23 of a dense matmul on an AMD EPYC with AVX512_BF16, 2026-12-02, where this form made
+0.81 at 512 tokens and 0.90 at 2048).
 
 It is compiled, not shipped: `-march=native` for the CPU it runs on, linked against the
 libtorch_cpu (MKL's CBLAS) and libgomp of the PyTorch that loads it, so there is no
@@ -32,6 +36,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,6 +50,11 @@ SOURCE = Path(__file__).parent / "csrc" / "grouped_ffn.c"
 
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 
+#: `Kernel.ffn`'s forms: float32 x on weights packed by `Kernel.pack` (MKL's packed
+#: sgemm); bfloat16 x on the weights as they are (MKL's bfloat16 GEMMs); bfloat16 x on
+#: weights packed by `Kernel.pack_vnni` (the kernel's own AVX512_BF16 GEMMs)
+FLOAT32, BF16_MKL, BF16_VNNI = 0, 1, 2
+
 
 @dataclass(frozen=True)
 class Kernel:
@@ -55,6 +65,9 @@ class Kernel:
     #: the bfloat16 form (MKL's bfloat16 GEMMs on the weights as they are) gave the
     #: right answer here too
     bf16: bool = False
+    #: the form on the kernel's own AVX512_BF16 GEMMs was built (the CPU has the
+    #: instructions) and gave the right answer here
+    vnni: bool = False
 
     def threads(self) -> int:
         return int(self.lib.conclave_threads())
@@ -68,6 +81,34 @@ class Kernel:
         self.lib.conclave_pack(rows, n, k, w.data_ptr(), out.data_ptr())
         return out
 
+    def pack_vnni(self, w: torch.Tensor) -> torch.Tensor:
+        """w [n,k] (a linear layer's weight, bfloat16) packed for the `BF16_VNNI` form:
+        [ceil(n/16)][ceil(k/2)][16][2], zero-padded (a copy the weight's size)."""
+        w = w.to(torch.bfloat16).contiguous()
+        n, k = w.shape
+        out = torch.empty(int(self.lib.conclave_vnni_size(n, k)), dtype=torch.bfloat16)
+        self.lib.conclave_pack_vnni(n, k, w.data_ptr(), out.data_ptr())
+        return out
+
+    def pack_gate_up_vnni(self, w13: torch.Tensor) -> torch.Tensor:
+        """w13 [2n,k] (gate rows, then up rows) packed for the `BF16_VNNI` form: n padded
+        with zero rows to `vnni_width(n)`, gate and up interleaved by 32 rows, so each of
+        the kernel's 64-column tiles holds 32 gate columns and the same 32 up columns
+        (SiLU(gate) * up is computed from its registers)."""
+        n, k = w13.shape[0] // 2, w13.shape[1]
+        wide = vnni_width(n)
+
+        def blocks(w: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(w, (0, 0, 0, wide - n)).view(wide // 32, 32, k)
+
+        return self.pack_vnni(torch.cat([blocks(w13[:n]), blocks(w13[n:])], 1).view(-1, k))
+
+    def pack_down_vnni(self, w2: torch.Tensor) -> torch.Tensor:
+        """w2 [k,n] packed for the `BF16_VNNI` form, its columns zero-padded to
+        `vnni_width(n)` (a padded gate row gives SiLU(0) * 0 = 0: exact)."""
+        pad = vnni_width(w2.shape[1]) - w2.shape[1]
+        return self.pack_vnni(torch.nn.functional.pad(w2, (0, pad)))
+
     def ffn(
         self,
         pieces: torch.Tensor,
@@ -76,18 +117,38 @@ class Kernel:
         w13: torch.Tensor,
         w2: torch.Tensor,
         intermediate: int,
+        form: int | None = None,
+        order: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """y [R,k] float32: row r is weight[r] * FFN(x[r]) of its piece's expert. pieces
         [P,3] int64 (first row, rows, expert), each expert's rows contiguous; weight [R]
         float32; w13 and w2: int64 addresses of each expert's weights, packed by `pack`
-        for float32 x, or bfloat16 [2N,K] and [K,N] as they are for bfloat16 x."""
+        for float32 x, bfloat16 [2N,K] and [K,N] as they are for bfloat16 x, or packed
+        by `pack_gate_up_vnni` and `pack_down_vnni` for the `BF16_VNNI` form (there
+        `intermediate` is their `vnni_width`). By default FLOAT32 or BF16_MKL, by x.
+
+        With `out` [T,k] (float32 or bfloat16, T = R / topk) and `order` [R] int64 (row
+        r's flat token * topk + slot): out[t] is the sum of token t's rows instead, summed
+        in float32 and rounded once; out is returned."""
         assert x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous()
+        if form is None:
+            form = BF16_MKL if x.dtype == torch.bfloat16 else FLOAT32
+        assert (form == FLOAT32) == (x.dtype == torch.float32)
+        assert form != BF16_VNNI or self.lib.conclave_vnni()
         rows, k = x.shape
-        y = torch.empty(rows, k, dtype=torch.float32)
+        if out is None:
+            y = torch.empty(rows, k, dtype=torch.float32)
+        else:  # y stays inside: a buffer kept for the next call (no fresh pages each call)
+            assert order is not None and len(order) == rows and out.is_contiguous()
+            assert out.dtype in (torch.float32, torch.bfloat16) and out.shape[1] == k
+            assert out.shape[0] and rows % out.shape[0] == 0
+            y = _buffer("y", rows * k, torch.float32)
         if not len(pieces):
-            return y
+            return y if out is None else out.zero_()
         max_rows = int(pieces[:, 1].max())
-        scratch = torch.empty(self.threads() * 3 * max_rows * intermediate, dtype=torch.float32)
+        scratch = _buffer("scratch", self.threads() * 3 * max_rows * intermediate, torch.float32)
+        inverse = _buffer("inverse", rows, torch.int64) if out is not None else None
         self.lib.conclave_ffn(
             len(pieces),
             pieces.data_ptr(),
@@ -100,9 +161,33 @@ class Kernel:
             y.data_ptr(),
             scratch.data_ptr(),
             max_rows,
-            int(x.dtype == torch.bfloat16),
+            form,
+            None if order is None else order.data_ptr(),
+            None if inverse is None else inverse.data_ptr(),
+            rows // out.shape[0] if out is not None else 1,
+            None if out is None else out.data_ptr(),
+            int(out is not None and out.dtype == torch.bfloat16),
         )
-        return y
+        return y if out is None else out
+
+
+_buffers = threading.local()
+
+
+def _buffer(name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """A scratch tensor of `numel` elements kept per thread and name, grown as needed: a
+    fresh one each call cost its pages' first touch (0.3-0.5 ms of a 5 ms layer at 512
+    tokens on an AMD EPYC, 2026-12-02)."""
+    have = getattr(_buffers, name, None)
+    if have is None or have.numel() < numel or have.dtype != dtype:
+        have = torch.empty(numel, dtype=dtype)
+        setattr(_buffers, name, have)
+    return have[:numel]
+
+
+def vnni_width(n: int) -> int:
+    """The intermediate width the `BF16_VNNI` form computes on: n up to a multiple of 32."""
+    return -(-n // 32) * 32
 
 
 def unavailable() -> str | None:
@@ -282,51 +367,65 @@ def _load(built: Built) -> Kernel:
     lib.conclave_threads.argtypes, lib.conclave_threads.restype = [], _I64
     lib.conclave_pack_size.argtypes, lib.conclave_pack_size.restype = [_I64] * 3, _I64
     lib.conclave_pack.argtypes, lib.conclave_pack.restype = [_I64] * 3 + [_PTR] * 2, None
-    lib.conclave_ffn.argtypes = [_I64, *[_PTR] * 3, *[_I64] * 2, *[_PTR] * 4, _I64, _I64]
+    ffn_args: list[type] = [_I64, *[_PTR] * 3, *[_I64] * 2, *[_PTR] * 4, _I64, _I64]
+    ffn_args += [_PTR, _PTR, _I64, _PTR, _I64]  # order, inverse, topk, out, out in bfloat16
+    lib.conclave_ffn.argtypes = ffn_args
     lib.conclave_ffn.restype = None
+    lib.conclave_vnni.argtypes, lib.conclave_vnni.restype = [], _I64
+    lib.conclave_vnni_size.argtypes, lib.conclave_vnni_size.restype = [_I64] * 2, _I64
+    lib.conclave_pack_vnni.argtypes = [_I64] * 2 + [_PTR] * 2
+    lib.conclave_pack_vnni.restype = None
     return Kernel(lib, path)
 
 
 def _check(k: Kernel) -> Kernel:
-    """A small FFN through the kernel against PyTorch's, in float32 (it must pass) and
-    in bfloat16 (`Kernel.bf16`): experts with no rows, one row, rows over the packing
-    hint, enough pieces for the threaded split and too few."""
+    """A small FFN through the kernel against PyTorch's, in float32 (it must pass), in
+    bfloat16 on MKL (`Kernel.bf16`) and on the kernel's own GEMMs (`Kernel.vnni`, where
+    built; an odd hidden size too: a k with no pair partner, columns off a multiple of
+    16): experts with no rows, one row, rows over the packing hint, enough pieces for the
+    threaded split and too few."""
     g = torch.Generator().manual_seed(0)
-    experts, hidden, inter, rows_hint = 5, 48, 40, 8
-    w13 = torch.randn(experts, 2 * inter, hidden, generator=g) * 0.2
-    w2 = torch.randn(experts, hidden, inter, generator=g) * 0.2
-    p13 = [k.pack(w13[e], rows_hint) for e in range(experts)]
-    p2 = [k.pack(w2[e], rows_hint) for e in range(experts)]
-    b13, b2 = w13.bfloat16(), w2.bfloat16()
-    forms = {
-        torch.float32: (p13, p2, 1e-4, 1e-5),
-        torch.bfloat16: (list(b13), list(b2), 2e-2, 2e-2),  # its activations are rounded
-    }
+    experts, inter, rows_hint = 5, 40, 8
+    forms = [FLOAT32, BF16_MKL] + ([BF16_VNNI] if k.lib.conclave_vnni() else [])
     ok = {}
-    for dtype, (e13, e2, rtol, atol) in forms.items():
+    for form in forms:
+        hidden = 47 if form == BF16_VNNI else 48
+        w13 = torch.randn(experts, 2 * inter, hidden, generator=g) * 0.2
+        w2 = torch.randn(experts, hidden, inter, generator=g) * 0.2
+        if form == FLOAT32:
+            e13 = [k.pack(w13[e], rows_hint) for e in range(experts)]
+            e2 = [k.pack(w2[e], rows_hint) for e in range(experts)]
+            dtype, tol = torch.float32, (1e-4, 1e-5)
+        else:
+            w13, w2 = w13.bfloat16().float(), w2.bfloat16().float()  # what they compute on
+            e13, e2 = list(w13.bfloat16()), list(w2.bfloat16())
+            if form == BF16_VNNI:
+                e13 = [k.pack_gate_up_vnni(w) for w in e13]
+                e2 = [k.pack_down_vnni(w) for w in e2]
+            dtype, tol = torch.bfloat16, (2e-2, 2e-2)  # its activations are rounded
         a13 = torch.tensor([t.data_ptr() for t in e13], dtype=torch.int64)
         a2 = torch.tensor([t.data_ptr() for t in e2], dtype=torch.int64)
-        ok[dtype] = True
+        ok[form] = True
         for counts in ([3, 0, 1, 19, 9], [2, 0, 0, 0, 0]):  # 7 pieces, then 1
             table = pieces(counts, rows_hint)
             x = torch.randn(sum(counts), hidden, generator=g).to(dtype)
             weight = torch.rand(sum(counts), generator=g)
-            got = k.ffn(torch.tensor(table, dtype=torch.int64), x, weight, a13, a2, inter)
-            ws = (b13.float(), b2.float()) if dtype == torch.bfloat16 else (w13, w2)
+            width = vnni_width(inter) if form == BF16_VNNI else inter
+            got = k.ffn(torch.tensor(table, dtype=torch.int64), x, weight, a13, a2, width, form)
             want = torch.cat(
                 [
-                    weight[a : a + r, None]
-                    * _swiglu(x[a : a + r].float(), ws[0][e], ws[1][e], inter)
+                    weight[a : a + r, None] * _swiglu(x[a : a + r].float(), w13[e], w2[e], inter)
                     for a, r, e in table
                 ]
             )
-            if not torch.allclose(got, want, rtol=rtol, atol=atol):
+            if not torch.allclose(got, want, rtol=tol[0], atol=tol[1]):
                 err = float((got - want).abs().max())
-                if dtype == torch.float32:
+                if form == FLOAT32:
                     raise _Unavailable(f"{k.path.name} gave a wrong answer (max error {err:.2g})")
-                log.info("the grouped MoE kernel's bfloat16 form is left out: error %.2g", err)
-                ok[dtype] = False
-    return replace(k, bf16=ok[torch.bfloat16])
+                name = "MKL bfloat16" if form == BF16_MKL else "AVX512_BF16"
+                log.info("the grouped MoE kernel's %s form is left out: error %.2g", name, err)
+                ok[form] = False
+    return replace(k, bf16=ok[BF16_MKL], vnni=ok.get(BF16_VNNI, False))
 
 
 def pieces(counts: list[int], block: int) -> list[tuple[int, int, int]]:

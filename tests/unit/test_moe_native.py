@@ -175,7 +175,17 @@ FORMS = [
         "grouped:native-bf16",
         "grouped compiled kernel on MKL bf16 GEMMs (bfloat16 weights)",
     ),
+    (
+        "bfloat16",
+        "grouped:native-avx512bf16",
+        "grouped compiled kernel, own AVX512-BF16 GEMMs (bfloat16)",
+    ),
 ]
+
+
+def vnni_here() -> bool:
+    k = native.kernel()
+    return k is not None and k.vnni
 
 
 @needs_cc
@@ -188,6 +198,8 @@ def test_auto_runs_the_kernel_where_it_is_fastest_and_it_matches_the_reference(
     """Every expert's FFN in one call: pieces spread over the threads (many pieces) or one
     after another (few), zero-computation experts, top-3 summed in float32."""
     assert native.kernel() is not None, native.unavailable()
+    if path == "grouped:native-avx512bf16" and not vnni_here():
+        pytest.skip("this CPU has no AVX512_BF16 (or the compiler does not target it)")
     monkeypatch.setattr(kernels.grouped, "MKL_ROWS", 16)  # blocks cut into pieces, unequal
     monkeypatch.setattr("kernels.moe.time_paths", lambda fns, **_: _scripted(fns, path))
     before = torch.get_num_threads()
@@ -222,3 +234,63 @@ def _scripted(fns, fastest):
     for fn in fns.values():
         fn()
     return {p: [(1.0 if p == fastest else 5.0) / 1000] * 3 for p in fns}
+
+
+@needs_cc
+@pytest.mark.parametrize(("hidden", "inter"), [(64, 64), (47, 40), (1100, 600)])
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_the_avx512_bf16_form_matches_pytorch_on_awkward_shapes(hidden, inter, top_k, out_dtype):
+    """The kernel's own GEMMs: an odd hidden size (a k with no pair partner), columns off a
+    multiple of 16 and 64, an intermediate width padded to 32, k over one 512-block in
+    both GEMMs (partial sums kept between blocks), row counts off the 6-row tile; each
+    token's rows summed inside (`out`), in float32 or rounded once to bfloat16."""
+    if not vnni_here():
+        pytest.skip("this CPU has no AVX512_BF16 (or the compiler does not target it)")
+    k = native.kernel()
+    assert k is not None
+    g = torch.Generator().manual_seed(hidden + top_k)
+    experts, tokens = 4, 29
+    w13 = (torch.randn(experts, 2 * inter, hidden, generator=g) / hidden**0.5).bfloat16()
+    w2 = (torch.randn(experts, hidden, inter, generator=g) / inter**0.5).bfloat16()
+    x = torch.randn(tokens, hidden, generator=g).bfloat16()
+    ids = torch.stack([torch.randperm(experts, generator=g)[:top_k] for _ in range(tokens)])
+    weights = torch.rand(tokens, top_k, generator=g)
+    order = ids.reshape(-1).argsort(stable=True)
+    counts = torch.bincount(ids.reshape(-1), minlength=experts).tolist()
+    table = torch.tensor(native.pieces(counts, 7), dtype=torch.int64)
+    xs = x.index_select(0, order // top_k).contiguous()
+    w = weights.reshape(-1).index_select(0, order).contiguous()
+    a13 = [k.pack_gate_up_vnni(w13[e]) for e in range(experts)]
+    a2 = [k.pack_down_vnni(w2[e]) for e in range(experts)]
+    addresses = [torch.tensor([t.data_ptr() for t in a], dtype=torch.int64) for a in (a13, a2)]
+    width = native.vnni_width(inter)
+    out = torch.full((tokens, hidden), float("nan"), dtype=out_dtype)  # every row written
+    got = k.ffn(table, xs, w, *addresses, width, native.BF16_VNNI, order, out)
+    assert got is out
+    want = torch.zeros(tokens, hidden)
+    for t in range(tokens):
+        for j in range(top_k):
+            e = int(ids[t, j])
+            h = x[t].float() @ w13[e].float().t()
+            act = (torch.nn.functional.silu(h[:inter]) * h[inter:] * weights[t, j]).bfloat16()
+            want[t] += act.float() @ w2[e].float().t()
+    tol = 0.02 * float(want.abs().max()) + 1e-2
+    assert float((got.float() - want).abs().max()) <= tol
+
+
+@needs_cc
+def test_a_build_without_avx512_bf16_leaves_that_form_out(cache, monkeypatch, tmp_path):
+    """A CPU without the instructions (or a compiler that does not target them): the
+    kernel builds without that form and `auto` does not weigh it."""
+    fake = tmp_path / "no-bf16-cc"
+    fake.write_text(f'#!/bin/sh\nexec {native.compiler()} "$@" -mno-avx512bf16\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    got = native.attempt()
+    assert isinstance(got, native.Kernel), got
+    assert not got.vnni and got.lib.conclave_vnni() == 0
+    monkeypatch.setattr(kernels.grouped, "mkl_sgemm", lambda: True)
+    monkeypatch.setattr(native, "kernel", lambda: got)
+    assert "grouped:native-avx512bf16" not in kernels.grouped.variants(torch.bfloat16)
+    assert "grouped:native" in kernels.grouped.variants(torch.bfloat16)

@@ -80,6 +80,7 @@ _SHORT = {
     "grouped:mkl": "grouped mkl",
     "grouped:native": "grouped native",
     "grouped:native-bf16": "grouped native bf16",
+    "grouped:native-avx512bf16": "grouped avx512bf16",
     "naive": "loop",
 }
 
