@@ -383,7 +383,7 @@ def _check(k: Kernel) -> Kernel:
     bfloat16 on MKL (`Kernel.bf16`) and on the kernel's own GEMMs (`Kernel.vnni`, where
     built; an odd hidden size too: a k with no pair partner, columns off a multiple of
     16): experts with no rows, one row, rows over the packing hint, enough pieces for the
-    threaded split and too few."""
+    threaded split and too few; each row alone, and each token's rows summed."""
     g = torch.Generator().manual_seed(0)
     experts, inter, rows_hint = 5, 40, 8
     forms = [FLOAT32, BF16_MKL] + ([BF16_VNNI] if k.lib.conclave_vnni() else [])
@@ -411,15 +411,25 @@ def _check(k: Kernel) -> Kernel:
             x = torch.randn(sum(counts), hidden, generator=g).to(dtype)
             weight = torch.rand(sum(counts), generator=g)
             width = vnni_width(inter) if form == BF16_VNNI else inter
-            got = k.ffn(torch.tensor(table, dtype=torch.int64), x, weight, a13, a2, width, form)
+            args = (torch.tensor(table, dtype=torch.int64), x, weight, a13, a2, width, form)
+            got = k.ffn(*args)
             want = torch.cat(
                 [
                     weight[a : a + r, None] * _swiglu(x[a : a + r].float(), w13[e], w2[e], inter)
                     for a, r, e in table
                 ]
             )
-            if not torch.allclose(got, want, rtol=tol[0], atol=tol[1]):
-                err = float((got - want).abs().max())
+            # and each token's two rows summed inside: row r is token order[r] // 2's
+            order = torch.randperm(len(x), generator=g)
+            summed = k.ffn(*args, order, torch.empty(len(x) // 2, hidden))
+            want_summed = torch.zeros_like(summed).index_add_(0, order // 2, want)
+            if not (
+                torch.allclose(got, want, rtol=tol[0], atol=tol[1])
+                and torch.allclose(summed, want_summed, rtol=tol[0], atol=2 * tol[1])
+            ):
+                err = max(
+                    float((got - want).abs().max()), float((summed - want_summed).abs().max())
+                )
                 if form == FLOAT32:
                     raise _Unavailable(f"{k.path.name} gave a wrong answer (max error {err:.2g})")
                 name = "MKL bfloat16" if form == BF16_MKL else "AVX512_BF16"
