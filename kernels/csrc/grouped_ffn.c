@@ -112,7 +112,7 @@ static inline float as_float(float f) { return f; }
  * `vdpbf16ps` operand. The micro-kernel keeps a tile of up to 6 rows x 64 columns in 24
  * float32 registers: per pair of k, 4 loads of the weight, 6 broadcasts of a row's pair,
  * 24 dot products. k is cut into blocks of 512 (a 64-column weight panel of 64 KB stays in
- * L2 across the rows; 256 ran 2-5% slower there). The gate and up weights are packed
+ * L2 across the rows; 256 ran 1-6% slower there). The gate and up weights are packed
  * interleaved by 32 rows (`native.Kernel.pack_gate_up_vnni`), so each tile holds 32 gate
  * columns and the same 32 up columns, and SiLU(gate) * up * routing weight is computed
  * from the registers as bfloat16: the [rows, 2n] float32 product is never written. */
