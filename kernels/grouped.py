@@ -267,19 +267,17 @@ def grouped_moe(
     if not m:
         return torch.zeros(m, x.shape[1], dtype=acc, device=x.device)
     n = packed.intermediate
+    if packed.addresses is not None:  # the compiled kernel: the sort by expert, every
+        kernel = native.kernel()  # expert's FFN and each token's sum, in two calls
+        assert kernel is not None  # it packed these weights
+        out = torch.empty(m, x.shape[1], dtype=acc, device=x.device)
+        xc = x.to(packed.dtype)
+        return kernel.moe(xc, ids, weights, *packed.addresses, n, packed.form, packed.block, out)
     flat = ids.reshape(-1)
     order = flat.argsort(stable=True)  # (token, slot) pairs, each expert's in one block
     counts = torch.bincount(flat, minlength=len(packed.experts)).tolist()
     tokens = order // k
     xs = x.index_select(0, tokens).to(packed.dtype)
-    if packed.addresses is not None:  # the compiled kernel: every expert's FFN in one call,
-        kernel = native.kernel()  # each row's routing weight applied in its SiLU pass
-        assert kernel is not None  # it packed these weights
-        w = weights.reshape(-1).index_select(0, order).to(torch.float32)
-        table = torch.tensor(pieces(counts, packed.block), dtype=torch.int64)
-        # each token's rows summed inside, in float32, rounded once
-        out = torch.empty(m, x.shape[1], dtype=acc, device=x.device)
-        return kernel.ffn(table, xs, w, *packed.addresses, n, packed.form, order, out)
     silu = torch.nn.functional.silu
     if packed.shapes is not None:  # packed for MKL
         gate_up_shape, down_shape = packed.shapes

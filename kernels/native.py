@@ -109,6 +109,55 @@ class Kernel:
         pad = vnni_width(w2.shape[1]) - w2.shape[1]
         return self.pack_vnni(torch.nn.functional.pad(w2, (0, pad)))
 
+    def moe(
+        self,
+        x: torch.Tensor,
+        ids: torch.Tensor,
+        weights: torch.Tensor,
+        w13: torch.Tensor,
+        w2: torch.Tensor,
+        intermediate: int,
+        form: int,
+        block: int,
+        out: torch.Tensor,
+    ) -> torch.Tensor:
+        """out [T,k] = sum_j weights[t,j] * FFN_ids[t,j](x[t]): routing's bookkeeping (the
+        sort by expert, the gathers, the pieces of at most `block` rows) and `ffn`, in two
+        calls. x [T,k] float32 (form FLOAT32) or bfloat16; ids [T,topk] in 0..E-1 for the E
+        experts whose addresses w13 and w2 hold; out float32 or bfloat16."""
+        tokens, topk = ids.shape
+        rows, k, experts = tokens * topk, x.shape[1], len(w13)
+        x = x.contiguous()
+        ids = ids.to(torch.int32).contiguous()
+        weights = weights.to(torch.float32).contiguous()
+        xs = _buffer(f"xs-{x.dtype}", rows * k, x.dtype).view(rows, k)
+        w = _buffer("w", rows, torch.float32)
+        order = _buffer("order", rows, torch.int64)
+        table = _buffer("pieces", 3 * rows, torch.int64)
+        counts = _buffer("counts", 2 * experts + 1, torch.int64)
+        count = self.lib.conclave_route(
+            tokens,
+            topk,
+            experts,
+            ids.data_ptr(),
+            weights.data_ptr(),
+            block,
+            x.data_ptr(),
+            k,
+            int(x.dtype == torch.bfloat16),
+            xs.data_ptr(),
+            w.data_ptr(),
+            order.data_ptr(),
+            table.data_ptr(),
+            counts.data_ptr(),
+            counts[2 * experts :].data_ptr(),
+        )
+        if count < 0:
+            raise ValueError(f"expert ids must be in 0..{experts - 1}")
+        most = int(counts[2 * experts])
+        pieces = table[: 3 * count].view(count, 3)
+        return self.ffn(pieces, xs, w, w13, w2, intermediate, form, order, out, most)
+
     def ffn(
         self,
         pieces: torch.Tensor,
@@ -120,6 +169,7 @@ class Kernel:
         form: int | None = None,
         order: torch.Tensor | None = None,
         out: torch.Tensor | None = None,
+        max_rows: int | None = None,
     ) -> torch.Tensor:
         """y [R,k] float32: row r is weight[r] * FFN(x[r]) of its piece's expert. pieces
         [P,3] int64 (first row, rows, expert), each expert's rows contiguous; weight [R]
@@ -130,7 +180,8 @@ class Kernel:
 
         With `out` [T,k] (float32 or bfloat16, T = R / topk) and `order` [R] int64 (row
         r's flat token * topk + slot): out[t] is the sum of token t's rows instead, summed
-        in float32 and rounded once; out is returned."""
+        in float32 and rounded once; out is returned. `max_rows`: the most rows a piece
+        has, where the caller knows it."""
         assert x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous()
         if form is None:
             form = BF16_MKL if x.dtype == torch.bfloat16 else FLOAT32
@@ -146,7 +197,8 @@ class Kernel:
             y = _buffer("y", rows * k, torch.float32)
         if not len(pieces):
             return y if out is None else out.zero_()
-        max_rows = int(pieces[:, 1].max())
+        if max_rows is None:
+            max_rows = int(pieces[:, 1].max())
         scratch = _buffer("scratch", self.threads() * 3 * max_rows * intermediate, torch.float32)
         inverse = _buffer("inverse", rows, torch.int64) if out is not None else None
         self.lib.conclave_ffn(
@@ -371,6 +423,8 @@ def _load(built: Built) -> Kernel:
     ffn_args += [_PTR, _PTR, _I64, _PTR, _I64]  # order, inverse, topk, out, out in bfloat16
     lib.conclave_ffn.argtypes = ffn_args
     lib.conclave_ffn.restype = None
+    lib.conclave_route.argtypes = [*[_I64] * 3, _PTR, _PTR, _I64, _PTR, _I64, _I64, *[_PTR] * 6]
+    lib.conclave_route.restype = _I64
     lib.conclave_vnni.argtypes, lib.conclave_vnni.restype = [], _I64
     lib.conclave_vnni_size.argtypes, lib.conclave_vnni_size.restype = [_I64] * 2, _I64
     lib.conclave_pack_vnni.argtypes = [_I64] * 2 + [_PTR] * 2
@@ -383,7 +437,8 @@ def _check(k: Kernel) -> Kernel:
     bfloat16 on MKL (`Kernel.bf16`) and on the kernel's own GEMMs (`Kernel.vnni`, where
     built; an odd hidden size too: a k with no pair partner, columns off a multiple of
     16): experts with no rows, one row, rows over the packing hint, enough pieces for the
-    threaded split and too few; each row alone, and each token's rows summed."""
+    threaded split and too few; each row alone, each token's rows summed, and routing's
+    bookkeeping done in the kernel (`Kernel.moe`)."""
     g = torch.Generator().manual_seed(0)
     experts, inter, rows_hint = 5, 40, 8
     forms = [FLOAT32, BF16_MKL] + ([BF16_VNNI] if k.lib.conclave_vnni() else [])
@@ -405,36 +460,43 @@ def _check(k: Kernel) -> Kernel:
             dtype, tol = torch.bfloat16, (2e-2, 2e-2)  # its activations are rounded
         a13 = torch.tensor([t.data_ptr() for t in e13], dtype=torch.int64)
         a2 = torch.tensor([t.data_ptr() for t in e2], dtype=torch.int64)
-        ok[form] = True
+        width = vnni_width(inter) if form == BF16_VNNI else inter
+
+        def ffn(
+            x: torch.Tensor, e: int, w13: torch.Tensor = w13, w2: torch.Tensor = w2
+        ) -> torch.Tensor:
+            return _swiglu(x.float(), w13[e], w2[e], inter)  # this form's weights
+
+        pairs = []  # (the kernel's answer, PyTorch's, absolute tolerance)
         for counts in ([3, 0, 1, 19, 9], [2, 0, 0, 0, 0]):  # 7 pieces, then 1
             table = pieces(counts, rows_hint)
             x = torch.randn(sum(counts), hidden, generator=g).to(dtype)
             weight = torch.rand(sum(counts), generator=g)
-            width = vnni_width(inter) if form == BF16_VNNI else inter
             args = (torch.tensor(table, dtype=torch.int64), x, weight, a13, a2, width, form)
-            got = k.ffn(*args)
-            want = torch.cat(
-                [
-                    weight[a : a + r, None] * _swiglu(x[a : a + r].float(), w13[e], w2[e], inter)
-                    for a, r, e in table
-                ]
-            )
+            want = torch.cat([weight[a : a + r, None] * ffn(x[a : a + r], e) for a, r, e in table])
+            pairs.append((k.ffn(*args), want, tol[1]))
             # and each token's two rows summed inside: row r is token order[r] // 2's
             order = torch.randperm(len(x), generator=g)
             summed = k.ffn(*args, order, torch.empty(len(x) // 2, hidden))
-            want_summed = torch.zeros_like(summed).index_add_(0, order // 2, want)
-            if not (
-                torch.allclose(got, want, rtol=tol[0], atol=tol[1])
-                and torch.allclose(summed, want_summed, rtol=tol[0], atol=2 * tol[1])
-            ):
-                err = max(
-                    float((got - want).abs().max()), float((summed - want_summed).abs().max())
-                )
-                if form == FLOAT32:
-                    raise _Unavailable(f"{k.path.name} gave a wrong answer (max error {err:.2g})")
-                name = "MKL bfloat16" if form == BF16_MKL else "AVX512_BF16"
-                log.info("the grouped MoE kernel's %s form is left out: error %.2g", name, err)
-                ok[form] = False
+            pairs.append(
+                (summed, torch.zeros_like(summed).index_add_(0, order // 2, want), 2 * tol[1])
+            )
+        # and routing's bookkeeping in the kernel (`moe`): 9 tokens, top-2 of the 5 experts
+        ids = torch.stack([torch.randperm(experts, generator=g)[:2] for _ in range(9)])
+        x, weights = torch.randn(9, hidden, generator=g).to(dtype), torch.rand(9, 2, generator=g)
+        got = k.moe(x, ids, weights, a13, a2, width, form, 3, torch.empty(9, hidden))
+        rows = [[ffn(x[t, None], int(e))[0] for e in ids[t]] for t in range(9)]
+        want = torch.stack(
+            [weights[t, 0] * r[0] + weights[t, 1] * r[1] for t, r in enumerate(rows)]
+        )
+        pairs.append((got, want, 2 * tol[1]))
+        ok[form] = all(torch.allclose(a, b, rtol=tol[0], atol=atol) for a, b, atol in pairs)
+        if not ok[form]:
+            err = max(float((a - b).abs().max()) for a, b, _ in pairs)
+            if form == FLOAT32:
+                raise _Unavailable(f"{k.path.name} gave a wrong answer (max error {err:.2g})")
+            name = "MKL bfloat16" if form == BF16_MKL else "AVX512_BF16"
+            log.info("the grouped MoE kernel's %s form is left out: error %.2g", name, err)
     return replace(k, bf16=ok[BF16_MKL], vnni=ok.get(BF16_VNNI, False))
 
 

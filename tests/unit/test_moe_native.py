@@ -294,3 +294,17 @@ def test_a_build_without_avx512_bf16_leaves_that_form_out(cache, monkeypatch, tm
     monkeypatch.setattr(native, "kernel", lambda: got)
     assert "grouped:native-avx512bf16" not in kernels.grouped.variants(torch.bfloat16)
     assert "grouped:native" in kernels.grouped.variants(torch.bfloat16)
+
+
+@needs_cc
+def test_an_expert_id_out_of_range_is_an_error_not_a_write_out_of_bounds():
+    k = native.kernel()
+    assert k is not None, native.unavailable()
+    w13, w2 = torch.randn(3, 32, 16), torch.randn(3, 16, 16)  # hidden 16, intermediate 16
+    packed = [(k.pack(w13[e], 8), k.pack(w2[e], 8)) for e in range(3)]
+    a13, a2 = (torch.tensor([p[i].data_ptr() for p in packed]) for i in (0, 1))
+    x, weights = torch.randn(4, 16), torch.rand(4, 2)
+    for bad in (3, -1):
+        ids = torch.tensor([[0, 1], [2, bad], [1, 0], [0, 2]])
+        with pytest.raises(ValueError, match=r"expert ids must be in 0\.\.2"):
+            k.moe(x, ids, weights, a13, a2, 16, native.FLOAT32, 8, torch.empty(4, 16))
