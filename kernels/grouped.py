@@ -52,9 +52,10 @@ The variants (`variants`), each measured by `auto`:
   products on weights packed once in VNNI order, a copy their size), for a bfloat16
   layer where the CPU has them. MKL's bfloat16 GEMM takes a slow path on AMD CPUs: on an
   AMD EPYC (family 26, AVX512_BF16, no AMX, 2026-12-02) "grouped:native-bf16" ran 512
-  tokens in 22.9 ms and oneDNN's "grouped" in 6.8-7.8, where this form ran it in
-  5.9-6.0 (0.81 of the dense bfloat16 matmul's throughput in `conclave bench moe`, 0.90
-  at 2048 tokens): SiLU * up from the GEMM's registers, each token's rows summed inside.
+  tokens in 19-25 ms and oneDNN's "grouped" in 5.6-8.0, where this form ran it in
+  4.5-6.3 (0.89-0.92 of the dense bfloat16 matmul's throughput in `conclave bench moe`,
+  0.93-0.99 at 2048 tokens): SiLU * up from the GEMM's registers, each token's rows
+  summed inside, routing's bookkeeping in the kernel too (`Kernel.moe`).
 
 Runs on the CPU for bfloat16 and float32 wherever PyTorch was built with oneDNN (its
 x86 and aarch64 wheels are); tested against the reference like the other paths.

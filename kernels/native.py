@@ -13,7 +13,8 @@ bfloat16 GEMMs on a bfloat16 layer's weights as they are (`Kernel.bf16`), and an
 where the CPU has AVX512_BF16, the file's own bfloat16 GEMM on weights packed in VNNI
 order (`Kernel.vnni`): MKL's bfloat16 GEMM takes a slow path on AMD CPUs (the layer at
 0.23 of a dense matmul on an AMD EPYC with AVX512_BF16, 2026-12-02, where this form made
-0.81 at 512 tokens and 0.90 at 2048).
+0.89-0.92 at 512 tokens and 0.93-0.99 at 2048). `Kernel.moe` does routing's bookkeeping
+(the sort by expert, the gathers, the table of GEMM calls) in the kernel as well.
 
 It is compiled, not shipped: `-march=native` for the CPU it runs on, linked against the
 libtorch_cpu (MKL's CBLAS) and libgomp of the PyTorch that loads it, so there is no
