@@ -11,12 +11,13 @@ import sys
 import pytest
 import torch
 
+import kernels.build
 import kernels.grouped
 import kernels.native as native
 from kernels.autotune import ChoiceCache
 from kernels.moe import MoEConfig, MoELayer
 
-HERE = native.compiler() is not None and torch.backends.mkl.is_available()
+HERE = kernels.build.compiler() is not None and torch.backends.mkl.is_available()
 needs_cc = pytest.mark.skipif(not HERE, reason="no C compiler or no MKL in this PyTorch")
 
 
@@ -128,7 +129,7 @@ def test_a_compiler_without_openmp_builds_it_on_one_thread(cache, monkeypatch, t
     fake.write_text(
         "#!/bin/sh\n"
         'for a in "$@"; do [ "$a" = -fopenmp ] && echo "omp.h: not found" >&2 && exit 1; done\n'
-        f'exec {native.compiler()} "$@"\n'
+        f'exec {kernels.build.compiler()} "$@"\n'
     )
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
@@ -284,7 +285,7 @@ def test_a_build_without_avx512_bf16_leaves_that_form_out(cache, monkeypatch, tm
     """A CPU without the instructions (or a compiler that does not target them): the
     kernel builds without that form and `auto` does not weigh it."""
     fake = tmp_path / "no-bf16-cc"
-    fake.write_text(f'#!/bin/sh\nexec {native.compiler()} "$@" -mno-avx512bf16\n')
+    fake.write_text(f'#!/bin/sh\nexec {kernels.build.compiler()} "$@" -mno-avx512bf16\n')
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
     got = native.attempt()
