@@ -221,7 +221,9 @@ _buffers = threading.local()
 def _buffer(name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
     """A scratch tensor of `numel` elements kept per thread and name, grown as needed: a
     fresh one each call cost its pages' first touch (0.3-0.5 ms of a 5 ms layer at 512
-    tokens on an AMD EPYC, 2026-12-02)."""
+    tokens on an AMD EPYC, 2026-12-02). Each thread that calls the kernel so holds its
+    largest call's buffers until it ends (2,048 tokens, top-2, hidden 4,096: about 100 MB,
+    against the layer's own weights of several GB at that width)."""
     have = getattr(_buffers, name, None)
     if have is None or have.numel() < numel or have.dtype != dtype:
         have = torch.empty(numel, dtype=dtype)
