@@ -217,13 +217,18 @@ class Kernel:
 
 _buffers = threading.local()
 
+#: The largest scratch tensor `_buffer` keeps between calls. A bigger one is made fresh
+#: each call: its pages' first touch (about 0.2 us a 4 KB page) is then well under 1% of
+#: a call that needs it, and a thread holds at most this much per buffer.
+KEEP_BYTES = 16 << 20
+
 
 def _buffer(name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
-    """A scratch tensor of `numel` elements kept per thread and name, grown as needed: a
-    fresh one each call cost its pages' first touch (0.3-0.5 ms of a 5 ms layer at 512
-    tokens on an AMD EPYC, 2026-12-02). Each thread that calls the kernel so holds its
-    largest call's buffers until it ends (2,048 tokens, top-2, hidden 4,096: about 100 MB,
-    against the layer's own weights of several GB at that width)."""
+    """A scratch tensor of `numel` elements, kept per thread and name between calls up to
+    `KEEP_BYTES`: a fresh one each call cost its pages' first touch (0.3-0.5 ms of a 5 ms
+    layer at 512 tokens on an AMD EPYC, 2026-12-02)."""
+    if numel * dtype.itemsize > KEEP_BYTES:
+        return torch.empty(numel, dtype=dtype)
     have = getattr(_buffers, name, None)
     if have is None or have.numel() < numel or have.dtype != dtype:
         have = torch.empty(numel, dtype=dtype)

@@ -309,3 +309,25 @@ def test_an_expert_id_out_of_range_is_an_error_not_a_write_out_of_bounds():
         ids = torch.tensor([[0, 1], [2, bad], [1, 0], [0, 2]])
         with pytest.raises(ValueError, match=r"expert ids must be in 0\.\.2"):
             k.moe(x, ids, weights, a13, a2, 16, native.FLOAT32, 8, torch.empty(4, 16))
+
+
+def test_scratch_buffers_are_kept_per_thread_and_only_up_to_a_bound(monkeypatch):
+    """Kept between calls (no fresh pages each call), one set per thread (two threads
+    calling the kernel at once never share one), none over `KEEP_BYTES` held."""
+    import threading
+
+    monkeypatch.setattr(native, "_buffers", threading.local())
+    a = native._buffer("t", 100, torch.float32)
+    assert native._buffer("t", 80, torch.float32).data_ptr() == a.data_ptr()  # reused
+    assert native._buffer("t", 200, torch.float32).numel() == 200  # grown
+    big = native.KEEP_BYTES // 4 + 1
+    one, two = native._buffer("t", big, torch.float32), native._buffer("t", big, torch.float32)
+    assert one.data_ptr() != two.data_ptr()  # not kept: made each call
+    kept = native._buffer("t", 10, torch.float32).data_ptr()
+    other: list[int] = []
+    worker = threading.Thread(
+        target=lambda: other.append(native._buffer("t", 10, torch.float32).data_ptr())
+    )
+    worker.start()
+    worker.join()
+    assert other and other[0] != kept
