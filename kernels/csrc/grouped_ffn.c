@@ -310,21 +310,6 @@ static void piece(const void *x, const float *weight, int64_t k, int64_t n, cons
     cblas_sgemm_compute(ROW_MAJOR, NO_TRANS, PACKED, m, kk, nn, act, nn, w2, nn, 0.0f, y, kk);
 }
 
-/* The experts' FFNs over x [R,k] (rows sorted by expert), into y [R,k] (float32).
- * pieces [count][3]: first row, rows, expert. w13[e]: expert e's gate and up weights
- * ([2n,k], gate rows first), w2[e]: its down weight ([k,n]): packed by `conclave_pack`
- * (float32 x, FORM_F32), bfloat16 as they are (bfloat16 x, FORM_BF16_MKL), or packed by
- * `conclave_pack_vnni` (bfloat16 x, FORM_BF16_VNNI: only where `conclave_vnni()`; gate and
- * up interleaved, n a multiple of 32). weight [R]: each row's routing weight. scratch:
- * conclave_threads() x 3 x max_rows x n floats. With `out` (else y is the result): order
- * [R] (the flat token * topk + slot of each sorted row), inverse [R] (scratch) and out
- * [R/topk, k] get each token's topk rows summed (`combine`).
- *
- * With at least two pieces a thread, the pieces are spread over the threads, each
- * running MKL on one thread (no fork and join inside every GEMM, each piece's data in its
- * core's cache): MKL called inside an OpenMP parallel region runs on the calling thread.
- * (libtorch_cpu's `mkl_set_num_threads_local` is the Fortran entry, taking a pointer, so
- * it is not called.) With fewer pieces they run one after another on MKL's threads. */
 /* Routing's bookkeeping for `conclave_ffn`, in one call instead of seven PyTorch ops
  * (argsort, bincount, the gathers, the piece table: ~0.06 ms at 1 token, where the whole
  * layer takes ~0.15). ids [tokens, topk] (experts 0..experts-1), weights [tokens, topk]
@@ -391,6 +376,21 @@ static void combine(int64_t rows, int64_t topk, int64_t k, float *y, const int64
   }
 }
 
+/* The experts' FFNs over x [R,k] (rows sorted by expert), into y [R,k] (float32).
+ * pieces [count][3]: first row, rows, expert. w13[e]: expert e's gate and up weights
+ * ([2n,k], gate rows first), w2[e]: its down weight ([k,n]): packed by `conclave_pack`
+ * (float32 x, FORM_F32), bfloat16 as they are (bfloat16 x, FORM_BF16_MKL), or packed by
+ * `conclave_pack_vnni` (bfloat16 x, FORM_BF16_VNNI: only where `conclave_vnni()`; gate and
+ * up interleaved, n a multiple of 32). weight [R]: each row's routing weight. scratch:
+ * conclave_threads() x 3 x max_rows x n floats. With `out` (else y is the result): order
+ * [R] (the flat token * topk + slot of each sorted row), inverse [R] (scratch) and out
+ * [R/topk, k] get each token's topk rows summed (`combine`).
+ *
+ * With at least two pieces a thread, the pieces are spread over the threads, each
+ * running MKL on one thread (no fork and join inside every GEMM, each piece's data in its
+ * core's cache): MKL called inside an OpenMP parallel region runs on the calling thread.
+ * (libtorch_cpu's `mkl_set_num_threads_local` is the Fortran entry, taking a pointer, so
+ * it is not called.) With fewer pieces they run one after another on MKL's threads. */
 void conclave_ffn(int64_t count, const int64_t *pieces, const void *x, const float *weight,
                   int64_t k, int64_t n, const void *const *w13, const void *const *w2, float *y,
                   float *scratch, int64_t max_rows, int64_t form, const int64_t *order,
