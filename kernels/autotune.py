@@ -8,10 +8,12 @@ time a layer meets a token count in a new bucket, it times every path that can r
 rounds (`time_paths`), and keeps the fastest; paths within 10% of it are timed again
 in longer rounds first (`MoELayer._measure`), since a close call is what a noisy machine
 flips. The choice is cached in memory and on disk
-(`$CONCLAVE_CACHE/kernels/moe-auto.json`, written atomically) under the CPU's model
-and ISA flags, the shapes, the dtype and the bucket, so a process measures a layer shape
-once per machine, not once per run. A CPU model change (a VM moved to another host)
-is a new key, so it is measured again.
+(`$CONCLAVE_CACHE/kernels/moe-auto.json`, written atomically) under the CPU's model,
+family/model/stepping numbers and ISA flags, the shapes, the dtype and the bucket, so a
+process measures a layer shape once per machine, not once per run. A CPU change (a VM
+moved to another host) is a new key, so it is measured again: the numbers are in the key
+because cloud VMs mask the name (Zen 3, 4 and 5 hosts all say "AMD EPYC", with the same
+ISA flags where the choice differs).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,8 +39,8 @@ BUCKETS = (1, 16, 128, 512, 2048)
 #: Version of what a cached choice means: bump when a path changes, to measure again.
 #: 2: "grouped:float32" joined the candidates; 3: "grouped:mkl", close calls;
 #: 4: "grouped:native" (in place of "grouped:mkl" where it builds);
-#: 5: "grouped:native-avx512bf16"
-VERSION = 5
+#: 5: "grouped:native-avx512bf16"; 6: the CPU's family/model/stepping in the key
+VERSION = 6
 
 
 def bucket(tokens: int) -> int:
@@ -46,44 +48,68 @@ def bucket(tokens: int) -> int:
     return min(BUCKETS, key=lambda b: (abs(math.log(max(tokens, 1) / b)), b))
 
 
+class CpuInfo(NamedTuple):
+    #: the model name ("AMD EPYC", "Intel(R) Xeon(R) Platinum 8488C")
+    model: str
+    #: every flag it reports
+    flags: frozenset[str]
+    #: "family 25 model 17 stepping 1" on x86 (the name alone is masked on cloud VMs)
+    ident: str = ""
+
+
 @functools.cache
-def cpuinfo() -> tuple[str, frozenset[str]]:
-    """This machine's CPU model name and every flag it reports (from /proc/cpuinfo; off
-    Linux, the platform's processor name and no flags)."""
+def cpuinfo(path: str = "/proc/cpuinfo") -> CpuInfo:
+    """This machine's CPU model name, every flag it reports and its family/model/stepping
+    numbers (from /proc/cpuinfo's first processor; off Linux, the platform's processor
+    name and no flags)."""
     import platform
 
     model, flags = platform.processor() or platform.machine(), frozenset[str]()
+    numbers: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
+                if not line.strip() and (flags or numbers):
+                    break  # the first processor's block is enough
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and model == platform.machine():
-                    model = value.strip()
-                elif key.strip() in ("flags", "Features") and not flags:
+                key, value = key.strip(), value.strip()
+                if key == "model name" and model == platform.machine():
+                    model = value
+                elif key in ("flags", "Features") and not flags:
                     flags = frozenset(value.split())
+                elif key in ("cpu family", "model", "stepping", "CPU part", "CPU variant"):
+                    numbers.setdefault(key.replace("cpu ", "").replace("CPU ", ""), value)
     except OSError:  # not Linux: the model from platform, no flags
         pass
     if model in ("", "x86_64"):
         model = platform.machine()
-    return model, flags
+    ident = " ".join(f"{k} {v}" for k, v in numbers.items())
+    return CpuInfo(model, flags, ident)
 
 
 @functools.cache
 def cpu() -> dict[str, Any]:
-    """This machine's CPU model and the ISA flags that decide between the paths."""
-    model, flags = cpuinfo()
+    """This machine's CPU model and numbers, and the ISA flags that decide between the
+    paths."""
+    info = cpuinfo()
     wanted = (
         *("amx_bf16", "amx_tile", "avx512_bf16", "avx_ne_convert", "avx512f", "avx2"),
         *("asimd", "sve", "bf16"),  # Arm
     )
-    return {"model": model, "flags": [f for f in wanted if f in flags]}
+    return {
+        "model": info.model,
+        "id": info.ident,
+        "flags": [f for f in wanted if f in info.flags],
+    }
 
 
 def cpu_line() -> str:
-    """'AMD EPYC (avx512_bf16, avx512f, avx2; no AMX)' for reports."""
+    """'AMD EPYC, family 25 model 17 stepping 1 (avx512_bf16, avx512f, avx2; no AMX)' for
+    reports."""
     c = cpu()
     amx = "" if "amx_bf16" in c["flags"] else "; no AMX"
-    return f"{c['model']} ({', '.join(c['flags']) or 'no ISA flags read'}{amx})"
+    name = f"{c['model']}, {c['id']}" if c["id"] else c["model"]
+    return f"{name} ({', '.join(c['flags']) or 'no ISA flags read'}{amx})"
 
 
 class Choice(BaseModel):
@@ -148,16 +174,21 @@ class ChoiceCache:
             self._path = default_cache_dir() / "kernels" / "moe-auto.json"
         return self._path
 
+    def _read(self, warn: bool = False) -> dict[str, Choice]:
+        """The file's choices ({} where there is none, it is unreadable, or of another
+        version)."""
+        try:
+            raw = json.loads(self.path.read_text())
+            if raw.get("version") == VERSION:
+                return {k: Choice(**v) for k, v in raw.get("choices", {}).items()}
+        except (OSError, ValueError, TypeError) as exc:  # none yet, or unreadable
+            if warn and self.path.exists():
+                log.warning("ignoring %s (%s): measuring again", self.path, exc)
+        return {}
+
     def _load(self) -> dict[str, Choice]:
         if self._mem is None:
-            self._mem = {}
-            try:
-                raw = json.loads(self.path.read_text())
-                if raw.get("version") == VERSION:
-                    self._mem = {k: Choice(**v) for k, v in raw.get("choices", {}).items()}
-            except (OSError, ValueError, TypeError) as exc:  # none yet, or unreadable
-                if self.path.exists():
-                    log.warning("ignoring %s (%s): measuring again", self.path, exc)
+            self._mem = self._read(warn=True)
         return self._mem
 
     def get(self, key: str) -> Choice | None:
@@ -170,6 +201,9 @@ class ChoiceCache:
         with self._lock:
             mem = self._load()
             mem[key] = choice
+            # another process (a second engine on the machine) may have saved choices
+            # since this one read the file: keep them rather than write over them
+            self._mem = mem = {**self._read(), **mem}
             data = {"version": VERSION, "choices": {k: c.model_dump() for k, c in mem.items()}}
             try:
                 atomic_write_json(self.path, data)

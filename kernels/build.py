@@ -70,12 +70,13 @@ def _flags(lib: Path) -> list[str]:
 
 
 def _cpu_signature() -> str:
-    """The CPU's model and every flag it reports: `-march=native` code is for exactly
-    these (a library built on an AVX-512 host would die on one without it)."""
+    """The CPU's model, numbers and every flag it reports: `-march=native` code is for
+    exactly these (a library built on an AVX-512 host would die on one without it, and
+    the numbers pick GCC's tuning where a masked name and the flags match)."""
     from kernels.autotune import cpuinfo
 
-    model, flags = cpuinfo()
-    return f"{model}\n{' '.join(sorted(flags))}"
+    info = cpuinfo()
+    return f"{info.model}\n{info.ident}\n{' '.join(sorted(info.flags))}"
 
 
 def _cache_dir() -> Path:

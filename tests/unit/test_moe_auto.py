@@ -120,6 +120,49 @@ def test_a_broken_cache_file_is_measured_again_not_a_crash(timings, tmp_path, ca
     assert json.loads(path.read_text())["choices"]  # rewritten whole
 
 
+ZEN = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: {family}
+model\t\t: {model}
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu avx2 avx512f avx512_bf16
+
+processor\t: 1
+cpu family\t: 99
+"""
+
+
+def test_two_cpus_behind_one_masked_name_are_told_apart(tmp_path):
+    """Cloud VMs on Zen 4 and Zen 5 hosts both say "AMD EPYC" with the same deciding
+    flags; a choice measured on one must not be reused on the other."""
+    zen4, zen5 = tmp_path / "zen4", tmp_path / "zen5"
+    zen4.write_text(ZEN.format(family=25, model=17))
+    zen5.write_text(ZEN.format(family=26, model=2))
+    a, b = autotune.cpuinfo(str(zen4)), autotune.cpuinfo(str(zen5))
+    assert (a.model, a.flags) == (b.model, b.flags) == ("AMD EPYC", b.flags)
+    assert a.ident == "family 25 model 17 stepping 1"  # the first processor's numbers
+    assert b.ident == "family 26 model 2 stepping 1"
+    assert "avx512_bf16" in a.flags and "99" not in a.ident
+    # the live machine's line and key carry its numbers where it has them
+    info = autotune.cpuinfo()
+    assert autotune.cpu()["id"] == info.ident
+    assert (info.ident in autotune.cpu_line()) and autotune.cpu()["model"] in autotune.cpu_line()
+
+
+def test_two_processes_saving_choices_keep_each_others(tmp_path):
+    """Two engines on one machine each measure a layer: the file ends with both
+    choices, not with whichever process wrote last."""
+    path = tmp_path / "auto.json"
+    first, second = ChoiceCache(path), ChoiceCache(path)
+    assert first.get("k1") is None and second.get("k2") is None  # both read the empty file
+    first.put("k1", autotune.Choice(path="grouped", bucket=16, source="measured"))
+    second.put("k2", autotune.Choice(path="fused:vec", bucket=512, source="measured"))
+    saved = json.loads(path.read_text())["choices"]
+    assert {k: v["path"] for k, v in saved.items()} == {"k1": "grouped", "k2": "fused:vec"}
+    assert ChoiceCache(path).get("k1").path == "grouped"
+
+
 def test_forcing_a_path_runs_it_without_measuring(timings):
     _, calls = timings
     x = torch.randn(8, 64)
