@@ -33,6 +33,7 @@ import subprocess
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -46,6 +47,21 @@ _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 #: sgemm); bfloat16 x on the weights as they are (MKL's bfloat16 GEMMs); bfloat16 x on
 #: weights packed by `Kernel.pack_vnni` (the kernel's own AVX512_BF16 GEMMs)
 FLOAT32, BF16_MKL, BF16_VNNI = 0, 1, 2
+
+
+class Routed(NamedTuple):
+    """`Kernel.route`'s result: the rows sorted by expert, ready for `Kernel.ffn`."""
+
+    #: [T*topk, k] the inputs in expert order
+    xs: torch.Tensor
+    #: [T*topk] float32 their routing weights
+    w: torch.Tensor
+    #: [T*topk] int64 each row's index into ids.flatten() (token = order // topk)
+    order: torch.Tensor
+    #: [calls, 3] int64 (first row, rows, expert) of each GEMM call
+    pieces: torch.Tensor
+    #: the most rows in one call
+    most: int
 
 
 @dataclass(frozen=True)
@@ -113,12 +129,22 @@ class Kernel:
         block: int,
         out: torch.Tensor,
     ) -> torch.Tensor:
-        """out [T,k] = sum_j weights[t,j] * FFN_ids[t,j](x[t]): routing's bookkeeping (the
-        sort by expert, the gathers, the pieces of at most `block` rows) and `ffn`, in two
-        calls. x [T,k] float32 (form FLOAT32) or bfloat16; ids [T,topk] in 0..E-1 for the E
-        experts whose addresses w13 and w2 hold; out float32 or bfloat16."""
+        """out [T,k] = sum_j weights[t,j] * FFN_ids[t,j](x[t]): routing's bookkeeping
+        (`route`) and `ffn`, in two calls. x [T,k] float32 (form FLOAT32) or bfloat16;
+        ids [T,topk] in 0..E-1 for the E experts whose addresses w13 and w2 hold; out
+        float32 or bfloat16."""
+        r = self.route(x, ids, weights, len(w13), block)
+        return self.ffn(r.pieces, r.xs, r.w, w13, w2, intermediate, form, r.order, out, r.most)
+
+    def route(
+        self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, experts: int, block: int
+    ) -> Routed:
+        """Routing's bookkeeping in one C call: the T*topk (token, expert) rows sorted by
+        expert (stable), their inputs and weights gathered in that order, and each
+        expert's block cut into GEMM calls as `pieces` cuts it. The tensors are views of
+        this thread's scratch buffers: used up by the next call."""
         tokens, topk = ids.shape
-        rows, k, experts = tokens * topk, x.shape[1], len(w13)
+        rows, k = tokens * topk, x.shape[1]
         x = x.contiguous()
         ids = ids.to(torch.int32).contiguous()
         weights = weights.to(torch.float32).contiguous()
@@ -146,9 +172,8 @@ class Kernel:
         )
         if count < 0:
             raise ValueError(f"expert ids must be in 0..{experts - 1}")
-        most = int(counts[2 * experts])
         pieces = table[: 3 * count].view(count, 3)
-        return self.ffn(pieces, xs, w, w13, w2, intermediate, form, order, out, most)
+        return Routed(xs, w, order, pieces, int(counts[2 * experts]))
 
     def ffn(
         self,

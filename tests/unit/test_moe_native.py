@@ -168,6 +168,30 @@ def test_pieces_cut_each_experts_rows_into_equal_calls():
     assert kernels.grouped.pieces([0, 0], 4) == []
 
 
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_routing_in_c_sorts_gathers_and_cuts_as_the_python_reference_does(dtype):
+    """`Kernel.route` (C) against the reference: a stable sort by expert, each row's input
+    and weight gathered, and the pieces `pieces` (Python, the MKL path's) cuts, for
+    experts with none, one, and more rows than a block."""
+    k = native.kernel()
+    assert k is not None, native.unavailable()
+    gen = torch.Generator().manual_seed(7)
+    for tokens, topk, experts, block in ((1, 1, 3, 4), (37, 2, 6, 5), (200, 3, 8, 16)):
+        x = torch.randn(tokens, 24, generator=gen).to(dtype)
+        ids = torch.randint(0, experts - 1, (tokens, topk), generator=gen)  # the last: none
+        ids[0, 0] = 0
+        weights = torch.rand(tokens, topk, generator=gen)
+        r = k.route(x, ids, weights, experts, block)
+        order = torch.sort(ids.flatten(), stable=True).indices
+        assert torch.equal(r.order, order)
+        assert torch.equal(r.xs, x[order // topk])
+        assert torch.equal(r.w, weights.flatten()[order])
+        counts = torch.bincount(ids.flatten(), minlength=experts).tolist()
+        assert [tuple(p) for p in r.pieces.tolist()] == native.pieces(counts, block)
+        assert r.most == max(n for _, n, _ in native.pieces(counts, block))
+
+
 FORMS = [
     ("float32", "grouped:native", "grouped compiled kernel on MKL packed sgemm (float32)"),
     ("bfloat16", "grouped:native", "grouped compiled kernel on MKL packed sgemm (float32)"),
