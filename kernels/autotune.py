@@ -39,8 +39,9 @@ BUCKETS = (1, 16, 128, 512, 2048)
 #: Version of what a cached choice means: bump when a path changes, to measure again.
 #: 2: "grouped:float32" joined the candidates; 3: "grouped:mkl", close calls;
 #: 4: "grouped:native" (in place of "grouped:mkl" where it builds);
-#: 5: "grouped:native-avx512bf16"; 6: the CPU's family/model/stepping in the key
-VERSION = 6
+#: 5: "grouped:native-avx512bf16"; 6: the CPU's family/model/stepping in the key;
+#: 7: "grouped:native-fma"
+VERSION = 7
 
 
 def bucket(tokens: int) -> int:

@@ -103,7 +103,9 @@ def variants(dtype: torch.dtype) -> list[str]:
     compiled kernel ("grouped:native", `kernels.native`) where it builds; with it, for
     bfloat16, also MKL's bfloat16 GEMMs on the weights as they are ("grouped:native-bf16":
     no float32 copy, and bfloat16 dot products where the CPU has them) and, where the CPU
-    has AVX512_BF16, the kernel's own bfloat16 GEMMs ("grouped:native-avx512bf16")."""
+    has AVX512_BF16, the kernel's own bfloat16 GEMMs ("grouped:native-avx512bf16"); and
+    its own float32 GEMMs in the CPU's FMA vectors ("grouped:native-fma": MKL's float32
+    GEMMs take a slow path on AMD CPUs)."""
     names = [path_for(compute_dtype(dtype), dtype)]
     if dtype == torch.bfloat16 and bf16_gemms():
         names.append(path_for(torch.float32 if names[0] == "grouped" else dtype, dtype))
@@ -116,6 +118,8 @@ def variants(dtype: torch.dtype) -> list[str]:
             names.append("grouped:native-bf16")  # no float32 copy of the experts
         if dtype == torch.bfloat16 and kernel is not None and kernel.vnni:
             names.append("grouped:native-avx512bf16")
+        if kernel is not None and kernel.fma:
+            names.append("grouped:native-fma")  # float32 where MKL's GEMMs are slow
     return names
 
 
@@ -129,6 +133,8 @@ def spec(path: str, dtype: torch.dtype) -> tuple[torch.dtype, str]:
     _, _, tail = path.partition(":")
     if tail in ("mkl", "native"):
         return torch.float32, tail
+    if tail == "native-fma":
+        return torch.float32, "native"
     if tail in ("native-bf16", "native-avx512bf16"):
         return torch.bfloat16, "native"
     return (getattr(torch, tail) if tail else dtype), "onednn"
@@ -203,7 +209,7 @@ class Packed:
     block: int = 0
     #: the compiled kernel's (gate and up, down) weight addresses, int64 [E] each
     addresses: tuple[torch.Tensor, torch.Tensor] | None = None
-    #: the compiled kernel's form (`native.FLOAT32`, `BF16_MKL` or `BF16_VNNI`)
+    #: the compiled kernel's form (`native.FLOAT32`, `BF16_MKL`, `BF16_VNNI` or `F32_FMA`)
     form: int = native.FLOAT32
 
 
@@ -230,6 +236,11 @@ def pack(w13: torch.Tensor, w2: torch.Tensor, path: str) -> Packed:
             form, width = native.BF16_VNNI, native.vnni_width(width)
             experts = tuple(
                 (k.pack_gate_up_vnni(w13[e]), k.pack_down_vnni(w2[e])) for e in range(w13.shape[0])
+            )
+        elif path == "grouped:native-fma":  # its own float32 GEMMs, on weights packed
+            form, width = native.F32_FMA, native.vnni_width(width)
+            experts = tuple(
+                (k.pack_gate_up_f32(w13[e]), k.pack_down_f32(w2[e])) for e in range(w13.shape[0])
             )
         elif dtype == torch.bfloat16:  # MKL's bfloat16 GEMMs take the weights as they are
             form = native.BF16_MKL

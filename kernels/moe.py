@@ -25,7 +25,8 @@ Backends (`MoEConfig.backend`), all behind `MoELayer.forward`:
   every expert in one call of a kernel compiled on the machine ("grouped:native",
   `kernels.native`, where a C compiler is found; in bfloat16 on MKL's GEMMs,
   "grouped:native-bf16", or, where the CPU has AVX512_BF16, on the kernel's own,
-  "grouped:native-avx512bf16"): the fast paths on CPUs without AMX.
+  "grouped:native-avx512bf16"; in float32 on the kernel's own FMA GEMMs,
+  "grouped:native-fma"): the fast paths on CPUs without AMX.
 - "naive": a per-expert loop (gather the tokens routed to each expert, run it, scatter).
 - "reference": every expert on every token in float32, then the routing weights: the
   ground truth the others are tested against.
@@ -67,6 +68,7 @@ KERNELS = {
     "grouped:native": "grouped compiled kernel on MKL packed sgemm (float32)",
     "grouped:native-bf16": "grouped compiled kernel on MKL bf16 GEMMs (bfloat16 weights)",
     "grouped:native-avx512bf16": "grouped compiled kernel, own AVX512-BF16 GEMMs (bfloat16)",
+    "grouped:native-fma": "grouped compiled kernel, own float32 FMA GEMMs (float32)",
     "naive": "per-expert loop",
     "reference": "float32 reference",
 }

@@ -13,7 +13,9 @@ bfloat16 GEMMs on a bfloat16 layer's weights as they are (`Kernel.bf16`), and an
 where the CPU has AVX512_BF16, the file's own bfloat16 GEMM on weights packed in VNNI
 order (`Kernel.vnni`): MKL's bfloat16 GEMM takes a slow path on AMD CPUs (the layer at
 0.23 of a dense matmul on an AMD EPYC with AVX512_BF16, 2026-12-02, where this form made
-0.89-0.92 at 512 tokens and 0.93-0.99 at 2048). `Kernel.moe` does routing's bookkeeping
+0.89-0.92 at 512 tokens and 0.93-0.99 at 2048). A float32 form runs the file's own GEMMs
+in the CPU's widest FMA vectors on weights it packed (`Kernel.fma`): MKL's float32 GEMMs
+are slow on AMD CPUs too. `Kernel.moe` does routing's bookkeeping
 (the sort by expert, the gathers, the table of GEMM calls) in the kernel as well.
 
 It is compiled on the machine, not shipped (`kernels.build`: about a second, once per
@@ -33,7 +35,7 @@ import subprocess
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -45,8 +47,9 @@ _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 
 #: `Kernel.ffn`'s forms: float32 x on weights packed by `Kernel.pack` (MKL's packed
 #: sgemm); bfloat16 x on the weights as they are (MKL's bfloat16 GEMMs); bfloat16 x on
-#: weights packed by `Kernel.pack_vnni` (the kernel's own AVX512_BF16 GEMMs)
-FLOAT32, BF16_MKL, BF16_VNNI = 0, 1, 2
+#: weights packed by `Kernel.pack_vnni` (the kernel's own AVX512_BF16 GEMMs); float32 x
+#: on weights packed by `Kernel.pack_f32` (the kernel's own FMA GEMMs)
+FLOAT32, BF16_MKL, BF16_VNNI, F32_FMA = 0, 1, 2, 3
 
 
 class Routed(NamedTuple):
@@ -76,6 +79,8 @@ class Kernel:
     #: the form on the kernel's own AVX512_BF16 GEMMs was built (the CPU has the
     #: instructions) and gave the right answer here
     vnni: bool = False
+    #: the form on the kernel's own float32 FMA GEMMs gave the right answer here
+    fma: bool = False
 
     def threads(self) -> int:
         return int(self.lib.conclave_threads())
@@ -89,33 +94,55 @@ class Kernel:
         self.lib.conclave_pack(rows, n, k, w.data_ptr(), out.data_ptr())
         return out
 
+    @staticmethod
+    def _packed(w: torch.Tensor, dtype: torch.dtype, size: Any, fill: Any) -> torch.Tensor:
+        """w [n,k] in `dtype`, packed by the library's `fill(n, k, w, dest)` into
+        `size(n, k)` elements."""
+        w = w.to(dtype).contiguous()
+        n, k = w.shape
+        out = torch.empty(int(size(n, k)), dtype=dtype)
+        fill(n, k, w.data_ptr(), out.data_ptr())
+        return out
+
     def pack_vnni(self, w: torch.Tensor) -> torch.Tensor:
         """w [n,k] (a linear layer's weight, bfloat16) packed for the `BF16_VNNI` form:
         [ceil(n/16)][ceil(k/2)][16][2], zero-padded (a copy the weight's size)."""
-        w = w.to(torch.bfloat16).contiguous()
-        n, k = w.shape
-        out = torch.empty(int(self.lib.conclave_vnni_size(n, k)), dtype=torch.bfloat16)
-        self.lib.conclave_pack_vnni(n, k, w.data_ptr(), out.data_ptr())
-        return out
+        return self._packed(
+            w, torch.bfloat16, self.lib.conclave_vnni_size, self.lib.conclave_pack_vnni
+        )
 
     def pack_gate_up_vnni(self, w13: torch.Tensor) -> torch.Tensor:
         """w13 [2n,k] (gate rows, then up rows) packed for the `BF16_VNNI` form: n padded
         with zero rows to `vnni_width(n)`, gate and up interleaved by 32 rows, so each of
         the kernel's 64-column tiles holds 32 gate columns and the same 32 up columns
         (SiLU(gate) * up is computed from its registers)."""
-        n, k = w13.shape[0] // 2, w13.shape[1]
-        wide = vnni_width(n)
-
-        def blocks(w: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.pad(w, (0, 0, 0, wide - n)).view(wide // 32, 32, k)
-
-        return self.pack_vnni(torch.cat([blocks(w13[:n]), blocks(w13[n:])], 1).view(-1, k))
+        return self.pack_vnni(_interleave(w13, 32))
 
     def pack_down_vnni(self, w2: torch.Tensor) -> torch.Tensor:
         """w2 [k,n] packed for the `BF16_VNNI` form, its columns zero-padded to
         `vnni_width(n)` (a padded gate row gives SiLU(0) * 0 = 0: exact)."""
         pad = vnni_width(w2.shape[1]) - w2.shape[1]
         return self.pack_vnni(torch.nn.functional.pad(w2, (0, pad)))
+
+    def pack_f32(self, w: torch.Tensor) -> torch.Tensor:
+        """w [n,k] (a linear layer's weight) packed in float32 for the `F32_FMA` form:
+        [ceil(n/lanes)][k][lanes], zero-padded (lanes: the CPU's float32 vector width)."""
+        return self._packed(
+            w, torch.float32, self.lib.conclave_f32_size, self.lib.conclave_pack_f32
+        )
+
+    def pack_gate_up_f32(self, w13: torch.Tensor) -> torch.Tensor:
+        """w13 [2n,k] (gate rows, then up rows) packed for the `F32_FMA` form: n padded
+        with zero rows to `vnni_width(n)`, gate and up interleaved by half the kernel's
+        tile (32 columns with AVX-512, 8 with AVX2), as `pack_gate_up_vnni` does."""
+        half = int(self.lib.conclave_f32_panel()) // 2
+        return self.pack_f32(_interleave(w13, half))
+
+    def pack_down_f32(self, w2: torch.Tensor) -> torch.Tensor:
+        """w2 [k,n] packed for the `F32_FMA` form, its columns zero-padded to
+        `vnni_width(n)`."""
+        pad = vnni_width(w2.shape[1]) - w2.shape[1]
+        return self.pack_f32(torch.nn.functional.pad(w2, (0, pad)))
 
     def moe(
         self,
@@ -202,7 +229,7 @@ class Kernel:
         assert x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous()
         if form is None:
             form = BF16_MKL if x.dtype == torch.bfloat16 else FLOAT32
-        assert (form == FLOAT32) == (x.dtype == torch.float32)
+        assert (form in (FLOAT32, F32_FMA)) == (x.dtype == torch.float32)
         assert form != BF16_VNNI or self.lib.conclave_vnni()
         rows, k = x.shape
         if out is None:
@@ -259,6 +286,19 @@ def _buffer(name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
         have = torch.empty(numel, dtype=dtype)
         setattr(_buffers, name, have)
     return have[:numel]
+
+
+def _interleave(w13: torch.Tensor, by: int) -> torch.Tensor:
+    """w13 [2n,k] (gate rows, then up rows) as [2 * vnni_width(n), k]: each half padded
+    with zero rows, then `by` gate rows, the same `by` up rows, and so on (`by` divides
+    32)."""
+    n, k = w13.shape[0] // 2, w13.shape[1]
+    wide = vnni_width(n)
+
+    def blocks(w: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(w, (0, 0, 0, wide - n)).view(wide // by, by, k)
+
+    return torch.cat([blocks(w13[:n]), blocks(w13[n:])], 1).view(-1, k)
 
 
 def vnni_width(n: int) -> int:
@@ -328,6 +368,10 @@ def _load(built: Built) -> Kernel:
     lib.conclave_vnni_size.argtypes, lib.conclave_vnni_size.restype = [_I64] * 2, _I64
     lib.conclave_pack_vnni.argtypes = [_I64] * 2 + [_PTR] * 2
     lib.conclave_pack_vnni.restype = None
+    lib.conclave_f32_panel.argtypes, lib.conclave_f32_panel.restype = [], _I64
+    lib.conclave_f32_size.argtypes, lib.conclave_f32_size.restype = [_I64] * 2, _I64
+    lib.conclave_pack_f32.argtypes = [_I64] * 2 + [_PTR] * 2
+    lib.conclave_pack_f32.restype = None
     return Kernel(lib, path)
 
 
@@ -340,15 +384,20 @@ def _check(k: Kernel) -> Kernel:
     bookkeeping done in the kernel (`Kernel.moe`)."""
     g = torch.Generator().manual_seed(0)
     experts, inter, rows_hint = 5, 40, 8
-    forms = [FLOAT32, BF16_MKL] + ([BF16_VNNI] if k.lib.conclave_vnni() else [])
+    forms = [FLOAT32, BF16_MKL, F32_FMA] + ([BF16_VNNI] if k.lib.conclave_vnni() else [])
     ok = {}
     for form in forms:
-        hidden = 47 if form == BF16_VNNI else 48
+        own = form in (BF16_VNNI, F32_FMA)  # the kernel's own GEMMs: tiles cut mid-vector
+        hidden = 47 if own else 48
         w13 = torch.randn(experts, 2 * inter, hidden, generator=g) * 0.2
         w2 = torch.randn(experts, hidden, inter, generator=g) * 0.2
         if form == FLOAT32:
             e13 = [k.pack(w13[e], rows_hint) for e in range(experts)]
             e2 = [k.pack(w2[e], rows_hint) for e in range(experts)]
+            dtype, tol = torch.float32, (1e-4, 1e-5)
+        elif form == F32_FMA:
+            e13 = [k.pack_gate_up_f32(w13[e]) for e in range(experts)]
+            e2 = [k.pack_down_f32(w2[e]) for e in range(experts)]
             dtype, tol = torch.float32, (1e-4, 1e-5)
         else:
             w13, w2 = w13.bfloat16().float(), w2.bfloat16().float()  # what they compute on
@@ -359,7 +408,7 @@ def _check(k: Kernel) -> Kernel:
             dtype, tol = torch.bfloat16, (2e-2, 2e-2)  # its activations are rounded
         a13 = torch.tensor([t.data_ptr() for t in e13], dtype=torch.int64)
         a2 = torch.tensor([t.data_ptr() for t in e2], dtype=torch.int64)
-        width = vnni_width(inter) if form == BF16_VNNI else inter
+        width = vnni_width(inter) if own else inter
 
         def ffn(
             x: torch.Tensor, e: int, w13: torch.Tensor = w13, w2: torch.Tensor = w2
@@ -394,9 +443,9 @@ def _check(k: Kernel) -> Kernel:
             err = max(float((a - b).abs().max()) for a, b, _ in pairs)
             if form == FLOAT32:
                 raise Unavailable(f"{k.path.name} gave a wrong answer (max error {err:.2g})")
-            name = "MKL bfloat16" if form == BF16_MKL else "AVX512_BF16"
-            log.info("the grouped MoE kernel's %s form is left out: error %.2g", name, err)
-    return replace(k, bf16=ok[BF16_MKL], vnni=ok.get(BF16_VNNI, False))
+            name = {BF16_MKL: "MKL bfloat16", BF16_VNNI: "AVX512_BF16", F32_FMA: "float32 FMA"}
+            log.info("the grouped MoE kernel's %s form is left out: error %.2g", name[form], err)
+    return replace(k, bf16=ok[BF16_MKL], vnni=ok.get(BF16_VNNI, False), fma=ok[F32_FMA])
 
 
 def pieces(counts: list[int], block: int) -> list[tuple[int, int, int]]:

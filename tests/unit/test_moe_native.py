@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+import kernels.autotune
 import kernels.build
 import kernels.grouped
 import kernels.native as native
@@ -205,6 +206,8 @@ FORMS = [
         "grouped:native-avx512bf16",
         "grouped compiled kernel, own AVX512-BF16 GEMMs (bfloat16)",
     ),
+    ("float32", "grouped:native-fma", "grouped compiled kernel, own float32 FMA GEMMs (float32)"),
+    ("bfloat16", "grouped:native-fma", "grouped compiled kernel, own float32 FMA GEMMs (float32)"),
 ]
 
 
@@ -302,6 +305,59 @@ def test_the_avx512_bf16_form_matches_pytorch_on_awkward_shapes(hidden, inter, t
             want[t] += act.float() @ w2[e].float().t()
     tol = 0.02 * float(want.abs().max()) + 1e-2
     assert float((got.float() - want).abs().max()) <= tol
+
+
+@pytest.fixture(scope="module")
+def avx2_kernel(tmp_path_factory):
+    """The kernel as a CPU with AVX2 but no AVX-512 gets it (8-lane vectors, 16-column
+    tiles): built with `-mno-avx512f` into a cache of its own, and checked."""
+    if not HERE or "avx2" not in kernels.autotune.cpuinfo().flags:
+        pytest.skip("no C compiler, no MKL, or a CPU without AVX2")
+    tmp = tmp_path_factory.mktemp("avx2")
+    fake = tmp / "avx2-cc"
+    fake.write_text(f'#!/bin/sh\nexec {kernels.build.compiler()} "$@" -mno-avx512f\n')
+    fake.chmod(0o755)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CC", str(fake))
+        mp.setenv("CONCLAVE_CACHE", str(tmp / "cache"))
+        got = native.attempt()
+    assert isinstance(got, native.Kernel), got
+    return got
+
+
+@needs_cc
+@pytest.mark.parametrize(("hidden", "inter"), [(64, 64), (47, 40), (1100, 600)])
+@pytest.mark.parametrize("top_k", [1, 3])
+@pytest.mark.parametrize("isa", ["this CPU", "AVX2"])
+def test_the_fma_form_matches_pytorch_on_awkward_shapes(hidden, inter, top_k, isa, request):
+    """The kernel's own float32 GEMMs, in this CPU's vectors and in AVX2's: columns off a
+    whole vector and off a tile (the ragged tile computed on a copy), an intermediate
+    padded to 32 and interleaved by half a tile, k over one 512-block in both GEMMs,
+    row counts off the 6-row tile, each token's rows summed inside."""
+    k = request.getfixturevalue("avx2_kernel") if isa == "AVX2" else native.kernel()
+    assert k is not None and k.fma, native.unavailable()
+    if isa == "AVX2":
+        assert k.lib.conclave_f32_panel() == 16  # 2 vectors of 8
+    g = torch.Generator().manual_seed(hidden + top_k)
+    experts, tokens = 4, 29
+    w13 = torch.randn(experts, 2 * inter, hidden, generator=g) / hidden**0.5
+    w2 = torch.randn(experts, hidden, inter, generator=g) / inter**0.5
+    x = torch.randn(tokens, hidden, generator=g)
+    ids = torch.stack([torch.randperm(experts, generator=g)[:top_k] for _ in range(tokens)])
+    weights = torch.rand(tokens, top_k, generator=g)
+    a13 = [k.pack_gate_up_f32(w13[e]) for e in range(experts)]
+    a2 = [k.pack_down_f32(w2[e]) for e in range(experts)]
+    addresses = [torch.tensor([t.data_ptr() for t in a], dtype=torch.int64) for a in (a13, a2)]
+    out = torch.full((tokens, hidden), float("nan"))  # every row written
+    got = k.moe(x, ids, weights, *addresses, native.vnni_width(inter), native.F32_FMA, 7, out)
+    assert got is out
+    want = torch.zeros(tokens, hidden)
+    for t in range(tokens):
+        for j in range(top_k):
+            e = int(ids[t, j])
+            h = x[t] @ w13[e].t()
+            want[t] += (torch.nn.functional.silu(h[:inter]) * h[inter:] * weights[t, j]) @ w2[e].t()
+    assert float((got - want).abs().max()) <= 1e-4 * float(want.abs().max()) + 1e-5
 
 
 @needs_cc

@@ -81,6 +81,7 @@ _SHORT = {
     "grouped:native": "grouped native",
     "grouped:native-bf16": "grouped native bf16",
     "grouped:native-avx512bf16": "grouped avx512bf16",
+    "grouped:native-fma": "grouped fma",
     "naive": "loop",
 }
 
