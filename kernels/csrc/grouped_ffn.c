@@ -127,10 +127,9 @@ SWIGLU_ROW(swiglu_row_bf16, bf16, to_bf16)
  * its 16) and anything else the compiler vectorizes: a weight w [n,k] is packed once as
  * [ceil(n/lanes)][k][lanes] (each k's `lanes` output columns side by side, zero-padded),
  * k is cut into blocks of 512 (a 64-column panel of 128 KB stays in L2 across the rows;
- * 256 ran 3-12% slower there),
- * and with gate and up interleaved by half a panel (`native.Kernel.pack_gate_up_f32`)
- * SiLU(gate) * up * routing weight is computed from each tile as its last step: the
- * [rows, 2n] product is never written. */
+ * 256 ran 5-12% slower there), and with gate and up interleaved by half a panel
+ * (`native.Kernel.pack_gate_up_f32`) SiLU(gate) * up * routing weight is computed from
+ * each tile as its last step: the [rows, 2n] product is never written. */
 #if defined(__AVX512F__)
 #define F32_LANES 16
 #define F32_VECS 4
@@ -526,8 +525,8 @@ static void combine(int64_t rows, int64_t topk, int64_t k, float *y, const int64
  * (float32 x, FORM_F32), bfloat16 as they are (bfloat16 x, FORM_BF16_MKL), or packed by
  * `conclave_pack_vnni` (bfloat16 x, FORM_BF16_VNNI: only where `conclave_vnni()`; gate and
  * up interleaved, n a multiple of 32) or by `conclave_pack_f32` (float32 x, FORM_F32_FMA;
- * gate and up interleaved, n a multiple of half a panel). weight [R]: each row's routing weight. scratch:
- * conclave_threads() x 3 x max_rows x n floats. With `out` (else y is the result): order
+ * gate and up interleaved, n a multiple of half a panel). weight [R]: each row's routing
+ * weight. scratch: conclave_threads() x 3 x max_rows x n floats. With `out` (else y is the result): order
  * [R] (the flat token * topk + slot of each sorted row), inverse [R] (scratch) and out
  * [R/topk, k] get each token's topk rows summed (`combine`).
  *
