@@ -136,6 +136,7 @@ class Kernel:
         with zero rows to `vnni_width(n)`, gate and up interleaved by half the kernel's
         tile (32 columns with AVX-512, 8 with AVX2), as `pack_gate_up_vnni` does."""
         half = int(self.lib.conclave_f32_panel()) // 2
+        assert 32 % half == 0, half  # the padded width is a multiple of 32
         return self.pack_f32(_interleave(w13, half))
 
     def pack_down_f32(self, w2: torch.Tensor) -> torch.Tensor:
@@ -157,7 +158,7 @@ class Kernel:
         out: torch.Tensor,
     ) -> torch.Tensor:
         """out [T,k] = sum_j weights[t,j] * FFN_ids[t,j](x[t]): routing's bookkeeping
-        (`route`) and `ffn`, in two calls. x [T,k] float32 (form FLOAT32) or bfloat16;
+        (`route`) and `ffn`, in two calls. x [T,k] float32 (FLOAT32, F32_FMA) or bfloat16;
         ids [T,topk] in 0..E-1 for the E experts whose addresses w13 and w2 hold; out
         float32 or bfloat16."""
         r = self.route(x, ids, weights, len(w13), block)
