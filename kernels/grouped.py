@@ -223,6 +223,10 @@ class Packed:
 MKL_ROWS = 256
 
 
+#: The compiled kernel's forms on GEMMs of its own, by path.
+OWN_GEMMS = {"grouped:native-avx512bf16": native.BF16_VNNI, "grouped:native-fma": native.F32_FMA}
+
+
 def pack(w13: torch.Tensor, w2: torch.Tensor, path: str) -> Packed:
     """w13 [E,2N,K] (gate rows, then up rows), w2 [E,K,N] packed for grouped `path` (one
     of `variants(w13.dtype)`), once per layer."""
@@ -232,16 +236,9 @@ def pack(w13: torch.Tensor, w2: torch.Tensor, path: str) -> Packed:
         if k is None:
             raise RuntimeError(f"{path} cannot run here: {native.unavailable()}")
         width = w2.shape[-1]
-        if path == "grouped:native-avx512bf16":  # its own GEMMs, on weights in VNNI order
-            form, width = native.BF16_VNNI, native.vnni_width(width)
-            experts = tuple(
-                (k.pack_gate_up_vnni(w13[e]), k.pack_down_vnni(w2[e])) for e in range(w13.shape[0])
-            )
-        elif path == "grouped:native-fma":  # its own float32 GEMMs, on weights packed
-            form, width = native.F32_FMA, native.vnni_width(width)
-            experts = tuple(
-                (k.pack_gate_up_f32(w13[e]), k.pack_down_f32(w2[e])) for e in range(w13.shape[0])
-            )
+        if path in OWN_GEMMS:  # its own GEMMs, on weights it packs
+            form, width = OWN_GEMMS[path], native.vnni_width(width)
+            experts = tuple(k.pack_expert(w13[e], w2[e], form) for e in range(w13.shape[0]))
         elif dtype == torch.bfloat16:  # MKL's bfloat16 GEMMs take the weights as they are
             form = native.BF16_MKL
             w13, w2 = w13.contiguous(), w2.contiguous()

@@ -111,19 +111,6 @@ class Kernel:
             w, torch.bfloat16, self.lib.conclave_vnni_size, self.lib.conclave_pack_vnni
         )
 
-    def pack_gate_up_vnni(self, w13: torch.Tensor) -> torch.Tensor:
-        """w13 [2n,k] (gate rows, then up rows) packed for the `BF16_VNNI` form: n padded
-        with zero rows to `vnni_width(n)`, gate and up interleaved by 32 rows, so each of
-        the kernel's 64-column tiles holds 32 gate columns and the same 32 up columns
-        (SiLU(gate) * up is computed from its registers)."""
-        return self.pack_vnni(_interleave(w13, 32))
-
-    def pack_down_vnni(self, w2: torch.Tensor) -> torch.Tensor:
-        """w2 [k,n] packed for the `BF16_VNNI` form, its columns zero-padded to
-        `vnni_width(n)` (a padded gate row gives SiLU(0) * 0 = 0: exact)."""
-        pad = vnni_width(w2.shape[1]) - w2.shape[1]
-        return self.pack_vnni(torch.nn.functional.pad(w2, (0, pad)))
-
     def pack_f32(self, w: torch.Tensor) -> torch.Tensor:
         """w [n,k] (a linear layer's weight) packed in float32 for the `F32_FMA` form:
         [ceil(n/lanes)][k][lanes], zero-padded (lanes: the CPU's float32 vector width)."""
@@ -131,19 +118,24 @@ class Kernel:
             w, torch.float32, self.lib.conclave_f32_size, self.lib.conclave_pack_f32
         )
 
-    def pack_gate_up_f32(self, w13: torch.Tensor) -> torch.Tensor:
-        """w13 [2n,k] (gate rows, then up rows) packed for the `F32_FMA` form: n padded
-        with zero rows to `vnni_width(n)`, gate and up interleaved by half the kernel's
-        tile (32 columns with AVX-512, 8 with AVX2), as `pack_gate_up_vnni` does."""
-        half = int(self.lib.conclave_f32_panel()) // 2
+    def pack_expert(
+        self, w13: torch.Tensor, w2: torch.Tensor, form: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One expert's (gate and up, down) weights packed for one of the kernel's own GEMM
+        forms (`BF16_VNNI`: `pack_vnni`; `F32_FMA`: `pack_f32`). w13 [2n,k] (gate rows,
+        then up rows): n padded with zero rows to `vnni_width(n)`, gate and up interleaved
+        by half the kernel's tile (32 rows for VNNI's and for AVX-512's 64-column tiles, 8
+        for AVX2's 16), so each tile holds gate columns and the same up columns (SiLU(gate)
+        * up is computed from its registers). w2 [k,n]: columns zero-padded to
+        `vnni_width(n)` (a padded gate row gives SiLU(0) * 0 = 0: exact)."""
+        if form == BF16_VNNI:
+            pack, half = self.pack_vnni, 32
+        else:
+            assert form == F32_FMA, form
+            pack, half = self.pack_f32, int(self.lib.conclave_f32_panel()) // 2
         assert 32 % half == 0, half  # the padded width is a multiple of 32
-        return self.pack_f32(_interleave(w13, half))
-
-    def pack_down_f32(self, w2: torch.Tensor) -> torch.Tensor:
-        """w2 [k,n] packed for the `F32_FMA` form, its columns zero-padded to
-        `vnni_width(n)`."""
         pad = vnni_width(w2.shape[1]) - w2.shape[1]
-        return self.pack_f32(torch.nn.functional.pad(w2, (0, pad)))
+        return pack(_interleave(w13, half)), pack(torch.nn.functional.pad(w2, (0, pad)))
 
     def moe(
         self,
@@ -220,8 +212,8 @@ class Kernel:
         [P,3] int64 (first row, rows, expert), each expert's rows contiguous; weight [R]
         float32; w13 and w2: int64 addresses of each expert's weights, packed by `pack`
         for float32 x, bfloat16 [2N,K] and [K,N] as they are for bfloat16 x, or packed
-        by `pack_gate_up_vnni` and `pack_down_vnni` for the `BF16_VNNI` form (there
-        `intermediate` is their `vnni_width`). By default FLOAT32 or BF16_MKL, by x.
+        by `pack_expert` for the `BF16_VNNI` and `F32_FMA` forms (there `intermediate` is
+        their `vnni_width`). By default FLOAT32 or BF16_MKL, by x.
 
         With `out` [T,k] (float32 or bfloat16, T = R / topk) and `order` [R] int64 (row
         r's flat token * topk + slot): out[t] is the sum of token t's rows instead, summed
@@ -378,11 +370,12 @@ def _load(built: Built) -> Kernel:
 
 def _check(k: Kernel) -> Kernel:
     """A small FFN through the kernel against PyTorch's, in float32 (it must pass), in
-    bfloat16 on MKL (`Kernel.bf16`) and on the kernel's own GEMMs (`Kernel.vnni`, where
-    built; an odd hidden size too: a k with no pair partner, columns off a multiple of
-    16): experts with no rows, one row, rows over the packing hint, enough pieces for the
-    threaded split and too few; each row alone, each token's rows summed, and routing's
-    bookkeeping done in the kernel (`Kernel.moe`)."""
+    bfloat16 on MKL (`Kernel.bf16`), and on the kernel's own GEMMs in bfloat16
+    (`Kernel.vnni`, where built) and float32 (`Kernel.fma`; for both an odd hidden size:
+    a k with no pair partner, columns off a whole vector): experts with no rows, one
+    row, rows over the packing hint, enough pieces for the threaded split and too few;
+    each row alone, each token's rows summed, and routing's bookkeeping done in the
+    kernel (`Kernel.moe`)."""
     g = torch.Generator().manual_seed(0)
     experts, inter, rows_hint = 5, 40, 8
     forms = [FLOAT32, BF16_MKL, F32_FMA] + ([BF16_VNNI] if k.lib.conclave_vnni() else [])
@@ -393,22 +386,18 @@ def _check(k: Kernel) -> Kernel:
         w13 = torch.randn(experts, 2 * inter, hidden, generator=g) * 0.2
         w2 = torch.randn(experts, hidden, inter, generator=g) * 0.2
         if form == FLOAT32:
-            e13 = [k.pack(w13[e], rows_hint) for e in range(experts)]
-            e2 = [k.pack(w2[e], rows_hint) for e in range(experts)]
+            packed = [(k.pack(w13[e], rows_hint), k.pack(w2[e], rows_hint)) for e in range(experts)]
             dtype, tol = torch.float32, (1e-4, 1e-5)
         elif form == F32_FMA:
-            e13 = [k.pack_gate_up_f32(w13[e]) for e in range(experts)]
-            e2 = [k.pack_down_f32(w2[e]) for e in range(experts)]
+            packed = [k.pack_expert(w13[e], w2[e], form) for e in range(experts)]
             dtype, tol = torch.float32, (1e-4, 1e-5)
         else:
             w13, w2 = w13.bfloat16().float(), w2.bfloat16().float()  # what they compute on
-            e13, e2 = list(w13.bfloat16()), list(w2.bfloat16())
+            packed = [(w13[e].bfloat16(), w2[e].bfloat16()) for e in range(experts)]
             if form == BF16_VNNI:
-                e13 = [k.pack_gate_up_vnni(w) for w in e13]
-                e2 = [k.pack_down_vnni(w) for w in e2]
+                packed = [k.pack_expert(a, b, form) for a, b in packed]
             dtype, tol = torch.bfloat16, (2e-2, 2e-2)  # its activations are rounded
-        a13 = torch.tensor([t.data_ptr() for t in e13], dtype=torch.int64)
-        a2 = torch.tensor([t.data_ptr() for t in e2], dtype=torch.int64)
+        a13, a2 = (torch.tensor([p[i].data_ptr() for p in packed]) for i in (0, 1))
         width = vnni_width(inter) if own else inter
 
         def ffn(

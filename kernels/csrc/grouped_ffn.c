@@ -128,7 +128,7 @@ SWIGLU_ROW(swiglu_row_bf16, bf16, to_bf16)
  * [ceil(n/lanes)][k][lanes] (each k's `lanes` output columns side by side, zero-padded),
  * k is cut into blocks of 512 (a 64-column panel of 128 KB stays in L2 across the rows;
  * 256 ran 5-12% slower there), and with gate and up interleaved by half a panel
- * (`native.Kernel.pack_gate_up_f32`) SiLU(gate) * up * routing weight is computed from
+ * (`native.Kernel.pack_expert`) SiLU(gate) * up * routing weight is computed from
  * each tile as its last step: the [rows, 2n] product is never written. */
 #if defined(__AVX512F__)
 #define F32_LANES 16
@@ -268,7 +268,7 @@ static void gemm_f32(int64_t m, int64_t n, int64_t k, const float *a, int64_t ld
  * float32 registers: per pair of k, 4 loads of the weight, 6 broadcasts of a row's pair,
  * 24 dot products. k is cut into blocks of 512 (a 64-column weight panel of 64 KB stays in
  * L2 across the rows; 256 ran 1-6% slower there). The gate and up weights are packed
- * interleaved by 32 rows (`native.Kernel.pack_gate_up_vnni`), so each tile holds 32 gate
+ * interleaved by 32 rows (`native.Kernel.pack_expert`), so each tile holds 32 gate
  * columns and the same 32 up columns, and SiLU(gate) * up * routing weight is computed
  * from the registers as bfloat16: the [rows, 2n] float32 product is never written. */
 #define VNNI_ROWS 6

@@ -289,8 +289,9 @@ def test_the_avx512_bf16_form_matches_pytorch_on_awkward_shapes(hidden, inter, t
     table = torch.tensor(native.pieces(counts, 7), dtype=torch.int64)
     xs = x.index_select(0, order // top_k).contiguous()
     w = weights.reshape(-1).index_select(0, order).contiguous()
-    a13 = [k.pack_gate_up_vnni(w13[e]) for e in range(experts)]
-    a2 = [k.pack_down_vnni(w2[e]) for e in range(experts)]
+    a13, a2 = zip(
+        *(k.pack_expert(w13[e], w2[e], native.BF16_VNNI) for e in range(experts)), strict=True
+    )
     addresses = [torch.tensor([t.data_ptr() for t in a], dtype=torch.int64) for a in (a13, a2)]
     width = native.vnni_width(inter)
     out = torch.full((tokens, hidden), float("nan"), dtype=out_dtype)  # every row written
@@ -345,8 +346,9 @@ def test_the_fma_form_matches_pytorch_on_awkward_shapes(hidden, inter, top_k, is
     x = torch.randn(tokens, hidden, generator=g)
     ids = torch.stack([torch.randperm(experts, generator=g)[:top_k] for _ in range(tokens)])
     weights = torch.rand(tokens, top_k, generator=g)
-    a13 = [k.pack_gate_up_f32(w13[e]) for e in range(experts)]
-    a2 = [k.pack_down_f32(w2[e]) for e in range(experts)]
+    a13, a2 = zip(
+        *(k.pack_expert(w13[e], w2[e], native.F32_FMA) for e in range(experts)), strict=True
+    )
     addresses = [torch.tensor([t.data_ptr() for t in a], dtype=torch.int64) for a in (a13, a2)]
     out = torch.full((tokens, hidden), float("nan"))  # every row written
     got = k.moe(x, ids, weights, *addresses, native.vnni_width(inter), native.F32_FMA, 7, out)
