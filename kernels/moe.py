@@ -26,7 +26,8 @@ Backends (`MoEConfig.backend`), all behind `MoELayer.forward`:
   `kernels.native`, where a C compiler is found; in bfloat16 on MKL's GEMMs,
   "grouped:native-bf16", or, where the CPU has AVX512_BF16, on the kernel's own,
   "grouped:native-avx512bf16"; in float32 on the kernel's own FMA GEMMs,
-  "grouped:native-fma"): the fast paths on CPUs without AMX.
+  "grouped:native-fma", on a bfloat16 layer's weights as bfloat16,
+  "grouped:native-fma-bf16"): the fast paths on CPUs without AMX.
 - "naive": a per-expert loop (gather the tokens routed to each expert, run it, scatter).
 - "reference": every expert on every token in float32, then the routing weights: the
   ground truth the others are tested against.
@@ -51,7 +52,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kernels.autotune import CHOICES, Choice, ChoiceCache, bucket, cpu, time_paths
-from kernels.grouped import Packed, grouped_moe, pack, spec, unavailable, variants
+from kernels.grouped import Packed, grouped_moe, pack, stored, unavailable, variants
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ KERNELS = {
     "grouped:native-bf16": "grouped compiled kernel on MKL bf16 GEMMs (bfloat16 weights)",
     "grouped:native-avx512bf16": "grouped compiled kernel, own AVX512-BF16 GEMMs (bfloat16)",
     "grouped:native-fma": "grouped compiled kernel, own float32 FMA GEMMs (float32)",
+    "grouped:native-fma-bf16": "grouped compiled kernel, own float32 FMA GEMMs (bf16 weights)",
     "naive": "per-expert loop",
     "reference": "float32 reference",
 }
@@ -314,7 +316,7 @@ class MoELayer(torch.nn.Module):
         without it (slower) instead of running the machine out of memory."""
         out = []
         for path in variants(dtype):
-            d, _ = spec(path, dtype)
+            d = stored(path, dtype)
             if d.itemsize > dtype.itemsize:
                 copy = (self.w13.numel() + self.w2.numel()) * d.itemsize
                 free = available_bytes()

@@ -48,8 +48,9 @@ _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 #: `Kernel.ffn`'s forms: float32 x on weights packed by `Kernel.pack` (MKL's packed
 #: sgemm); bfloat16 x on the weights as they are (MKL's bfloat16 GEMMs); bfloat16 x on
 #: weights packed by `Kernel.pack_vnni` (the kernel's own AVX512_BF16 GEMMs); float32 x
-#: on weights packed by `Kernel.pack_f32` (the kernel's own FMA GEMMs)
-FLOAT32, BF16_MKL, BF16_VNNI, F32_FMA = 0, 1, 2, 3
+#: on weights packed by `Kernel.pack_f32` (the kernel's own FMA GEMMs); the same GEMMs on
+#: bfloat16 weights packed by `Kernel.pack_f32_bf16`, widened to float32 in registers
+FLOAT32, BF16_MKL, BF16_VNNI, F32_FMA, F32_FMA_BF16 = 0, 1, 2, 3, 4
 
 
 class Routed(NamedTuple):
@@ -81,6 +82,8 @@ class Kernel:
     vnni: bool = False
     #: the form on the kernel's own float32 FMA GEMMs gave the right answer here
     fma: bool = False
+    #: and the same GEMMs on bfloat16 weights (`F32_FMA_BF16`)
+    fma_bf16: bool = False
 
     def threads(self) -> int:
         return int(self.lib.conclave_threads())
@@ -118,11 +121,21 @@ class Kernel:
             w, torch.float32, self.lib.conclave_f32_size, self.lib.conclave_pack_f32
         )
 
+    def pack_f32_bf16(self, w: torch.Tensor) -> torch.Tensor:
+        """w [n,k] (a linear layer's weight) packed in bfloat16 for the `F32_FMA_BF16` form:
+        [ceil(n/(2 lanes))][k][lanes][2], column j's value and column lanes + j's side by
+        side (one 32-bit load, two float32 vectors), zero-padded: a copy the size of the
+        weight in bfloat16."""
+        return self._packed(
+            w, torch.bfloat16, self.lib.conclave_f32_bf16_size, self.lib.conclave_pack_f32_bf16
+        )
+
     def pack_expert(
         self, w13: torch.Tensor, w2: torch.Tensor, form: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One expert's (gate and up, down) weights packed for one of the kernel's own GEMM
-        forms (`BF16_VNNI`: `pack_vnni`; `F32_FMA`: `pack_f32`). w13 [2n,k] (gate rows,
+        forms (`BF16_VNNI`: `pack_vnni`; `F32_FMA`: `pack_f32`; `F32_FMA_BF16`:
+        `pack_f32_bf16`). w13 [2n,k] (gate rows,
         then up rows): n padded with zero rows to `vnni_width(n)`, gate and up interleaved
         by half the kernel's tile (32 rows for VNNI's and for AVX-512's 64-column tiles, 8
         for AVX2's 16), so each tile holds gate columns and the same up columns (SiLU(gate)
@@ -131,8 +144,9 @@ class Kernel:
         if form == BF16_VNNI:
             pack, half = self.pack_vnni, 32
         else:
-            assert form == F32_FMA, form
-            pack, half = self.pack_f32, int(self.lib.conclave_f32_panel()) // 2
+            assert form in (F32_FMA, F32_FMA_BF16), form
+            pack = self.pack_f32 if form == F32_FMA else self.pack_f32_bf16
+            half = int(self.lib.conclave_f32_panel()) // 2
         assert 32 % half == 0, half  # the padded width is a multiple of 32
         pad = vnni_width(w2.shape[1]) - w2.shape[1]
         return pack(_interleave(w13, half)), pack(torch.nn.functional.pad(w2, (0, pad)))
@@ -150,7 +164,8 @@ class Kernel:
         out: torch.Tensor,
     ) -> torch.Tensor:
         """out [T,k] = sum_j weights[t,j] * FFN_ids[t,j](x[t]): routing's bookkeeping
-        (`route`) and `ffn`, in two calls. x [T,k] float32 (FLOAT32, F32_FMA) or bfloat16;
+        (`route`) and `ffn`, in two calls. x [T,k] float32 (FLOAT32, F32_FMA, F32_FMA_BF16)
+        or bfloat16;
         ids [T,topk] in 0..E-1 for the E experts whose addresses w13 and w2 hold; out
         float32 or bfloat16."""
         r = self.route(x, ids, weights, len(w13), block)
@@ -212,7 +227,8 @@ class Kernel:
         [P,3] int64 (first row, rows, expert), each expert's rows contiguous; weight [R]
         float32; w13 and w2: int64 addresses of each expert's weights, packed by `pack`
         for float32 x, bfloat16 [2N,K] and [K,N] as they are for bfloat16 x, or packed
-        by `pack_expert` for the `BF16_VNNI` and `F32_FMA` forms (there `intermediate` is
+        by `pack_expert` for the `BF16_VNNI`, `F32_FMA` and `F32_FMA_BF16` forms (there
+        `intermediate` is
         their `vnni_width`). By default FLOAT32 or BF16_MKL, by x.
 
         With `out` [T,k] (float32 or bfloat16, T = R / topk) and `order` [R] int64 (row
@@ -222,7 +238,7 @@ class Kernel:
         assert x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous()
         if form is None:
             form = BF16_MKL if x.dtype == torch.bfloat16 else FLOAT32
-        assert (form in (FLOAT32, F32_FMA)) == (x.dtype == torch.float32)
+        assert (form in (FLOAT32, F32_FMA, F32_FMA_BF16)) == (x.dtype == torch.float32)
         assert form != BF16_VNNI or self.lib.conclave_vnni()
         rows, k = x.shape
         if out is None:
@@ -365,23 +381,29 @@ def _load(built: Built) -> Kernel:
     lib.conclave_f32_size.argtypes, lib.conclave_f32_size.restype = [_I64] * 2, _I64
     lib.conclave_pack_f32.argtypes = [_I64] * 2 + [_PTR] * 2
     lib.conclave_pack_f32.restype = None
+    lib.conclave_f32_bf16_size.argtypes = [_I64] * 2
+    lib.conclave_f32_bf16_size.restype = _I64
+    lib.conclave_pack_f32_bf16.argtypes = [_I64] * 2 + [_PTR] * 2
+    lib.conclave_pack_f32_bf16.restype = None
     return Kernel(lib, path)
 
 
 def _check(k: Kernel) -> Kernel:
     """A small FFN through the kernel against PyTorch's, in float32 (it must pass), in
     bfloat16 on MKL (`Kernel.bf16`), and on the kernel's own GEMMs in bfloat16
-    (`Kernel.vnni`, where built) and float32 (`Kernel.fma`; for both an odd hidden size:
+    (`Kernel.vnni`, where built) and float32 (`Kernel.fma`, and on bfloat16 weights
+    `Kernel.fma_bf16`; for these an odd hidden size:
     a k with no pair partner, columns off a whole vector): experts with no rows, one
     row, rows over the packing hint, enough pieces for the threaded split and too few;
     each row alone, each token's rows summed, and routing's bookkeeping done in the
     kernel (`Kernel.moe`)."""
     g = torch.Generator().manual_seed(0)
     experts, inter, rows_hint = 5, 40, 8
-    forms = [FLOAT32, BF16_MKL, F32_FMA] + ([BF16_VNNI] if k.lib.conclave_vnni() else [])
+    forms = [FLOAT32, BF16_MKL, F32_FMA, F32_FMA_BF16]
+    forms += [BF16_VNNI] if k.lib.conclave_vnni() else []
     ok = {}
     for form in forms:
-        own = form in (BF16_VNNI, F32_FMA)  # the kernel's own GEMMs: tiles cut mid-vector
+        own = form in (BF16_VNNI, F32_FMA, F32_FMA_BF16)  # own GEMMs: tiles cut mid-vector
         hidden = 47 if own else 48
         w13 = torch.randn(experts, 2 * inter, hidden, generator=g) * 0.2
         w2 = torch.randn(experts, hidden, inter, generator=g) * 0.2
@@ -389,6 +411,10 @@ def _check(k: Kernel) -> Kernel:
             packed = [(k.pack(w13[e], rows_hint), k.pack(w2[e], rows_hint)) for e in range(experts)]
             dtype, tol = torch.float32, (1e-4, 1e-5)
         elif form == F32_FMA:
+            packed = [k.pack_expert(w13[e], w2[e], form) for e in range(experts)]
+            dtype, tol = torch.float32, (1e-4, 1e-5)
+        elif form == F32_FMA_BF16:  # float32 arithmetic on exactly the bfloat16 weights
+            w13, w2 = w13.bfloat16().float(), w2.bfloat16().float()
             packed = [k.pack_expert(w13[e], w2[e], form) for e in range(experts)]
             dtype, tol = torch.float32, (1e-4, 1e-5)
         else:
@@ -433,9 +459,20 @@ def _check(k: Kernel) -> Kernel:
             err = max(float((a - b).abs().max()) for a, b, _ in pairs)
             if form == FLOAT32:
                 raise Unavailable(f"{k.path.name} gave a wrong answer (max error {err:.2g})")
-            name = {BF16_MKL: "MKL bfloat16", BF16_VNNI: "AVX512_BF16", F32_FMA: "float32 FMA"}
+            name = {
+                BF16_MKL: "MKL bfloat16",
+                BF16_VNNI: "AVX512_BF16",
+                F32_FMA: "float32 FMA",
+                F32_FMA_BF16: "float32 FMA on bfloat16 weights",
+            }
             log.info("the grouped MoE kernel's %s form is left out: error %.2g", name[form], err)
-    return replace(k, bf16=ok[BF16_MKL], vnni=ok.get(BF16_VNNI, False), fma=ok[F32_FMA])
+    return replace(
+        k,
+        bf16=ok[BF16_MKL],
+        vnni=ok.get(BF16_VNNI, False),
+        fma=ok[F32_FMA],
+        fma_bf16=ok[F32_FMA_BF16],
+    )
 
 
 def pieces(counts: list[int], block: int) -> list[tuple[int, int, int]]:

@@ -11,10 +11,11 @@
  * one pass here takes ~0.3 ms. Here each piece's gate/up output stays in a per-thread
  * scratch buffer that is in cache for the SiLU pass and the down projection.
  *
- * Four forms (`conclave_ffn`'s `form`): float32 on MKL's packed sgemm, bfloat16 on MKL's
+ * Five forms (`conclave_ffn`'s `form`): float32 on MKL's packed sgemm, bfloat16 on MKL's
  * bfloat16 GEMMs, bfloat16 on this file's own GEMM for CPUs with AVX512_BF16 dot
  * products (`gemm_vnni`), built only where the compiler targets them, and float32 on this
- * file's own GEMM in the CPU's widest FMA vectors (`gemm_f32`).
+ * file's own GEMM in the CPU's widest FMA vectors (`gemm_f32`), on float32 weights or on
+ * bfloat16 ones widened in registers.
  */
 #include <stdint.h>
 #include <string.h>
@@ -28,7 +29,13 @@
 #define HAVE_VNNI_BF16 0
 #endif
 
-enum { FORM_F32 = 0, FORM_BF16_MKL = 1, FORM_BF16_VNNI = 2, FORM_F32_FMA = 3 };
+enum {
+  FORM_F32 = 0,
+  FORM_BF16_MKL = 1,
+  FORM_BF16_VNNI = 2,
+  FORM_F32_FMA = 3,
+  FORM_F32_FMA_BF16 = 4
+};
 
 /* MKL's CBLAS as libtorch_cpu exports it (LP64: int indices; `native.py` checks the
  * answers before use, so a library with other conventions is left out, not trusted). */
@@ -146,6 +153,9 @@ SWIGLU_ROW(swiglu_row_bf16, bf16, to_bf16)
 typedef float f32v __attribute__((vector_size(F32_LANES * 4)));
 /* the same, for loads and stores at any float's address */
 typedef float f32v_u __attribute__((vector_size(F32_LANES * 4), aligned(4)));
+/* a vector's worth of the bfloat16 layout's 32-bit words (two bfloat16 each) */
+typedef uint32_t u32v_u __attribute__((vector_size(F32_LANES * 4), aligned(4), may_alias));
+typedef uint32_t u32v __attribute__((vector_size(F32_LANES * 4)));
 
 /* The columns of one tile: gate and up are interleaved by half of it. */
 int64_t conclave_f32_panel(void) { return F32_PANEL; }
@@ -164,11 +174,32 @@ void conclave_pack_f32(int64_t n, int64_t k, const float *w, float *dest) {
       }
 }
 
-/* c[mr, lanes*nv] = (first ? 0 : c) + a[mr, kc] . the packed panel b (bstride: floats
- * from one block of `lanes` columns to the next). With `act` (the last k-block of a gate
+/* Elements (bfloat16) of a [n,k] weight packed by `conclave_pack_f32_bf16`. */
+int64_t conclave_f32_bf16_size(int64_t n, int64_t k) {
+  return ((n + 2 * F32_LANES - 1) / (2 * F32_LANES)) * 2 * F32_LANES * k;
+}
+
+/* The bfloat16-weight layout (`FORM_F32_FMA_BF16`): columns in pairs of vectors, [ceil(n /
+ * 2 lanes)][k][lanes] 32-bit words, word j holding column j's bfloat16 in its low half and
+ * column lanes + j's in its high half, zero-padded. One load gives two vectors of float32
+ * weights, exactly: word << 16 and word & 0xffff0000, one integer op each. (Widening 16
+ * bfloat16 to 16 floats with a zero-extending load costs a shuffle per vector, on the port
+ * Intel's second FMA unit shares, then the shift.) */
+void conclave_pack_f32_bf16(int64_t n, int64_t k, const bf16 *w, bf16 *dest) {
+  for (int64_t b = 0; b < (n + 2 * F32_LANES - 1) / (2 * F32_LANES); b++)
+    for (int64_t p = 0; p < k; p++)
+      for (int64_t j = 0; j < 2 * F32_LANES; j++) {
+        int64_t col = b * 2 * F32_LANES + j, half = j / F32_LANES, lane = j % F32_LANES;
+        dest[((b * k + p) * F32_LANES + lane) * 2 + half] = col < n ? w[col * k + p] : 0;
+      }
+}
+
+/* c[mr, lanes*nv] = (first ? 0 : c) + a[mr, kc] . the packed panel b (bstride: 4-byte
+ * words from one block of `lanes` columns to the next, or with `wb` of two blocks: the
+ * weights in bfloat16, `conclave_pack_f32_bf16`). With `act` (the last k-block of a gate
  * and up panel: half a panel of gate columns, then the same up columns), the tile is not
  * stored: act[i, 0:half] = SiLU(gate) * up * rw[i]. */
-static inline __attribute__((always_inline)) void f32_tile(int mr, int nv, int64_t kc,
+static inline __attribute__((always_inline)) void f32_tile(int mr, int nv, int wb, int64_t kc,
                                                            const float *a, int64_t lda,
                                                            const float *b, int64_t bstride,
                                                            float *c, int64_t ldc, int first,
@@ -180,7 +211,15 @@ static inline __attribute__((always_inline)) void f32_tile(int mr, int nv, int64
       acc[i][v] = first ? (f32v){0} : *(const f32v_u *)(c + i * ldc + F32_LANES * v);
   for (int64_t p = 0; p < kc; p++) {
     f32v w[F32_VECS];
-    for (int v = 0; v < nv; v++) w[v] = *(const f32v_u *)(b + v * bstride + p * F32_LANES);
+    if (wb) {
+      for (int v = 0; v < nv; v += 2) {
+        u32v word = *(const u32v_u *)(b + (v / 2) * bstride + p * F32_LANES);
+        w[v] = (f32v)(word << 16);
+        if (v + 1 < nv) w[v + 1] = (f32v)(word & 0xffff0000u);
+      }
+    } else {
+      for (int v = 0; v < nv; v++) w[v] = *(const f32v_u *)(b + v * bstride + p * F32_LANES);
+    }
     for (int i = 0; i < mr; i++) {
       /* a scalar times a vector: GCC broadcasts it from memory, one load. `(f32v){0} +
        * a[..]` (as this read before) cost a scalar add (0 + -0 is not -0, so it stays)
@@ -203,15 +242,19 @@ static inline __attribute__((always_inline)) void f32_tile(int mr, int nv, int64
     for (int v = 0; v < nv; v++) *(f32v_u *)(c + i * ldc + F32_LANES * v) = acc[i][v];
 }
 
-/* Each tile shape a constant, its accumulators in registers (as `vnni_tile_any`). */
+/* Each tile shape and weight type a constant, its accumulators in registers (as
+ * `vnni_tile_any`). */
 #define F32_CASE(R, V)                                                                    \
   case (R) * 8 + (V):                                                                     \
-    f32_tile(R, V, kc, a, lda, b, bstride, c, ldc, first, act, ldact, rw);                \
+    f32_tile(R, V, 0, kc, a, lda, b, bstride, c, ldc, first, act, ldact, rw);             \
+    break;                                                                                \
+  case 64 + (R) * 8 + (V):                                                                \
+    f32_tile(R, V, 1, kc, a, lda, b, bstride, c, ldc, first, act, ldact, rw);             \
     break;
-static void f32_tile_any(int mr, int nv, int64_t kc, const float *a, int64_t lda,
+static void f32_tile_any(int mr, int nv, int wb, int64_t kc, const float *a, int64_t lda,
                          const float *b, int64_t bstride, float *c, int64_t ldc, int first,
                          float *act, int64_t ldact, const float *rw) {
-  switch (mr * 8 + nv) {
+  switch (wb * 64 + mr * 8 + nv) {
     F32_CASE(1, 1) F32_CASE(2, 1) F32_CASE(3, 1) F32_CASE(4, 1) F32_CASE(5, 1) F32_CASE(6, 1)
     F32_CASE(1, 2) F32_CASE(2, 2) F32_CASE(3, 2) F32_CASE(4, 2) F32_CASE(5, 2) F32_CASE(6, 2)
 #if F32_VECS == 4
@@ -222,13 +265,13 @@ static void f32_tile_any(int mr, int nv, int64_t kc, const float *a, int64_t lda
 }
 
 /* c [m,n] (row stride ldc) = a [m,k] (row stride lda) . w^T, w [n,k] packed by
- * `conclave_pack_f32`; the panels spread over the threads when `inner`. A panel whose
- * last columns are not a whole vector runs on a copy of its tile (the packed weight is
- * zero-padded; c is not). With `act`: w is gate and up interleaved by half a panel (n/2
+ * `conclave_pack_f32` (with `wb`: by `conclave_pack_f32_bf16`); the panels spread over
+ * the threads when `inner`. A panel whose last columns are not a whole vector runs on a
+ * copy of its tile (the packed weight is zero-padded; c is not). With `act`: w is gate and up interleaved by half a panel (n/2
  * a multiple of it), c only holds the partial sums of k-blocks before the last, and act
  * [m, n/2] (row stride n/2) gets SiLU(gate) * up * rw[row]. */
 static void gemm_f32(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
-                     const float *w, float *c, int64_t ldc, int inner, float *act,
+                     const void *w, int wb, float *c, int64_t ldc, int inner, float *act,
                      const float *rw) {
   int64_t bstride = k * F32_LANES, panels = (n + F32_PANEL - 1) / F32_PANEL;
 #pragma omp parallel for schedule(static) if (inner)
@@ -238,18 +281,19 @@ static void gemm_f32(int64_t m, int64_t n, int64_t k, const float *a, int64_t ld
     float spare[F32_ROWS * F32_PANEL];
     for (int64_t k0 = 0; k0 < k; k0 += F32_KC) {
       int64_t kc = k - k0 < F32_KC ? k - k0 : F32_KC;
-      const float *b = w + (n0 / F32_LANES) * bstride + k0 * F32_LANES;
+      /* 4-byte words either way: a float, or two bfloat16 of a pair of blocks */
+      const float *b = (const float *)w + (n0 / F32_LANES >> wb) * bstride + k0 * F32_LANES;
       int last = k0 + kc >= k;
       for (int64_t m0 = 0; m0 < m; m0 += F32_ROWS) {
         int mr = (int)(m - m0 < F32_ROWS ? m - m0 : F32_ROWS);
         float *to = c + m0 * ldc + n0;
         if (!ragged) {
-          f32_tile_any(mr, nv, kc, a + m0 * lda + k0, lda, b, bstride, to, ldc, k0 == 0,
+          f32_tile_any(mr, nv, wb, kc, a + m0 * lda + k0, lda, b, bstride, to, ldc, k0 == 0,
                        act && last ? act + m0 * (n / 2) + n0 / 2 : NULL, n / 2, rw + m0);
           continue;
         }
         for (int i = 0; i < mr && k0; i++) memcpy(spare + i * F32_PANEL, to + i * ldc, cols * 4);
-        f32_tile_any(mr, nv, kc, a + m0 * lda + k0, lda, b, bstride, spare, F32_PANEL,
+        f32_tile_any(mr, nv, wb, kc, a + m0 * lda + k0, lda, b, bstride, spare, F32_PANEL,
                      k0 == 0, NULL, 0, NULL);
         for (int i = 0; i < mr; i++) memcpy(to + i * ldc, spare + i * F32_PANEL, cols * 4);
       }
@@ -427,9 +471,10 @@ static void piece(const void *x, const float *weight, int64_t k, int64_t n, cons
                   const void *w2, float *y, float *h, float *act, int64_t rows, int inner,
                   int form) {
   int m = (int)rows, kk = (int)k, nn = (int)n, bfloat16 = form != FORM_F32;
-  if (form == FORM_F32_FMA) {  /* SiLU * up * weight as each tile's last step */
-    gemm_f32(rows, 2 * n, k, x, k, w13, h, 2 * n, inner, act, weight);
-    gemm_f32(rows, k, n, act, n, w2, y, k, inner, NULL, NULL);
+  if (form == FORM_F32_FMA || form == FORM_F32_FMA_BF16) {  /* SiLU * up * weight: tiles */
+    int wb = form == FORM_F32_FMA_BF16;
+    gemm_f32(rows, 2 * n, k, x, k, w13, wb, h, 2 * n, inner, act, weight);
+    gemm_f32(rows, k, n, act, n, w2, wb, y, k, inner, NULL, NULL);
     return;
   }
   if (form == FORM_BF16_VNNI) {  /* SiLU * up * weight as each tile's last step */
@@ -530,8 +575,9 @@ static void combine(int64_t rows, int64_t topk, int64_t k, float *y, const int64
  * (float32 x, FORM_F32), bfloat16 as they are (bfloat16 x, FORM_BF16_MKL), or packed by
  * `conclave_pack_vnni` (bfloat16 x, FORM_BF16_VNNI: only where `conclave_vnni()`; gate and
  * up interleaved, n a multiple of 32) or by `conclave_pack_f32` (float32 x, FORM_F32_FMA;
- * gate and up interleaved, n a multiple of half a panel). weight [R]: each row's routing
- * weight. scratch: conclave_threads() x 3 x max_rows x n floats. With `out` (else y is the result): order
+ * gate and up interleaved, n a multiple of half a panel) or `conclave_pack_f32_bf16`
+ * (float32 x, FORM_F32_FMA_BF16: the same, the weights in bfloat16). weight [R]: each
+ * row's routing weight. scratch: conclave_threads() x 3 x max_rows x n floats. With `out` (else y is the result): order
  * [R] (the flat token * topk + slot of each sorted row), inverse [R] (scratch) and out
  * [R/topk, k] get each token's topk rows summed (`combine`).
  *
@@ -546,7 +592,7 @@ void conclave_ffn(int64_t count, const int64_t *pieces, const void *x, const flo
                   int64_t *inverse, int64_t topk, void *out, int64_t out_bf16) {
   int64_t threads = conclave_threads();
   int64_t stride = 3 * max_rows * n;
-  size_t size = form == FORM_F32 || form == FORM_F32_FMA ? sizeof(float) : sizeof(bf16);
+  size_t size = form == FORM_F32 || form >= FORM_F32_FMA ? sizeof(float) : sizeof(bf16);
   if (threads > 1 && count >= 2 * threads) {
 #ifdef _OPENMP
 #pragma omp parallel

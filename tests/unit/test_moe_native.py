@@ -4,6 +4,7 @@ cannot be built or gives a wrong answer. Real builds: `cc` runs in these tests."
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -106,21 +107,45 @@ def test_a_wrong_bfloat16_form_leaves_only_the_float32_one(cache, monkeypatch):
 
 
 @needs_cc
-def test_where_memory_is_short_the_bfloat16_form_runs_without_a_float32_copy(monkeypatch):
+def test_where_memory_is_short_the_bfloat16_forms_run_without_a_float32_copy(monkeypatch):
     """A bfloat16 layer whose float32 copy would not fit keeps the kernel: its bfloat16
-    form computes on the weights as they are (MKL's bfloat16 GEMMs)."""
+    forms compute on the weights as they are (MKL's bfloat16 GEMMs) or on a packed copy
+    in bfloat16 (the own FMA GEMMs, widening each weight in registers)."""
     k = native.kernel()
-    assert k is not None and k.bf16, native.unavailable()
+    assert k is not None and k.bf16 and k.fma_bf16, native.unavailable()
     monkeypatch.setattr("kernels.moe.available_bytes", lambda: 1)
     layer = MoELayer(MoEConfig(hidden=64, intermediate=72, experts=5, top_k=2))
     x = torch.randn(40, 64).bfloat16()
     paths = layer.paths(x)
-    assert "grouped:native-bf16" in paths
+    assert "grouped:native-bf16" in paths and "grouped:native-fma-bf16" in paths
     assert "grouped:native" not in paths and "grouped:float32" not in paths
+    assert "grouped:native-fma" not in paths
     packed = layer._grouped_weights("grouped:native-bf16")
     assert packed.experts[0][0].data_ptr() == layer.w13.data_ptr()  # no copy
-    y, ref = layer._forward(x, "grouped:native-bf16"), layer.reference(x)
-    assert float((y.float() - ref.float()).abs().max()) <= 0.03 * float(ref.abs().max()) + 0.02
+    fma = layer._grouped_weights("grouped:native-fma-bf16")
+    assert all(t.dtype == torch.bfloat16 for pair in fma.experts for t in pair)
+    for path in ("grouped:native-bf16", "grouped:native-fma-bf16"):
+        y, ref = layer._forward(x, path), layer.reference(x)
+        err = float((y.float() - ref.float()).abs().max())
+        assert err <= 0.03 * float(ref.abs().max()) + 0.02, (path, err)
+
+
+@needs_cc
+def test_a_bfloat16_layer_times_the_fma_gemms_on_its_bfloat16_weights(monkeypatch):
+    """For a bfloat16 layer `auto` weighs the own FMA GEMMs on bfloat16 weights in place of
+    a float32 copy (the same answers, half the traffic); the float32 copy only where that
+    form failed its check; a float32 layer, the float32 form."""
+    k = native.kernel()
+    assert k is not None and k.fma and k.fma_bf16, native.unavailable()
+    monkeypatch.setattr(kernels.grouped, "mkl_sgemm", lambda: True)
+    monkeypatch.setattr(native, "kernel", lambda: k)
+    bf16 = kernels.grouped.variants(torch.bfloat16)
+    assert "grouped:native-fma-bf16" in bf16 and "grouped:native-fma" not in bf16
+    assert "grouped:native-fma" in kernels.grouped.variants(torch.float32)
+    assert "grouped:native-fma-bf16" not in kernels.grouped.variants(torch.float32)
+    monkeypatch.setattr(native, "kernel", lambda: dataclasses.replace(k, fma_bf16=False))
+    bf16 = kernels.grouped.variants(torch.bfloat16)
+    assert "grouped:native-fma" in bf16 and "grouped:native-fma-bf16" not in bf16
 
 
 @needs_cc
@@ -207,7 +232,11 @@ FORMS = [
         "grouped compiled kernel, own AVX512-BF16 GEMMs (bfloat16)",
     ),
     ("float32", "grouped:native-fma", "grouped compiled kernel, own float32 FMA GEMMs (float32)"),
-    ("bfloat16", "grouped:native-fma", "grouped compiled kernel, own float32 FMA GEMMs (float32)"),
+    (
+        "bfloat16",
+        "grouped:native-fma-bf16",
+        "grouped compiled kernel, own float32 FMA GEMMs (bf16 weights)",
+    ),
 ]
 
 
@@ -326,17 +355,29 @@ def avx2_kernel(tmp_path_factory):
     return got
 
 
+def _fma_moe(k, form, w13, w2, x, ids, weights, inter):
+    """The kernel's `moe` on weights packed for own-FMA `form`, into a NaN-filled out."""
+    packed = [k.pack_expert(w13[e], w2[e], form) for e in range(len(w13))]
+    addresses = [torch.tensor([p[i].data_ptr() for p in packed]) for i in (0, 1)]
+    out = torch.full(x.shape, float("nan"))  # every row written
+    got = k.moe(x, ids, weights, *addresses, native.vnni_width(inter), form, 7, out)
+    assert got is out
+    return got
+
+
 @needs_cc
 @pytest.mark.parametrize(("hidden", "inter"), [(64, 64), (47, 40), (1100, 600)])
 @pytest.mark.parametrize("top_k", [1, 3])
 @pytest.mark.parametrize("isa", ["this CPU", "AVX2"])
-def test_the_fma_form_matches_pytorch_on_awkward_shapes(hidden, inter, top_k, isa, request):
+def test_the_fma_forms_match_pytorch_on_awkward_shapes(hidden, inter, top_k, isa, request):
     """The kernel's own float32 GEMMs, in this CPU's vectors and in AVX2's: columns off a
     whole vector and off a tile (the ragged tile computed on a copy), an intermediate
     padded to 32 and interleaved by half a tile, k over one 512-block in both GEMMs,
-    row counts off the 6-row tile, each token's rows summed inside."""
+    row counts off the 6-row tile, each token's rows summed inside. On bfloat16 weights
+    (packed in pairs of vectors, a pair cut in half at a ragged edge) the very answers of
+    the float32 form on the same values: the widening is exact."""
     k = request.getfixturevalue("avx2_kernel") if isa == "AVX2" else native.kernel()
-    assert k is not None and k.fma, native.unavailable()
+    assert k is not None and k.fma and k.fma_bf16, native.unavailable()
     if isa == "AVX2":
         assert k.lib.conclave_f32_panel() == 16  # 2 vectors of 8
     g = torch.Generator().manual_seed(hidden + top_k)
@@ -346,13 +387,11 @@ def test_the_fma_form_matches_pytorch_on_awkward_shapes(hidden, inter, top_k, is
     x = torch.randn(tokens, hidden, generator=g)
     ids = torch.stack([torch.randperm(experts, generator=g)[:top_k] for _ in range(tokens)])
     weights = torch.rand(tokens, top_k, generator=g)
-    a13, a2 = zip(
-        *(k.pack_expert(w13[e], w2[e], native.F32_FMA) for e in range(experts)), strict=True
-    )
-    addresses = [torch.tensor([t.data_ptr() for t in a], dtype=torch.int64) for a in (a13, a2)]
-    out = torch.full((tokens, hidden), float("nan"))  # every row written
-    got = k.moe(x, ids, weights, *addresses, native.vnni_width(inter), native.F32_FMA, 7, out)
-    assert got is out
+    got = _fma_moe(k, native.F32_FMA, w13, w2, x, ids, weights, inter)
+    b13, b2 = w13.bfloat16(), w2.bfloat16()
+    on_bf16 = _fma_moe(k, native.F32_FMA_BF16, b13, b2, x, ids, weights, inter)
+    assert torch.equal(on_bf16, _fma_moe(k, native.F32_FMA, b13, b2, x, ids, weights, inter))
+    assert not torch.equal(on_bf16, got)  # and it did compute on the rounded weights
     want = torch.zeros(tokens, hidden)
     for t in range(tokens):
         for j in range(top_k):

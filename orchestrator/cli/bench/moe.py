@@ -82,6 +82,7 @@ _SHORT = {
     "grouped:native-bf16": "grouped native bf16",
     "grouped:native-avx512bf16": "grouped avx512bf16",
     "grouped:native-fma": "grouped fma",
+    "grouped:native-fma-bf16": "grouped fma bf16",
     "naive": "loop",
 }
 
