@@ -293,6 +293,8 @@ def test_a_request_the_engine_rejects_fails_alone(pool):
 def test_dead_engine_is_restarted_and_moe_expert_evicts_the_idle_one(pool, ray_cluster):
     import ray
 
+    # a and b up first (run alone, `-k`, no earlier test has loaded them)
+    assert all(r.ok for r in pool.run([chat(3, "a"), chat(4, "b")]))
     ray.kill(
         ray.get_actor(pool.backends["a"].actor_name, namespace="conclave")
     )  # the engine dies under us
