@@ -181,35 +181,7 @@ class Kernel:
         assert form != BF16_VNNI or self.lib.conclave_vnni()
         if not rows:
             return out.zero_()
-        x = x.contiguous()
-        ids = ids.to(torch.int32).contiguous()
-        weights = weights.to(torch.float32).contiguous()
-        xs, _xs = _address(f"xs-{x.dtype}", rows * k, x.dtype)
-        w, _w = _address("w", rows, torch.float32)
-        order, _order = _address("order", rows, torch.int64)
-        table, _table = _address("pieces", 3 * rows, torch.int64)
-        counts, _counts = _address("counts", 2 * experts + 1, torch.int64)
-        most = counts + 8 * 2 * experts  # the route call writes the most rows of a piece here
-        count = self.lib.conclave_route(
-            tokens,
-            topk,
-            experts,
-            ids.data_ptr(),
-            weights.data_ptr(),
-            block,
-            x.data_ptr(),
-            k,
-            int(x.dtype == torch.bfloat16),
-            xs,
-            w,
-            order,
-            table,
-            counts,
-            most,
-        )
-        if count < 0:
-            raise ValueError(f"expert ids must be in 0..{experts - 1}")
-        max_rows = ctypes.c_int64.from_address(most).value
+        count, max_rows, at = self._route(x, ids, weights, experts, block)
         scratch, _scratch = _address(
             "scratch", self.threads() * 3 * max_rows * intermediate, torch.float32
         )
@@ -217,9 +189,9 @@ class Kernel:
         inverse, _inverse = _address("inverse", rows, torch.int64)
         self.lib.conclave_ffn(
             count,
-            table,
-            xs,
-            w,
+            at["pieces"][0],
+            at["xs"][0],
+            at["w"][0],
             k,
             intermediate,
             w13.data_ptr(),
@@ -228,7 +200,7 @@ class Kernel:
             scratch,
             max_rows,
             form,
-            order,
+            at["order"][0],
             inverse,
             topk,
             out.data_ptr(),
@@ -245,14 +217,30 @@ class Kernel:
         this thread's scratch buffers: used up by the next call."""
         tokens, topk = ids.shape
         rows, k = tokens * topk, x.shape[1]
+        count, most, at = self._route(x, ids, weights, experts, block)
+        xs = at["xs"][1][: rows * k].view(rows, k)
+        w, order = at["w"][1][:rows], at["order"][1][:rows]
+        pieces = at["pieces"][1][: 3 * count].view(count, 3)
+        return Routed(xs, w, order, pieces, most)
+
+    def _route(
+        self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, experts: int, block: int
+    ) -> tuple[int, int, dict[str, tuple[int, torch.Tensor]]]:
+        """`route`'s C call: (pieces, the most rows in one, {"xs", "w", "order", "pieces":
+        the address of each result, and the scratch tensor holding it})."""
+        tokens, topk = ids.shape
+        rows, k = tokens * topk, x.shape[1]
         x = x.contiguous()
         ids = ids.to(torch.int32).contiguous()
         weights = weights.to(torch.float32).contiguous()
-        xs = _buffer(f"xs-{x.dtype}", rows * k, x.dtype).view(rows, k)
-        w = _buffer("w", rows, torch.float32)
-        order = _buffer("order", rows, torch.int64)
-        table = _buffer("pieces", 3 * rows, torch.int64)
-        counts = _buffer("counts", 2 * experts + 1, torch.int64)
+        at = {
+            "xs": _address(f"xs-{x.dtype}", rows * k, x.dtype),
+            "w": _address("w", rows, torch.float32),
+            "order": _address("order", rows, torch.int64),
+            "pieces": _address("pieces", 3 * rows, torch.int64),
+        }
+        counts, _counts = _address("counts", 2 * experts + 1, torch.int64)
+        most = counts + 8 * 2 * experts  # where the call writes the most rows of a piece
         count = self.lib.conclave_route(
             tokens,
             topk,
@@ -263,17 +251,13 @@ class Kernel:
             x.data_ptr(),
             k,
             int(x.dtype == torch.bfloat16),
-            xs.data_ptr(),
-            w.data_ptr(),
-            order.data_ptr(),
-            table.data_ptr(),
-            counts.data_ptr(),
-            counts[2 * experts :].data_ptr(),
+            *(at[name][0] for name in ("xs", "w", "order", "pieces")),
+            counts,
+            most,
         )
         if count < 0:
             raise ValueError(f"expert ids must be in 0..{experts - 1}")
-        pieces = table[: 3 * count].view(count, 3)
-        return Routed(xs, w, order, pieces, int(counts[2 * experts]))
+        return count, ctypes.c_int64.from_address(most).value, at
 
     def ffn(
         self,
@@ -293,8 +277,7 @@ class Kernel:
         float32; w13 and w2: int64 addresses of each expert's weights, packed by `pack`
         for float32 x, bfloat16 [2N,K] and [K,N] as they are for bfloat16 x, or packed
         by `pack_expert` for the `BF16_VNNI`, `F32_FMA` and `F32_FMA_BF16` forms (there
-        `intermediate` is
-        their `vnni_width`). By default FLOAT32 or BF16_MKL, by x.
+        `intermediate` is their `vnni_width`). By default FLOAT32 or BF16_MKL, by x.
 
         With `out` [T,k] (float32 or bfloat16, T = R / topk) and `order` [R] int64 (row
         r's flat token * topk + slot): out[t] is the sum of token t's rows instead, summed
