@@ -61,12 +61,12 @@ The variants (`variants`), each measured by `auto`:
   slow path on AMD CPUs too. For a float32 layer.
 - "grouped:native-fma-bf16": the same GEMMs for a bfloat16 layer, on its weights packed
   in bfloat16 (a copy their size, not a float32 one twice it) and widened to float32 in
-  registers, exactly: the same answers as "grouped:native-fma" on a float32 copy, and
-  never slower than it. On an AMD EPYC (Zen 4, 2026-12-03, one paired script, 8 experts
-  top-2, hidden 512, intermediate 1,024) half the weight traffic ran 1 and 16 tokens
-  1.35x and 1.62x as fast (1.09x and 1.73x built for AVX2), 128-2048 tokens 1.01-1.10x:
-  where there are no bfloat16 dot products (AVX2 only, or AVX-512 without AVX512_BF16)
-  the bfloat16 layer's fast path without a float32 copy.
+  registers, exactly: the same answers as "grouped:native-fma" on a float32 copy. On an
+  AMD EPYC (Zen 4, 2026-12-03, three paired runs, 8 experts top-2, hidden 512,
+  intermediate 1,024) half the weight traffic ran 1 token 1.35-1.65x and 16 tokens
+  1.62-2.00x as fast (built for AVX2: 1.02-1.12x and 1.73-1.78x), 128-2048 tokens
+  1.01-1.16x: where there are no bfloat16 dot products (AVX2 only, or AVX-512 without
+  AVX512_BF16) the bfloat16 layer's fast path without a float32 copy.
 
 Runs on the CPU for bfloat16 and float32 wherever PyTorch was built with oneDNN (its
 x86 and aarch64 wheels are); tested against the reference like the other paths.
@@ -131,8 +131,8 @@ def variants(dtype: torch.dtype) -> list[str]:
         if dtype == torch.bfloat16 and kernel is not None and kernel.vnni:
             names.append("grouped:native-avx512bf16")
         if dtype == torch.bfloat16 and kernel is not None and kernel.fma_bf16:
-            # float32 FMAs on the bfloat16 weights: never slower than on a float32 copy
-            # twice their size (the same answers), so that one is not timed too
+            # float32 FMAs on the bfloat16 weights: the answers of a float32 copy twice
+            # their size, and no slower in any run measured, so that one is not timed
             names.append("grouped:native-fma-bf16")
         elif kernel is not None and kernel.fma:
             names.append("grouped:native-fma")  # float32 where MKL's GEMMs are slow
