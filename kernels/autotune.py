@@ -135,12 +135,16 @@ class Choice(BaseModel):
 
 
 def time_paths(
-    fns: dict[str, Callable[[], Any]], rounds: int = 3, min_s: float = 0.02, min_reps: int = 3
+    fns: dict[str, Callable[[], Any]],
+    rounds: int = 3,
+    min_s: float = 0.02,
+    min_reps: int = 3,
+    on_round: Callable[[], Any] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each function in each round: a round times every function in
     a block of its own (median of repeated calls after a warm-up call), in a rotating
     order, so a machine whose speed drifts favours none (`conclave bench moe` uses it
-    with more rounds)."""
+    with more rounds, and `on_round` after each for its progress bar)."""
     per: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     for rnd in range(rounds):
@@ -156,6 +160,8 @@ def time_paths(
                 fn()
                 times.append(time.perf_counter() - t0)
             per[k].append(statistics.median(times))
+        if on_round is not None:
+            on_round()
     return per
 
 

@@ -19,6 +19,10 @@ only (top_k experts per token: 6*K*N each, the gate/up and down projections) and
 next to a dense matmul doing the same FLOPs ([M*top_k, K] x [K, 2N] then [M*top_k, N] x
 [N, K]) on the same machine, in the layer's dtype or float32, whichever runs faster here
 (bfloat16 on a CPU with AMX; float32 on one without bfloat16 dot products).
+
+Figures vary from run to run on a shared machine, so `summarise` gives each one's range
+over several runs (`conclave bench moe --runs N`, with `--fresh` for `auto` measuring
+afresh in each, as a first use on the machine would): the form the README's figures take.
 """
 
 from __future__ import annotations
@@ -31,19 +35,37 @@ from typing import Any
 
 import torch
 
-from kernels.autotune import cpu, cpu_line, time_paths
+from kernels.autotune import Choice, ChoiceCache, cpu, cpu_line, time_paths
 from kernels.grouped import unavailable
 from kernels.moe import KERNELS, MoEConfig, MoELayer
 
 
 def _time_all(
-    fns: dict[str, Callable[[], Any]], min_s: float = 0.1, min_reps: int = 5, blocks: int = 12
+    fns: dict[str, Callable[[], Any]],
+    min_s: float = 0.1,
+    min_reps: int = 5,
+    blocks: int = 12,
+    on_round: Callable[[], Any] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each function in each of `blocks` rounds (`time_paths`, with
     longer blocks than `auto` uses). Blocks keep each function's caches warm as in real
     use; rounds give paired figures: on a shared VM, neighbours slow compute-bound
     kernels by up to 2x for seconds at a time, so ratios are taken within a round."""
-    return time_paths(fns, rounds=blocks, min_s=min_s, min_reps=min_reps)
+    return time_paths(fns, rounds=blocks, min_s=min_s, min_reps=min_reps, on_round=on_round)
+
+
+class _Remeasure(ChoiceCache):
+    """The machine's cache of `auto`'s choices, but read as empty: each choice is
+    measured again (and saved over the old one), as on a machine's first use."""
+
+    def get(self, key: str) -> Choice | None:
+        return None
+
+
+def steps(tokens: list[int], rounds: int) -> int:
+    """The progress steps of one `run_moe_bench`: `auto`'s choice and the errors per
+    token count, and the timing rounds."""
+    return 2 * len(tokens) + rounds
 
 
 def _ratio(slow: list[float], fast: list[float]) -> float:
@@ -80,7 +102,12 @@ def run_moe_bench(
     device: str = "cpu",
     reference_up_to: int = 2048,
     rounds: int = 12,
+    fresh: bool = False,
+    on_step: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
+    """One run: each path at each token count, `auto`'s choices (measured again with
+    `fresh`), the ratios and errors. `on_step` is called `steps(tokens, rounds)` times."""
+    step = on_step or (lambda: None)
     if rounds < 1:
         raise ValueError(f"rounds={rounds}: give at least 1")
     cfg = MoEConfig(
@@ -93,13 +120,18 @@ def run_moe_bench(
         b: MoELayer(cfg.model_copy(update={"backend": b}), device=device)
         for b in (*paths, "auto", "reference")
     }
+    if fresh:
+        layers["auto"].cache = _Remeasure(layers["auto"].cache.path)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     inputs = {
         m: torch.randn(m, hidden, generator=torch.Generator().manual_seed(m)).to(device, dt)
         for m in tokens
     }
     # auto's choice per count first (measured now, or read from its cache on disk)
-    choices = {m: layers["auto"].choice_for(x) for m, x in inputs.items()}
+    choices = {}
+    for m, x in inputs.items():
+        choices[m] = layers["auto"].choice_for(x)
+        step()
 
     def call(layer: MoELayer, x: torch.Tensor) -> Callable[[], Any]:
         return lambda: (layer(x), sync())
@@ -113,7 +145,7 @@ def run_moe_bench(
             fns |= {f"{b}@{m}": call(layers[b], x) for b in timed}
             for d in _dense_dtypes(dt, device):
                 fns[f"dense:{d}@{m}"] = _dense(m * top_k, hidden, intermediate, d, device, sync)
-        times = _time_all(fns, blocks=rounds)
+        times = _time_all(fns, blocks=rounds, on_round=step)
     rows = []
     for m, x in inputs.items():
         t = {b: times[f"{b}@{m}"] for b in timed}
@@ -159,6 +191,7 @@ def run_moe_bench(
             "machine_drift": round(med["dense"] / min(t["dense"]), 2),
         }
         rows.append(row)
+        step()
     probe = torch.zeros(1, hidden, device=device, dtype=dt)
     fused_backend = layers["fused"].backend_for(probe)
     return {
@@ -173,3 +206,32 @@ def run_moe_bench(
         "rounds": rounds,
         "rows": rows,
     }
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several `run_moe_bench` results of one configuration as one: the machine and
+    configuration of the first; per token count, each figure's [lowest, highest] over the
+    runs, the paths `auto` chose with how many runs chose each (`auto_paths`), and each
+    path's worst error; each run's own rows in `each_run`."""
+    first = runs[0]
+    rows = []
+    for i, row in enumerate(first["rows"]):
+        same = [r["rows"][i] for r in runs]
+        summary: dict[str, Any] = {"tokens": row["tokens"]}
+        for key, value in row.items():
+            if key != "tokens" and isinstance(value, int | float) and not isinstance(value, bool):
+                got = [r[key] for r in same if r[key] is not None]
+                summary[key] = [min(got), max(got)] if got else None
+            elif key != "tokens" and value is None:
+                summary[key] = None
+        paths: dict[str, int] = {}
+        for r in same:
+            paths[r["auto_path"]] = paths.get(r["auto_path"], 0) + 1
+        summary["auto_paths"] = dict(sorted(paths.items(), key=lambda kv: -kv[1]))
+        summary["max_abs_error_by_path"] = {
+            p: max(r["max_abs_error_by_path"][p] for r in same)
+            for p in row["max_abs_error_by_path"]
+        }
+        rows.append(summary)
+    top = {k: v for k, v in first.items() if k != "rows"}
+    return {**top, "runs": len(runs), "rows": rows, "each_run": [r["rows"] for r in runs]}

@@ -176,6 +176,47 @@ def test_bench_moe_prints_paired_and_best_speedups_with_the_machine_drift():
     assert bad.exit_code != 0 and "positive integers" in bad.output
 
 
+def test_bench_moe_runs_give_each_figure_a_range_and_fresh_measures_again(tmp_path, monkeypatch):
+    """--runs N: each figure's [lowest, highest] over N runs, the paths auto chose with
+    their counts, each run's rows; --fresh: auto measures again in every run (and saves
+    it), where a plain run reads its cached choice; the table shows the ranges."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from kernels.autotune import ChoiceCache
+    from orchestrator.cli import app
+
+    monkeypatch.setattr("kernels.moe.CHOICES", ChoiceCache(tmp_path / "auto.json"))
+    args = ["bench", "moe", "--tokens", "1,16", "--hidden", "128", "--intermediate", "128"]
+    args += ["--rounds", "1"]
+
+    def run(*more: str) -> tuple[str, dict]:
+        res = CliRunner().invoke(app, [*args, *more, "--out", str(tmp_path / "out.json")])
+        assert res.exit_code == 0, res.output
+        return res.stdout, json.loads((tmp_path / "out.json").read_text())
+
+    _, first = run()
+    assert all("(measured)" in r["auto_why"] for r in first["rows"])
+    assert "runs" not in first and "each_run" not in first  # one run: its own figures
+    _, fresh = run("--runs", "2", "--fresh")
+    assert fresh["runs"] == 2 and len(fresh["each_run"]) == 2
+    assert all("(measured)" in r["auto_why"] for rows in fresh["each_run"] for r in rows)
+    for i, row in enumerate(fresh["rows"]):
+        each = [rows[i] for rows in fresh["each_run"]]
+        assert row["tokens"] == each[0]["tokens"] == each[1]["tokens"]
+        for key in ("auto_ms", "fused_ms", "auto_vs_naive", "auto_vs_dense", "machine_drift"):
+            assert row[key] == [min(r[key] for r in each), max(r[key] for r in each)]
+        assert sum(row["auto_paths"].values()) == 2
+        assert set(row["auto_paths"]) == {r["auto_path"] for r in each}
+    table, cached = run("--runs", "2")
+    assert all("(cached)" in r["auto_why"] for rows in cached["each_run"] for r in rows)
+    assert "ranges over 2 runs" in " ".join(table.split())  # the title, maybe wrapped
+    assert f"{cached['rows'][0]['auto_ms'][0]:.2f}" in table
+    bad = CliRunner().invoke(app, [*args, "--runs", "0"])
+    assert bad.exit_code != 0 and "--runs" in bad.output
+
+
 def test_a_hugging_face_mixtral_block_runs_on_the_fused_kernel_with_its_weights():
     from transformers import MixtralConfig
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 
 from orchestrator.cli.options import FiguresJson, FiguresOut, levels
 from orchestrator.cli.render import emit_json, fail, figures, out, print_table
@@ -23,32 +24,65 @@ def bench_moe(
     rounds: Annotated[
         int, typer.Option(min=1, help="Timing rounds (each times every path and count).")
     ] = 12,
+    runs: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Run it this many times and give each figure's range over the runs."
+        ),
+    ] = 1,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="auto measures its choices again (in every run) instead of reading them "
+            "from the machine's cache, and saves the new ones.",
+        ),
+    ] = False,
     as_json: FiguresJson = False,
     output: FiguresOut = None,
 ) -> None:
     """The in-model MoE layer on this CPU: vLLM's fused kernel, the grouped GEMMs, the
     per-expert loop and the path `auto` chose, against a dense matmul of the same
-    useful FLOPs and the float32 reference."""
-    from kernels.bench import run_moe_bench
+    useful FLOPs and the float32 reference. With --runs N, each figure's range."""
+    from kernels.bench import run_moe_bench, steps, summarise
+    from orchestrator.progress import progress_bar
 
     if dtype not in ("bfloat16", "float32"):
         raise fail(ValueError(f"--dtype {dtype!r}: use bfloat16 or float32"))
     if device not in ("cpu", "cuda"):
         raise fail(ValueError(f"--device {device!r}: use cpu or cuda"))
+    counts = levels(tokens)
+    each = []
     try:
-        res = figures(
-            run_moe_bench(
-                levels(tokens), hidden, experts, top_k, intermediate, dtype, device, rounds=rounds
-            )
-        )
+        # on stderr, so --json's stdout stays the figures alone
+        with progress_bar(console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("bench moe", total=runs * steps(counts, rounds))
+            for _ in range(runs):
+                each.append(
+                    run_moe_bench(
+                        counts,
+                        hidden,
+                        experts,
+                        top_k,
+                        intermediate,
+                        dtype,
+                        device,
+                        rounds=rounds,
+                        fresh=fresh,
+                        on_step=lambda: bar.advance(task),
+                    )
+                )
     except (ValueError, RuntimeError) as exc:
         raise fail(exc) from None
+    res = figures(each[0] if runs == 1 else summarise(each))
     if emit_json(res, output, as_json):
         return
     out.print(f"CPU: {res['cpu_line']}; {res['machine']}")
-    dense = " or ".join(sorted({r["dense_dtype"] for r in res["rows"]}))
+    each_run = res.get("each_run", [res["rows"]])  # one run's rows, or every run's
+    dense = " or ".join(sorted({row["dense_dtype"] for rows in each_run for row in rows}))
+    over = f", ranges over {runs} runs" if runs > 1 else ""
     print_table(
-        f"MoE layer ({res['device']}, fused = {res['fused_kernel']}, {res['rounds']} rounds)",
+        f"MoE layer ({res['device']}, fused = {res['fused_kernel']}, {res['rounds']} rounds{over})",
         (
             "tokens",
             "fused\nms",
@@ -61,14 +95,18 @@ def bench_moe(
             "auto\nx dense",
             "drift",
         ),
-        (_moe_cells(r) for r in res["rows"]),
+        [_moe_cells(r) for r in res["rows"]]
+        if runs == 1
+        else [row for r in res["rows"] for row in _range_rows(r)],
         caption="x: median of the rounds' paired speed ratios; x dense: against a dense "
         f"matmul doing the same useful FLOPs (in {dense}, the faster here); drift: the "
         "dense matmul's median round over its fastest. --json adds best-of ratios, GFLOP/s "
         "and errors.",
     )
-    for r in res["rows"]:
-        out.print(f"auto at {r['tokens']} tokens: {r['auto_kernel']}, {r['auto_why']}")
+    for n, rows in enumerate(each_run, 1):
+        run = f"run {n}, " if runs > 1 else ""
+        for r in rows:
+            out.print(f"{run}auto at {r['tokens']} tokens: {r['auto_kernel']}, {r['auto_why']}")
 
 
 #: auto's path in the table's narrow column (the lines under it name the kernel)
@@ -101,3 +139,20 @@ def _moe_cells(r: dict[str, Any]) -> tuple[object, ...]:
         r["auto_vs_dense"],
         r["machine_drift"],
     )
+
+
+def _range_rows(r: dict[str, Any]) -> list[tuple[object, ...]]:
+    """A `summarise`d row as two: each figure's lowest over the runs, then its highest
+    (as "lo-hi" cells they overflow 80 columns); the paths `auto` chose, with how many
+    runs chose each where they differ, beside the first."""
+    paths = ", ".join(
+        f"{_SHORT.get(p, p)}" + (f" ({n})" if len(r["auto_paths"]) > 1 else "")
+        for p, n in r["auto_paths"].items()
+    )
+    keys = ("fused_ms", "grouped_ms", "naive_ms", "auto_ms")
+    ratios = ("auto_vs_naive", "auto_vs_fused", "auto_vs_dense", "machine_drift")
+    rows = []
+    for i, label in enumerate((f"{r['tokens']} low", "high")):
+        ms = (f"{r[k][i]:.2f}" if r[k] is not None else "-" for k in keys)
+        rows.append((label, *ms, paths if i == 0 else "", *(r[k][i] for k in ratios)))
+    return rows
