@@ -361,3 +361,25 @@ def test_mkl_is_left_out_where_its_packed_weights_do_not_give_the_matmul(monkeyp
 
     monkeypatch.setattr(kernels.grouped, "_mkl_linear", right_only_for_the_rows_packed_for)
     assert kernels.grouped.mkl_sgemm.__wrapped__() is False
+
+
+def test_summarise_gives_each_figure_its_range_and_keeps_what_no_run_measured():
+    """`bench moe --runs N`: per token count each figure's [lowest, highest], None where no
+    run measured it (no grouped path, no reference beyond its limit), the paths auto chose
+    with their counts (most first), each path's worst error; each run's rows kept."""
+    from kernels.bench import summarise
+
+    def run(auto_ms: float, path: str, err: float) -> dict:
+        row = {"tokens": 4096, "auto_ms": auto_ms, "grouped_ms": None, "auto_path": path}
+        row |= {"reference_ms": None, "max_abs_error_by_path": {"auto": err, "fused": 0.01}}
+        return {"cpu_line": "a CPU", "rounds": 2, "rows": [row]}
+
+    runs = [run(3.0, "fused:vec", 0.02), run(2.5, "grouped", 0.03), run(2.7, "grouped", 0.01)]
+    got = summarise(runs)
+    assert got["cpu_line"] == "a CPU" and got["rounds"] == 2 and got["runs"] == 3
+    (row,) = got["rows"]
+    assert row["tokens"] == 4096 and row["auto_ms"] == [2.5, 3.0]
+    assert row["grouped_ms"] is None and row["reference_ms"] is None
+    assert list(row["auto_paths"].items()) == [("grouped", 2), ("fused:vec", 1)]
+    assert row["max_abs_error_by_path"] == {"auto": 0.03, "fused": 0.01}
+    assert got["each_run"] == [r["rows"] for r in runs]
