@@ -171,27 +171,69 @@ class Kernel:
         Between the calls only addresses pass, no tensor views: at 1 token the kernel's
         work is about 0.1 ms, and `route` and `ffn` around it made 8 scratch views and
         their checks, 0.05 ms more (AMD EPYC, Zen 4, 2026-12-03)."""
-        assert x.dtype in (torch.float32, torch.bfloat16)
-        assert (form in (FLOAT32, F32_FMA, F32_FMA_BF16)) == (x.dtype == torch.float32)
+        self._check_form(form, x.dtype)
         assert out.dtype in (torch.float32, torch.bfloat16) and out.is_contiguous()
         tokens, topk = ids.shape
-        experts, k = len(w13), x.shape[1]
-        rows = tokens * topk
+        rows, k = tokens * topk, x.shape[1]
         assert out.shape == (tokens, k)
-        assert form != BF16_VNNI or self.lib.conclave_vnni()
         if not rows:
             return out.zero_()
-        count, max_rows, at = self._route(x, ids, weights, experts, block)
-        scratch, _scratch = _address(
-            "scratch", self.threads() * 3 * max_rows * intermediate, torch.float32
-        )
+        count, max_rows, at = self._route(x, ids, weights, len(w13), block)
         y, _y = _address("y", rows * k, torch.float32)
-        inverse, _inverse = _address("inverse", rows, torch.int64)
-        self.lib.conclave_ffn(
+        self._call_ffn(
             count,
             at["pieces"][0],
             at["xs"][0],
             at["w"][0],
+            rows,
+            k,
+            intermediate,
+            w13,
+            w2,
+            y,
+            max_rows,
+            form,
+            at["order"][0],
+            out,
+        )
+        return out
+
+    def _check_form(self, form: int, dtype: torch.dtype) -> None:
+        """`form` takes x in `dtype`, and is built here."""
+        assert dtype in (torch.float32, torch.bfloat16)
+        assert (form in (FLOAT32, F32_FMA, F32_FMA_BF16)) == (dtype == torch.float32)
+        assert form != BF16_VNNI or self.lib.conclave_vnni()
+
+    def _call_ffn(
+        self,
+        count: int,
+        pieces: int,
+        x: int,
+        weight: int,
+        rows: int,
+        k: int,
+        intermediate: int,
+        w13: torch.Tensor,
+        w2: torch.Tensor,
+        y: int,
+        max_rows: int,
+        form: int,
+        order: int | None,
+        out: torch.Tensor | None,
+    ) -> None:
+        """`conclave_ffn` on `count` pieces of `rows` rows (their table, inputs and weights
+        at these addresses) into y, and with `out` (and `order`) each token's rows summed
+        into it: the one place its arguments are laid out (`ffn`, `moe`), with the scratch
+        it needs."""
+        scratch, _s = _address(
+            "scratch", self.threads() * 3 * max_rows * intermediate, torch.float32
+        )
+        inverse, _i = _address("inverse", rows, torch.int64) if out is not None else (None, None)
+        self.lib.conclave_ffn(
+            count,
+            pieces,
+            x,
+            weight,
             k,
             intermediate,
             w13.data_ptr(),
@@ -200,13 +242,12 @@ class Kernel:
             scratch,
             max_rows,
             form,
-            at["order"][0],
+            order,
             inverse,
-            topk,
-            out.data_ptr(),
-            int(out.dtype == torch.bfloat16),
+            rows // out.shape[0] if out is not None else 1,
+            None if out is None else out.data_ptr(),
+            int(out is not None and out.dtype == torch.bfloat16),
         )
-        return out
 
     def route(
         self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, experts: int, block: int
@@ -283,11 +324,10 @@ class Kernel:
         r's flat token * topk + slot): out[t] is the sum of token t's rows instead, summed
         in float32 and rounded once; out is returned. `max_rows`: the most rows a piece
         has, where the caller knows it."""
-        assert x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous()
+        assert x.is_contiguous()
         if form is None:
             form = BF16_MKL if x.dtype == torch.bfloat16 else FLOAT32
-        assert (form in (FLOAT32, F32_FMA, F32_FMA_BF16)) == (x.dtype == torch.float32)
-        assert form != BF16_VNNI or self.lib.conclave_vnni()
+        self._check_form(form, x.dtype)
         rows, k = x.shape
         if out is None:
             y = torch.empty(rows, k, dtype=torch.float32)
@@ -300,26 +340,21 @@ class Kernel:
             return y if out is None else out.zero_()
         if max_rows is None:
             max_rows = int(pieces[:, 1].max())
-        scratch = _buffer("scratch", self.threads() * 3 * max_rows * intermediate, torch.float32)
-        inverse = _buffer("inverse", rows, torch.int64) if out is not None else None
-        self.lib.conclave_ffn(
+        self._call_ffn(
             len(pieces),
             pieces.data_ptr(),
             x.data_ptr(),
             weight.data_ptr(),
+            rows,
             k,
             intermediate,
-            w13.data_ptr(),
-            w2.data_ptr(),
+            w13,
+            w2,
             y.data_ptr(),
-            scratch.data_ptr(),
             max_rows,
             form,
             None if order is None else order.data_ptr(),
-            None if inverse is None else inverse.data_ptr(),
-            rows // out.shape[0] if out is not None else 1,
-            None if out is None else out.data_ptr(),
-            int(out is not None and out.dtype == torch.bfloat16),
+            out,
         )
         return y if out is None else out
 
@@ -465,11 +500,9 @@ def _check(k: Kernel) -> Kernel:
         if form == FLOAT32:
             packed = [(k.pack(w13[e], rows_hint), k.pack(w2[e], rows_hint)) for e in range(experts)]
             dtype, tol = torch.float32, (1e-4, 1e-5)
-        elif form == F32_FMA:
-            packed = [k.pack_expert(w13[e], w2[e], form) for e in range(experts)]
-            dtype, tol = torch.float32, (1e-4, 1e-5)
-        elif form == F32_FMA_BF16:  # float32 arithmetic on exactly the bfloat16 weights
-            w13, w2 = w13.bfloat16().float(), w2.bfloat16().float()
+        elif form in (F32_FMA, F32_FMA_BF16):
+            if form == F32_FMA_BF16:  # float32 arithmetic on exactly the bfloat16 weights
+                w13, w2 = w13.bfloat16().float(), w2.bfloat16().float()
             packed = [k.pack_expert(w13[e], w2[e], form) for e in range(experts)]
             dtype, tol = torch.float32, (1e-4, 1e-5)
         else:

@@ -269,9 +269,10 @@ static void f32_tile_any(int mr, int nv, int wb, int64_t kc, const float *a, int
 /* c [m,n] (row stride ldc) = a [m,k] (row stride lda) . w^T, w [n,k] packed by
  * `conclave_pack_f32` (with `wb`: by `conclave_pack_f32_bf16`); the panels spread over
  * the threads when `inner`. A panel whose last columns are not a whole vector runs on a
- * copy of its tile (the packed weight is zero-padded; c is not). With `act`: w is gate and up interleaved by half a panel (n/2
- * a multiple of it), c only holds the partial sums of k-blocks before the last, and act
- * [m, n/2] (row stride n/2) gets SiLU(gate) * up * rw[row]. */
+ * copy of its tile (the packed weight is zero-padded; c is not). With `act`: w is gate
+ * and up interleaved by half a panel (n/2 a multiple of it), c only holds the partial
+ * sums of k-blocks before the last, and act [m, n/2] (row stride n/2) gets SiLU(gate) *
+ * up * rw[row]. */
 static void gemm_f32(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                      const void *w, int wb, float *c, int64_t ldc, int inner, float *act,
                      const float *rw) {
@@ -594,7 +595,8 @@ void conclave_ffn(int64_t count, const int64_t *pieces, const void *x, const flo
                   int64_t *inverse, int64_t topk, void *out, int64_t out_bf16) {
   int64_t threads = conclave_threads();
   int64_t stride = 3 * max_rows * n;
-  size_t size = form == FORM_F32 || form >= FORM_F32_FMA ? sizeof(float) : sizeof(bf16);
+  int float_x = form == FORM_F32 || form == FORM_F32_FMA || form == FORM_F32_FMA_BF16;
+  size_t size = float_x ? sizeof(float) : sizeof(bf16);
   if (threads > 1 && count >= 2 * threads) {
 #ifdef _OPENMP
 #pragma omp parallel
