@@ -5,7 +5,8 @@ loop on a CPU with AMX at 512 tokens, and 0.58x of it on an AMD EPYC without AMX
 layer's shapes and dtype, and on the token count. So `auto` does not guess: the first
 time a layer meets a token count in a new bucket, it times every path that can run
 (`MoELayer.paths`) on the layer's own weights at the bucket's token count, in paired
-rounds (`time_paths`), and keeps the fastest; paths within 10% of it are timed again
+rounds (`time_paths`; a path 2x slower than the fastest in the first round is dropped
+from the rest), and keeps the fastest; paths within 10% of it are timed again
 in longer rounds first (`MoELayer._measure`), since a close call is what a noisy machine
 flips. The choice is cached in memory and on disk
 (`$CONCLAVE_CACHE/kernels/moe-auto.json`, written atomically) under the CPU's model,
@@ -140,14 +141,22 @@ def time_paths(
     min_s: float = 0.02,
     min_reps: int = 3,
     on_round: Callable[[], Any] | None = None,
+    drop: float | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each function in each round: a round times every function in
     a block of its own (median of repeated calls after a warm-up call), in a rotating
     order, so a machine whose speed drifts favours none (`conclave bench moe` uses it
-    with more rounds, and `on_round` after each for its progress bar)."""
+    with more rounds, and `on_round` after each for its progress bar).
+
+    With `drop`, a function slower than `drop` times the fastest in the first round is
+    timed no more (its list keeps that one figure): it cannot win, and at 2,048 tokens
+    timing `auto`'s hopeless candidates in every round took half of its measuring."""
     per: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     for rnd in range(rounds):
+        if rnd == 1 and drop is not None:
+            fastest = min(per[k][0] for k in names)
+            names = [k for k in names if per[k][0] <= drop * fastest]
         for k in names[rnd % len(names) :] + names[: rnd % len(names)]:
             fn = fns[k]
             fn()

@@ -121,6 +121,10 @@ def _shape(cfg: MoEConfig) -> str:
 #: Paths whose first measurement is within this factor of the fastest's are timed again,
 #: longer, before `auto` picks between them.
 CLOSE = 1.10
+#: Paths slower than this factor of the fastest in the first round are timed no more: no
+#: drift seen within a round on these VMs came near 2x (a whole bench's, over minutes,
+#: reached 1.64x), and the dropped half had taken half of `auto`'s measuring time.
+DROP = 2.0
 
 
 class MoEBackendError(RuntimeError):
@@ -423,7 +427,7 @@ class MoELayer(torch.nn.Module):
             return lambda: (self._forward(probe, path), sync())
 
         with torch.inference_mode():
-            times = time_paths({p: call(p) for p in candidates})
+            times = time_paths({p: call(p) for p in candidates}, drop=DROP)
             ms = {p: round(1000 * statistics.median(t), 4) for p, t in times.items()}
             best = min(ms, key=ms.__getitem__)
             # a close call is what a noisy machine flips (at 128 tokens on an Intel Xeon,

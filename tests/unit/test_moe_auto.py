@@ -108,6 +108,29 @@ def test_a_close_call_is_timed_again_and_the_longer_timing_decides(timings, tmp_
     assert calls[2:] == [["fused:vec", "grouped", "naive"]]
 
 
+def test_a_path_twice_as_slow_as_the_fastest_in_the_first_round_is_timed_no_more(monkeypatch):
+    """`drop` (auto's measuring) stops timing what cannot win after one round; without
+    it (the benchmark) every path is timed in every round, in a rotating order."""
+    clock = [0.0]
+    monkeypatch.setattr(autotune.time, "perf_counter", lambda: clock[0])
+    ran: list[str] = []
+
+    def fn(name: str, cost: float):
+        def call() -> None:
+            ran.append(name)
+            clock[0] += cost
+
+        return call
+
+    fns = {"fast": fn("fast", 10.0), "near": fn("near", 19.0), "slow": fn("slow", 21.0)}
+    per = autotune.time_paths(fns, rounds=3, drop=2.0)
+    assert per == {"fast": [10.0] * 3, "near": [19.0] * 3, "slow": [21.0]}
+    assert ran.count("slow") == 4 and ran.count("near") == 12  # a warm-up and 3 per round
+    ran.clear()
+    assert autotune.time_paths(fns, rounds=3)["slow"] == [21.0] * 3
+    assert ran[::4] == ["fast", "near", "slow", "near", "slow", "fast", "slow", "fast", "near"]
+
+
 def test_a_broken_cache_file_is_measured_again_not_a_crash(timings, tmp_path, caplog):
     script, calls = timings
     script.update({"fused:vec": 2.0, "grouped": 3.0, "grouped:float32": 3.5, "naive": 5.0})
