@@ -41,8 +41,9 @@ BUCKETS = (1, 16, 128, 512, 2048)
 #: 2: "grouped:float32" joined the candidates; 3: "grouped:mkl", close calls;
 #: 4: "grouped:native" (in place of "grouped:mkl" where it builds);
 #: 5: "grouped:native-avx512bf16"; 6: the CPU's family/model/stepping in the key;
-#: 7: "grouped:native-fma"; 8: "grouped:native-fma-bf16" (in its place for bfloat16)
-VERSION = 8
+#: 7: "grouped:native-fma"; 8: "grouped:native-fma-bf16" (in its place for bfloat16);
+#: 9: the FMA forms' 1-2 row tiles split k (faster at 1 token where AVX2 is the widest)
+VERSION = 9
 
 
 def bucket(tokens: int) -> int:

@@ -201,37 +201,68 @@ void conclave_pack_f32_bf16(int64_t n, int64_t k, const bf16 *w, bf16 *dest) {
  * weights in bfloat16, `conclave_pack_f32_bf16`). With `act` (the last k-block of a gate
  * and up panel: half a panel of gate columns, then the same up columns), the tile is not
  * stored: act[i, 0:half] = SiLU(gate) * up * rw[i]. */
+/* One step of k: the tile's weight vectors at p (float32, or widened from a pair of
+ * blocks' bfloat16 words), and each row's a[i, p] times them into acc. */
+static inline __attribute__((always_inline)) void f32_step(int mr, int nv, int wb,
+                                                           f32v acc[][F32_VECS],
+                                                           const float *a, int64_t lda,
+                                                           const float *b, int64_t bstride,
+                                                           int64_t p) {
+  f32v w[F32_VECS];
+  if (wb) {
+    for (int v = 0; v < nv; v += 2) {
+      u32v word = *(const u32v_u *)(b + (v / 2) * bstride + p * F32_LANES);
+      w[v] = (f32v)(word << 16);
+      if (v + 1 < nv) w[v + 1] = (f32v)(word & 0xffff0000u);
+    }
+  } else {
+    for (int v = 0; v < nv; v++) w[v] = *(const f32v_u *)(b + v * bstride + p * F32_LANES);
+  }
+  for (int i = 0; i < mr; i++) {
+    /* a scalar times a vector: GCC broadcasts it from memory, one load. `(f32v){0} +
+     * a[..]` (as this read before) cost a scalar add (0 + -0 is not -0, so it stays)
+     * and a register broadcast on a shuffle port beside the FMAs: AVX2's 6 x 16 tile,
+     * 6 broadcasts per 12 FMAs, ran the layer 1.18-1.34x slower that way (AMD EPYC
+     * Zen 4 with AVX-512 off, 2026-12-03); AVX-512's 6 x 64 tile, unchanged. */
+    float ai = a[i * lda + p];
+    for (int v = 0; v < nv; v++) acc[i][v] += ai * w[v];
+  }
+}
+
+/* c[mr, lanes*nv] = (first ? 0 : c) + a[mr, kc] . the packed panel b (bstride: 4-byte
+ * words from one block of `lanes` columns to the next, or with `wb` of two blocks: the
+ * weights in bfloat16, `conclave_pack_f32_bf16`). With `act` (the last k-block of a gate
+ * and up panel: half a panel of gate columns, then the same up columns), the tile is not
+ * stored: act[i, 0:half] = SiLU(gate) * up * rw[i].
+ *
+ * A tile of one or two rows (decoding) has too few accumulators to cover the FMA's
+ * latency (4 cycles; with two FMA units, 8 in flight): AVX2's 1 x 16 tile has 2, so
+ * its FMAs waited on each other. Such tiles run k in `split` interleaved parts, each
+ * with accumulators of its own, added at the end (a sum in another order: a row's
+ * result then depends on how many rows share its tile, within float32 rounding). */
 static inline __attribute__((always_inline)) void f32_tile(int mr, int nv, int wb, int64_t kc,
                                                            const float *a, int64_t lda,
                                                            const float *b, int64_t bstride,
                                                            float *c, int64_t ldc, int first,
                                                            float *act, int64_t ldact,
                                                            const float *rw) {
-  f32v acc[F32_ROWS][F32_VECS];
+  const int split = mr > 2 || mr * nv >= 8 ? 1 : mr * nv >= 4 ? 2 : 4;
+  f32v acc[F32_ROWS][F32_VECS], part[3][2][F32_VECS];
   for (int i = 0; i < mr; i++)
-    for (int v = 0; v < nv; v++)
+    for (int v = 0; v < nv; v++) {
       acc[i][v] = first ? (f32v){0} : *(const f32v_u *)(c + i * ldc + F32_LANES * v);
-  for (int64_t p = 0; p < kc; p++) {
-    f32v w[F32_VECS];
-    if (wb) {
-      for (int v = 0; v < nv; v += 2) {
-        u32v word = *(const u32v_u *)(b + (v / 2) * bstride + p * F32_LANES);
-        w[v] = (f32v)(word << 16);
-        if (v + 1 < nv) w[v + 1] = (f32v)(word & 0xffff0000u);
-      }
-    } else {
-      for (int v = 0; v < nv; v++) w[v] = *(const f32v_u *)(b + v * bstride + p * F32_LANES);
+      for (int s = 0; s < split - 1; s++) part[s][i][v] = (f32v){0};
     }
-    for (int i = 0; i < mr; i++) {
-      /* a scalar times a vector: GCC broadcasts it from memory, one load. `(f32v){0} +
-       * a[..]` (as this read before) cost a scalar add (0 + -0 is not -0, so it stays)
-       * and a register broadcast on a shuffle port beside the FMAs: AVX2's 6 x 16 tile,
-       * 6 broadcasts per 12 FMAs, ran the layer 1.18-1.34x slower that way (AMD EPYC
-       * Zen 4 with AVX-512 off, 2026-12-03); AVX-512's 6 x 64 tile, unchanged. */
-      float ai = a[i * lda + p];
-      for (int v = 0; v < nv; v++) acc[i][v] += ai * w[v];
+  int64_t p = 0;
+  if (split > 1)
+    for (; p + split <= kc; p += split) {
+      f32_step(mr, nv, wb, acc, a, lda, b, bstride, p);
+      for (int s = 1; s < split; s++) f32_step(mr, nv, wb, part[s - 1], a, lda, b, bstride, p + s);
     }
-  }
+  for (; p < kc; p++) f32_step(mr, nv, wb, acc, a, lda, b, bstride, p);
+  for (int s = 0; s < split - 1; s++)
+    for (int i = 0; i < mr; i++)
+      for (int v = 0; v < nv; v++) acc[i][v] += part[s][i][v];
   if (act && nv == F32_VECS) {
     float tile[F32_ROWS][F32_PANEL];
     for (int i = 0; i < mr; i++) {

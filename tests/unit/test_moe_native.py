@@ -399,6 +399,12 @@ def test_the_fma_forms_match_pytorch_on_awkward_shapes(hidden, inter, top_k, isa
             h = x[t] @ w13[e].t()
             want[t] += (torch.nn.functional.silu(h[:inter]) * h[inter:] * weights[t, j]) @ w2[e].t()
     assert float((got - want).abs().max()) <= 1e-4 * float(want.abs().max()) + 1e-5
+    # a token alone (decoding: 1-row tiles, k split over sets of accumulators) gets its
+    # row of the batch, summed in another order
+    for form, a13, a2 in ((native.F32_FMA, w13, w2), (native.F32_FMA_BF16, b13, b2)):
+        one = _fma_moe(k, form, a13, a2, x[:1], ids[:1], weights[:1], inter)
+        batch = got if form == native.F32_FMA else on_bf16
+        assert torch.allclose(one, batch[:1], rtol=1e-4, atol=1e-5)
 
 
 @needs_cc
