@@ -37,7 +37,7 @@ import torch
 
 from kernels.autotune import Choice, ChoiceCache, cpu, cpu_line, time_paths
 from kernels.grouped import unavailable
-from kernels.moe import KERNELS, MoEConfig, MoELayer
+from kernels.moe import KERNELS, MoEBackendError, MoEConfig, MoELayer
 
 
 def _time_all(
@@ -106,20 +106,38 @@ def run_moe_bench(
     on_step: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """One run: each path at each token count, `auto`'s choices (measured again with
-    `fresh`), the ratios and errors. `on_step` is called `steps(tokens, rounds)` times."""
+    `fresh`), the ratios and errors. `on_step` is called `steps(tokens, rounds)` times.
+    Where vLLM's fused kernel cannot run the layer (a hidden width it does not take, no
+    vLLM), its figures are None and `fused_kernel` says why: the other paths still run."""
     step = on_step or (lambda: None)
     if rounds < 1:
         raise ValueError(f"rounds={rounds}: give at least 1")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "device 'cuda': this PyTorch sees no CUDA GPU (torch.cuda.is_available() is "
+            "False); use device 'cpu', or a machine and PyTorch build with CUDA"
+        )
     cfg = MoEConfig(
         hidden=hidden, intermediate=intermediate, experts=experts, top_k=top_k, dtype=dtype
     )
     dt = getattr(torch, dtype)
+    probe = torch.zeros(1, hidden, device=device, dtype=dt)
+    fused_layer = MoELayer(cfg.model_copy(update={"backend": "fused"}), device=device)
+    try:
+        fused_kernel = fused_layer.kernel_for(probe)
+    except MoEBackendError as exc:
+        why = str(exc).removeprefix("backend 'fused' cannot run here: ")
+        fused_kernel = f"unavailable: {why.split('; use backend')[0]}"
+    fused = not fused_kernel.startswith("unavailable")
     grouped = device == "cpu" and unavailable(torch.device(device), dt) is None
-    paths = ("fused", "grouped", "naive") if grouped else ("fused", "naive")
+    paths = ("fused",) * fused + ("grouped",) * grouped + ("naive",)
     layers = {
         b: MoELayer(cfg.model_copy(update={"backend": b}), device=device)
         for b in (*paths, "auto", "reference")
+        if b != "fused"
     }
+    if fused:
+        layers["fused"] = fused_layer
     if fresh:
         layers["auto"].cache = _Remeasure(layers["auto"].cache.path)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -164,9 +182,10 @@ def run_moe_bench(
             truth = layers["reference"](x).float()
             err = {b: float((layers[b](x).float() - truth).abs().max()) for b in timed}
         flops = 6 * m * top_k * hidden * intermediate
+        f = fused  # a figure of vLLM's kernel is None where it cannot run the layer
         row: dict[str, Any] = {
             "tokens": m,
-            "fused_ms": round(1000 * med["fused"], 4),
+            "fused_ms": round(1000 * med["fused"], 4) if f else None,
             "naive_ms": round(1000 * med["naive"], 4),
             "grouped_ms": round(1000 * med["grouped"], 4) if grouped else None,
             "auto_ms": round(1000 * med["auto"], 4),
@@ -174,26 +193,24 @@ def run_moe_bench(
             "auto_kernel": KERNELS[choices[m].path],
             "auto_why": choices[m].why,
             "reference_ms": round(1000 * ref, 4) if ref is not None else None,
-            "speedup_vs_naive": round(_ratio(t["naive"], t["fused"]), 2),
-            "speedup_vs_naive_best": round(min(t["naive"]) / min(t["fused"]), 2),
-            "speedup_vs_reference": round(ref / med["fused"], 2) if ref is not None else None,
+            "speedup_vs_naive": round(_ratio(t["naive"], t["fused"]), 2) if f else None,
+            "speedup_vs_naive_best": round(min(t["naive"]) / min(t["fused"]), 2) if f else None,
+            "speedup_vs_reference": round(ref / med["fused"], 2) if f and ref else None,
             "auto_vs_naive": round(_ratio(t["naive"], t["auto"]), 2),
-            "auto_vs_fused": round(_ratio(t["fused"], t["auto"]), 2),
+            "auto_vs_fused": round(_ratio(t["fused"], t["auto"]), 2) if f else None,
             "auto_vs_dense": round(_ratio(t["dense"], t["auto"]), 2),
             "grouped_vs_dense": round(_ratio(t["dense"], t["grouped"]), 2) if grouped else None,
-            "fused_gflops": round(flops / med["fused"] / 1e9, 1),
+            "fused_gflops": round(flops / med["fused"] / 1e9, 1) if f else None,
             "auto_gflops": round(flops / med["auto"] / 1e9, 1),
             "dense_matmul_gflops": round(flops / med["dense"] / 1e9, 1),
             "dense_dtype": str(dense_dt).removeprefix("torch."),
-            "fused_vs_dense": round(_ratio(t["dense"], t["fused"]), 2),
-            "max_abs_error_vs_reference": round(err["fused"], 5),
+            "fused_vs_dense": round(_ratio(t["dense"], t["fused"]), 2) if f else None,
+            "max_abs_error_vs_reference": round(err["fused"], 5) if f else None,
             "max_abs_error_by_path": {b: round(e, 5) for b, e in err.items()},
             "machine_drift": round(med["dense"] / min(t["dense"]), 2),
         }
         rows.append(row)
         step()
-    probe = torch.zeros(1, hidden, device=device, dtype=dt)
-    fused_backend = layers["fused"].backend_for(probe)
     return {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads "
         f"{torch.get_num_threads()}",
@@ -201,8 +218,8 @@ def run_moe_bench(
         "cpu_line": cpu_line(),
         "device": device if device == "cpu" else torch.cuda.get_device_name(),
         "config": cfg.model_dump(exclude={"backend"}),
-        "fused_backend": fused_backend,
-        "fused_kernel": layers["fused"].kernel_for(probe),
+        "fused_backend": fused_layer.backend_for(probe) if fused else None,
+        "fused_kernel": fused_kernel,
         "rounds": rounds,
         "rows": rows,
     }

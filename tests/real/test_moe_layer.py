@@ -176,6 +176,40 @@ def test_bench_moe_prints_paired_and_best_speedups_with_the_machine_drift():
     assert bad.exit_code != 0 and "positive integers" in bad.output
 
 
+def test_bench_moe_where_vllms_kernel_cannot_run_benches_the_rest_and_says_why(tmp_path):
+    """A hidden width vLLM's CPU kernel does not take (48, not a multiple of 32): its
+    figures are None ("-" in the table) with the reason, and auto and the loop still run.
+    A GPU this PyTorch cannot see, and a top-k above the experts, are clear errors."""
+    import json
+
+    import torch
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    args = ["bench", "moe", "--tokens", "1,16", "--hidden", "48", "--intermediate", "40"]
+    args += ["--experts", "3", "--rounds", "1", "--out", str(tmp_path / "out.json")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["fused_kernel"].startswith("unavailable: vLLM's cpu_fused_moe needs")
+    assert out["fused_backend"] is None
+    for row in out["rows"]:
+        assert row["fused_ms"] is None and row["auto_vs_fused"] is None
+        assert row["auto_path"] != "fused" and row["auto_ms"] > 0 and row["naive_ms"] > 0
+        assert "fused" not in row["max_abs_error_by_path"]
+        assert all(e < 0.05 for e in row["max_abs_error_by_path"].values())
+    assert "unavailable" in " ".join(res.stdout.split())
+    ranged = CliRunner().invoke(app, [*args, "--runs", "2"])
+    assert ranged.exit_code == 0, ranged.output
+    assert json.loads((tmp_path / "out.json").read_text())["rows"][0]["fused_ms"] is None
+    few = CliRunner().invoke(app, ["bench", "moe", "--experts", "2", "--top-k", "3"])
+    assert few.exit_code == 2 and "--top-k 3" in few.output and "at most 2" in few.output
+    if not torch.cuda.is_available():
+        gpu = CliRunner().invoke(app, ["bench", "moe", "--device", "cuda"])
+        assert gpu.exit_code == 2 and "no CUDA GPU" in gpu.output and "Traceback" not in gpu.output
+
+
 def test_bench_moe_runs_give_each_figure_a_range_and_fresh_measures_again(tmp_path, monkeypatch):
     """--runs N: each figure's [lowest, highest] over N runs, the paths auto chose with
     their counts, each run's rows; --fresh: auto measures again in every run (and saves

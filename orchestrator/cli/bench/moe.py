@@ -51,6 +51,13 @@ def bench_moe(
         raise fail(ValueError(f"--dtype {dtype!r}: use bfloat16 or float32"))
     if device not in ("cpu", "cuda"):
         raise fail(ValueError(f"--device {device!r}: use cpu or cuda"))
+    if top_k > experts:
+        raise fail(
+            ValueError(
+                f"--top-k {top_k}: a token chooses among --experts {experts}; give --top-k "
+                f"at most {experts}, or more --experts"
+            )
+        )
     counts = levels(tokens)
     each = []
     try:
@@ -125,17 +132,18 @@ _SHORT = {
 }
 
 
+def _ms(value: float | None) -> str:
+    """A time cell; "-" for a path that cannot run here (vLLM's kernel on some shapes)."""
+    return f"{value:.2f}" if value is not None else "-"
+
+
 def _moe_cells(r: dict[str, Any]) -> tuple[object, ...]:
-    grouped = r["grouped_ms"]
     return (
         r["tokens"],
-        f"{r['fused_ms']:.2f}",
-        f"{grouped:.2f}" if grouped is not None else "-",
-        f"{r['naive_ms']:.2f}",
-        f"{r['auto_ms']:.2f}",
+        *(_ms(r[k]) for k in ("fused_ms", "grouped_ms", "naive_ms", "auto_ms")),
         _SHORT.get(r["auto_path"], r["auto_path"]),
         r["auto_vs_naive"],
-        r["auto_vs_fused"],
+        r["auto_vs_fused"] if r["auto_vs_fused"] is not None else "-",
         r["auto_vs_dense"],
         r["machine_drift"],
     )
@@ -153,6 +161,7 @@ def _range_rows(r: dict[str, Any]) -> list[tuple[object, ...]]:
     ratios = ("auto_vs_naive", "auto_vs_fused", "auto_vs_dense", "machine_drift")
     rows = []
     for i, label in enumerate((f"{r['tokens']} low", "high")):
-        ms = (f"{r[k][i]:.2f}" if r[k] is not None else "-" for k in keys)
-        rows.append((label, *ms, paths if i == 0 else "", *(r[k][i] for k in ratios)))
+        ms = (_ms(r[k][i] if r[k] is not None else None) for k in keys)
+        figures = (r[k][i] if r[k] is not None else "-" for k in ratios)
+        rows.append((label, *ms, paths if i == 0 else "", *figures))
     return rows
