@@ -464,6 +464,12 @@ class MoELayer(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.cfg.hidden:
             raise ValueError(f"x must be [tokens, {self.cfg.hidden}], got {list(x.shape)}")
+        if x.dtype != self.w13.dtype:
+            want = str(self.w13.dtype).removeprefix("torch.")
+            raise TypeError(
+                f"x is {str(x.dtype).removeprefix('torch.')} but the layer's weights are "
+                f"{want}: pass x.to(torch.{want}), or build the layer with that dtype"
+            )
         return self._forward(x, self.path_for(x))
 
     def _forward(self, x: torch.Tensor, path: str) -> torch.Tensor:

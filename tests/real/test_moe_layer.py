@@ -134,6 +134,17 @@ def test_config_errors_name_the_problem():
         MoEConfig(hidden=32, intermediate=32, experts=2, masked=(0,))
 
 
+def test_input_errors_name_the_problem_and_the_fix():
+    """x of another shape or dtype than the layer's is refused before any path runs
+    (a float32 x into a bfloat16 layer was PyTorch's "expected scalar type" from inside)."""
+    layer = MoELayer(MoEConfig(hidden=32, intermediate=32, experts=2))
+    with pytest.raises(ValueError, match=r"x must be \[tokens, 32\], got \[2, 3, 32\]"):
+        layer(torch.randn(2, 3, 32).bfloat16())
+    with pytest.raises(TypeError, match=r"x is float32 .* bfloat16: pass x.to\(torch.bfloat16\)"):
+        layer(torch.randn(3, 32))
+    assert layer(torch.randn(3, 32).bfloat16()).dtype == torch.bfloat16
+
+
 def test_bench_moe_prints_paired_and_best_speedups_with_the_machine_drift():
     import json
 
