@@ -37,7 +37,7 @@ import torch
 
 from kernels.autotune import Choice, ChoiceCache, cpu, cpu_line, time_paths
 from kernels.grouped import unavailable
-from kernels.moe import KERNELS, MoEBackendError, MoEConfig, MoELayer
+from kernels.moe import KERNELS, MoEConfig, MoELayer
 
 
 def _time_all(
@@ -123,12 +123,9 @@ def run_moe_bench(
     dt = getattr(torch, dtype)
     probe = torch.zeros(1, hidden, device=device, dtype=dt)
     fused_layer = MoELayer(cfg.model_copy(update={"backend": "fused"}), device=device)
-    try:
-        fused_kernel = fused_layer.kernel_for(probe)
-    except MoEBackendError as exc:
-        why = str(exc).removeprefix("backend 'fused' cannot run here: ")
-        fused_kernel = f"unavailable: {why.split('; use backend')[0]}"
-    fused = not fused_kernel.startswith("unavailable")
+    why_not = fused_layer.fused_unavailable(probe)
+    fused = why_not is None
+    fused_kernel = fused_layer.kernel_for(probe) if fused else f"unavailable: {why_not}"
     grouped = device == "cpu" and unavailable(torch.device(device), dt) is None
     paths = ("fused",) * fused + ("grouped",) * grouped + ("naive",)
     layers = {

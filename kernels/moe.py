@@ -306,7 +306,7 @@ class MoELayer(torch.nn.Module):
     def paths(self, x: torch.Tensor) -> list[str]:
         """The paths that can run `x` here (what `auto` measures), fused ones first."""
         if x.device.type == "cuda":
-            fused = ["fused:triton"] if self._fused_reason(x) is None else []
+            fused = ["fused:triton"] if self.fused_unavailable(x) is None else []
             return [*fused, "naive"]
         if x.device.type != "cpu":
             return ["naive"]
@@ -386,7 +386,7 @@ class MoELayer(torch.nn.Module):
     def _configured(self, x: torch.Tensor, want: str, b: int) -> Choice:
         """The path a forced `fused` or `grouped` runs `x` on, or why it cannot."""
         if want == "fused":
-            reason = self._fused_reason(x)
+            reason = self.fused_unavailable(x)
             if reason is not None:
                 raise MoEBackendError(
                     f"backend 'fused' cannot run here: {reason}; use backend 'auto' (the "
@@ -443,7 +443,8 @@ class MoELayer(torch.nn.Module):
         self.cache.put(key, choice)
         return choice
 
-    def _fused_reason(self, x: torch.Tensor) -> str | None:
+    def fused_unavailable(self, x: torch.Tensor) -> str | None:
+        """Why vLLM's fused kernel cannot run `x` on this layer, or None where it can."""
         if x.device.type == "cuda":
             try:
                 from vllm.model_executor.layers.fused_moe import fused_experts  # noqa: F401

@@ -196,8 +196,8 @@ def test_forcing_a_path_runs_it_without_measuring(timings):
     # checked once per (device, dtype, bucket), not on every call
     layer = MoELayer(CFG.model_copy(update={"backend": "fused", "dtype": "float32"}))
     checks: list[int] = []
-    check = layer._fused_reason
-    layer._fused_reason = lambda x: checks.append(1) or check(x)  # type: ignore[method-assign]
+    check = layer.fused_unavailable
+    layer.fused_unavailable = lambda x: checks.append(1) or check(x)  # type: ignore[method-assign]
     for _ in range(3):
         layer(x)
     assert checks == [1] and layer.path_for(torch.randn(500, 64)) == "fused:vec"
