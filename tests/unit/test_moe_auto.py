@@ -80,6 +80,20 @@ def test_auto_runs_the_fastest_path_it_measured_and_measures_once_per_machine(ti
     assert all('"model"' in key for key in saved["choices"])  # keyed by the CPU
 
 
+def test_prepare_measures_every_bucket_up_front_and_calls_then_measure_nothing(timings, tmp_path):
+    script, calls = timings
+    script.update({"fused:vec": 3.0, "grouped": 4.0, "naive": 5.0})
+    layer = MoELayer(CFG.model_copy(update={"dtype": "float32"}))
+    layer.cache = ChoiceCache(tmp_path / "auto.json")
+    got = layer.prepare()
+    assert sorted(got) == list(autotune.BUCKETS) and len(calls) == len(autotune.BUCKETS)
+    assert {c.path for c in got.values()} == {"fused:vec"}
+    for tokens in (1, 7, 100, 700, 3000):
+        layer(torch.randn(tokens, 64))
+    assert len(calls) == len(autotune.BUCKETS)  # no call measured again
+    assert layer.prepare([16])[16].path == "fused:vec" and len(calls) == len(autotune.BUCKETS)
+
+
 def test_a_close_call_is_timed_again_and_the_longer_timing_decides(timings, tmp_path, monkeypatch):
     """Paths within 10% of the fastest in the first pass are timed again, longer (what a
     noisy machine flips is a close call); a clear winner is not."""
