@@ -14,7 +14,9 @@ from orchestrator.errors import ConclaveError
 def serve_cmd(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="Bind address (config: 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (config: 8000).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port (config: 8000; 0: any free one).")
+    ] = None,
     data: DataOpt = "skillmix",
     zoo: ZooProfile = "full",
     zoo_dir: ZooDir = None,

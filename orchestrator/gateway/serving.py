@@ -6,9 +6,12 @@ both serve the same facade, profiled and preloaded the same way.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from orchestrator.errors import ConfigError
 
 if TYPE_CHECKING:
     from orchestrator.conclave import Conclave
@@ -104,7 +107,13 @@ def serve(
     from orchestrator.gateway.draining import DrainingServer
     from workers.cluster import shutdown_ray
 
-    conclave = prepare(config, ensemble=ensemble, data=data, progress=True, on_event=on_event)
+    sock = listen(settings.host, settings.port)
+    where = f"http://{settings.host}:{sock.getsockname()[1]}"  # port 0: the one it got
+    try:
+        conclave = prepare(config, ensemble=ensemble, data=data, progress=True, on_event=on_event)
+    except BaseException:
+        sock.close()
+        raise
     try:
         app = create_app(conclave, settings, ensemble=ensemble)
         uv = uvicorn.Config(
@@ -117,12 +126,33 @@ def serve(
         if settings.access_log:
             _print_access_log()
         on_event(f"serving on {where} ({auth}); Ctrl-C stops")
-        DrainingServer(uv, app.state.batcher, settings.drain_s, on_event).run()
+        DrainingServer(uv, app.state.batcher, settings.drain_s, on_event).run(sockets=[sock])
         on_event("stopped taking connections; closing the experts")
     finally:
+        sock.close()
         conclave.close()
         shutdown_ray()  # a local Ray this process started goes with it
         on_event("stopped")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The gateway's socket, bound before the profiling and the model loads (minutes on a
+    CPU): a port another process holds, or an address this machine does not have, is an
+    error at once rather than after them. Port 0 takes a free one (`getsockname` says
+    which). Raises `ConfigError`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"gateway.host/port: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+            "free the port, or pass another (--port; 0 takes any free one) or --host"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _print_access_log() -> None:

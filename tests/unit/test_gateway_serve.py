@@ -38,12 +38,13 @@ def test_serve_loads_the_experts_that_fit_before_serving(flag, tmp_path, monkeyp
     cfg.write_text(json.dumps({"pool": {"experts": [*EXPERTS, big], "memory_budget_gb": 5}}))
     seen = {}
 
-    def run(server):  # instead of serving: what would the first client see?
+    def run(server, sockets):  # instead of serving: what would the first client see?
         with TestClient(server.config.app) as client:
             seen.update({e["name"]: e["loaded"] for e in client.get("/v1/experts").json()["data"]})
 
     monkeypatch.setattr(DrainingServer, "run", run)
-    args = ["serve", "--config", str(cfg), "--passthrough-only", *([flag] if flag else [])]
+    args = ["serve", "--config", str(cfg), "--passthrough-only", "--port", "0"]
+    args += [flag] if flag else []
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     if flag:
@@ -66,13 +67,17 @@ def test_serve_prepares_the_facade_then_runs_uvicorn(monkeypatch):
 
     big = {"name": "big", "backend": {"type": "fake"}, "resources": {"memory_gb": 2}}
     pool = {"experts": [*EXPERTS, big], "memory_budget_gb": 5}
-    cfg = parse_config({"pool": pool, "gateway": {"port": 8123}})
+    cfg = parse_config({"pool": pool, "gateway": {"port": 0}})  # 0: any free port
     seen: dict = {}
 
-    def run(server):  # instead of serving: what would the first client see?
+    def run(server, sockets):  # instead of serving: what would the first client see?
         c = server.config
+        (sock,) = sockets  # bound before the set-up, on the port it reports
         seen.update(
-            host=c.host, port=c.port, log_level=c.log_level, grace=c.timeout_graceful_shutdown
+            host=sock.getsockname()[0],
+            port=sock.getsockname()[1],
+            log_level=c.log_level,
+            grace=c.timeout_graceful_shutdown,
         )
         with TestClient(c.app) as client:
             seen["models"] = [m["id"] for m in client.get("/v1/models").json()["data"]]
@@ -92,10 +97,37 @@ def test_serve_prepares_the_facade_then_runs_uvicorn(monkeypatch):
     assert lines[0].startswith("5 of 6 experts loaded (")
     assert lines[1].startswith("  big: skipped: does not fit next to the others: memory_gb")
     assert lines[1].endswith("(loads on demand)")
-    assert lines[2] == "serving on http://127.0.0.1:8123 (no API keys configured); Ctrl-C stops"
-    assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
+    port = seen["port"]
+    assert lines[2] == f"serving on http://127.0.0.1:{port} (no API keys configured); Ctrl-C stops"
+    assert seen["host"] == "127.0.0.1" and port > 0
     assert seen["log_level"] == "warning" and seen["grace"] == 30
     assert lines[-2:] == ["stopped taking connections; closing the experts", "stopped"]
     with pytest.raises(ConclaveError, match="does not exist"):
         serve(cfg, data="/nonexistent/questions.jsonl", on_event=lines.append)
     assert len(closed) == 2  # the facade the failed set-up built is closed too
+
+
+def test_a_port_another_process_holds_is_an_error_before_any_set_up(monkeypatch):
+    """The socket is bound first: a taken port (or an address this machine lacks) fails
+    at once, naming host and port and what to do, not after profiling and loading."""
+    import socket
+
+    from orchestrator.errors import ConfigError
+    from orchestrator.gateway import serve, serving
+
+    def no_set_up(*_a, **_kw):
+        raise AssertionError("set-up ran before the port was known to be free")
+
+    monkeypatch.setattr(serving, "prepare", no_set_up)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        cfg = parse_config({"pool": {"experts": EXPERTS}, "gateway": {"port": port}})
+        with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{port} .*--port"):
+            serve(cfg, ensemble=False, on_event=lambda _line: None)
+    elsewhere = cfg.model_copy(
+        update={"gateway": cfg.gateway.model_copy(update={"host": "192.0.2.1", "port": 0})}
+    )
+    with pytest.raises(ConfigError, match="cannot listen on 192.0.2.1:0"):
+        serve(elsewhere, ensemble=False, on_event=lambda _line: None)
