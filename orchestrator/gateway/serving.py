@@ -95,6 +95,7 @@ def serve(
     if ray_serve:
         from orchestrator.gateway.ray_serve import run_on_ray_serve
 
+        listen(settings.host, settings.port).close()  # Ray's proxy binds it: free now?
         # the replica builds its own facade and preloads there; here only the profile
         here = config.model_copy(update={"gateway": settings.model_copy(update={"preload": False})})
         prepare(here, ensemble=ensemble, data=data, progress=True, on_event=on_event).close()

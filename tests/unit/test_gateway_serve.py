@@ -124,8 +124,9 @@ def test_a_port_another_process_holds_is_an_error_before_any_set_up(monkeypatch)
         held.listen()
         port = held.getsockname()[1]
         cfg = parse_config({"pool": {"experts": EXPERTS}, "gateway": {"port": port}})
-        with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{port} .*--port"):
-            serve(cfg, ensemble=False, on_event=lambda _line: None)
+        for ray_serve in (False, True):  # Ray's proxy would bind it: checked first too
+            with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{port} .*--port"):
+                serve(cfg, ensemble=False, ray_serve=ray_serve, on_event=lambda _line: None)
     elsewhere = cfg.model_copy(
         update={"gateway": cfg.gateway.model_copy(update={"host": "192.0.2.1", "port": 0})}
     )
