@@ -41,8 +41,15 @@ def open_run_dir(run_dir: Path, spec: EvalSpec, config: ConclaveConfig) -> None:
                 "--out directory, or the same options to resume it"
             )
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(meta, {**want, "started": datetime.now(UTC).isoformat(timespec="seconds")})
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        atomic_write_json(meta, {**want, "started": started})
+    except OSError as exc:  # a file there, a read-only or missing parent, a full disk
+        raise ConfigError(
+            f"run directory {run_dir}: cannot write there ({exc.strerror or exc}); give an "
+            "--out directory this user can create and write"
+        ) from None
 
 
 def read_results(run_dir: Path) -> list[dict[str, Any]]:

@@ -172,6 +172,16 @@ def test_a_run_directory_refuses_other_settings(config_path, tmp_path):
     assert res.exit_code == 2 and "other settings" in res.output
 
 
+def test_a_run_directory_it_cannot_create_is_a_clear_error(config_path, tmp_path):
+    """--out under a file (or anywhere it cannot write) is exit 2 naming the directory,
+    before any question is asked (was an OSError's traceback)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    res = _eval(config_path, blocker / "run", "-s", "majority")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"run directory {blocker / 'run'}: cannot write there" in " ".join(res.output.split())
+
+
 def test_bad_input_is_a_clear_error(config_path, tmp_path):
     res = _eval(config_path, tmp_path / "r", "-s", "telepathy")
     assert res.exit_code == 2 and "unknown strategies ['telepathy']" in res.output
