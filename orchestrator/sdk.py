@@ -12,7 +12,8 @@
 
 In process, the facade (`orchestrator.conclave.Conclave`) has `route` with the same
 result type; the gateway's errors come back as `GatewayClientError` with the HTTP status
-and OpenAI's error type. Bodies and responses follow the gateway's own models
+and OpenAI's error type, and no answer at all (nothing listening, a timeout) as
+`GatewayUnreachableError`, naming the address. Bodies and responses follow the gateway's own models
 (`orchestrator.protocol`), so client and server share one definition of the wire format.
 """
 
@@ -68,7 +69,28 @@ class GatewayClientError(Exception):
         self.status, self.type, self.message = status, type_, message
 
 
+class GatewayUnreachableError(ConnectionError):
+    """No answer from the gateway at all: nothing listening at the address, a timeout, a
+    network failure. `retryable`: the same call may succeed once the gateway is up."""
+
+    retryable = True
+
+
+def _unreachable(exc: httpx.TransportError) -> GatewayUnreachableError:
+    url = exc.request.url.copy_with(path="/", query=None)
+    if isinstance(exc, httpx.TimeoutException):
+        why = f"no answer within the timeout ({type(exc).__name__}): pass a longer `timeout`"
+    else:
+        why = f"{exc or type(exc).__name__}: is `conclave serve` running there?"
+    return GatewayUnreachableError(f"cannot reach the Conclave gateway at {url} ({why})")
+
+
 def _http_args(base_url: str, api_key: str | None, timeout: float) -> dict[str, Any]:
+    if not base_url.startswith(("http://", "https://")):
+        raise ValueError(
+            f"base_url {base_url!r}: give the gateway's address with its scheme, e.g. "
+            "http://127.0.0.1:8000"
+        )
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     return {"base_url": base_url, "headers": headers, "timeout": timeout}
 
@@ -127,29 +149,27 @@ class ConclaveClient:
         self, question: str | list[dict[str, str]], model: str = "conclave", **params: Any
     ) -> ChatReply:
         body = {"model": model, "messages": _messages(question), **params}
-        return ChatReply.from_openai(_check(self._http.post("/v1/chat/completions", json=body)))
+        return ChatReply.from_openai(self._call("POST", "/v1/chat/completions", json=body))
 
     def route(self, question: str) -> RoutePlan:
-        return RoutePlan.model_validate(
-            _check(self._http.post("/v1/route", json=_route_body(question)))
-        )
+        return RoutePlan.model_validate(self._call("POST", "/v1/route", json=_route_body(question)))
 
     def models(self) -> list[str]:
-        return _models(_check(self._http.get("/v1/models")))
+        return _models(self._call("GET", "/v1/models"))
 
     def experts(self) -> list[ExpertStatus]:
-        return _statuses(_check(self._http.get("/v1/experts")))
+        return _statuses(self._call("GET", "/v1/experts"))
 
     def feedback(self, response_id: str, correct: bool, answer: str | None = None) -> int:
         """Grade an answer by its id (`ChatReply.id`), with the right answer if known;
         returns how many agents' answers it graded."""
         body = _feedback_body(response_id, correct, answer)
-        return _scored(_check(self._http.post("/v1/feedback", json=body)))
+        return _scored(self._call("POST", "/v1/feedback", json=body))
 
     def agents(self, history: int = 50, offset: int | None = None) -> dict[str, Any]:
         """The free-agent monitor: agents with state and evidence, and decisions (the last
         `history`, or with `offset` a page of the whole audit log from its start)."""
-        return _check(self._http.get("/v1/agents", params=_page(history, offset)))
+        return self._call("GET", "/v1/agents", params=_page(history, offset))
 
     def audit(self, page: int = 500) -> Iterator[dict[str, Any]]:
         """Every decision of the audit log, oldest first, fetched a page at a time."""
@@ -158,6 +178,12 @@ class ConclaveClient:
             got = self.agents(history=page, offset=offset)
             yield from got["history"]
             offset = got["next_offset"]
+
+    def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        try:
+            return _check(self._http.request(method, path, **kw))
+        except httpx.TransportError as exc:
+            raise _unreachable(exc) from exc
 
     def close(self) -> None:
         self._http.close()
@@ -184,25 +210,30 @@ class AsyncConclaveClient:
         self, question: str | list[dict[str, str]], model: str = "conclave", **params: Any
     ) -> ChatReply:
         body = {"model": model, "messages": _messages(question), **params}
-        r = await self._http.post("/v1/chat/completions", json=body)
-        return ChatReply.from_openai(_check(r))
+        return ChatReply.from_openai(await self._call("POST", "/v1/chat/completions", json=body))
 
     async def route(self, question: str) -> RoutePlan:
-        r = await self._http.post("/v1/route", json=_route_body(question))
-        return RoutePlan.model_validate(_check(r))
+        body = _route_body(question)
+        return RoutePlan.model_validate(await self._call("POST", "/v1/route", json=body))
 
     async def models(self) -> list[str]:
-        return _models(_check(await self._http.get("/v1/models")))
+        return _models(await self._call("GET", "/v1/models"))
 
     async def experts(self) -> list[ExpertStatus]:
-        return _statuses(_check(await self._http.get("/v1/experts")))
+        return _statuses(await self._call("GET", "/v1/experts"))
 
     async def feedback(self, response_id: str, correct: bool, answer: str | None = None) -> int:
-        r = await self._http.post("/v1/feedback", json=_feedback_body(response_id, correct, answer))
-        return _scored(_check(r))
+        body = _feedback_body(response_id, correct, answer)
+        return _scored(await self._call("POST", "/v1/feedback", json=body))
 
     async def agents(self, history: int = 50, offset: int | None = None) -> dict[str, Any]:
-        return _check(await self._http.get("/v1/agents", params=_page(history, offset)))
+        return await self._call("GET", "/v1/agents", params=_page(history, offset))
+
+    async def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        try:
+            return _check(await self._http.request(method, path, **kw))
+        except httpx.TransportError as exc:
+            raise _unreachable(exc) from exc
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -107,15 +107,15 @@ def _live_cells(live: dict[str, Any] | None) -> list[str]:
 
 def _live_status(url: str, api_key: str | None) -> tuple[dict[str, Any], str]:
     """Live status by expert from the gateway at `url`, and what happened asking it."""
-    import httpx
-
-    from orchestrator.sdk import ConclaveClient, GatewayClientError
+    from orchestrator.sdk import ConclaveClient, GatewayClientError, GatewayUnreachableError
 
     try:
         with ConclaveClient(url, api_key=api_key, timeout=2.0) as c:
             return {s.name: s for s in c.experts()}, "serving"
-    except httpx.HTTPError:
+    except GatewayUnreachableError:
         return {}, "no gateway running there"
+    except ValueError as exc:  # not an address
+        return {}, str(exc)
     except GatewayClientError as exc:
         return {}, f"the gateway answered {exc.status}: {exc.message}"
 

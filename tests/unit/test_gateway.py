@@ -452,6 +452,32 @@ def test_sdk_clients_sync_and_async(gw):
     assert texts == ["The answer is (B)."] * 3 and "alpha" in models
 
 
+def test_sdk_clients_say_where_no_gateway_answers_and_refuse_a_non_address():
+    """Nothing listening: `GatewayUnreachableError` (retryable) naming the address and
+    what to check, from both clients, instead of httpx's bare "Connection refused"."""
+    import asyncio
+    import socket
+
+    from orchestrator.sdk import AsyncConclaveClient, ConclaveClient, GatewayUnreachableError
+
+    with socket.socket() as s:  # a port nothing listens on once it is closed
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    want = rf"cannot reach the Conclave gateway at {url}/ \(.*is `conclave serve` running"
+    with ConclaveClient(url) as c, pytest.raises(GatewayUnreachableError, match=want) as e:
+        c.chat(Q)
+    assert e.value.retryable and isinstance(e.value, ConnectionError)
+
+    async def go():
+        async with AsyncConclaveClient(url) as c:
+            await c.models()
+
+    with pytest.raises(GatewayUnreachableError, match=want):
+        asyncio.run(go())
+    with pytest.raises(ValueError, match="base_url '127.0.0.1:8000': give the gateway's"):
+        ConclaveClient("127.0.0.1:8000")
+
+
 @pytest.mark.parametrize(
     ("continuous", "routed", "peak_expected"),
     [(False, None, 1), (True, None, 2), (False, 4, 2), (False, 1, 1)],
