@@ -13,8 +13,9 @@
 In process, the facade (`orchestrator.conclave.Conclave`) has `route` with the same
 result type; the gateway's errors come back as `GatewayClientError` with the HTTP status
 and OpenAI's error type, and no answer at all (nothing listening, a timeout) as
-`GatewayUnreachableError`, naming the address. Bodies and responses follow the gateway's own models
-(`orchestrator.protocol`), so client and server share one definition of the wire format.
+`GatewayUnreachableError`, naming the address. Bodies and responses follow the gateway's
+own models (`orchestrator.protocol`), so client and server share one definition of the
+wire format.
 """
 
 from __future__ import annotations
@@ -106,7 +107,12 @@ def _check(r: httpx.Response) -> dict[str, Any]:
             raise GatewayClientError(r.status_code, err.get("type", "error"), err["message"])
         except (ValueError, KeyError, TypeError):
             raise GatewayClientError(r.status_code, "error", r.text[:200]) from None
-    return r.json()
+    try:
+        return r.json()
+    except ValueError:  # something else answers at that address
+        raise GatewayClientError(
+            r.status_code, "error", f"not a Conclave gateway's answer (not JSON): {r.text[:80]!r}"
+        ) from None
 
 
 def _statuses(body: dict[str, Any]) -> list[ExpertStatus]:

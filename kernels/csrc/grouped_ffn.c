@@ -196,11 +196,6 @@ void conclave_pack_f32_bf16(int64_t n, int64_t k, const bf16 *w, bf16 *dest) {
       }
 }
 
-/* c[mr, lanes*nv] = (first ? 0 : c) + a[mr, kc] . the packed panel b (bstride: 4-byte
- * words from one block of `lanes` columns to the next, or with `wb` of two blocks: the
- * weights in bfloat16, `conclave_pack_f32_bf16`). With `act` (the last k-block of a gate
- * and up panel: half a panel of gate columns, then the same up columns), the tile is not
- * stored: act[i, 0:half] = SiLU(gate) * up * rw[i]. */
 /* One step of k: the tile's weight vectors at p (float32, or widened from a pair of
  * blocks' bfloat16 words), and each row's a[i, p] times them into acc. */
 static inline __attribute__((always_inline)) void f32_step(int mr, int nv, int wb,

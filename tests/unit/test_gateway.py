@@ -478,6 +478,33 @@ def test_sdk_clients_say_where_no_gateway_answers_and_refuse_a_non_address():
         ConclaveClient("127.0.0.1:8000")
 
 
+def test_sdk_client_says_when_something_else_answers_at_the_address():
+    """A 200 that is not JSON (another web server there) is a GatewayClientError saying
+    so, not a JSONDecodeError from inside the client."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from orchestrator.sdk import ConclaveClient, GatewayClientError
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"<html>hello</html>")
+
+        def log_message(self, *_a):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with ConclaveClient(f"http://127.0.0.1:{server.server_port}") as c:
+            with pytest.raises(GatewayClientError, match="not a Conclave gateway's answer"):
+                c.models()
+    finally:
+        server.shutdown()
+
+
 @pytest.mark.parametrize(
     ("continuous", "routed", "peak_expected"),
     [(False, None, 1), (True, None, 2), (False, 4, 2), (False, 1, 1)],
