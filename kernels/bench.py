@@ -127,14 +127,11 @@ def run_moe_bench(
     fused = why_not is None
     fused_kernel = fused_layer.kernel_for(probe) if fused else f"unavailable: {why_not}"
     grouped = device == "cpu" and unavailable(torch.device(device), dt) is None
-    paths = ("fused",) * fused + ("grouped",) * grouped + ("naive",)
-    layers = {
-        b: MoELayer(cfg.model_copy(update={"backend": b}), device=device)
-        for b in (*paths, "auto", "reference")
-        if b != "fused"
-    }
-    if fused:
-        layers["fused"] = fused_layer
+    others = ("grouped",) * grouped + ("naive",)
+    paths = ("fused",) * fused + others
+    layers = {"fused": fused_layer} if fused else {}
+    for b in (*others, "auto", "reference"):
+        layers[b] = MoELayer(cfg.model_copy(update={"backend": b}), device=device)
     if fresh:
         layers["auto"].cache = _Remeasure(layers["auto"].cache.path)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -179,10 +176,10 @@ def run_moe_bench(
             truth = layers["reference"](x).float()
             err = {b: float((layers[b](x).float() - truth).abs().max()) for b in timed}
         flops = 6 * m * top_k * hidden * intermediate
-        f = fused  # a figure of vLLM's kernel is None where it cannot run the layer
+        # a figure of vLLM's kernel is None where it cannot run the layer
         row: dict[str, Any] = {
             "tokens": m,
-            "fused_ms": round(1000 * med["fused"], 4) if f else None,
+            "fused_ms": round(1000 * med["fused"], 4) if fused else None,
             "naive_ms": round(1000 * med["naive"], 4),
             "grouped_ms": round(1000 * med["grouped"], 4) if grouped else None,
             "auto_ms": round(1000 * med["auto"], 4),
@@ -190,19 +187,19 @@ def run_moe_bench(
             "auto_kernel": KERNELS[choices[m].path],
             "auto_why": choices[m].why,
             "reference_ms": round(1000 * ref, 4) if ref is not None else None,
-            "speedup_vs_naive": round(_ratio(t["naive"], t["fused"]), 2) if f else None,
-            "speedup_vs_naive_best": round(min(t["naive"]) / min(t["fused"]), 2) if f else None,
-            "speedup_vs_reference": round(ref / med["fused"], 2) if f and ref else None,
+            "speedup_vs_naive": round(_ratio(t["naive"], t["fused"]), 2) if fused else None,
+            "speedup_vs_naive_best": round(min(t["naive"]) / min(t["fused"]), 2) if fused else None,
+            "speedup_vs_reference": round(ref / med["fused"], 2) if fused and ref else None,
             "auto_vs_naive": round(_ratio(t["naive"], t["auto"]), 2),
-            "auto_vs_fused": round(_ratio(t["fused"], t["auto"]), 2) if f else None,
+            "auto_vs_fused": round(_ratio(t["fused"], t["auto"]), 2) if fused else None,
             "auto_vs_dense": round(_ratio(t["dense"], t["auto"]), 2),
             "grouped_vs_dense": round(_ratio(t["dense"], t["grouped"]), 2) if grouped else None,
-            "fused_gflops": round(flops / med["fused"] / 1e9, 1) if f else None,
+            "fused_gflops": round(flops / med["fused"] / 1e9, 1) if fused else None,
             "auto_gflops": round(flops / med["auto"] / 1e9, 1),
             "dense_matmul_gflops": round(flops / med["dense"] / 1e9, 1),
             "dense_dtype": str(dense_dt).removeprefix("torch."),
-            "fused_vs_dense": round(_ratio(t["dense"], t["fused"]), 2) if f else None,
-            "max_abs_error_vs_reference": round(err["fused"], 5) if f else None,
+            "fused_vs_dense": round(_ratio(t["dense"], t["fused"]), 2) if fused else None,
+            "max_abs_error_vs_reference": round(err["fused"], 5) if fused else None,
             "max_abs_error_by_path": {b: round(e, 5) for b, e in err.items()},
             "machine_drift": round(med["dense"] / min(t["dense"]), 2),
         }

@@ -91,7 +91,6 @@ def serve(
     set-up's progress and where it serves. Raises `ConclaveError` when set-up fails."""
     settings = config.gateway
     auth = "API keys required" if settings.keys() else "no API keys configured"
-    where = f"http://{settings.host}:{settings.port}"
     if ray_serve:
         from orchestrator.gateway.ray_serve import run_on_ray_serve
 
@@ -99,6 +98,7 @@ def serve(
         # the replica builds its own facade and preloads there; here only the profile
         here = config.model_copy(update={"gateway": settings.model_copy(update={"preload": False})})
         prepare(here, ensemble=ensemble, data=data, progress=True, on_event=on_event).close()
+        where = f"http://{settings.host}:{settings.port}"
         on_event(f"deploying on Ray Serve at {where} ({auth}); Ctrl-C stops")
         run_on_ray_serve(config, ensemble, data, settings.host, settings.port, True)
         return
