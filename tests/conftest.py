@@ -13,6 +13,17 @@ os.environ.setdefault("VLLM_CACHE_ROOT", str(ROOT / ".cache" / "tests" / "vllm")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
+@pytest.fixture
+def held_port():
+    """A loopback port another socket holds (bound and listening) for the test's length."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        yield held.getsockname()[1]
+
+
 @pytest.fixture(autouse=True)
 def _reset_fake_counters():
     from workers.fake import FakeBackend

@@ -18,6 +18,7 @@ from orchestrator.cli.options import (
     SeedOpt,
     ZooDir,
     ZooProfile,
+    pool_config,
 )
 from orchestrator.cli.render import err, fail, figures, out, print_json, print_summary, simple_table
 from orchestrator.errors import ConclaveError
@@ -64,7 +65,7 @@ def eval_cmd(
             "--out", "-o", help="Run directory; an existing one resumes. Default: <cache>/runs/..."
         ),
     ] = None,
-    zoo: ZooProfile = "full",
+    zoo: ZooProfile = None,
     zoo_dir: ZooDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json only.")] = False,
     attach: Annotated[
@@ -95,7 +96,6 @@ def eval_cmd(
     """
     from datetime import UTC, datetime
 
-    from agents.zoo.default import resolve_config
     from evals.harness import DEFAULT_STRATEGIES, EvalSpec, run_eval
     from evals.harness.summary import lossy
     from orchestrator.conclave import Conclave
@@ -110,7 +110,7 @@ def eval_cmd(
         seed=seed,
     )
     try:
-        cfg = resolve_config(config, zoo, zoo_dir, on_event=err.print)
+        cfg = pool_config(config, zoo, zoo_dir, on_event=err.print)
         if attach:
             cfg = cfg.model_copy(
                 update={"cluster": cfg.cluster.model_copy(update={"attach": attach})}
@@ -155,7 +155,7 @@ def profile_cmd(
     limit: LimitOpt = None,
     category: CategoryOpt = None,
     seed: SeedOpt = 0,
-    zoo: ZooProfile = "full",
+    zoo: ZooProfile = None,
     zoo_dir: ZooDir = None,
     as_json: JsonOnly = False,
 ) -> None:
@@ -164,13 +164,12 @@ def profile_cmd(
     Keywords per question, +1/-1 per keyword per expert, the skill inventory, and the
     aggregator chosen on the aggregation benchmark.
     """
-    from agents.zoo.default import resolve_config
     from evals.datasets import eval_items
     from orchestrator.conclave import Conclave
     from orchestrator.profiling import ensure_profile
 
     try:
-        cfg = resolve_config(config, zoo, zoo_dir, on_event=err.print)
+        cfg = pool_config(config, zoo, zoo_dir, on_event=err.print)
         items = eval_items(data, split, limit, category, seed)
         with Conclave(cfg) as c:
             folder, reused = ensure_profile(
@@ -233,7 +232,7 @@ def route_cmd(
             "symbolic-moe shows the paper's S, g and weights.",
         ),
     ] = None,
-    zoo: ZooProfile = "full",
+    zoo: ZooProfile = None,
     zoo_dir: ZooDir = None,
     as_json: JsonOnly = False,
 ) -> None:
@@ -243,14 +242,13 @@ def route_cmd(
     evidence (conclave), or its S, g and weight (symbolic-moe). Only the keyword model
     runs; the profile is the cached one.
     """
-    from agents.zoo.default import resolve_config
     from evals.datasets import eval_items
     from orchestrator.conclave import Conclave
     from orchestrator.profiling import ensure_profile
     from orchestrator.types import Item
 
     try:
-        cfg = resolve_config(config, zoo, zoo_dir, on_event=err.print)
+        cfg = pool_config(config, zoo, zoo_dir, on_event=err.print)
         items = eval_items(data, split, limit, None, seed)
         with Conclave(cfg) as c:
             ensure_profile(

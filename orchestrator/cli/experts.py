@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from orchestrator.cli.options import ConfigOpt, JsonOnly, ZooDir
+from orchestrator.cli.options import ConfigOpt, JsonOnly, ZooDir, zoo_options_unused
 from orchestrator.cli.render import fail, out, print_json
 from orchestrator.errors import ConclaveError
 
@@ -39,6 +39,7 @@ def experts_list(
     from agents.zoo.default import existing_config
 
     try:
+        zoo_options_unused(config, None, zoo_dir)
         cfg, manifest = existing_config(config, zoo_dir)
     except ConclaveError as exc:
         raise fail(exc) from None

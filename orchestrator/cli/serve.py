@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli.options import ConfigOpt, DataOpt, ZooDir, ZooProfile
+from orchestrator.cli.options import ConfigOpt, DataOpt, ZooDir, ZooProfile, pool_config
 from orchestrator.cli.render import fail, log_line
 from orchestrator.errors import ConclaveError
 
@@ -18,7 +18,7 @@ def serve_cmd(
         int | None, typer.Option(min=0, max=65535, help="Port (config: 8000; 0: any free one).")
     ] = None,
     data: DataOpt = "skillmix",
-    zoo: ZooProfile = "full",
+    zoo: ZooProfile = None,
     zoo_dir: ZooDir = None,
     passthrough_only: Annotated[
         bool,
@@ -56,11 +56,15 @@ def serve_cmd(
     that fit side by side, then serves /v1/chat/completions, /v1/models, /v1/route,
     /healthz, /readyz and /metrics.
     """
-    from agents.zoo.default import resolve_config
+    from orchestrator.config import GatewaySettings
     from orchestrator.gateway import serve
+    from orchestrator.gateway.serving import listen
 
     try:
-        cfg = resolve_config(config, zoo, zoo_dir, on_event=log_line)
+        if config is None:  # building the zoo takes minutes the first time: is the port free?
+            default = GatewaySettings()
+            listen(host or default.host, default.port if port is None else port).close()
+        cfg = pool_config(config, zoo, zoo_dir, on_event=log_line)
         given = (("host", host), ("port", port), ("preload", preload), ("access_log", access_log))
         settings = cfg.gateway.model_copy(update={k: v for k, v in given if v is not None})
         cfg = cfg.model_copy(update={"gateway": settings})

@@ -181,6 +181,43 @@ def test_commands_on_a_missing_zoo_say_how_to_build_it(tmp_path):
     assert res.exit_code == 2 and "no MoE model in the zoo" in res.stderr
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["eval"], ["profile"], ["route", "-q", "what is 2+2?"], ["serve"], ["experts", "list"]],
+)
+def test_zoo_options_with_a_config_are_refused_not_ignored(command, tmp_path):
+    """`--zoo`/`--dir` choose the embedded zoo; with `--config` the file gives the experts,
+    so one of the two was a mistake: exit 2 naming both, and nothing built or run."""
+    path = tmp_path / "c.yaml"
+    path.write_text(FAKE)
+    zoo = tmp_path / "zoo"
+    given = [["--zoo", "reduced"], ["--dir", str(zoo)]]
+    if command[0] == "experts":  # it lists a built zoo or a config: no profile to choose
+        given = given[1:]
+    for extra in given:
+        res = runner.invoke(app, [*command, "-c", str(path), *extra])
+        assert res.exit_code == 2, res.output
+        assert f"{extra[0]} chooses the embedded zoo, but --config {path}" in res.stderr
+        assert "drop one or the other" in res.stderr
+    assert not zoo.exists()
+
+
+def test_serve_without_a_config_checks_its_port_before_building_the_zoo(
+    tmp_path, monkeypatch, held_port
+):
+    """Building the embedded zoo takes minutes the first time: a held port is an error at
+    once (exit 2 naming it), with no zoo built."""
+    import agents.zoo.default as default
+
+    def no_build(*_a, **_kw):
+        raise AssertionError("the zoo was built before the port was known to be free")
+
+    monkeypatch.setattr(default, "build_zoo", no_build)
+    res = runner.invoke(app, ["serve", "--dir", str(tmp_path / "zoo"), "--port", str(held_port)])
+    assert res.exit_code == 2, res.output
+    assert f"cannot listen on 127.0.0.1:{held_port}" in res.stderr
+
+
 def test_bench_free_agents_checks_its_scenario_before_running():
     res = runner.invoke(app, ["bench", "free-agents", "--requests", "100", "--drop-at", "100"])
     assert res.exit_code == 2 and "--drop-at 100 must come before the end" in res.stderr

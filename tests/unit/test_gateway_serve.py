@@ -107,11 +107,9 @@ def test_serve_prepares_the_facade_then_runs_uvicorn(monkeypatch):
     assert len(closed) == 2  # the facade the failed set-up built is closed too
 
 
-def test_a_port_another_process_holds_is_an_error_before_any_set_up(monkeypatch):
+def test_a_port_another_process_holds_is_an_error_before_any_set_up(monkeypatch, held_port):
     """The socket is bound first: a taken port (or an address this machine lacks) fails
     at once, naming host and port and what to do, not after profiling and loading."""
-    import socket
-
     from orchestrator.errors import ConfigError
     from orchestrator.gateway import serve, serving
 
@@ -119,14 +117,10 @@ def test_a_port_another_process_holds_is_an_error_before_any_set_up(monkeypatch)
         raise AssertionError("set-up ran before the port was known to be free")
 
     monkeypatch.setattr(serving, "prepare", no_set_up)
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        held.listen()
-        port = held.getsockname()[1]
-        cfg = parse_config({"pool": {"experts": EXPERTS}, "gateway": {"port": port}})
-        for ray_serve in (False, True):  # Ray's proxy would bind it: checked first too
-            with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{port} .*--port"):
-                serve(cfg, ensemble=False, ray_serve=ray_serve, on_event=lambda _line: None)
+    cfg = parse_config({"pool": {"experts": EXPERTS}, "gateway": {"port": held_port}})
+    for ray_serve in (False, True):  # Ray's proxy would bind it: checked first too
+        with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{held_port} .*--port"):
+            serve(cfg, ensemble=False, ray_serve=ray_serve, on_event=lambda _line: None)
     elsewhere = cfg.model_copy(
         update={"gateway": cfg.gateway.model_copy(update={"host": "192.0.2.1", "port": 0})}
     )
