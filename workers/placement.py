@@ -11,6 +11,7 @@ labels), not our arithmetic over the cluster's totals.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from orchestrator.config import Resources
@@ -54,13 +55,39 @@ def reserve(expert: str, res: Resources, timeout_s: float, name: str) -> Any:
     )
 
 
-def release(pg: Any) -> None:
+#: how long freeing a placement group may wait for Ray's GCS: one that stops with this
+#: process (the process group's SIGTERM of `systemctl stop` or `kill -- -PGID` reaches it
+#: too) stops answering, and Ray's own call would wait 60 s, then end the process
+RELEASE_WAIT_S = 5.0
+
+#: set while a removal is still unanswered: the next ones do not wait (closing a pool of
+#: nine experts waits once, not nine times); cleared when Ray answers one
+_unanswered = threading.Event()
+
+
+def release(pg: Any, wait_s: float = RELEASE_WAIT_S) -> None:
+    """Give `pg`'s room back to the cluster, waiting at most `wait_s` for Ray to answer
+    (none if an earlier removal is still unanswered): past it the removal goes on in the
+    background, and a Ray that is stopping frees the group with the job."""
     from ray.util.placement_group import remove_placement_group
 
-    try:
-        remove_placement_group(pg)
-    except Exception as exc:  # already gone with its job: nothing left to free
-        log.debug("placement group not removed: %s", exc)
+    def remove() -> None:
+        try:
+            remove_placement_group(pg)
+        except Exception as exc:  # already gone with its job: nothing left to free
+            log.debug("placement group not removed: %s", exc)
+        _unanswered.clear()
+
+    worker = threading.Thread(target=remove, name="release-placement", daemon=True)
+    worker.start()
+    worker.join(0 if _unanswered.is_set() else wait_s)
+    if worker.is_alive() and not _unanswered.is_set():
+        _unanswered.set()
+        log.warning(
+            "Ray has not freed a placement group within %g s (is it stopping too?); "
+            "not waiting for it, nor for the next ones until it answers",
+            wait_s,
+        )
 
 
 def free_nodes() -> str:
