@@ -11,7 +11,15 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 # ---- requests -----------------------------------------------------------------------------
 
@@ -147,6 +155,15 @@ class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(..., min_length=1, max_length=200_000)
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        # as the chat route refuses a blank question: the keyword model would otherwise
+        # invent skills for nothing, and the plan would look like an answer
+        if not v.strip():
+            raise ValueError("is blank: give the question to route")
+        return v
 
 
 # ---- responses ----------------------------------------------------------------------------

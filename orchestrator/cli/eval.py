@@ -247,6 +247,9 @@ def route_cmd(
     from orchestrator.profiling import ensure_profile
     from orchestrator.types import Item
 
+    blank = [i + 1 for i, q in enumerate(question) if not q.strip()]
+    if blank:  # before any profiling: the keyword model would invent skills for nothing
+        raise typer.BadParameter(f"question {blank[0]} is blank", param_hint="--explain")
     try:
         cfg = pool_config(config, zoo, zoo_dir, on_event=err.print)
         items = eval_items(data, split, limit, None, seed)

@@ -218,6 +218,15 @@ def test_serve_without_a_config_checks_its_port_before_building_the_zoo(
     assert f"cannot listen on 127.0.0.1:{held_port}" in res.stderr
 
 
+def test_route_refuses_a_blank_question_before_any_set_up(tmp_path):
+    """The keyword model would invent skills for an empty question: exit 2 naming which,
+    before the zoo is built or profiled (`--dir` here holds none)."""
+    res = runner.invoke(app, ["route", "--dir", str(tmp_path), "-q", "2+2?", "-q", " \t"])
+    assert res.exit_code == 2, res.output
+    assert "question 2 is blank" in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bench_free_agents_checks_its_scenario_before_running():
     res = runner.invoke(app, ["bench", "free-agents", "--requests", "100", "--drop-at", "100"])
     assert res.exit_code == 2 and "--drop-at 100 must come before the end" in res.stderr

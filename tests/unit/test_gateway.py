@@ -335,6 +335,10 @@ def test_a_chunked_body_over_the_limit_gets_413(gw):
 def test_route_models_health_and_metrics(gw):
     r = httpx.post(f"{gw.url}/v1/route", json={"question": Q})
     assert r.status_code == 200 and r.json()["keywords"] == ["arithmetic", "math"]
+    for blank in ("", " \n\t"):  # nothing to route: refused, not planned for
+        r = httpx.post(f"{gw.url}/v1/route", json={"question": blank})
+        assert r.status_code == 422 and r.json()["error"]["param"] == "question", r.text
+    assert "is blank: give the question to route" in r.json()["error"]["message"]
     assert httpx.get(f"{gw.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{gw.url}/readyz").status_code == 200
     assert httpx.get(f"{gw.url}/nope").status_code == 404
