@@ -30,7 +30,7 @@ import numpy as np
 from orchestrator.config import ConclaveConfig, Role
 from orchestrator.errors import ConfigError
 from orchestrator.questions import SKILL_NEIGHBOURS
-from orchestrator.types import ExpertAnswer, Item, Probe, RoutingState
+from orchestrator.types import ExpertAnswer, Item, LostCalls, Probe, RoutingState
 
 if TYPE_CHECKING:
     from orchestrator.conclave import Conclave
@@ -102,9 +102,10 @@ def ensure_profile(
     cache_dir: Path,
     progress: bool = False,
     on_event: Callable[[str], None] = lambda _: None,
-) -> tuple[Path, bool]:
+) -> tuple[Path | None, bool]:
     """Load the cached profile for these experts and items, or profile and cache it.
-    Returns the folder and whether it was reused."""
+    Returns the folder (None: profiled but not cached, as an expert lost more than
+    `MAX_LOST_SHARE` of its calls to errors) and whether it was reused."""
     folder = cache_dir / "profiles" / profile_key(conclave.config, items, dataset)
     if (folder / "routing.json").exists():
         try:
@@ -114,9 +115,26 @@ def ensure_profile(
         except ConfigError as e:  # corrupt cache: profile again
             on_event(f"cached profile unusable ({e}); profiling again")
     on_event(f"profiling {len(conclave.experts)} experts on {len(items)} validation questions")
-    conclave.profile(items, dataset=dataset, progress=progress)
+    state = conclave.profile(items, dataset=dataset, progress=progress)
+    failing = {ex: lost for ex, lost in state.lost.items() if lost.share > MAX_LOST_SHARE}
+    if failing:  # not a measurement of them: the next run profiles again
+        for ex, lost in failing.items():
+            on_event(f"{ex} lost {lost}")
+        on_event(
+            f"profile NOT cached: {', '.join(failing)} lost more than {MAX_LOST_SHARE:.0%} "
+            "of its profiling calls to errors, counted as wrong answers (it is seldom asked "
+            "in this run); fix it (`conclave config validate`) and run again to profile it"
+        )
+        return None, False
     conclave.save_state(folder)
     return folder, False
+
+
+#: The share of its profiling calls an expert may lose to errors (as `conclave eval
+#: --max-error-share`) for the profile to be cached: its errors count as wrong answers,
+#: and a cached profile is reused until the pool or the questions change, so an expert
+#: down while profiled (a provider outage, a missing model folder) was never asked again.
+MAX_LOST_SHARE = 0.05
 
 
 def profile(
@@ -182,6 +200,15 @@ def profile(
         skills_scores=skill_scores,
         answer_type=Counter(it.answer_type for it in items).most_common(1)[0][0],
     )
+    errors = {
+        ex: [a.error for a in col if a.error]
+        for ex, col in zip(experts, zip(*per_item, strict=True), strict=True)
+    }
+    state.lost = {
+        ex: LostCalls(lost=len(errs), calls=len(items), first=errs[0].strip())
+        for ex, errs in errors.items()
+        if errs
+    }
     conclave.state = state
     state.synthesis, state.synthesis_scores = choose_synthesis(
         conclave, items, per_item, held, progress

@@ -216,6 +216,23 @@ class Probe(BaseModel):
     )
 
 
+class LostCalls(BaseModel):
+    """Calls an expert lost to errors while it was profiled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lost: int = Field(..., ge=1, description="Calls that ended in an error.")
+    calls: int = Field(..., ge=1, description="Calls it was asked.")
+    first: str = Field(..., description="The first error.")
+
+    @property
+    def share(self) -> float:
+        return self.lost / self.calls
+
+    def __str__(self) -> str:
+        return f"{self.lost} of {self.calls} calls to errors ({self.first})"
+
+
 class RoutingState(BaseModel):
     """What profiling produced; saved next to the profiles so answering can reuse it."""
 
@@ -308,6 +325,12 @@ class RoutingState(BaseModel):
         description="Per profiled expert, validation questions where it is strongest, "
         "answered right or wrong: what it and its challenger are both asked while it is on "
         "probation (its own right answers would favour it: it repeats them).",
+    )
+    lost: dict[str, LostCalls] = Field(
+        default_factory=dict,
+        description="Per expert that lost profiling calls to errors (counted as wrong "
+        "answers): how many, and the first error. Past `profiling.MAX_LOST_SHARE` of its "
+        "calls the profile is used but not cached.",
     )
 
     def prior_of(self, expert: str) -> float:

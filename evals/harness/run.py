@@ -112,10 +112,15 @@ def run_eval(
             "questions apart from the ones reported"
         )
     open_run_dir(run_dir, spec, conclave.config)
-    folder, reused = None, False
+    profile_note = "not needed"
     if any(s.needs_profile for s in strategies):
         folder, reused = ensure_profile(
             conclave, val, profile_source, cache_dir, progress=progress, on_event=log
+        )
+        profile_note = (
+            f"{'reused' if reused else 'built'}: {folder}"
+            if folder
+            else "built, not cached (an expert lost profiling calls to errors)"
         )
     session = uuid.uuid4().hex[:12]  # this run of the directory
     with _StrategyBars(spec.strategies, progress) as bar:
@@ -130,7 +135,7 @@ def run_eval(
         "split": spec.split,
         "questions": len(test),
         "profile_questions": len(val),
-        "profile": f"{'reused' if reused else 'built'}: {folder}" if folder else "not needed",
+        "profile": profile_note,
         "aggregator": state.aggregator if state else None,
         "aggregator_scores": state.aggregator_scores if state else {},
         "best_single": state.best_single if state else None,

@@ -182,11 +182,16 @@ def profile_cmd(
     assert state is not None  # ensure_profile loads or builds it
     if as_json:
         print_json(
-            {"folder": str(folder), "reused": reused, **state.model_dump(), "top_skills": top}
+            {
+                "folder": str(folder) if folder else None,
+                "reused": reused,
+                **state.model_dump(),
+                "top_skills": top,
+            }
         )
         return
     simple_table(
-        f"profiles from {len(items)} {data} {split} questions ({folder})",
+        f"profiles from {len(items)} {data} {split} questions ({folder or 'not cached'})",
         ("expert", "validation acc %", "prior strength", "top skills (+1/-1 sum)"),
         (
             (

@@ -59,7 +59,14 @@ class SkillFake(ExpertBackend):
         )
 
 
-def make(aggregator: str = "auto") -> Conclave:
+class DownFake(SkillFake):
+    """An expert whose provider is down: every call fails."""
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        raise RuntimeError("provider down (503)")
+
+
+def make(aggregator: str = "auto", down: str | None = None) -> Conclave:
     experts = [{"name": n, "backend": {"type": "fake"}} for n in KNOWS]
     experts += [
         {"name": "kw", "backend": {"type": "fake"}, "roles": ["keywords"]},
@@ -71,12 +78,40 @@ def make(aggregator: str = "auto") -> Conclave:
             "routing": {"aggregator": aggregator, "keywords": {"samples": 2}},
         }
     )
-    pool = ExpertPool(config, backends={e.name: SkillFake(e, config) for e in config.pool.experts})
+    pool = ExpertPool(
+        config,
+        backends={
+            e.name: (DownFake if e.name == down else SkillFake)(e, config)
+            for e in config.pool.experts
+        },
+    )
     return Conclave(config, pool=pool, embedder=NgramEmbedder())
 
 
 def items(split: str) -> list[Item]:
     return [Item(**q.model_dump()) for q in ROWS.values() if f"-{split}-" in q.id]
+
+
+def test_an_expert_down_while_profiled_is_not_cached_as_wrong(tmp_path):
+    """Its errors count as wrong answers for this run, so the router seldom asks it; a
+    cached profile would keep that after it is back, until the pool changes."""
+    from orchestrator.profiling import ensure_profile
+
+    val = items("validation")
+    events: list[str] = []
+    with make(down="geo") as c:
+        folder, reused = ensure_profile(c, val, "skillmix", tmp_path, on_event=events.append)
+        assert c.state is not None and c.state.accuracy["geo"] == 0.0
+        lost = c.state.lost
+    assert folder is None and not reused and not (tmp_path / "profiles").exists()
+    assert list(lost) == ["geo"] and (lost["geo"].lost, lost["geo"].calls) == (len(val),) * 2
+    assert "provider down (503)" in lost["geo"].first
+    assert f"geo lost {len(val)} of {len(val)} calls to errors" in events[-2]
+    assert events[-1].startswith("profile NOT cached: geo lost more than 5%")
+    with make() as c:  # back up: profiled and cached, with no loss
+        folder, reused = ensure_profile(c, val, "skillmix", tmp_path)
+        assert folder is not None and (folder / "routing.json").exists()
+        assert c.state is not None and c.state.lost == {} and c.state.accuracy["geo"] > 0
 
 
 def test_profile_learns_who_knows_what_and_routes_by_it():
