@@ -120,10 +120,13 @@ def ensure_profile(
     if failing:  # not a measurement of them: the next run profiles again
         for ex, lost in failing.items():
             on_event(f"{ex} lost {lost}")
+        one = len(failing) == 1
+        its, it = ("its", "it") if one else ("their", "them")
         on_event(
             f"profile NOT cached: {', '.join(failing)} lost more than {MAX_LOST_SHARE:.0%} "
-            "of its profiling calls to errors, counted as wrong answers (it is seldom asked "
-            "in this run); fix it (`conclave config validate`) and run again to profile it"
+            f"of {its} profiling calls to errors, counted as wrong answers (so this run "
+            f"seldom asks {it}); fix {it} (`conclave config validate`) and run again to "
+            f"profile {it}"
         )
         return None, False
     conclave.save_state(folder)

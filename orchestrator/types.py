@@ -227,6 +227,7 @@ class LostCalls(BaseModel):
 
     @property
     def share(self) -> float:
+        """The share of its calls it lost."""
         return self.lost / self.calls
 
     def __str__(self) -> str:
