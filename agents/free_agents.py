@@ -143,7 +143,8 @@ class AuditEntry(BaseModel):
 
 class AuditLog:
     """Append-only JSON lines; a crash mid-write leaves at most a partial last line, which
-    reading drops (and the next append starts cleanly after)."""
+    reading leaves out and the next append cuts first (reading changes nothing: the CLI
+    reads a log a serving monitor may be appending to)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -153,7 +154,7 @@ class AuditLog:
         if not entries:
             return
         with self._lock:
-            read_jsonl(self.path)  # drops a partial line left by a crash
+            read_jsonl(self.path, repair=True)  # cuts a partial line left by a crash
             append_jsonl(self.path, [e.model_dump() for e in entries])
 
     def read(self) -> list[AuditEntry]:

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import ConfigError
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
@@ -34,22 +36,44 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Whole lines of an append-only JSON-lines file; a partial last line (a write killed
-    mid-way) is dropped from the file, so the next append starts on a line of its own."""
+def read_jsonl(path: Path, repair: bool = False) -> list[dict[str, Any]]:
+    """Whole lines of an append-only JSON-lines file written by `append_jsonl`. A partial
+    last line (a write killed mid-way) is left out, and with `repair` (the writer, before
+    it appends) cut from the file, so the next append starts on a line of its own.
+
+    Anything else that is not a JSON object per line is a `ConfigError` naming the file
+    and line, with the file left as it was: a bad line in the middle, or another file
+    given by mistake (`--log conclave.yaml`), had been cut to its last good line, which
+    for a YAML file was nothing."""
     if not path.exists():
         return []
     raw = path.read_bytes()
     rows, good = [], 0
-    for line in raw.splitlines(keepends=True):
-        try:
-            if not line.endswith(b"\n"):
-                raise ValueError("partial line")
-            rows.append(json.loads(line))
+    for n, line in enumerate(raw.splitlines(keepends=True), 1):
+        if not line.strip():  # a blank line (an edit by hand): no row, nothing wrong
             good += len(line)
-        except ValueError:
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            # every row `append_jsonl` writes starts with "{": a killed write leaves such
+            # a start without its newline, and only as the last line
+            if not line.endswith(b"\n") and line.startswith(b"{"):
+                break
+            raise ConfigError(
+                f"{path}: line {n} is not JSON ({exc}); is it the right file? It was left "
+                "as it is: fix or remove that line, or give another file"
+            ) from None
+        if not isinstance(row, dict):
+            raise ConfigError(
+                f"{path}: line {n} is {type(row).__name__}, not a JSON object; is it the "
+                "right file? It was left as it is"
+            )
+        if not line.endswith(b"\n"):  # whole, but the newline was not written: partial
             break
-    if good != len(raw):
+        rows.append(row)
+        good += len(line)
+    if repair and good != len(raw):
         atomic_write_bytes(path, raw[:good])
     return rows
 

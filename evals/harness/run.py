@@ -39,7 +39,7 @@ def run_strategies(
     """Answer `items` with each strategy, resuming from `results.jsonl`; returns the rows,
     the latest per (strategy, question). A resumed run asks again the questions whose
     row lost an expert call to an error (its new row, appended, replaces the old one)."""
-    rows = _latest(read_results(run_dir))
+    rows = _latest(read_results(run_dir, repair=True))  # appended to below
     done = {(r["strategy"], r["id"]) for r in rows if not _failed(r)}
     rows = [r for r in rows if (r["strategy"], r["id"]) in done]
     for strategy in strategies:

@@ -52,9 +52,10 @@ def open_run_dir(run_dir: Path, spec: EvalSpec, config: ConclaveConfig) -> None:
         ) from None
 
 
-def read_results(run_dir: Path) -> list[dict[str, Any]]:
-    """Every whole row of `results.jsonl` (none for a new run; a partial last line dropped)."""
-    return read_jsonl(run_dir / RESULTS)
+def read_results(run_dir: Path, repair: bool = False) -> list[dict[str, Any]]:
+    """Every whole row of `results.jsonl` (none for a new run; a partial last line left
+    out, and with `repair`, before a resumed run appends, cut from the file)."""
+    return read_jsonl(run_dir / RESULTS, repair)
 
 
 def append_results(run_dir: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -227,6 +227,16 @@ def test_route_refuses_a_blank_question_before_any_set_up(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_agents_history_on_another_file_says_so_and_leaves_it_whole(tmp_path):
+    """`--log conclave.yaml` by mistake: had been cut to nothing as a damaged audit log."""
+    path = tmp_path / "c.yaml"
+    path.write_text(FAKE)
+    res = runner.invoke(app, ["agents", "history", "--log", str(path)])
+    assert res.exit_code == 2, res.output
+    assert "line 2 is not JSON" in res.stderr and "left as it is" in res.stderr
+    assert path.read_text() == FAKE
+
+
 def test_bench_free_agents_checks_its_scenario_before_running():
     res = runner.invoke(app, ["bench", "free-agents", "--requests", "100", "--drop-at", "100"])
     assert res.exit_code == 2 and "--drop-at 100 must come before the end" in res.stderr
