@@ -41,6 +41,12 @@ def open_run_dir(run_dir: Path, spec: EvalSpec, config: ConclaveConfig) -> None:
                 "--out directory, or the same options to resume it"
             )
         return
+    if run_dir.is_dir() and any(run_dir.iterdir()):  # run.json is a run's first file
+        raise ConfigError(
+            f"{run_dir} holds other files and no run: a run writes results.jsonl, "
+            "summary.json, report.md and chart.png there, over any of the same name; give "
+            "a new or empty --out directory"
+        )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         started = datetime.now(UTC).isoformat(timespec="seconds")

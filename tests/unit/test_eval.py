@@ -172,6 +172,21 @@ def test_a_run_directory_refuses_other_settings(config_path, tmp_path):
     assert res.exit_code == 2 and "other settings" in res.output
 
 
+def test_a_directory_of_other_files_is_refused_and_left_as_it_was(config_path, tmp_path):
+    """`--out .` in a project: the run would write report.md and the rest over files of
+    the same name. An empty folder is fine (a run's first file is run.json)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "report.md").write_text("my notes")
+    res = _eval(config_path, project, "-s", "majority")
+    assert res.exit_code == 2 and "holds other files and no run" in " ".join(res.output.split())
+    assert sorted(p.name for p in project.iterdir()) == ["report.md"]
+    assert (project / "report.md").read_text() == "my notes"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _eval(config_path, empty, "-s", "majority").exit_code == 0
+
+
 def test_a_run_directory_it_cannot_create_is_a_clear_error(config_path, tmp_path):
     """--out under a file (or anywhere it cannot write) is exit 2 naming the directory,
     before any question is asked (was an OSError's traceback)."""
