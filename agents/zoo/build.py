@@ -216,6 +216,7 @@ class ZooBuilder:
 
     def build(self) -> tuple[ZooManifest, list[str]]:
         """Build what is missing or stale; returns the manifest and the names built."""
+        self.check_root()
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "w") as lock:
             try:
@@ -225,6 +226,21 @@ class ZooBuilder:
                     f"another zoo build is running in {self.root}; wait for it to finish"
                 ) from None
             return self._build_locked()
+
+    def check_root(self) -> None:
+        """The zoo's folder is new, empty, or a zoo's (its `.lock` is the first thing a
+        build writes): a build replaces model folders of its models' names (facts,
+        strings, ...) and deletes hidden half-built ones, so `--dir` on a folder of other
+        files would have deleted any of those names there. Raises `ConfigError`."""
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"zoo folder {root} is a file; give a folder (--dir)")
+        ours = (root / ".lock").exists() or (root / "manifest.json").exists()
+        if root.is_dir() and not ours and any(root.iterdir()):
+            raise ConfigError(
+                f"{root} holds other files and no zoo: a build writes model folders there "
+                "(and replaces any of the same name); give a new or empty --dir"
+            )
 
     def _build_locked(self) -> tuple[ZooManifest, list[str]]:
         for stale in self.root.glob(".*.*"):  # half-built folders of an interrupted run

@@ -31,6 +31,7 @@ def build_zoo(
 
     from orchestrator.progress import progress_bar
 
+    ZooBuilder(root, profile, seed).check_root()  # a bad --dir or profile: no bars first
     bar = progress_bar(
         24, TextColumn("{task.fields[status]}"), console=Console(stderr=True), disable=not progress
     )

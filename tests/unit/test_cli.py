@@ -344,13 +344,16 @@ def test_without_a_config_the_zoo_is_built_first_and_served(tmp_path, monkeypatc
     root = tmp_path / "zoo"
 
     class FakeBuilder:
-        def __init__(self, root, profile, seed, on_event, on_step):
+        def __init__(self, root, profile, seed, on_event=None, on_step=None):
             self.root, self.specs, self.on_event, self.on_step = (
                 root,
                 PROFILES[profile],
                 on_event,
                 on_step,
             )
+
+        def check_root(self):
+            pass
 
         def build(self):
             manifest = ZooManifest(updated="now", skillmix_seed=0)

@@ -61,3 +61,24 @@ def test_the_embedded_default_serves_its_profile_only_whatever_else_the_folder_h
     assert [e.name for e in full.pool.experts] == FULL
     small = default.resolve_config(None, "reduced", tmp_path, progress=False)
     assert [e.name for e in small.pool.experts] == reduced
+
+
+def test_a_build_into_a_folder_of_other_files_is_refused_and_deletes_nothing(tmp_path):
+    """`--dir ~/work` by mistake: a build replaces folders of its models' names and
+    deletes hidden half-built ones, so it had deleted `strings/` and `.cache.old/` there."""
+    import pytest
+
+    from agents.zoo.build import ZooBuilder
+    from orchestrator.errors import ConfigError
+
+    mine = tmp_path / "work"
+    (mine / "strings").mkdir(parents=True)
+    (mine / "strings" / "notes.txt").write_text("mine")
+    (mine / ".cache.old").mkdir()
+    with pytest.raises(ConfigError, match=r"holds other files and no zoo.*new or empty --dir"):
+        ZooBuilder(mine, "reduced").build()
+    assert (mine / "strings" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in mine.iterdir()) == [".cache.old", "strings"]
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        ZooBuilder(tmp_path / "a-file", "reduced").build()
