@@ -25,6 +25,23 @@ _EXPERT = re.compile(r"^(model\.layers\.\d+\.block_sparse_moe\.experts\.)(\d+)(\
 _GATE = re.compile(r"^model\.layers\.\d+\.block_sparse_moe\.gate\.weight$")
 
 
+def _check_replaceable(dst: Path) -> None:
+    """`dst` is new, or a masked variant this wrote before (its config.json says which
+    experts it masks): anything else there (`--out ~/models`, a folder of that name) is
+    not ours to replace. Raises ValueError."""
+    if not dst.exists():
+        return
+    try:
+        ours = "conclave_masked_experts" in json.loads((dst / "config.json").read_text())
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise ValueError(
+            f"{dst} exists and is not a masked variant written here: it would be replaced; "
+            "give another --out folder"
+        )
+
+
 def mask_checkpoint(src: Path, dst: Path, masked: Sequence[int]) -> Path:
     """Copy the Mixtral checkpoint at `src` to `dst` without the `masked` experts (in
     every layer). Written to a temporary folder and renamed into place."""
@@ -41,6 +58,7 @@ def mask_checkpoint(src: Path, dst: Path, masked: Sequence[int]) -> Path:
     if len(keep) < k:
         raise ValueError(f"masking {len(set(masked))} of {n} experts leaves fewer than top-k={k}")
     new_id = {old: new for new, old in enumerate(keep)}
+    _check_replaceable(dst)
     files = sorted(src.glob("*.safetensors"))
     if not files:
         raise ValueError(f"{src} has no .safetensors weights")

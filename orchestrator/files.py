@@ -28,6 +28,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def writable_dir(path: Path, what: str, fix: str) -> Path:
+    """`path`, created if missing and checked writable with a probe file, before work
+    whose result goes there (minutes of profiling). Raises `ConfigError` naming `what`,
+    the path, why, and `fix`."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe."):
+            pass
+    except OSError as exc:  # a file there, a read-only or missing parent, a full disk
+        raise ConfigError(
+            f"{what} {path}: cannot write there ({exc.strerror or exc}); {fix}"
+        ) from None
+    return path
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from orchestrator.config import ConclaveConfig, Role
 from orchestrator.errors import ConfigError
+from orchestrator.files import writable_dir
 from orchestrator.questions import SKILL_NEIGHBOURS
 from orchestrator.types import ExpertAnswer, Item, LostCalls, Probe, RoutingState
 
@@ -114,6 +115,11 @@ def ensure_profile(
             return folder, True
         except ConfigError as e:  # corrupt cache: profile again
             on_event(f"cached profile unusable ({e}); profiling again")
+    writable_dir(  # before the profiling's minutes, not after
+        folder.parent,
+        "cache folder",
+        "set cache_dir in the config, or $CONCLAVE_CACHE, to a folder this user can write",
+    )
     on_event(f"profiling {len(conclave.experts)} experts on {len(items)} validation questions")
     state = conclave.profile(items, dataset=dataset, progress=progress)
     failing = {ex: lost for ex, lost in state.lost.items() if lost.share > MAX_LOST_SHARE}

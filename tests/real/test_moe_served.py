@@ -75,3 +75,12 @@ def test_masked_checkpoint_equals_forcing_router_logits_and_serves(
         mask_checkpoint(src, tmp_path / "bad", [0, 1, 2])
     with pytest.raises(ValueError, match="do not exist"):
         mask_checkpoint(src, tmp_path / "bad", [7])
+    # its own variant is replaced; a folder of that name that is not one is refused, whole
+    assert mask_checkpoint(src, dst, [2]) == dst
+    assert json.loads((dst / "config.json").read_text())["conclave_masked_experts"] == [2]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not a masked variant written here"):
+        mask_checkpoint(src, mine, [1])
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

@@ -103,7 +103,7 @@ def test_an_expert_down_while_profiled_is_not_cached_as_wrong(tmp_path):
         folder, reused = ensure_profile(c, val, "skillmix", tmp_path, on_event=events.append)
         assert c.state is not None and c.state.accuracy["geo"] == 0.0
         lost = c.state.lost
-    assert folder is None and not reused and not (tmp_path / "profiles").exists()
+    assert folder is None and not reused and list((tmp_path / "profiles").iterdir()) == []
     assert list(lost) == ["geo"] and (lost["geo"].lost, lost["geo"].calls) == (len(val),) * 2
     assert "provider down (503)" in lost["geo"].first
     assert f"geo lost {len(val)} of {len(val)} calls to errors" in events[-2]
@@ -112,6 +112,19 @@ def test_an_expert_down_while_profiled_is_not_cached_as_wrong(tmp_path):
         folder, reused = ensure_profile(c, val, "skillmix", tmp_path)
         assert folder is not None and (folder / "routing.json").exists()
         assert c.state is not None and c.state.lost == {} and c.state.accuracy["geo"] > 0
+
+
+def test_a_cache_it_cannot_write_is_an_error_before_profiling(tmp_path):
+    """Had been an OSError's traceback after the profiling's minutes."""
+    from orchestrator.errors import ConfigError
+    from orchestrator.profiling import ensure_profile
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with make() as c:
+        with pytest.raises(ConfigError, match=r"cache folder .*a-file/profiles: cannot write"):
+            ensure_profile(c, items("validation"), "skillmix", blocker)
+        assert c.state is None  # nothing was profiled
 
 
 def test_profile_learns_who_knows_what_and_routes_by_it():
