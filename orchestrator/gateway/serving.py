@@ -91,6 +91,11 @@ def serve(
     set-up's progress and where it serves. Raises `ConclaveError` when set-up fails."""
     settings = config.gateway
     auth = "API keys required" if settings.keys() else "no API keys configured"
+    if not settings.keys() and not _loopback(settings.host):
+        auth += (
+            f": anyone who can reach {settings.host} can use it and its experts; set "
+            "gateway.api_keys or $CONCLAVE_API_KEYS"
+        )
     if ray_serve:
         from orchestrator.gateway.ray_serve import run_on_ray_serve
 
@@ -134,6 +139,18 @@ def serve(
         conclave.close()
         shutdown_ray()  # a local Ray this process started goes with it
         on_event("stopped")
+
+
+def _loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve to any interface
+        return False
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -126,3 +126,21 @@ def test_a_port_another_process_holds_is_an_error_before_any_set_up(monkeypatch,
     )
     with pytest.raises(ConfigError, match="cannot listen on 192.0.2.1:0"):
         serve(elsewhere, ensemble=False, on_event=lambda _line: None)
+
+
+@pytest.mark.parametrize(
+    ("host", "keys", "warned"),
+    [("0.0.0.0", "", True), ("0.0.0.0", "k1", False), ("127.0.0.1", "", False)],
+)
+def test_serving_beyond_loopback_without_keys_says_who_can_use_it(monkeypatch, host, keys, warned):
+    from orchestrator.gateway import serve
+    from orchestrator.gateway.draining import DrainingServer
+
+    monkeypatch.setattr(DrainingServer, "run", lambda server, sockets: None)
+    monkeypatch.setenv("CONCLAVE_API_KEYS", keys)
+    cfg = parse_config({"pool": {"experts": EXPERTS}, "gateway": {"host": host, "port": 0}})
+    lines: list[str] = []
+    serve(cfg, ensemble=False, on_event=lines.append)
+    where = next(line for line in lines if line.startswith("serving on"))
+    assert ("anyone who can reach 0.0.0.0 can use it" in where) is warned, where
+    assert ("gateway.api_keys" in where) is warned
