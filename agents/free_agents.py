@@ -35,6 +35,7 @@ lines, one fsynced write each) and counted in the Ray metrics.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import threading
 import time
@@ -48,6 +49,7 @@ from pydantic import BaseModel, Field
 
 from agents.swap_rules import Graded, cusum, own_level
 from orchestrator.config import FreeAgentSettings, RewardWeights
+from orchestrator.errors import ConfigError
 from orchestrator.files import append_jsonl, read_jsonl
 
 if TYPE_CHECKING:
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
     from orchestrator.types import ExpertAnswer, Trace
 
 Event = Literal["release", "probation_start", "promotion", "rejection", "no_replacement"]
+
+log = logging.getLogger(__name__)
 
 #: Graded answers kept per agent for a rule that judges them (`release_graded`).
 GRADED_KEPT = 1000
@@ -144,22 +148,41 @@ class AuditEntry(BaseModel):
 class AuditLog:
     """Append-only JSON lines; a crash mid-write leaves at most a partial last line, which
     reading leaves out and the next append cuts first (reading changes nothing: the CLI
-    reads a log a serving monitor may be appending to)."""
+    reads a log a serving monitor may be appending to).
+
+    Decisions it cannot write (a full disk, a damaged log) are kept in memory, shown by
+    `read`, logged as an error, and written with the next ones once it can: the answers
+    whose scoring made them are not failed for it, and no decision is dropped."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._pending: list[AuditEntry] = []
 
     def append(self, entries: Sequence[AuditEntry]) -> None:
         if not entries:
             return
         with self._lock:
-            read_jsonl(self.path, repair=True)  # cuts a partial line left by a crash
-            append_jsonl(self.path, [e.model_dump() for e in entries])
+            self._pending.extend(entries)
+            try:
+                read_jsonl(self.path, repair=True)  # cuts a partial line left by a crash
+                append_jsonl(self.path, [e.model_dump() for e in self._pending])
+            except (ConfigError, OSError) as exc:
+                log.error(
+                    "audit log %s: %d decision(s) not written yet (%s); kept, and written "
+                    "with the next ones once it can be",
+                    self.path,
+                    len(self._pending),
+                    exc,
+                )
+                return
+            self._pending.clear()
 
     def read(self) -> list[AuditEntry]:
+        """The decisions written, then those not written yet."""
         with self._lock:
-            return [AuditEntry.model_validate(r) for r in read_jsonl(self.path)]
+            written = [AuditEntry.model_validate(r) for r in read_jsonl(self.path)]
+            return written + list(self._pending)
 
     def read_dicts(self) -> list[dict[str, Any]]:
         """`read`, as the JSON the gateway and the CLI show."""

@@ -164,6 +164,30 @@ def test_the_audit_log_survives_a_crash_mid_write(tmp_path):
     assert len(mon.log.read()) > len(whole)
 
 
+def test_decisions_it_cannot_write_are_kept_and_written_once_it_can(tmp_path, caplog):
+    """A full disk or a damaged log must not fail the answers whose scoring decided, nor
+    drop the decision: it is kept, shown, and written with the next one."""
+    from agents.free_agents import AuditEntry
+
+    blocker = tmp_path / "logs"
+    blocker.write_text("")  # a file where the log's folder should be: nothing writes
+    audit = AuditLog(blocker / "audit.jsonl")
+    first = AuditEntry(task=1, event="release", agent="a", reason="fell")
+    with caplog.at_level("ERROR", logger="agents.free_agents"):
+        audit.append([first])  # no exception
+    assert "1 decision(s) not written yet" in caplog.text
+    assert audit.read() == [first]
+    blocker.unlink()  # the disk is back
+    second = AuditEntry(task=2, event="promotion", agent="b", incumbent="a", reason="won")
+    audit.append([second])
+    assert AuditLog(blocker / "audit.jsonl").read() == [first, second]
+    (blocker / "audit.jsonl").write_text("not json\n")  # damaged: kept again, not dropped
+    audit.append([first])
+    with pytest.raises(ConfigError, match="line 1 is not JSON"):
+        audit.read()
+    assert audit._pending == [first]
+
+
 def test_config_names_free_agents_among_the_experts():
     experts = [
         {"name": "a", "backend": {"type": "fake"}},
