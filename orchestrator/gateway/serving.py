@@ -90,8 +90,9 @@ def serve(
     (profiled here first, so its replicas find the profile cached). `on_event` hears the
     set-up's progress and where it serves. Raises `ConclaveError` when set-up fails."""
     settings = config.gateway
-    auth = "API keys required" if settings.keys() else "no API keys configured"
-    if not settings.keys() and not _loopback(settings.host):
+    keyed = bool(settings.keys())
+    auth = "API keys required" if keyed else "no API keys configured"
+    if not keyed and not _loopback(settings.host):
         auth += (
             f": anyone who can reach {settings.host} can use it and its experts; set "
             "gateway.api_keys or $CONCLAVE_API_KEYS"

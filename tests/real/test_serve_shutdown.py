@@ -62,6 +62,15 @@ def start_serve(models, tmp_path, preload: bool, new_session: bool = False):
     raise AssertionError(f"not ready: {proc.communicate()[0]}")
 
 
+def assert_none_left(processes) -> None:
+    """None of `processes` (the server's children) outlived it."""
+    import psutil
+
+    time.sleep(2)  # (a process killed a moment ago may linger as a zombie)
+    left = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert left == [], [(p.pid, p.name()) for p in left]
+
+
 @pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
 def test_sigterm_drains_and_leaves_no_process_behind(tiny_models, tmp_path, preload):
     import psutil
@@ -97,9 +106,7 @@ def test_sigterm_drains_and_leaves_no_process_behind(tiny_models, tmp_path, prel
         assert "Ray: a local cluster" in out and "dashboard http://127.0.0.1:" in out
         assert "token auth on" in out  # Ray's ports listen on every interface: auth stays on
         assert "not the main thread" not in out
-        time.sleep(2)  # (a process killed a moment ago may linger as a zombie)
-        left = [p for p in ours if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        assert left == [], [(p.pid, p.name()) for p in left]
+        assert_none_left(ours)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -119,9 +126,7 @@ def test_sigterm_to_the_whole_process_group_still_stops_cleanly(tiny_models, tmp
         assert proc.returncode == 0, out
         assert out.rstrip().endswith("stopped"), out
         assert "Failed to connect to GCS" not in out
-        time.sleep(2)
-        left = [p for p in ours if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        assert left == [], [(p.pid, p.name()) for p in left]
+        assert_none_left(ours)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
